@@ -1,0 +1,53 @@
+"""The `engine` command line: thin. Each command parses, makes one library call, renders.
+
+Exit codes: 0 ok; 1 a run failed; 2 a user error (bad YAML, bad input, bad config, bad flag).
+Errors print one readable message; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from engine.errors import EngineError, UserError
+
+from engine.cli.core import run_cmd, schema_cmd, validate_cmd
+from engine.cli.runs import runs_group
+
+
+class EngineGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = ctx.params.get("debug") or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except EngineError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2 if isinstance(e, UserError) else 1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - never a traceback without --debug
+            if debug:
+                raise
+            click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=EngineGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="engine")
+def cli(debug: bool) -> None:
+    """engine: declarative LLM workflows that graduate solved work out of the LLM."""
+
+
+cli.add_command(run_cmd)
+cli.add_command(validate_cmd)
+cli.add_command(schema_cmd)
+cli.add_command(runs_group)
+
+
+def main() -> None:
+    cli(prog_name="engine")

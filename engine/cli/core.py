@@ -1,0 +1,60 @@
+"""`engine run`, `engine validate`, `engine schema`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from engine.cli.render import dump_json, err_console, fmt_cost, step_table
+from engine.errors import InputError
+from engine.inputs import parse_cli_inputs
+from engine.runner import run_workflow
+from engine.spec import load_workflow, workflow_json_schema
+
+
+@click.command("run")
+@click.argument("workflow", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE", help="An input value (repeatable).")
+@click.option("--inputs-json", metavar="JSON", help="All inputs as a JSON object.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag the run (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
+            quiet: bool) -> None:
+    """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr."""
+    wf = load_workflow(workflow)
+    inputs = {}
+    if inputs_json:
+        try:
+            inputs = json.loads(inputs_json)
+        except ValueError as e:
+            raise InputError(f"--inputs-json is not valid JSON: {e}") from None
+    inputs.update(parse_cli_inputs(wf, list(pairs)))
+    tag_map = dict(t.split("=", 1) if "=" in t else (t, "true") for t in tags)
+    result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False)
+    if not quiet:
+        err_console.print(step_table([asdict(s) for s in result.steps],
+                                     title=f"{result.workflow} · run {result.run_id[:12]}"))
+        err_console.print(f"total: {result.tokens_in}/{result.tokens_out} tokens, {fmt_cost(result.cost)}, "
+                          f"{result.latency_ms:.0f} ms")
+    if not result.ok:
+        click.echo(f"error: {result.error}", err=True)
+        raise SystemExit(1)
+    click.echo(dump_json(result.outputs))
+
+
+@click.command("validate")
+@click.argument("workflows", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate_cmd(workflows: tuple[Path, ...]) -> None:
+    """Check workflow files; print every problem with file:line:column."""
+    for path in workflows:
+        wf = load_workflow(path)
+        click.echo(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)")
+
+
+@click.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of the workflow format (for editor completion)."""
+    click.echo(dump_json(workflow_json_schema()))

@@ -1,0 +1,34 @@
+"""Rendering helpers shared by CLI commands (rich tables on stderr/stdout)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def fmt_cost(cost: float | None) -> str:
+    return f"${cost or 0:.6f}"
+
+
+def step_table(steps: list[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, show_edge=False, pad_edge=False)
+    for col in ("step", "status", "served by", "tier/model", "attempts", "tokens in/out", "cost", "ms"):
+        table.add_column(col, justify="right" if col in ("attempts", "tokens in/out", "cost", "ms") else "left")
+    for s in steps:
+        model = "/".join(x for x in (s.get("tier"), s.get("model")) if x) or "-"
+        table.add_row(
+            s["step_id"], s["status"], s.get("served_by") or "-", model, str(s.get("attempts") or 0),
+            f"{s.get('tokens_in') or 0}/{s.get('tokens_out') or 0}", fmt_cost(s.get("cost")),
+            f"{s.get('latency_ms') or 0:.1f}",
+        )
+    return table

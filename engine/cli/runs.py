@@ -1,0 +1,58 @@
+"""`engine runs list` and `engine runs show RUN_ID`."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from engine.cli.render import dump_json, fmt_cost, out_console, step_table
+from engine.config import load_config
+from engine.errors import UserError
+from engine.runner import open_store
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """Inspect the run log."""
+
+
+@click.command("list")
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option("--limit", "-n", default=20, show_default=True)
+def list_cmd(workflow: str | None, limit: int) -> None:
+    """The latest runs."""
+    rows = open_store(load_config().store_path()).runs(workflow=workflow, limit=limit)
+    table = Table(show_edge=False)
+    for col in ("run", "workflow", "status", "started", "tokens in/out", "cost", "ms"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"][:12], r["workflow"], r["status"], r["started_at"][:19],
+                      f"{r['tokens_in'] or 0}/{r['tokens_out'] or 0}", fmt_cost(r["cost"]),
+                      f"{r['latency_ms'] or 0:.0f}")
+    out_console.print(table)
+
+
+@click.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
+def show_cmd(run_id: str, as_json: bool) -> None:
+    """One run: inputs, outputs, steps and llm calls (a unique id prefix is enough)."""
+    run = open_store(load_config().store_path()).run(run_id)
+    if run is None:
+        raise UserError(f"no run matches '{run_id}'")
+    if as_json:
+        click.echo(dump_json(run))
+        return
+    out_console.print(f"[bold]{run['workflow']}[/] run {run['id']} · {run['status']} · {run['started_at']}")
+    out_console.print(f"inputs: {dump_json(run['inputs'])}")
+    out_console.print(step_table(run["steps"]))
+    for call in run["llm_calls"]:
+        out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}: "
+                          f"{call['outcome']} {call['error'] or ''}".rstrip())
+    if run["error"]:
+        out_console.print(f"error: {run['error']}")
+    out_console.print(f"outputs: {dump_json(run['outputs'])}")
+
+
+runs_group.add_command(list_cmd)
+runs_group.add_command(show_cmd)

@@ -1,0 +1,93 @@
+"""Engine configuration: tiers (ordered model chains with prices) and where the store lives.
+
+Looked up, later files overriding earlier ones tier by tier:
+  1. built-in defaults (`local` = the bundled SmolLM2 through llama.cpp)
+  2. the user config: `$ENGINE_HOME/engine.yaml` (default `~/.config/engine/engine.yaml`)
+  3. `engine.yaml` in the working directory
+  4. `engine.yaml` beside the workflow
+A workflow's own `tiers:` override all of these for that workflow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from engine.errors import ConfigError
+from engine.spec.models import ModelEntry, Strict, TierChain
+from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml
+
+CONFIG_NAME = "engine.yaml"
+DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
+    "local": [{"model": "llamacpp:smollm2", "input_price": 0.0, "output_price": 0.0}],
+}
+
+
+class EngineConfig(Strict):
+    store: str | None = Field(None, description="path of the SQLite store (default .engine/engine.db)")
+    tiers: dict[str, TierChain] = Field(default_factory=dict)
+    sources: list[str] = Field(default_factory=list, description="files this config was read from")
+
+    def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:
+        if not tiers:
+            return self
+        return self.model_copy(update={"tiers": {**self.tiers, **tiers}})
+
+    def chain(self, tier: str) -> list[ModelEntry]:
+        try:
+            return self.tiers[tier]
+        except KeyError:
+            raise ConfigError(f"unknown tier '{tier}' (known: {', '.join(sorted(self.tiers))})") from None
+
+    def store_path(self) -> Path:
+        return Path(self.store or os.environ.get("ENGINE_DB") or Path(".engine") / "engine.db")
+
+
+def user_config_path() -> Path:
+    home = os.environ.get("ENGINE_HOME")
+    base = Path(home) if home else Path.home() / ".config" / "engine"
+    return base / CONFIG_NAME
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data, positions = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except YAMLSyntaxError as e:
+        raise ConfigError(str(e)) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1:1: the config must be a mapping")
+    try:
+        EngineConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise ConfigError(f"{positions.locate(loc)}: {field_path(loc, data)}: {err['msg']}") from None
+    if data.get("store"):
+        store = Path(data["store"])
+        data["store"] = str(store if store.is_absolute() else path.parent / store)
+    return data
+
+
+def load_config(workflow_dir: Path | None = None, *, cwd: Path | None = None) -> EngineConfig:
+    """Merge the built-in defaults with every config file found (see module docstring)."""
+    merged: dict[str, Any] = {"tiers": dict(DEFAULT_TIERS), "sources": []}
+    candidates = [user_config_path(), (cwd or Path.cwd()) / CONFIG_NAME]
+    if workflow_dir is not None:
+        candidates.append(workflow_dir / CONFIG_NAME)
+    seen: set[Path] = set()
+    for path in candidates:
+        resolved = path.resolve()
+        if resolved in seen or not path.is_file():
+            continue
+        seen.add(resolved)
+        data = _read(path)
+        merged["tiers"].update(data.get("tiers") or {})
+        if data.get("store"):
+            merged["store"] = data["store"]
+        merged["sources"].append(str(path))
+    return EngineConfig.model_validate(merged)

@@ -1,0 +1,53 @@
+"""Stable hashes and normalisation shared by the store, caches and promotion mining."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+_WS = re.compile(r"\s+")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def normalize_text(text: str, *, case: bool = True, whitespace: bool = True, unicode: bool = True) -> str:
+    if unicode:
+        text = unicodedata.normalize("NFKC", text)
+    if whitespace:
+        text = _WS.sub(" ", text).strip()
+    if case:
+        text = text.casefold()
+    return text
+
+
+def normalize_value(value: Any, **flags: bool) -> Any:
+    """Normalise every string inside a JSON-like value."""
+    if isinstance(value, str):
+        return normalize_text(value, **flags)
+    if isinstance(value, dict):
+        return {k: normalize_value(v, **flags) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize_value(v, **flags) for v in value]
+    return value
+
+
+def input_hash(values: dict[str, Any]) -> str:
+    """Hash of a step's dynamic input, normalised for whitespace and Unicode (case kept)."""
+    return sha256(canonical_json(normalize_value(values, case=False)))
+
+
+def schema_hash(schema: Any) -> str:
+    return sha256(canonical_json(schema))[:16]
+
+
+def prompt_hash(*templates: str | None) -> str:
+    return sha256("\x00".join(t or "" for t in templates))[:16]

@@ -1,0 +1,46 @@
+"""The provider protocol: one small method, `complete(request) -> Completion`.
+
+A provider is an authenticated client for one backend (llama.cpp, OpenAI, Anthropic, ...). It
+receives the chat messages, the JSON Schema the reply must satisfy, and the token cap; it returns
+the raw text with usage and the finish reason. It never validates: the llm step does that, the same
+way for every provider. Adapters translate their SDK's errors into `engine.errors.ProviderError`
+subclasses in one place, with `raise ... from`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    """The model name within the provider (the part after `provider:`)."""
+    messages: list[dict[str, str]]
+    """Chat messages, static content first: system, then the rendered prompt, then any re-asks."""
+    max_tokens: int
+    schema: dict[str, Any] | None = None
+    temperature: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+    """Provider options from the tier config (paths, base_url, structured-output form, ...)."""
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    """'stop' when the model ended its reply; 'length' when the token cap cut it off."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    model: str = ""
+    """The model that actually answered, as the provider reports it."""
+    raw: Any = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+
+    def complete(self, request: CompletionRequest) -> Completion: ...

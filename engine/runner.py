@@ -1,0 +1,210 @@
+"""Runs a workflow: inputs in, outputs and one record per step out; sync and async entry points.
+
+State is `{"inputs": {...}, "steps": {id: {"output": ...}}}`; each step renders its declared
+inputs from it, runs, and adds its output. Every run, step and llm call is written to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.errors import EngineError, LLMStepError, StepError, UserError
+from engine.inputs import validate_inputs
+from engine.spec.loader import load_workflow
+from engine.spec.models import Step, Workflow
+from engine.steps import StepContext, StepOutcome, run_decision_step, run_llm_step, run_script_step
+from engine.store import SQLiteStore
+from engine.templating import TemplateError, evaluate_condition, render
+
+_stores: dict[Path, SQLiteStore] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(path: str | Path) -> SQLiteStore:
+    """The process-wide store for `path` (one connection, shared by every run)."""
+    key = Path(path).resolve()
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = SQLiteStore(key)
+        return store
+
+
+@dataclass
+class StepRecord:
+    step_id: str
+    kind: str
+    status: str
+    """ok | skipped | failed"""
+    served_by: str | None = None
+    """script | decision | llm (later also cache, lookup, script promotions)"""
+    tier: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    attempts: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    output: Any = None
+    error: str | None = None
+    validation_errors: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    workflow: str
+    status: str
+    """ok | failed"""
+    outputs: dict[str, Any]
+    steps: list[StepRecord]
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def tokens_in(self) -> int:
+        return sum(s.tokens_in for s in self.steps)
+
+    @property
+    def tokens_out(self) -> int:
+        return sum(s.tokens_out for s in self.steps)
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.steps)
+
+    def step(self, step_id: str) -> StepRecord:
+        return next(s for s in self.steps if s.step_id == step_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost=self.cost)
+        return data
+
+
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> StepOutcome:
+    if step.script is not None:
+        return run_script_step(ctx, step.script, values)
+    if step.decision is not None:
+        return run_decision_step(ctx, step.decision, values)
+    assert step.llm is not None
+    return run_llm_step(ctx, step.llm, values)
+
+
+def run_workflow(
+    workflow: str | Path | Workflow,
+    inputs: dict[str, Any] | None = None,
+    *,
+    config: EngineConfig | None = None,
+    store: SQLiteStore | None | bool = True,
+    tags: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
+) -> RunResult:
+    """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
+    `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
+    `store=True` opens the configured store, `False`/`None` logs nothing."""
+    wf = load_workflow(workflow, config=config)
+    config = wf.config if config is None else config.with_tiers(wf.tiers)
+    values = validate_inputs(wf, inputs or {})
+    db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
+    run_id = uuid.uuid4().hex
+    if db is not None:
+        db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values, tags)
+    state: dict[str, Any] = {"inputs": values, "steps": {}}
+    records: list[StepRecord] = []
+    started = time.perf_counter()
+    failure: EngineError | None = None
+    outputs: dict[str, Any] = {}
+    for step in wf.steps:
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id), step, state)
+        records.append(record)
+        if db is not None:
+            _record_step(db, run_id, record)
+        if error is not None:
+            failure = error
+            break
+        state["steps"][step.id] = {"output": record.output}
+    if failure is None:
+        try:
+            outputs = render(wf.outputs, state) if wf.outputs else {s.id: state["steps"][s.id]["output"]
+                                                                    for s in wf.steps[-1:]}
+        except TemplateError as e:
+            failure = StepError("outputs", str(e))
+    result = RunResult(run_id=run_id, workflow=wf.name, status="failed" if failure else "ok",
+                       outputs=outputs if failure is None else {}, steps=records,
+                       latency_ms=(time.perf_counter() - started) * 1000,
+                       error=str(failure) if failure else None)
+    if db is not None:
+        db.finish_run(run_id, status=result.status, outputs=result.outputs, error=result.error,
+                      tokens_in=result.tokens_in, tokens_out=result.tokens_out, cost=result.cost,
+                      latency_ms=result.latency_ms)
+    if failure is not None and raise_on_error:
+        failure.result = result  # type: ignore[attr-defined]
+        raise failure
+    return result
+
+
+def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepRecord, EngineError | None]:
+    record = StepRecord(step_id=step.id, kind=step.kind, status="ok")
+    started = time.perf_counter()
+    try:
+        if step.when is not None and not evaluate_condition(step.when, state):
+            record.status = "skipped"
+            return record, None
+        values = render(step.inputs, state)
+        outcome = _run_step(ctx, step, values)
+    except TemplateError as e:
+        record.status, record.error = "failed", f"step '{step.id}': {e}"
+        return record, StepError(step.id, str(e))
+    except (StepError, UserError) as e:
+        record.status, record.error = "failed", str(e)
+        if isinstance(e, LLMStepError):
+            _fill_attempts(record, e.attempts)
+        return record, e
+    finally:
+        record.latency_ms = (time.perf_counter() - started) * 1000
+    record.output = outcome.output
+    record.served_by = outcome.served_by
+    record.tier, record.provider, record.model = outcome.tier, outcome.provider, outcome.model
+    _fill_attempts(record, outcome.attempts)
+    return record, None
+
+
+def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
+    record.calls = attempts
+    record.attempts = len(attempts)
+    record.tokens_in = sum(a.get("tokens_in", 0) for a in attempts)
+    record.tokens_out = sum(a.get("tokens_out", 0) for a in attempts)
+    record.cost = sum(a.get("cost", 0.0) for a in attempts)
+    record.validation_errors = [a["error"] for a in attempts if a.get("outcome") == "invalid"]
+
+
+def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
+    step_row_id = db.record_step({
+        "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
+        "served_by": record.served_by, "tier": record.tier, "provider": record.provider,
+        "model": record.model, "attempts": record.attempts, "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out, "cost": record.cost, "latency_ms": record.latency_ms,
+        "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
+    })
+    if record.calls:
+        db.link_calls(run_id, record.step_id, step_row_id)
+
+
+async def arun_workflow(workflow: str | Path | Workflow, inputs: dict[str, Any] | None = None,
+                        **kwargs: Any) -> RunResult:
+    """Async variant of `run_workflow`: runs it in a worker thread, so the event loop stays free."""
+    return await asyncio.to_thread(run_workflow, workflow, inputs, **kwargs)

@@ -1,0 +1,397 @@
+"""Load a workflow file into `Workflow`, collecting every problem with file:line:column and field.
+
+`load_workflow(path)` parses YAML, validates the models (unknown keys forbidden), resolves files
+(prompts, schemas, tables, script callables) relative to the workflow, and checks references:
+unknown or forward step references, unknown inputs, duplicate ids, unknown tiers, invalid JSON
+Schemas, template syntax errors, prompts that read variables the step does not declare.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.errors import SpecError
+from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
+from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml
+from engine.templating import TemplateError, check_syntax, free_variables, references
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+
+
+class _Problems:
+    def __init__(self, positions: PositionMap, data: Any):
+        self.positions = positions
+        self.data = data
+        self.items: list[tuple[str, str, str]] = []
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        self.items.append((self.positions.locate(path), field_path(path, self.data), message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(self.items)
+
+
+def load_workflow(
+    source: str | Path | dict[str, Any] | Workflow, *, config: EngineConfig | None = None
+) -> Workflow:
+    """Load a workflow from a path, a dict, or pass a loaded one through."""
+    if isinstance(source, Workflow):
+        return source
+    if isinstance(source, dict):
+        return _build(source, PositionMap("<dict>"), Path.cwd(), config, None)
+    path = Path(source)
+    if not path.is_file():
+        raise SpecError([(str(path), "", "no such workflow file")])
+    return load_workflow_text(path.read_text(encoding="utf-8"), filename=str(path), base_dir=path.parent,
+                              config=config, path=path)
+
+
+def load_workflow_text(
+    text: str, *, filename: str = "<string>", base_dir: Path | None = None,
+    config: EngineConfig | None = None, path: Path | None = None,
+) -> Workflow:
+    try:
+        data, positions = parse_yaml(text, filename)
+    except YAMLSyntaxError as e:
+        raise SpecError([(e.location, "", e.message)]) from None
+    return _build(data, positions, base_dir or Path.cwd(), config, path)
+
+
+def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConfig | None,
+           path: Path | None) -> Workflow:
+    problems = _Problems(positions, data)
+    if not isinstance(data, dict):
+        problems.add((), "a workflow must be a mapping with name, steps, ...")
+        problems.raise_if_any()
+    try:
+        workflow = Workflow.model_validate(data)
+    except ValidationError as e:
+        for loc, msg in _pydantic_problems(e, data):
+            problems.add(loc, msg)
+        problems.raise_if_any()
+        raise  # pragma: no cover
+    from engine.config import load_config  # engine.config imports the spec models
+
+    config = (config or load_config(base_dir)).with_tiers(workflow.tiers)
+    workflow._path = path
+    workflow._base_dir = base_dir
+    workflow._config = config
+    _check(workflow, data, problems, config, base_dir)
+    problems.raise_if_any()
+    return workflow
+
+
+def _pydantic_problems(e: ValidationError, data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """One message per data location; union noise collapsed into the first member's message."""
+    out: dict[tuple[Any, ...], str] = {}
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        # Drop union-member tags (e.g. 'MissDefault', "literal['error']", 'str') from the path.
+        clean: list[Any] = []
+        cursor = data
+        for part in loc:
+            if isinstance(part, int) and isinstance(cursor, list) and part < len(cursor):
+                clean.append(part)
+                cursor = cursor[part]
+            elif isinstance(part, str) and isinstance(cursor, dict) and part in cursor:
+                clean.append(part)
+                cursor = cursor[part]
+            elif err["type"] in ("missing", "extra_forbidden") and part == loc[-1]:
+                clean.append(part)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        elif err["type"] == "missing":
+            msg = f"missing required field '{loc[-1]}'"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.setdefault(tuple(clean), msg)
+    return list(out.items())
+
+
+# --- semantic checks and resolution -------------------------------------------------------------
+
+
+def _check(workflow: Workflow, data: dict[str, Any], problems: _Problems, config: EngineConfig,
+           base_dir: Path) -> None:
+    for name, schema in workflow.inputs.items():
+        _check_schema(schema, ("inputs", name), problems)
+    seen: dict[str, int] = {}
+    for i, step in enumerate(workflow.steps):
+        where = ("steps", i)
+        if step.id in seen:
+            problems.add(where + ("id",), f"duplicate step id '{step.id}' (first used by steps[{seen[step.id]}])")
+        earlier = set(seen)
+        seen.setdefault(step.id, i)
+        _check_refs(step.inputs, where + ("inputs",), workflow, earlier, problems)
+        if step.when is not None:
+            _check_refs(step.when, where + ("when",), workflow, earlier, problems, condition=True)
+        if step.script is not None:
+            _resolve_script(step, where + ("script",), base_dir, problems)
+        elif step.decision is not None:
+            _resolve_decision(step, step.decision, where + ("decision",), base_dir, config, problems)
+        elif step.llm is not None:
+            _resolve_llm(step, step.llm, where + ("llm",), base_dir, config, problems)
+    for name, template in workflow.outputs.items():
+        _check_refs(template, ("outputs", name), workflow, set(seen), problems)
+
+
+def _check_refs(template: Any, path: tuple[Any, ...], workflow: Workflow, earlier: set[str],
+                problems: _Problems, condition: bool = False) -> None:
+    try:
+        refs = references(template, condition=condition)
+    except TemplateError as e:
+        problems.add(path, str(e))
+        return
+    for ref in refs:
+        head = ref.path[0]
+        if head == "inputs":
+            if len(ref.path) < 2:
+                continue
+            if ref.path[1] not in workflow.inputs:
+                known = ", ".join(workflow.inputs) or "none"
+                problems.add(path, f"unknown input 'inputs.{ref.path[1]}' (declared: {known})")
+        elif head == "steps":
+            if len(ref.path) < 2:
+                continue
+            target = ref.path[1]
+            if target not in workflow.step_ids:
+                problems.add(path, f"unknown step 'steps.{target}' (steps: {', '.join(workflow.step_ids)})")
+            elif target not in earlier:
+                problems.add(path, f"forward reference to 'steps.{target}': a step can only read earlier steps")
+            elif len(ref.path) > 2 and ref.path[2] != "output":
+                problems.add(path, f"'steps.{target}.{ref.path[2]}': a step exposes only '.output'")
+
+
+def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems) -> bool:
+    if not isinstance(schema, dict):
+        problems.add(path, "a JSON Schema must be a mapping")
+        return False
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = ".".join(str(p) for p in e.absolute_path)
+        problems.add(path, f"invalid JSON Schema{' at ' + where if where else ''}: {e.message}")
+        return False
+    return True
+
+
+def _read_file(ref: FileRef, base_dir: Path, path: tuple[Any, ...], problems: _Problems) -> str | None:
+    file = (base_dir / ref.file) if not Path(ref.file).is_absolute() else Path(ref.file)
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as e:
+        problems.add(path + ("file",), f"cannot read '{file}': {e.strerror or e}")
+        return None
+
+
+def _load_data_file(text: str, name: str) -> Any:
+    if name.endswith(".json"):
+        return json.loads(text)
+    return yaml.safe_load(text)
+
+
+def _check_tier(tier: str, path: tuple[Any, ...], config: EngineConfig, problems: _Problems) -> None:
+    if tier not in config.tiers:
+        problems.add(path, f"unknown tier '{tier}' (known: {', '.join(sorted(config.tiers))})")
+
+
+def _resolve_llm(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
+                 problems: _Problems) -> None:
+    _check_tier(spec.tier, path + ("tier",), config, problems)
+    for i, tier in enumerate(spec.escalate):
+        _check_tier(tier, path + ("escalate", i), config, problems)
+    for field in ("system", "prompt"):
+        value = getattr(spec, field)
+        if isinstance(value, FileRef):
+            text = _read_file(value, base_dir, path + (field,), problems)
+            if text is None:
+                continue
+            setattr(spec, field, text)
+            value = text
+        if value is None:
+            continue
+        try:
+            check_syntax(value)
+            names = free_variables(value)
+        except TemplateError as e:
+            problems.add(path + (field,), str(e))
+            continue
+        allowed = set(step.inputs) if field == "prompt" else set()
+        unknown = sorted(names - allowed)
+        if unknown:
+            what = "the static system prompt cannot use variables" if field == "system" else (
+                f"declared step inputs: {', '.join(step.inputs) or 'none'}")
+            problems.add(path + (field,), f"uses undeclared variable(s) {', '.join(unknown)} ({what})")
+    schema = spec.schema_
+    if isinstance(schema, FileRef):
+        text = _read_file(schema, base_dir, path + ("schema",), problems)
+        if text is None:
+            return
+        try:
+            schema = _load_data_file(text, schema.file)
+        except (ValueError, yaml.YAMLError) as e:
+            problems.add(path + ("schema",), f"cannot parse schema file: {e}")
+            return
+    if isinstance(schema, str):
+        model = _import_attr(schema, base_dir, path + ("schema",), problems)
+        if model is None:
+            return
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            problems.add(path + ("schema",), f"'{schema}' is not a pydantic model")
+            return
+        spec._pydantic_model = model
+        schema = model.model_json_schema()
+    if _check_schema(schema, path + ("schema",), problems):
+        spec.schema_ = schema
+
+
+def _resolve_decision(step: Step, spec: DecisionSpec, path: tuple[Any, ...], base_dir: Path,
+                      config: EngineConfig, problems: _Problems) -> None:
+    try:
+        check_syntax(spec.key)
+        unknown = sorted(free_variables(spec.key) - set(step.inputs))
+    except TemplateError as e:
+        problems.add(path + ("key",), str(e))
+        unknown = []
+    if unknown:
+        problems.add(path + ("key",), f"uses undeclared variable(s) {', '.join(unknown)} "
+                                      f"(declared step inputs: {', '.join(step.inputs) or 'none'})")
+    table = spec.table
+    if isinstance(table, (str, FileRef)):
+        ref = table if isinstance(table, FileRef) else FileRef(file=table)
+        text = _read_file(ref, base_dir, path + ("table",), problems)
+        if text is None:
+            return
+        try:
+            table = _parse_table(text, ref.file, spec)
+        except (ValueError, KeyError, yaml.YAMLError, csv.Error) as e:
+            problems.add(path + ("table",), f"cannot read table '{ref.file}': {e}")
+            return
+    if not isinstance(table, dict):
+        problems.add(path + ("table",), "a decision table must be a mapping of key -> value")
+        return
+    spec.table = table
+    if isinstance(spec.on_miss, MissLLM):
+        _resolve_llm(step, spec.on_miss.llm, path + ("on_miss", "llm"), base_dir, config, problems)
+
+
+def _parse_table(text: str, name: str, spec: DecisionSpec) -> dict[str, Any]:
+    if name.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if not rows:
+            return {}
+        columns = list(rows[0].keys())
+        key_col = spec.key_column or columns[0]
+        if key_col not in columns:
+            raise KeyError(f"no column '{key_col}' (columns: {', '.join(columns)})")
+        if spec.value_column:
+            if spec.value_column not in columns:
+                raise KeyError(f"no column '{spec.value_column}' (columns: {', '.join(columns)})")
+            return {r[key_col]: r[spec.value_column] for r in rows}
+        rest = [c for c in columns if c != key_col]
+        if len(rest) == 1:
+            return {r[key_col]: r[rest[0]] for r in rows}
+        return {r[key_col]: {c: r[c] for c in rest} for r in rows}
+    data = _load_data_file(text, name)
+    if not isinstance(data, dict):
+        raise ValueError("the file must hold a mapping of key -> value")
+    return {str(k): v for k, v in data.items()}
+
+
+def _resolve_script(step: Step, path: tuple[Any, ...], base_dir: Path, problems: _Problems) -> None:
+    spec = step.script
+    assert spec is not None
+    fn = _import_attr(spec.function, base_dir, path + ("function",), problems)
+    if fn is None:
+        return
+    if not callable(fn):
+        problems.add(path + ("function",), f"'{spec.function}' is not callable")
+        return
+    spec._callable = fn
+    if isinstance(spec.schema_, FileRef):
+        text = _read_file(spec.schema_, base_dir, path + ("schema",), problems)
+        if text is None:
+            return
+        spec.schema_ = _load_data_file(text, spec.schema_.file)
+    if spec.schema_ is not None:
+        _check_schema(spec.schema_, path + ("schema",), problems)
+
+
+def _skill_dirs(base_dir: Path) -> list[Path]:
+    dirs = [base_dir]
+    for parent in [base_dir, *base_dir.resolve().parents, Path.cwd()]:
+        candidate = parent / "skills"
+        if candidate.is_dir() and candidate not in dirs:
+            dirs.append(candidate)
+    return dirs
+
+
+def _import_attr(ref: str, base_dir: Path, path: tuple[Any, ...], problems: _Problems) -> Any:
+    """Resolve 'module:attr' or 'file.py:attr' (beside the workflow, then in skills/)."""
+    target, _, attr = ref.rpartition(":")
+    if not target or not attr:
+        problems.add(path, f"'{ref}' must be 'module:name' or 'file.py:name'")
+        return None
+    if target.endswith(".py"):
+        file = next((d / target for d in _skill_dirs(base_dir) if (d / target).is_file()), None)
+        if file is None:
+            problems.add(path, f"no file '{target}' beside the workflow or in skills/")
+            return None
+        module = _import_file(file, path, problems)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            problems.add(path, f"cannot import module '{target}': {e}")
+            return None
+        except Exception as e:  # noqa: BLE001 - user code failed while importing
+            problems.add(path, f"importing '{target}' failed: {type(e).__name__}: {e}")
+            return None
+    if module is None:
+        return None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        problems.add(path, f"'{target}' has no attribute '{attr}'")
+        return None
+
+
+def _import_file(file: Path, path: tuple[Any, ...], problems: _Problems) -> Any:
+    name = f"engine_user_{abs(hash(str(file.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        problems.add(path, f"cannot import '{file}'")
+        return None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - user code failed while importing
+        problems.add(path, f"importing '{file}' failed: {type(e).__name__}: {e}")
+        return None
+    sys.modules[name] = module
+    return module
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """JSON Schema of the workflow format, for editor completion."""
+    schema = Workflow.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "engine workflow"
+    return schema
+

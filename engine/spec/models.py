@@ -1,0 +1,170 @@
+"""Pydantic models of a workflow file. YAML `llm:` maps to `LLMSpec`, `script:` to `ScriptSpec`,
+`decision:` to `DecisionSpec`. Unknown keys are forbidden everywhere."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+_ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class FileRef(Strict):
+    """`{file: path}`: content kept in a file, relative to the workflow."""
+
+    file: str
+
+
+class ModelEntry(Strict):
+    """One model in a tier's chain: `provider:model` plus its price per million tokens."""
+
+    model: str = Field(description="provider:model, e.g. llamacpp:smollm2 or openai:gpt-4o-mini")
+    input_price: float = Field(0.0, ge=0, description="USD per million input tokens")
+    output_price: float = Field(0.0, ge=0, description="USD per million output tokens")
+    cached_input_price: float | None = Field(None, ge=0, description="USD per million cached input tokens")
+    options: dict[str, Any] = Field(default_factory=dict, description="provider options")
+
+    @field_validator("model")
+    @classmethod
+    def _has_provider(cls, v: str) -> str:
+        if ":" not in v or not v.split(":", 1)[0] or not v.split(":", 1)[1]:
+            raise ValueError(f"'{v}' must be 'provider:model'")
+        return v
+
+    @property
+    def provider(self) -> str:
+        return self.model.split(":", 1)[0]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.split(":", 1)[1]
+
+
+TierChain = list[ModelEntry]
+
+
+class ScriptSpec(Strict):
+    """A deterministic Python callable: `module:function` or `file.py:function`."""
+
+    function: str = Field(description="module:function, or path/to/file.py:function")
+    schema_: FileRef | dict[str, Any] | None = Field(
+        None, alias="schema", union_mode="left_to_right", description="optional output JSON Schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _callable: Callable[..., Any] | None = PrivateAttr(None)
+
+    @field_validator("function")
+    @classmethod
+    def _callable_ref(cls, v: str) -> str:
+        if ":" not in v:
+            raise ValueError(f"'{v}' must be 'module:function' or 'file.py:function'")
+        return v
+
+
+class LLMSpec(Strict):
+    """A prompt sent to a tier, validated against a schema, capped at `max_tokens`."""
+
+    tier: str = Field("local", description="the tier to ask first")
+    system: str | FileRef | None = Field(None, description="the static part of the prompt")
+    prompt: str | FileRef = Field(description="jinja2 template over the step's inputs")
+    schema_: FileRef | dict[str, Any] | str = Field(
+        alias="schema", union_mode="left_to_right",
+        description="JSON Schema (inline or {file:}), or a pydantic model 'module:Model'")
+    max_tokens: int = Field(gt=0, description="the token cap (required)")
+    temperature: float = Field(0.0, ge=0, le=2)
+    retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
+    escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
+
+
+class MissLLM(Strict):
+    llm: LLMSpec
+
+
+class MissDefault(Strict):
+    default: Any
+
+
+class DecisionSpec(Strict):
+    """A lookup table keyed by a template; zero tokens."""
+
+    key: str = Field(description="template over the step's inputs giving the lookup key")
+    table: FileRef | dict[str, Any] | str = Field(
+        union_mode="left_to_right", description="inline mapping, {file: path}, or a path (YAML/JSON/CSV)")
+    key_column: str | None = Field(None, description="CSV: the key column (default: the first)")
+    value_column: str | None = Field(None, description="CSV: the value column (default: the second)")
+    normalize: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])
+    on_miss: Literal["error"] | MissDefault | MissLLM = Field("error", description="error, {default: v} or {llm: ...}")
+    _normalized_table: dict[str, Any] | None = PrivateAttr(None)
+
+
+class Step(Strict):
+    id: str = Field(pattern=_ID)
+    inputs: dict[str, Any] = Field(default_factory=dict, description="name -> template over inputs.* and steps.*")
+    when: str | bool | None = Field(None, description="skip the step unless this is true")
+    script: ScriptSpec | None = None
+    decision: DecisionSpec | None = None
+    llm: LLMSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _script_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("script"), str):
+            data = {**data, "script": {"function": data["script"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Step:
+        kinds = [k for k in ("script", "decision", "llm") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(f"a step needs exactly one of script, decision, llm (found: {found})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("script", "decision", "llm") if getattr(self, k) is not None)
+
+
+class Workflow(Strict):
+    name: str
+    version: Union[int, str] = 1
+    description: str | None = None
+    inputs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> JSON Schema")
+    steps: list[Step] = Field(min_length=1)
+    outputs: dict[str, Any] = Field(default_factory=dict, description="name -> template over inputs and steps")
+    tiers: dict[str, TierChain] = Field(default_factory=dict, description="tier overrides for this workflow")
+
+    model_config = ConfigDict(extra="forbid")
+    # Filled by the loader, not by YAML.
+    _path: Path | None = PrivateAttr(None)
+    _base_dir: Path | None = PrivateAttr(None)
+    _config: Any = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.id for s in self.steps]
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)

@@ -1,0 +1,36 @@
+"""What every step kind receives (`StepContext`) and returns (`StepOutcome`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.spec.models import Workflow
+
+
+@dataclass
+class StepContext:
+    run_id: str
+    workflow: Workflow
+    config: EngineConfig
+    store: Any  # SQLiteStore | None
+    step_id: str
+
+
+@dataclass
+class StepOutcome:
+    output: Any
+    served_by: str
+    """script | decision | llm (later: cache, lookup, ...)."""
+    tier: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+    @property
+    def validation_errors(self) -> list[str]:
+        return [a["error"] for a in self.attempts if a.get("outcome") == "invalid" and a.get("error")]

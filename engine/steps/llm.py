@@ -1,0 +1,163 @@
+"""llm steps: render, send with the token cap, validate, re-ask, fall back, escalate.
+
+For each tier in `[tier, *escalate]`, for each model in the tier's chain:
+  - a provider error (outage, rate limit, timeout, context overflow) moves to the next model;
+    an authentication error fails the step at once, with its message;
+  - a reply that is cut off by the cap (finish reason `length`), is not JSON, or fails the schema
+    (jsonschema, then the pydantic model when one is given) is re-asked with the validation error,
+    up to `retries` times; then the step escalates to the next tier.
+Every call is logged to the store. When every tier is exhausted the step raises `LLMStepError`
+carrying every attempt: an output that fails its schema is never returned as a success.
+
+Messages put static content first (system prompt + schema instructions, identical on every call)
+and the rendered prompt last, so provider and llama.cpp prefix caches hit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+
+from engine.errors import AuthenticationError, LLMStepError, ProviderError, StepError
+from engine.hashing import input_hash, prompt_hash, schema_hash
+from engine.providers.base import Completion, CompletionRequest
+from engine.providers.registry import get_provider
+from engine.spec.models import LLMSpec, ModelEntry
+from engine.steps.base import StepContext, StepOutcome
+from engine.templating import TemplateError, render_text
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def system_message(spec: LLMSpec) -> str:
+    """The static prefix: the step's system prompt plus the schema the reply must match."""
+    assert isinstance(spec.schema_, dict)
+    parts = [spec.system.strip()] if isinstance(spec.system, str) and spec.system.strip() else []
+    parts.append("Reply with only a JSON value that matches this JSON Schema:\n"
+                 + json.dumps(spec.schema_, ensure_ascii=False, sort_keys=True))
+    return "\n\n".join(parts)
+
+
+def cost_of(entry: ModelEntry, completion: Completion) -> float:
+    cached = min(completion.cached_input_tokens, completion.input_tokens)
+    cached_price = entry.cached_input_price if entry.cached_input_price is not None else entry.input_price
+    return ((completion.input_tokens - cached) * entry.input_price + cached * cached_price
+            + completion.output_tokens * entry.output_price) / 1_000_000
+
+
+def parse_and_validate(text: str, spec: LLMSpec) -> Any:
+    """Return the validated output, or raise ValueError naming what is wrong."""
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"the reply is not valid JSON ({e})") from None
+    assert isinstance(spec.schema_, dict)
+    errors = sorted(jsonschema.Draft202012Validator(spec.schema_).iter_errors(value), key=lambda e: e.path)
+    if errors:
+        details = "; ".join(
+            f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors[:5])
+        raise ValueError(f"the reply does not match the schema: {details}")
+    if spec._pydantic_model is not None:
+        try:
+            value = spec._pydantic_model.model_validate(value).model_dump(mode="json")
+        except ValidationError as e:
+            raise ValueError(f"the reply fails the model {spec._pydantic_model.__name__}: {e}") from None
+    return value
+
+
+def reask_message(error: str) -> str:
+    return (f"Your reply was rejected: {error}. Reply again with only a JSON value that matches "
+            f"the schema, and nothing else.")
+
+
+def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
+    try:
+        prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
+    except TemplateError as e:
+        raise StepError(ctx.step_id, f"prompt: {e}") from e
+    base = [{"role": "system", "content": system_message(spec)}, {"role": "user", "content": prompt}]
+    hashes = {
+        "prompt_hash": prompt_hash(spec.system if isinstance(spec.system, str) else None,
+                                   spec.prompt if isinstance(spec.prompt, str) else None),
+        "schema_hash": schema_hash(spec.schema_),
+        "input_hash": input_hash(values),
+    }
+    attempts: list[dict[str, Any]] = []
+    totals = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
+
+    for tier in [spec.tier, *spec.escalate]:
+        for entry in ctx.config.chain(tier):
+            messages = list(base)
+            for attempt_no in range(1 + spec.retries):
+                attempt: dict[str, Any] = {"tier": tier, "provider": entry.provider, "model": entry.model_name,
+                                           "attempt": attempt_no + 1}
+                started = time.perf_counter()
+                try:
+                    provider = get_provider(entry.provider)
+                    completion = provider.complete(CompletionRequest(
+                        model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
+                        schema=spec.schema_ if isinstance(spec.schema_, dict) else None,
+                        temperature=spec.temperature, options=entry.options))
+                except AuthenticationError as e:
+                    attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
+                                   latency_ms=(time.perf_counter() - started) * 1000)
+                    _log(ctx, attempt, hashes, values, None)
+                    attempts.append(attempt)
+                    raise StepError(ctx.step_id, f"authentication failed for {entry.model}: {e}") from e
+                except ProviderError as e:
+                    attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
+                                   latency_ms=(time.perf_counter() - started) * 1000)
+                    _log(ctx, attempt, hashes, values, None)
+                    attempts.append(attempt)
+                    break  # next model in the chain
+                latency = (time.perf_counter() - started) * 1000
+                cost = cost_of(entry, completion)
+                attempt.update(tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
+                               cached_tokens=completion.cached_input_tokens, cost=cost, latency_ms=latency,
+                               finish_reason=completion.finish_reason, raw_output=completion.text,
+                               served_model=completion.model or entry.model_name)
+                totals["tokens_in"] += completion.input_tokens
+                totals["tokens_out"] += completion.output_tokens
+                totals["cost"] += cost
+                try:
+                    if completion.finish_reason == "length":
+                        raise ValueError(f"the reply was cut off by max_tokens ({spec.max_tokens})")
+                    output = parse_and_validate(completion.text, spec)
+                except ValueError as e:
+                    attempt.update(outcome="invalid", error=str(e))
+                    _log(ctx, attempt, hashes, values, None)
+                    attempts.append(attempt)
+                    messages = [*messages, {"role": "assistant", "content": completion.text},
+                                {"role": "user", "content": reask_message(str(e))}]
+                    continue
+                attempt.update(outcome="valid", output=output)
+                _log(ctx, attempt, hashes, values, output)
+                attempts.append(attempt)
+                return StepOutcome(output=output, served_by="llm", tier=tier, provider=entry.provider,
+                                   model=entry.model_name, attempts=attempts, **totals)  # type: ignore[arg-type]
+            else:
+                break  # re-asks exhausted on this tier: escalate
+    raise LLMStepError(ctx.step_id, attempts)
+
+
+def _log(ctx: StepContext, attempt: dict[str, Any], hashes: dict[str, str], values: dict[str, Any],
+         output: Any) -> None:
+    if ctx.store is None:
+        return
+    ctx.store.record_llm_call({
+        "run_id": ctx.run_id, "workflow": ctx.workflow.name, "step_id": ctx.step_id, **hashes,
+        "input": values, "tier": attempt["tier"], "provider": attempt["provider"], "model": attempt["model"],
+        "attempt": attempt["attempt"], "tokens_in": attempt.get("tokens_in", 0),
+        "tokens_out": attempt.get("tokens_out", 0), "cached_tokens": attempt.get("cached_tokens", 0),
+        "cost": attempt.get("cost", 0.0), "latency_ms": attempt.get("latency_ms"),
+        "finish_reason": attempt.get("finish_reason"), "outcome": attempt["outcome"], "output": output,
+        "raw_output": attempt.get("raw_output"), "error": attempt.get("error"),
+    })

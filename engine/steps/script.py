@@ -1,0 +1,31 @@
+"""script steps: a deterministic Python callable, called with the step's declared inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from engine.errors import StepError
+from engine.spec.models import ScriptSpec
+from engine.steps.base import StepContext, StepOutcome
+
+
+def run_script_step(ctx: StepContext, spec: ScriptSpec, values: dict[str, Any]) -> StepOutcome:
+    fn = spec._callable
+    if fn is None:  # pragma: no cover - the loader always resolves it
+        raise StepError(ctx.step_id, f"script '{spec.function}' was not resolved")
+    try:
+        output = fn(**values)
+    except Exception as e:  # noqa: BLE001 - user code; reported as a step failure
+        raise StepError(ctx.step_id, f"script '{spec.function}' raised {type(e).__name__}: {e}") from e
+    try:
+        output = json.loads(json.dumps(output))
+    except (TypeError, ValueError) as e:
+        raise StepError(ctx.step_id, f"script '{spec.function}' returned non-JSON data: {e}") from e
+    if isinstance(spec.schema_, dict):
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(spec.schema_).iter_errors(output))
+        if error is not None:
+            raise StepError(ctx.step_id, f"script output fails its schema: {error.message}")
+    return StepOutcome(output=output, served_by="script")

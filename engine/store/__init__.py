@@ -1,0 +1,5 @@
+"""The SQLite run log."""
+
+from engine.store.sqlite import SQLiteStore
+
+__all__ = ["SQLiteStore"]

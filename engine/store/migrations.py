@@ -1,0 +1,73 @@
+"""Numbered schema migrations (simonw/llm style). Each runs once, in order, recorded in
+`_migrations`. Later features append their own; never edit one that has shipped."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(name: str) -> Callable[[Migration], Migration]:
+    def register(fn: Migration) -> Migration:
+        MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+    done = {row["name"] for row in db["_migrations"].rows}
+    for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+        if name in done:
+            continue
+        with db.conn:
+            fn(db)
+            db["_migrations"].insert({"name": name, "applied_at": _now()})
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@migration("001_runs_steps_calls")
+def m001(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": str, "workflow": str, "workflow_version": str, "workflow_path": str,
+            "status": str, "inputs": str, "outputs": str, "error": str, "tags": str,
+            "tokens_in": int, "tokens_out": int, "cost": float, "latency_ms": float,
+            "started_at": str, "ended_at": str,
+        },
+        pk="id",
+    )
+    db["runs"].create_index(["workflow", "started_at"])
+    db["steps"].create(
+        {
+            "id": int, "run_id": str, "step_id": str, "kind": str, "status": str, "served_by": str,
+            "tier": str, "provider": str, "model": str, "attempts": int,
+            "tokens_in": int, "tokens_out": int, "cost": float, "latency_ms": float,
+            "output": str, "error": str, "validation_errors": str, "started_at": str,
+        },
+        pk="id", foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["steps"].create_index(["run_id"])
+    db["llm_calls"].create(
+        {
+            "id": int, "run_id": str, "step_execution_id": int, "workflow": str, "step_id": str,
+            "prompt_hash": str, "schema_hash": str, "input_hash": str, "input": str,
+            "tier": str, "provider": str, "model": str, "attempt": int,
+            "tokens_in": int, "tokens_out": int, "cached_tokens": int, "cost": float,
+            "latency_ms": float, "finish_reason": str, "outcome": str, "output": str, "raw_output": str,
+            "error": str, "created_at": str,
+        },
+        pk="id",
+    )
+    db["llm_calls"].create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
+    db["llm_calls"].create_index(["run_id"])

@@ -1,0 +1,153 @@
+"""Jinja2 templating: strict rendering, typed single-expression values, reference analysis.
+
+A template that is exactly one expression (``"{{ steps.classify.output.intent }}"``) evaluates to
+the expression's native value (a list stays a list); anything else renders to a string. Missing
+variables are always errors (``StrictUndefined``), never empty strings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+
+ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+ENV.filters["tojson_compact"] = lambda v: __import__("json").dumps(v, ensure_ascii=False)
+
+
+class TemplateError(Exception):
+    """A template failed to parse or render; wrapped into SpecError/StepError by callers."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A dotted reference found in a template, e.g. ('steps', 'classify', 'output', 'intent')."""
+
+    path: tuple[str, ...]
+
+
+def _single_expression(source: str) -> str | None:
+    m = _SINGLE_EXPR.match(source)
+    if m and "{{" not in m.group("expr") and "{%" not in source:
+        return m.group("expr").strip()
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str) -> tuple[str, Any]:
+    expr = _single_expression(source)
+    try:
+        if expr is not None:
+            return "expr", ENV.compile_expression(expr, undefined_to_none=False)
+        return "template", ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"template syntax error: {e.message} (template line {e.lineno})") from e
+
+
+def check_syntax(source: str) -> None:
+    """Raise TemplateError if `source` does not parse."""
+    _compile(source)
+
+
+def render(source: Any, context: dict[str, Any]) -> Any:
+    """Render a template value. Non-strings pass through; dicts/lists are rendered recursively."""
+    if isinstance(source, dict):
+        return {k: render(v, context) for k, v in source.items()}
+    if isinstance(source, list):
+        return [render(v, context) for v in source]
+    if not isinstance(source, str) or ("{{" not in source and "{%" not in source):
+        return source
+    kind, compiled = _compile(source)
+    try:
+        value = compiled(**context) if kind == "expr" else compiled.render(**context)
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"undefined variable: {e.message}") from e
+    except jinja2.TemplateError as e:
+        raise TemplateError(str(e)) from e
+    if isinstance(value, jinja2.Undefined):
+        raise TemplateError("expression evaluated to an undefined value")
+    return value
+
+
+def render_text(source: str, context: dict[str, Any]) -> str:
+    """Render a template to text (prompts, keys)."""
+    value = render(source, context) if ("{{" in source or "{%" in source) else source
+    return value if isinstance(value, str) else str(value)
+
+
+def evaluate_condition(source: str | bool, context: dict[str, Any]) -> bool:
+    """Evaluate a `when:` condition: a bare expression or a ``{{ }}`` template."""
+    if isinstance(source, bool):
+        return source
+    text = source if ("{{" in source or "{%" in source) else "{{ " + source + " }}"
+    value = render(text, context)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "none", "no")
+    return bool(value)
+
+
+def _parse(source: str) -> nodes.Template:
+    try:
+        return ENV.parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"template syntax error: {e.message} (template line {e.lineno})") from e
+
+
+def _dotted(node: nodes.Node) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            parts.append(str(node.arg.value))
+            node = node.node
+        elif isinstance(node, nodes.Name):
+            parts.append(node.name)
+            return tuple(reversed(parts))
+        else:
+            return None
+
+
+def references(source: Any, *, condition: bool = False) -> list[Reference]:
+    """Every dotted variable reference in a template (longest chains only)."""
+    if isinstance(source, dict):
+        return [r for v in source.values() for r in references(v, condition=condition)]
+    if isinstance(source, list):
+        return [r for v in source for r in references(v, condition=condition)]
+    if not isinstance(source, str):
+        return []
+    if condition and "{{" not in source and "{%" not in source:
+        source = "{{ " + source + " }}"
+    tree = _parse(source)
+    found: list[Reference] = []
+    inner: set[int] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name)):
+        if id(node) in inner:
+            continue
+        child = node
+        while isinstance(child, (nodes.Getattr, nodes.Getitem)):
+            child = child.node
+            inner.add(id(child))
+        path = _dotted(node)
+        if path and not (isinstance(node, nodes.Name) and node.ctx != "load"):
+            found.append(Reference(path))
+    return found
+
+
+def free_variables(source: str) -> set[str]:
+    """Top-level names a template reads (excluding names it assigns itself)."""
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_parse(source)))
