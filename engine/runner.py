@@ -18,6 +18,7 @@ from engine.config import EngineConfig
 from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
+from engine.serving import Server
 from engine.spec.models import Step, Workflow
 from engine.steps import StepContext, StepOutcome, run_decision_step, run_llm_step, run_script_step
 from engine.store import SQLiteStore
@@ -112,10 +113,12 @@ def run_workflow(
     store: SQLiteStore | None | bool = True,
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
+    servers: list[Server] | None = None,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
-    `store=True` opens the configured store, `False`/`None` logs nothing."""
+    `store=True` opens the configured store, `False`/`None` logs nothing. `servers` may answer
+    llm steps before their tiers (caches, promoted lookups; see `engine.serving`)."""
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
@@ -129,7 +132,7 @@ def run_workflow(
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id), step, state)
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id, list(servers or [])), step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)

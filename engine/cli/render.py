@@ -17,13 +17,14 @@ def dump_json(value: Any) -> str:
 
 
 def fmt_cost(cost: float | None) -> str:
-    return f"${cost or 0:.6f}"
+    return "$0" if not cost else f"${cost:.6f}".rstrip("0")
 
 
 def step_table(steps: list[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, show_edge=False, pad_edge=False)
-    for col in ("step", "status", "served by", "tier/model", "attempts", "tokens in/out", "cost", "ms"):
-        table.add_column(col, justify="right" if col in ("attempts", "tokens in/out", "cost", "ms") else "left")
+    table = Table(title=title, show_edge=False, pad_edge=False, title_justify="left")
+    for col in ("step", "status", "served by", "tier/model", "calls", "tokens", "cost", "ms"):
+        table.add_column(col, no_wrap=True,
+                         justify="right" if col in ("calls", "tokens", "cost", "ms") else "left")
     for s in steps:
         model = "/".join(x for x in (s.get("tier"), s.get("model")) if x) or "-"
         table.add_row(

@@ -16,6 +16,8 @@ class StepContext:
     config: EngineConfig
     store: Any  # SQLiteStore | None
     step_id: str
+    servers: list[Any] = field(default_factory=list)
+    """`engine.serving.Server`s consulted before an llm step asks its tiers."""
 
 
 @dataclass

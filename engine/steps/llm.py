@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -78,18 +79,57 @@ def reask_message(error: str) -> str:
             f"the schema, and nothing else.")
 
 
-def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
+@dataclass
+class LLMCall:
+    """Everything about one llm step execution that servers (caches, promoted lookups, ...) key on."""
+
+    step_id: str
+    spec: LLMSpec
+    values: dict[str, Any]
+    """The step's declared inputs: the dynamic part of the prompt."""
+    messages: list[dict[str, str]]
+    """Static system prefix first, rendered prompt last."""
+    prompt_hash: str
+    schema_hash: str
+    input_hash: str
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        return {"prompt_hash": self.prompt_hash, "schema_hash": self.schema_hash, "input_hash": self.input_hash}
+
+
+def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLMCall:
     try:
         prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
     except TemplateError as e:
         raise StepError(ctx.step_id, f"prompt: {e}") from e
-    base = [{"role": "system", "content": system_message(spec)}, {"role": "user", "content": prompt}]
-    hashes = {
-        "prompt_hash": prompt_hash(spec.system if isinstance(spec.system, str) else None,
-                                   spec.prompt if isinstance(spec.prompt, str) else None),
-        "schema_hash": schema_hash(spec.schema_),
-        "input_hash": input_hash(values),
-    }
+    return LLMCall(
+        step_id=ctx.step_id, spec=spec, values=values,
+        messages=[{"role": "system", "content": system_message(spec)}, {"role": "user", "content": prompt}],
+        prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
+                                spec.prompt if isinstance(spec.prompt, str) else None),
+        schema_hash=schema_hash(spec.schema_),
+        input_hash=input_hash(values),
+    )
+
+
+def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
+    """Serve an llm step: registered servers first (see `engine.serving`), then the tiers."""
+    call = prepare_call(ctx, spec, values)
+    for server in ctx.servers:
+        served = server.serve(ctx, call)
+        if served is not None:
+            return served
+    outcome = ask_tiers(ctx, call)
+    for server in ctx.servers:
+        server.observe(ctx, call, outcome)
+    return outcome
+
+
+def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
+    """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors, escalate."""
+    spec, values, hashes = call.spec, call.values, call.hashes
+    base = call.messages
     attempts: list[dict[str, Any]] = []
     totals = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
 
