@@ -18,7 +18,7 @@ from engine.config import EngineConfig
 from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
-from engine.serving import Server
+from engine.serving import Server, default_servers
 from engine.spec.models import Step, Workflow
 from engine.steps import StepContext, StepOutcome, run_decision_step, run_llm_step, run_script_step
 from engine.store import SQLiteStore
@@ -126,13 +126,15 @@ def run_workflow(
     run_id = uuid.uuid4().hex
     if db is not None:
         db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values, tags)
+    if servers is None:
+        servers = default_servers(wf, config, db)
     state: dict[str, Any] = {"inputs": values, "steps": {}}
     records: list[StepRecord] = []
     started = time.perf_counter()
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, list(servers or [])), step, state)
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers), step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)

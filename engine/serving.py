@@ -5,7 +5,7 @@ hashes). `serve` returns a `StepOutcome` to answer at zero tokens (its `served_b
 was: cache, lookup, script, ...) or None to pass. After the tiers answer, every server `observe`s
 the outcome (to fill a cache, to extend a table, to record shadow agreement).
 
-The runner consults `servers` in order; the default list is empty in the core.
+The runner consults `servers` in order; `default_servers` builds the list when a caller gives none.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from engine.config import EngineConfig
+    from engine.spec.models import Workflow
     from engine.steps.base import StepContext, StepOutcome
+    from engine.store import SQLiteStore
     from engine.steps.llm import LLMCall
 
 
@@ -21,3 +24,10 @@ class Server(Protocol):
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None: ...
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None: ...
+
+
+def default_servers(workflow: Workflow, config: EngineConfig, store: SQLiteStore | None) -> list[Server]:
+    """The servers a run consults when the caller gives none. Features add theirs here, in
+    serving order (materialized promotions first, then caches)."""
+    servers: list[Server] = []
+    return servers
