@@ -16,7 +16,10 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from engine.budgets import BudgetConfig
 from engine.errors import ConfigError
+from engine.pricing import PriceOverride
+from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
 from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml
 
@@ -29,6 +32,10 @@ DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
 class EngineConfig(Strict):
     store: str | None = Field(None, description="path of the SQLite store (default .engine/engine.db)")
     tiers: dict[str, TierChain] = Field(default_factory=dict)
+    pricing: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="provider:model -> USD per million tokens (overrides the defaults)")
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig, description="spend caps in USD")
+    fallbacks: FallbackConfig = Field(default_factory=FallbackConfig, description="cooldowns of failing models")
     sources: list[str] = Field(default_factory=list, description="files this config was read from")
 
     def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:
@@ -87,6 +94,9 @@ def load_config(workflow_dir: Path | None = None, *, cwd: Path | None = None) ->
         seen.add(resolved)
         data = _read(path)
         merged["tiers"].update(data.get("tiers") or {})
+        merged.setdefault("pricing", {}).update(data.get("pricing") or {})
+        for section in ("budgets", "fallbacks"):  # merged key by key, later files win
+            merged.setdefault(section, {}).update(data.get(section) or {})
         if data.get("store"):
             merged["store"] = data["store"]
         merged["sources"].append(str(path))

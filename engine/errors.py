@@ -8,6 +8,7 @@
     ├── RunError                  a run failed (CLI exit code 1)
     │   └── StepError             one step failed; carries the step id
     │       └── LLMStepError      every tier was exhausted; carries every attempt
+    │           └── BudgetExceededError   what was left was blocked by a spend cap; names the cap
     └── ProviderError             a provider call failed (mapped once per adapter, `raise ... from`)
         ├── ProviderUnavailableError   5xx, outage, connection error
         ├── RateLimitError             429; carries `retry_after`
@@ -68,6 +69,18 @@ class LLMStepError(StepError):
             for i, a in enumerate(attempts)
         )
         super().__init__(step_id, f"no valid output after {len(attempts)} attempt(s): {summary}")
+
+
+class BudgetExceededError(LLMStepError):
+    """Every model left for an llm step would cross a spend cap. `caps` names them."""
+
+    def __init__(self, step_id: str, attempts: list[dict[str, Any]], caps: list[str]):
+        self.caps = caps
+        super().__init__(step_id, attempts)
+        self.args = (f"step '{step_id}': budget exhausted ({'; '.join(caps)}); {self.args[0]}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ProviderError(EngineError):

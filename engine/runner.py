@@ -53,6 +53,7 @@ class StepRecord:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    baseline_cost: float = 0.0
     latency_ms: float = 0.0
     output: Any = None
     error: str | None = None
@@ -87,12 +88,18 @@ class RunResult:
     def cost(self) -> float:
         return sum(s.cost for s in self.steps)
 
+    @property
+    def baseline_cost(self) -> float:
+        """What the run would have cost with every llm step sent straight to the dearest tier."""
+        return sum(s.baseline_cost for s in self.steps)
+
     def step(self, step_id: str) -> StepRecord:
         return next(s for s in self.steps if s.step_id == step_id)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost=self.cost)
+        data.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost=self.cost,
+                    baseline_cost=self.baseline_cost)
         return data
 
 
@@ -155,7 +162,7 @@ def run_workflow(
     if db is not None:
         db.finish_run(run_id, status=result.status, outputs=result.outputs, error=result.error,
                       tokens_in=result.tokens_in, tokens_out=result.tokens_out, cost=result.cost,
-                      latency_ms=result.latency_ms)
+                      latency_ms=result.latency_ms, baseline_cost=result.baseline_cost)
     if failure is not None and raise_on_error:
         failure.result = result  # type: ignore[attr-defined]
         raise failure
@@ -185,12 +192,13 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepR
     record.served_by = outcome.served_by
     record.tier, record.provider, record.model = outcome.tier, outcome.provider, outcome.model
     _fill_attempts(record, outcome.attempts)
+    record.baseline_cost = outcome.baseline_cost
     return record, None
 
 
 def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
     record.calls = attempts
-    record.attempts = len(attempts)
+    record.attempts = sum(1 for a in attempts if a.get("outcome") != "skipped")
     record.tokens_in = sum(a.get("tokens_in", 0) for a in attempts)
     record.tokens_out = sum(a.get("tokens_out", 0) for a in attempts)
     record.cost = sum(a.get("cost", 0.0) for a in attempts)
@@ -202,7 +210,8 @@ def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
         "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
         "served_by": record.served_by, "tier": record.tier, "provider": record.provider,
         "model": record.model, "attempts": record.attempts, "tokens_in": record.tokens_in,
-        "tokens_out": record.tokens_out, "cost": record.cost, "latency_ms": record.latency_ms,
+        "tokens_out": record.tokens_out, "cost": record.cost, "baseline_cost": record.baseline_cost,
+        "latency_ms": record.latency_ms,
         "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
     })
     if record.calls:

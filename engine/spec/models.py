@@ -27,8 +27,10 @@ class ModelEntry(Strict):
     """One model in a tier's chain: `provider:model` plus its price per million tokens."""
 
     model: str = Field(description="provider:model, e.g. llamacpp:smollm2 or openai:gpt-4o-mini")
-    input_price: float = Field(0.0, ge=0, description="USD per million input tokens")
-    output_price: float = Field(0.0, ge=0, description="USD per million output tokens")
+    input_price: float | None = Field(
+        None, ge=0, description="USD per million input tokens (default: the pricing table)")
+    output_price: float | None = Field(
+        None, ge=0, description="USD per million output tokens (default: the pricing table)")
     cached_input_price: float | None = Field(None, ge=0, description="USD per million cached input tokens")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
 

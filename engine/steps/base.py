@@ -32,6 +32,8 @@ class StepOutcome:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    baseline_cost: float = 0.0
+    """What the step would have cost straight at the most expensive tier (llm steps)."""
 
     @property
     def validation_errors(self) -> list[str]:

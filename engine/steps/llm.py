@@ -1,13 +1,17 @@
 """llm steps: render, send with the token cap, validate, re-ask, fall back, escalate.
 
 For each tier in `[tier, *escalate]`, for each model in the tier's chain:
+  - a model cooling down after failures, or whose worst-case cost would cross a spend cap, is
+    skipped (`engine.routing.CallGate`); local models cost $0 and are never blocked;
   - a provider error (outage, rate limit, timeout, context overflow) moves to the next model;
     an authentication error fails the step at once, with its message;
   - a reply that is cut off by the cap (finish reason `length`), is not JSON, or fails the schema
     (jsonschema, then the pydantic model when one is given) is re-asked with the validation error,
     up to `retries` times; then the step escalates to the next tier.
-Every call is logged to the store. When every tier is exhausted the step raises `LLMStepError`
-carrying every attempt: an output that fails its schema is never returned as a success.
+Every call (and every skip) is logged to the store with why it moved on (`reason`: fallback,
+cooldown, budget, reask, escalate). When every tier is exhausted the step raises `LLMStepError`
+carrying every attempt (`BudgetExceededError`, naming the caps, when spend caps blocked models):
+an output that fails its schema is never returned as a success.
 
 Messages put static content first (system prompt + schema instructions, identical on every call)
 and the rendered prompt last, so provider and llama.cpp prefix caches hit.
@@ -24,11 +28,13 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from engine.errors import AuthenticationError, LLMStepError, ProviderError, StepError
+from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
-from engine.providers.base import Completion, CompletionRequest
+from engine.pricing import baseline_cost, premium_price
+from engine.providers.base import CompletionRequest
 from engine.providers.registry import get_provider
-from engine.spec.models import LLMSpec, ModelEntry
+from engine.routing import CallGate
+from engine.spec.models import LLMSpec
 from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render_text
 
@@ -42,13 +48,6 @@ def system_message(spec: LLMSpec) -> str:
     parts.append("Reply with only a JSON value that matches this JSON Schema:\n"
                  + json.dumps(spec.schema_, ensure_ascii=False, sort_keys=True))
     return "\n\n".join(parts)
-
-
-def cost_of(entry: ModelEntry, completion: Completion) -> float:
-    cached = min(completion.cached_input_tokens, completion.input_tokens)
-    cached_price = entry.cached_input_price if entry.cached_input_price is not None else entry.input_price
-    return ((completion.input_tokens - cached) * entry.input_price + cached * cached_price
-            + completion.output_tokens * entry.output_price) / 1_000_000
 
 
 def parse_and_validate(text: str, spec: LLMSpec) -> Any:
@@ -116,50 +115,71 @@ def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLM
 def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
     """Serve an llm step: registered servers first (see `engine.serving`), then the tiers."""
     call = prepare_call(ctx, spec, values)
+    premium = premium_price(ctx.config.tiers, ctx.config.pricing)
     for server in ctx.servers:
         served = server.serve(ctx, call)
         if served is not None:
+            served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
     outcome = ask_tiers(ctx, call)
+    outcome.baseline_cost = baseline_cost(premium, call.messages, outcome.output, outcome.attempts)
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
     return outcome
 
 
 def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
-    """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors, escalate."""
+    """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors (and past
+    models cooling down or over budget, see `engine.routing`), escalate."""
     spec, values, hashes = call.spec, call.values, call.hashes
     base = call.messages
+    gate = CallGate(ctx.config, ctx.store, ctx.run_id, ctx.workflow.name)
     attempts: list[dict[str, Any]] = []
     totals = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
+    blocked_by: list[str] = []
 
-    for tier in [spec.tier, *spec.escalate]:
+    tiers = [spec.tier, *spec.escalate]
+    for tier_no, tier in enumerate(tiers):
         for entry in ctx.config.chain(tier):
             messages = list(base)
             for attempt_no in range(1 + spec.retries):
                 attempt: dict[str, Any] = {"tier": tier, "provider": entry.provider, "model": entry.model_name,
                                            "attempt": attempt_no + 1}
+                request = CompletionRequest(
+                    model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
+                    schema=spec.schema_ if isinstance(spec.schema_, dict) else None,
+                    temperature=spec.temperature, options=entry.options)
                 started = time.perf_counter()
+                provider = get_provider(entry.provider)
+                admission = gate.admit(tier, entry, request, provider)
+                if not admission.ok:
+                    if admission.reason == "budget":
+                        blocked_by.append(admission.message)
+                    attempt.update(outcome="skipped", reason=admission.reason, error=admission.message)
+                    _log(ctx, attempt, hashes, values, None)
+                    attempts.append(attempt)
+                    break  # next model in the chain
                 try:
-                    provider = get_provider(entry.provider)
-                    completion = provider.complete(CompletionRequest(
-                        model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
-                        schema=spec.schema_ if isinstance(spec.schema_, dict) else None,
-                        temperature=spec.temperature, options=entry.options))
+                    completion = provider.complete(request)
                 except AuthenticationError as e:
+                    gate.settle(admission, 0.0)
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
                                    latency_ms=(time.perf_counter() - started) * 1000)
                     _log(ctx, attempt, hashes, values, None)
                     attempts.append(attempt)
                     raise StepError(ctx.step_id, f"authentication failed for {entry.model}: {e}") from e
                 except ProviderError as e:
-                    attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
+                    gate.failed(entry, e)
+                    attempt.update(outcome="error", reason="fallback", error=f"{type(e).__name__}: {e}",
                                    latency_ms=(time.perf_counter() - started) * 1000)
                     _log(ctx, attempt, hashes, values, None)
+                    gate.settle(admission, 0.0)
                     attempts.append(attempt)
                     break  # next model in the chain
+                gate.succeeded(entry)
                 latency = (time.perf_counter() - started) * 1000
-                cost = cost_of(entry, completion)
+                cost = admission.price.cost(completion.input_tokens, completion.output_tokens,
+                                            completion.cached_input_tokens)
                 attempt.update(tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
                                cached_tokens=completion.cached_input_tokens, cost=cost, latency_ms=latency,
                                finish_reason=completion.finish_reason, raw_output=completion.text,
@@ -172,19 +192,25 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                         raise ValueError(f"the reply was cut off by max_tokens ({spec.max_tokens})")
                     output = parse_and_validate(completion.text, spec)
                 except ValueError as e:
-                    attempt.update(outcome="invalid", error=str(e))
+                    last = attempt_no == spec.retries
+                    attempt.update(outcome="invalid", error=str(e),
+                                   reason=("escalate" if tier_no + 1 < len(tiers) else None) if last else "reask")
                     _log(ctx, attempt, hashes, values, None)
+                    gate.settle(admission, cost)
                     attempts.append(attempt)
                     messages = [*messages, {"role": "assistant", "content": completion.text},
                                 {"role": "user", "content": reask_message(str(e))}]
                     continue
                 attempt.update(outcome="valid", output=output)
                 _log(ctx, attempt, hashes, values, output)
+                gate.settle(admission, cost)
                 attempts.append(attempt)
                 return StepOutcome(output=output, served_by="llm", tier=tier, provider=entry.provider,
                                    model=entry.model_name, attempts=attempts, **totals)  # type: ignore[arg-type]
             else:
                 break  # re-asks exhausted on this tier: escalate
+    if blocked_by:
+        raise BudgetExceededError(ctx.step_id, attempts, sorted(set(m.split(" would be")[0] for m in blocked_by)))
     raise LLMStepError(ctx.step_id, attempts)
 
 
@@ -200,4 +226,5 @@ def _log(ctx: StepContext, attempt: dict[str, Any], hashes: dict[str, str], valu
         "cost": attempt.get("cost", 0.0), "latency_ms": attempt.get("latency_ms"),
         "finish_reason": attempt.get("finish_reason"), "outcome": attempt["outcome"], "output": output,
         "raw_output": attempt.get("raw_output"), "error": attempt.get("error"),
+        "reason": attempt.get("reason"),
     })

@@ -71,3 +71,15 @@ def m001(db: sqlite_utils.Database) -> None:
     )
     db["llm_calls"].create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
     db["llm_calls"].create_index(["run_id"])
+
+
+@migration("010_cost_accounting")
+def m010(db: sqlite_utils.Database) -> None:
+    """Issue 3: why each call moved on (fallback, cooldown, budget, reask, escalate); the
+    all-premium baseline cost of steps and runs; indexes for daily budgets and the report."""
+    db["llm_calls"].add_column("reason", str)
+    db["steps"].add_column("baseline_cost", float)
+    db["runs"].add_column("baseline_cost", float)
+    db["llm_calls"].create_index(["created_at"])
+    db["llm_calls"].create_index(["provider", "model", "created_at"])
+    db["runs"].create_index(["started_at"])

@@ -54,11 +54,13 @@ class SQLiteStore:
             })
 
     def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
-                   tokens_in: int, tokens_out: int, cost: float, latency_ms: float) -> None:
+                   tokens_in: int, tokens_out: int, cost: float, latency_ms: float,
+                   baseline_cost: float = 0.0) -> None:
         with self.lock:
             self.db["runs"].update(run_id, {
                 "status": status, "outputs": _dump(outputs), "error": error, "tokens_in": tokens_in,
                 "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
+                "baseline_cost": baseline_cost,
             })
 
     def record_step(self, row: dict[str, Any]) -> int:

@@ -1,0 +1,153 @@
+"""Spend caps in USD: per run, per workflow per day, per model and per tier per day.
+
+Checked before every paid call with its worst case (prompt tokens + the step's `max_tokens`
+at the model's prices) and counted after with the real usage, so re-asks, fallbacks and
+escalations all count. Spending is read from the store (`llm_calls.cost`; days are UTC days);
+with no store, from an in-process ledger. Calls in flight hold a reservation of their worst case,
+so concurrent runs cannot overshoot a cap together.
+
+A model whose worst case costs $0 (the local tier) is never blocked.
+
+Config (`engine.yaml`):
+
+    budgets:
+      run: 0.50                  # USD per run
+      workflow_day: 20           # USD per workflow per UTC day (each workflow)
+      workflows: {triage: 5}     # per-workflow daily caps, overriding workflow_day
+      model_day: {"openai:gpt-4o": 10}
+      tier_day: {premium: 15}
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import Field
+
+from engine.spec.models import ModelEntry, Strict
+
+
+class BudgetConfig(Strict):
+    run: float | None = Field(None, ge=0, description="USD per run")
+    workflow_day: float | None = Field(None, ge=0, description="USD per workflow per UTC day")
+    workflows: dict[str, float] = Field(default_factory=dict, description="workflow -> USD per UTC day")
+    model_day: dict[str, float] = Field(default_factory=dict, description="provider:model -> USD per UTC day")
+    tier_day: dict[str, float] = Field(default_factory=dict, description="tier -> USD per UTC day")
+
+    @property
+    def empty(self) -> bool:
+        return (self.run is None and self.workflow_day is None and not self.workflows
+                and not self.model_day and not self.tier_day)
+
+
+@dataclass(frozen=True)
+class Cap:
+    name: str
+    """run | workflow_day | model_day | tier_day"""
+    scope: tuple[str, ...]
+    limit: float
+
+    def describe(self) -> str:
+        what = {"run": "per run", "workflow_day": f"workflow '{self.scope[-1]}' per day",
+                "model_day": f"model '{self.scope[-1]}' per day",
+                "tier_day": f"tier '{self.scope[-1]}' per day"}[self.name]
+        return f"budget {self.name} ({what}) ${self.limit:g}"
+
+
+@dataclass
+class Reservation:
+    caps: list[Cap]
+    amount: float
+    settled: bool = False
+
+
+@dataclass
+class _Ledger:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: dict[tuple[str, ...], float] = field(default_factory=lambda: defaultdict(float))
+    memory: dict[tuple[str, ...], float] = field(default_factory=lambda: defaultdict(float))
+
+
+_LEDGER = _Ledger()
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+class Budgets:
+    """The caps that apply to one run, checked against one store (or the in-process ledger)."""
+
+    def __init__(self, config: BudgetConfig, store: Any, run_id: str, workflow: str):
+        self.config, self.store, self.run_id, self.workflow = config, store, run_id, workflow
+
+    def caps(self, tier: str, entry: ModelEntry) -> list[Cap]:
+        c, day = self.config, _today()
+        caps = []
+        if c.run is not None:
+            caps.append(Cap("run", ("run", self.run_id), c.run))
+        wf_cap = c.workflows.get(self.workflow, c.workflow_day)
+        if wf_cap is not None:
+            caps.append(Cap("workflow_day", ("workflow", day, self.workflow), wf_cap))
+        if entry.model in c.model_day:
+            caps.append(Cap("model_day", ("model", day, entry.model), c.model_day[entry.model]))
+        if tier in c.tier_day:
+            caps.append(Cap("tier_day", ("tier", day, tier), c.tier_day[tier]))
+        return caps
+
+    def spent(self, cap: Cap) -> float:
+        if self.store is None:
+            return _LEDGER.memory[cap.scope]
+        kind = cap.scope[0]
+        if kind == "run":
+            sql, params = "SELECT SUM(cost) AS s FROM llm_calls WHERE run_id = ?", [cap.scope[1]]
+        else:
+            day = cap.scope[1]
+            sql = "SELECT SUM(cost) AS s FROM llm_calls WHERE created_at >= ? AND created_at < ?"
+            params = [day, day + "T99"]
+            if kind == "workflow":
+                sql, params = sql + " AND workflow = ?", [*params, cap.scope[2]]
+            elif kind == "model":
+                provider, model = cap.scope[2].split(":", 1)
+                sql, params = sql + " AND provider = ? AND model = ?", [*params, provider, model]
+            else:
+                sql, params = sql + " AND tier = ?", [*params, cap.scope[2]]
+        rows = self.store.query(sql, params)
+        return float(rows[0]["s"] or 0.0) if rows else 0.0
+
+    def reserve(self, tier: str, entry: ModelEntry, worst_case: float) -> Reservation | str:
+        """Hold `worst_case` against every cap, or say which cap it would cross."""
+        if worst_case <= 0:
+            return Reservation([], 0.0)
+        caps = self.caps(tier, entry)
+        with _LEDGER.lock:
+            for cap in caps:
+                used = self.spent(cap) + _LEDGER.pending[cap.scope]
+                if used + worst_case > cap.limit + 1e-12:
+                    return (f"{cap.describe()} would be crossed: ${used:.6f} spent, "
+                            f"worst case of this call ${worst_case:.6f}")
+            for cap in caps:
+                _LEDGER.pending[cap.scope] += worst_case
+        return Reservation(caps, worst_case)
+
+    def settle(self, reservation: Reservation, actual_cost: float) -> None:
+        """Release the hold; the store already holds the real cost (or the ledger gets it)."""
+        if reservation.settled or not reservation.caps:
+            return
+        reservation.settled = True
+        with _LEDGER.lock:
+            for cap in reservation.caps:
+                _LEDGER.pending[cap.scope] -= reservation.amount
+                if self.store is None:
+                    _LEDGER.memory[cap.scope] += actual_cost
+
+
+def reset_ledger() -> None:
+    """Forget in-process spending and holds (tests)."""
+    with _LEDGER.lock:
+        _LEDGER.pending.clear()
+        _LEDGER.memory.clear()
