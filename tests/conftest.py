@@ -68,6 +68,16 @@ def engine_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
+@pytest.fixture(autouse=True)
+def _fresh_routing_state() -> None:
+    """Cooldowns and in-process budget holds are per process: start every test clean."""
+    from engine.budgets import reset_ledger
+    from engine.routing import COOLDOWNS
+
+    COOLDOWNS.reset()
+    reset_ledger()
+
+
 @pytest.fixture
 def fake() -> Any:
     provider = FakeProvider()

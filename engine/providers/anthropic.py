@@ -10,7 +10,7 @@ the cached-input price.
 
 SDK retries are off: the engine decides where a failed call goes next. Options: `api_key_env`
 (default ANTHROPIC_API_KEY), `base_url`, `timeout` (60), `max_retries` (0), `cache_system`
-(true).
+(true), `send_temperature` (true; only where the installed SDK still takes `temperature`).
 
 Errors are mapped once, in `map_error` (401/403, 429 with retry-after, 529 overloaded and 5xx,
 timeouts, connection errors, "prompt is too long").
@@ -19,6 +19,7 @@ timeouts, connection errors, "prompt is too long").
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import threading
 from typing import Any
@@ -38,6 +39,8 @@ from engine.providers.base import Completion, CompletionRequest
 from engine.providers.keys import api_key, redact, retry_after
 
 TOOL = "respond"
+# Newer SDKs (2.x) dropped sampling parameters from `messages.create`; send it where it exists.
+_SDK_TAKES_TEMPERATURE = "temperature" in inspect.signature(anthropic.resources.Messages.create).parameters
 _CONTEXT_MARKERS = ("prompt is too long", "context window", "context length", "too many tokens")
 
 
@@ -95,10 +98,12 @@ class AnthropicProvider:
     def build(self, request: CompletionRequest) -> tuple[dict[str, Any], bool]:
         system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
         kwargs: dict[str, Any] = {
-            "model": request.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
+            "model": request.model, "max_tokens": request.max_tokens,
             "messages": [{"role": m["role"], "content": m["content"]}
                          for m in request.messages if m["role"] != "system"],
         }
+        if _SDK_TAKES_TEMPERATURE and request.options.get("send_temperature", True):
+            kwargs["temperature"] = request.temperature
         if system:
             block: dict[str, Any] = {"type": "text", "text": system}
             if request.options.get("cache_system", True):
