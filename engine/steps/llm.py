@@ -144,7 +144,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
             messages = list(base)
             for attempt_no in range(1 + spec.retries):
                 attempt: dict[str, Any] = {"tier": tier, "provider": entry.provider, "model": entry.model_name,
-                                           "attempt": attempt_no + 1}
+                                           "attempt": attempt_no + 1, "reason": None}
                 request = CompletionRequest(
                     model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
                     schema=spec.schema_ if isinstance(spec.schema_, dict) else None,
