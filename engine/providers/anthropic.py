@@ -124,7 +124,14 @@ class AnthropicProvider:
             resp = client.messages.create(**kwargs)
         except anthropic.AnthropicError as e:
             raise map_error(e, request.model, key) from e
-        return parse_message(resp, request.model, wrapped)
+        except json.JSONDecodeError as e:  # a 200 whose body is not JSON
+            raise ProviderUnavailableError(f"anthropic: malformed response body: {e}", provider=self.name,
+                                           model=request.model) from e
+        try:
+            return parse_message(resp, request.model, wrapped)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            raise ProviderUnavailableError(f"anthropic: unexpected response shape: {e}", provider=self.name,
+                                           model=request.model) from e
 
 
 def parse_message(resp: Any, model: str, wrapped: bool = False) -> Completion:

@@ -19,6 +19,7 @@ ProviderUnavailableError, context-length 400s -> ContextWindowError, any other -
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from typing import Any
 
@@ -157,7 +158,14 @@ class OpenAIProvider:
             resp = client.chat.completions.create(**self.build(request, form))
         except openai.OpenAIError as e:
             raise map_error(e, self.name, request.model, key) from e
-        return parse_chat_completion(resp, request.model)
+        except json.JSONDecodeError as e:  # a 200 whose body is not JSON (a proxy's error page, a cut stream)
+            raise ProviderUnavailableError(f"{self.name}: malformed response body: {e}", provider=self.name,
+                                           model=request.model) from e
+        try:
+            return parse_chat_completion(resp, request.model)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            raise ProviderUnavailableError(f"{self.name}: unexpected response shape: {e}", provider=self.name,
+                                           model=request.model) from e
 
     def complete(self, request: CompletionRequest) -> Completion:
         return self.send(request, self.structured_form(request))
