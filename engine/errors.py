@@ -4,7 +4,8 @@
     ├── UserError                 your workflow, config or input is wrong (CLI exit code 2)
     │   ├── SpecError             a workflow file fails to load; names file:line:column and field
     │   ├── ConfigError           engine.yaml is wrong, or names a tier/provider that does not exist
-    │   └── InputError            run inputs fail the workflow's input schemas
+    │   ├── InputError            run inputs fail the workflow's input schemas
+    │   └── ReportError           a report filter is malformed
     ├── RunError                  a run failed (CLI exit code 1)
     │   └── StepError             one step failed; carries the step id
     │       └── LLMStepError      every tier was exhausted; carries every attempt
@@ -45,6 +46,10 @@ class ConfigError(UserError):
 
 class InputError(UserError):
     """Run inputs do not match the workflow's declared input schemas."""
+
+
+class ReportError(UserError):
+    """A report filter (time, tag, grouping) is malformed."""
 
 
 class RunError(EngineError):

@@ -37,8 +37,8 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],
                                      title=f"{result.workflow} · run {result.run_id[:12]}"))
-        err_console.print(f"total: {result.tokens_in}/{result.tokens_out} tokens, {fmt_cost(result.cost)}, "
-                          f"{result.latency_ms:.0f} ms")
+        err_console.print(f"total: {result.tokens_in}/{result.tokens_out} tokens, {fmt_cost(result.cost)} "
+                          f"(all-premium baseline {fmt_cost(result.baseline_cost)}), {result.latency_ms:.0f} ms")
     if not result.ok:
         click.echo(f"error: {result.error}", err=True)
         raise SystemExit(1)

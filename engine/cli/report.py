@@ -1,0 +1,60 @@
+"""`engine report`: cost, calls, tokens, cache reads, fallbacks and escalations from the run log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine.cli.render import dump_json, fmt_cost, out_console
+from engine.config import load_config
+from engine.report_html import COLUMNS, render_html
+from engine.errors import ReportError
+from engine.reporting import DIMENSIONS, ReportFilter, build_report
+from engine.runner import open_store
+
+
+@click.command("report")
+@click.option("--workflow", "-w", help="Only this workflow.")
+@click.option("--step", "-s", help="Only this step id.")
+@click.option("--since", help="From: ISO date/time, or 30m / 24h / 7d / 2w back from now.")
+@click.option("--until", help="Up to (exclusive): ISO date/time or a span back from now.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
+@click.option("--by", "by", multiple=True, metavar="DIMENSION",
+              help=f"Group by ({', '.join(DIMENSIONS)}, tag:NAME); repeatable. Default: all five.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write an HTML report with a chart of cost by source over time.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def report_cmd(workflow: str | None, step: str | None, since: str | None, until: str | None,
+               tags: tuple[str, ...], by: tuple[str, ...], html_path: Path | None, as_json: bool) -> None:
+    """What llm steps cost, and what served them."""
+    for t in tags:
+        if "=" not in t:
+            raise ReportError(f"--tag wants KEY=VALUE, got '{t}'")
+    flt = ReportFilter(workflow=workflow, step=step, since=since, until=until,
+                       tags=dict(t.split("=", 1) for t in tags))
+    report = build_report(open_store(load_config().store_path()), flt, by or DIMENSIONS)
+    if html_path is not None:
+        html_path.write_text(render_html(report), encoding="utf-8")
+    if as_json:
+        click.echo(dump_json(report.to_dict()))
+        return
+    t = report.totals
+    console = out_console if out_console.is_terminal else Console(highlight=False, width=160)
+    console.print(
+        f"[bold]{int(t.get('runs', 0))}[/] runs · {int(t.get('steps', 0))} llm steps · {int(t.get('calls', 0))} calls · "
+        f"cost [bold]{fmt_cost(t.get('cost'))}[/] · all-premium baseline {fmt_cost(t.get('baseline_cost'))} · "
+        f"saved {fmt_cost(t.get('savings'))}")
+    for dim, rows in report.groups.items():
+        table = Table(title=f"by {dim}", title_justify="left", show_edge=False)
+        table.add_column(dim, no_wrap=True)
+        for _, label in COLUMNS:
+            table.add_column(label, justify="right")
+        for r in rows:
+            table.add_row(str(r["key"]), *[fmt_cost(r[n]) if n in ("cost", "baseline_cost") else f"{int(r[n]):,}"
+                                           for n, _ in COLUMNS])
+        console.print(table)
+    if html_path is not None:
+        console.print(f"wrote {html_path}")

@@ -1,0 +1,101 @@
+"""`engine report --html`: one self-contained HTML file (tables, and an inline SVG chart of cost
+by source over time). No scripts, no external assets."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from engine.reporting import Report
+
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+           "#9c755f", "#bab0ac"]
+COLUMNS = [("steps", "steps"), ("calls", "calls"), ("cost", "cost"), ("baseline_cost", "baseline"),
+           ("tokens_in", "tokens in"), ("tokens_out", "tokens out"), ("cached_tokens", "cache-read"),
+           ("fallbacks", "fallbacks"), ("escalations", "escalations")]
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def _cell(name: str, value: Any) -> str:
+    return _usd(value) if name in ("cost", "baseline_cost") else f"{int(value):,}"
+
+
+def chart_svg(report: Report, width: int = 880, height: int = 300) -> str:
+    """Stacked bars: cost per time bucket, one colour per source."""
+    buckets = sorted({r["bucket"] for r in report.timeline})
+    sources = sorted({r["source"] for r in report.timeline})
+    if not buckets:
+        return '<p class="empty">No llm steps in this range.</p>'
+    cost = {(r["bucket"], r["source"]): r["cost"] for r in report.timeline}
+    totals = [sum(cost.get((b, s), 0.0) for s in sources) for b in buckets]
+    top = max(totals) or 1.0
+    left, bottom, plot_h = 70, 40, height - 70
+    step = (width - left - 20) / len(buckets)
+    bar = max(2.0, step * 0.7)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="cost by source over time">',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#888"/>']
+    for i in range(5):
+        value = top * i / 4
+        y = height - bottom - plot_h * i / 4
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_usd(value)}</text>'
+                     f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#eee"/>')
+    for i, b in enumerate(buckets):
+        x = left + i * step + (step - bar) / 2
+        y = float(height - bottom)
+        for j, s in enumerate(sources):
+            h = plot_h * cost.get((b, s), 0.0) / top
+            if h <= 0:
+                continue
+            y -= h
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                         f'fill="{PALETTE[j % len(PALETTE)]}"><title>{escape(b)} · {escape(s)}: '
+                         f'{_usd(cost.get((b, s), 0.0))}</title></rect>')
+        if len(buckets) <= 16 or i % max(1, len(buckets) // 12) == 0:
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - bottom + 16}" text-anchor="middle" '
+                         f'font-size="11">{escape(b[5:] if report.bucket == "day" else b[5:].replace("T", " "))}</text>')
+    for j, s in enumerate(sources):
+        parts.append(f'<rect x="{left + j * 140}" y="6" width="12" height="12" fill="{PALETTE[j % len(PALETTE)]}"/>'
+                     f'<text x="{left + j * 140 + 16}" y="16" font-size="12">{escape(s)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(report: Report) -> str:
+    t = report.totals
+    flt = report.filter
+    scope = ", ".join(f"{k}={v}" for k, v in [("workflow", flt.workflow), ("step", flt.step), ("since", flt.since),
+                                              ("until", flt.until)] if v)
+    scope = ", ".join(x for x in [scope, ", ".join(f"tag {k}={v}" for k, v in flt.tags.items())] if x) or "all runs"
+    sections = []
+    for dim, rows in report.groups.items():
+        head = "".join(f"<th>{escape(label)}</th>" for _, label in COLUMNS)
+        body = "".join(
+            f"<tr><td>{escape(str(r['key']))}</td>" + "".join(f"<td>{_cell(n, r[n])}</td>" for n, _ in COLUMNS) + "</tr>"
+            for r in rows)
+        sections.append(f"<h2>By {escape(dim)}</h2><table><tr><th>{escape(dim)}</th>{head}</tr>{body}</table>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>engine cost report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
+th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+.totals span {{ margin-right: 1.5rem; }}
+</style></head><body>
+<h1>engine cost report</h1>
+<p>{escape(scope)}</p>
+<p class="totals"><span>runs <b>{int(t.get('runs', 0))}</b></span><span>llm steps <b>{int(t.get('steps', 0))}</b></span>
+<span>calls <b>{int(t.get('calls', 0))}</b></span><span>cost <b>{_usd(t.get('cost', 0.0))}</b></span>
+<span>all-premium baseline <b>{_usd(t.get('baseline_cost', 0.0))}</b></span>
+<span>saved <b>{_usd(t.get('savings', 0.0))}</b></span>
+<span>cache-read tokens <b>{int(t.get('cached_tokens', 0)):,}</b></span>
+<span>fallbacks <b>{int(t.get('fallbacks', 0))}</b></span><span>escalations <b>{int(t.get('escalations', 0))}</b></span></p>
+<h2>Cost by source over time (per {escape(report.bucket)})</h2>
+{chart_svg(report)}
+{''.join(sections)}
+</body></html>
+"""

@@ -1,0 +1,166 @@
+"""Cost accounting over the run log: `build_report(store, ReportFilter(...))`.
+
+A report covers the llm steps of the runs that match the filter (workflow, step, time range,
+tags) and sums, per group: steps, calls made, cost, tokens in/out, cache-read tokens, fallbacks
+(calls that moved to another model: provider error, cooldown, budget), escalations (tiers climbed)
+and the baseline (what the steps would have cost sent straight to the dearest tier). Groups:
+workflow, step, tier, model, source (what served the step: `llm:<tier>`, or a server such as
+`cache` / `lookup`), and `tag:<name>` for any run tag. The timeline (cost by source per day, or
+per hour over short ranges) feeds the chart of `engine report --html`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from engine.errors import ReportError
+
+DIMENSIONS = ("workflow", "step", "tier", "model", "source")
+METRICS = ("steps", "calls", "cost", "baseline_cost", "tokens_in", "tokens_out", "cached_tokens",
+           "fallbacks", "escalations")
+_RELATIVE = re.compile(r"^(\d+)([mhdw])$")
+
+
+def parse_time(value: str | None, *, now: datetime | None = None) -> str | None:
+    """ISO date/time, or a span back from now (`30m`, `24h`, `7d`, `2w`), as an ISO UTC string."""
+    if value is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(value.strip())
+    if match:
+        n, unit = int(match.group(1)), match.group(2)
+        delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n),
+                 "w": timedelta(weeks=n)}[unit]
+        return (now - delta).isoformat(timespec="microseconds")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ReportError(f"'{value}' is not a time: use ISO (2025-06-01, 2025-06-01T12:00) or 30m/24h/7d/2w")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class ReportFilter:
+    workflow: str | None = None
+    step: str | None = None
+    since: str | None = None
+    """ISO time or a span back from now (7d)."""
+    until: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    filter: ReportFilter
+    totals: dict[str, float]
+    groups: dict[str, list[dict[str, Any]]]
+    """dimension -> rows (`key` plus every metric), dearest first."""
+    timeline: list[dict[str, Any]]
+    """rows of {bucket, source, cost}, in time order."""
+    bucket: str
+    """day | hour"""
+
+    @property
+    def runs(self) -> int:
+        return int(self.totals.get("runs", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"filter": vars(self.filter), "totals": self.totals, "groups": self.groups,
+                "timeline": self.timeline, "bucket": self.bucket}
+
+
+_SQL = """
+WITH c AS (
+  SELECT step_execution_id AS sid,
+         SUM(CASE WHEN outcome != 'skipped' THEN 1 ELSE 0 END) AS calls,
+         SUM(COALESCE(cached_tokens, 0)) AS cached_tokens,
+         SUM(CASE WHEN reason IN ('fallback', 'cooldown', 'budget') THEN 1 ELSE 0 END) AS fallbacks,
+         COUNT(DISTINCT tier) - 1 AS escalations
+  FROM llm_calls WHERE step_execution_id IS NOT NULL GROUP BY step_execution_id
+)
+SELECT s.id, s.run_id, s.step_id, s.status, s.served_by, s.tier, s.provider, s.model, s.cost,
+       s.baseline_cost, s.tokens_in, s.tokens_out, s.started_at, r.workflow, r.tags,
+       c.calls, c.cached_tokens, c.fallbacks, c.escalations
+FROM steps s JOIN runs r ON r.id = s.run_id LEFT JOIN c ON c.sid = s.id
+WHERE (s.kind = 'llm' OR s.served_by = 'llm')
+"""
+
+
+def _source(row: dict[str, Any]) -> str:
+    served = row.get("served_by")
+    if served == "llm":
+        return f"llm:{row.get('tier') or '?'}"
+    return served or ("failed" if row.get("status") == "failed" else "-")
+
+
+def _key(row: dict[str, Any], dim: str) -> str:
+    if dim == "source":
+        return _source(row)
+    if dim == "model":
+        return f"{row['provider']}:{row['model']}" if row.get("model") else "-"
+    if dim.startswith("tag:"):
+        tags = row.get("tags") if isinstance(row.get("tags"), dict) else {}
+        value = tags.get(dim[4:])
+        return "-" if value is None else str(value)
+    return str(row.get(dim) or "-")
+
+
+def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...] | list[str] = DIMENSIONS) -> Report:
+    """Sum the matching llm steps by each dimension in `by` (see the module docstring)."""
+    flt = flt or ReportFilter()
+    for dim in by:
+        if dim not in DIMENSIONS and not (dim.startswith("tag:") and len(dim) > 4):
+            raise ReportError(f"cannot group by '{dim}' (use {', '.join(DIMENSIONS)} or tag:NAME)")
+    sql, params = _SQL, []
+    if flt.workflow:
+        sql, params = sql + " AND r.workflow = ?", [*params, flt.workflow]
+    if flt.step:
+        sql, params = sql + " AND s.step_id = ?", [*params, flt.step]
+    since, until = parse_time(flt.since), parse_time(flt.until)
+    if since:
+        sql, params = sql + " AND s.started_at >= ?", [*params, since]
+    if until:
+        sql, params = sql + " AND s.started_at < ?", [*params, until]
+    for name, value in flt.tags.items():
+        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{name}"', value]
+    rows = store.query(sql + " ORDER BY s.started_at", params)
+
+    totals: dict[str, float] = defaultdict(float)
+    groups: dict[str, dict[str, dict[str, float]]] = {dim: defaultdict(lambda: defaultdict(float)) for dim in by}
+    for row in rows:
+        metrics = {"steps": 1, "calls": row["calls"] or 0, "cost": row["cost"] or 0.0,
+                   "baseline_cost": row["baseline_cost"] or 0.0, "tokens_in": row["tokens_in"] or 0,
+                   "tokens_out": row["tokens_out"] or 0, "cached_tokens": row["cached_tokens"] or 0,
+                   "fallbacks": row["fallbacks"] or 0, "escalations": max(0, row["escalations"] or 0)}
+        for name, value in metrics.items():
+            totals[name] += value
+        for dim in by:
+            bucket = groups[dim][_key(row, dim)]
+            for name, value in metrics.items():
+                bucket[name] += value
+    totals["runs"] = len({r["run_id"] for r in rows})
+    totals["savings"] = totals["baseline_cost"] - totals["cost"]
+
+    out_groups = {
+        dim: sorted(({"key": key, **{m: values[m] for m in METRICS}} for key, values in table.items()),
+                    key=lambda r: (-r["cost"], -r["steps"], r["key"]))
+        for dim, table in groups.items()
+    }
+    span = (_parse(rows[-1]["started_at"]) - _parse(rows[0]["started_at"])) if rows else timedelta(0)
+    bucket = "hour" if span < timedelta(days=2) else "day"
+    cut = 13 if bucket == "hour" else 10
+    timeline: dict[tuple[str, str], float] = defaultdict(float)
+    for row in rows:
+        timeline[(row["started_at"][:cut], _source(row))] += row["cost"] or 0.0
+    return Report(flt, dict(totals), out_groups,
+                  [{"bucket": b, "source": s, "cost": c} for (b, s), c in sorted(timeline.items())], bucket)
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
