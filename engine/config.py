@@ -34,8 +34,8 @@ class EngineConfig(Strict):
     tiers: dict[str, TierChain] = Field(default_factory=dict)
     pricing: dict[str, PriceOverride] = Field(
         default_factory=dict, description="provider:model -> USD per million tokens (overrides the defaults)")
-    budgets: BudgetConfig = Field(default_factory=BudgetConfig, description="spend caps in USD")
-    fallbacks: FallbackConfig = Field(default_factory=FallbackConfig, description="cooldowns of failing models")
+    budgets: BudgetConfig = Field(default_factory=lambda: BudgetConfig.model_validate({}), description="spend caps in USD")
+    fallbacks: FallbackConfig = Field(default_factory=lambda: FallbackConfig.model_validate({}), description="cooldowns of failing models")
     sources: list[str] = Field(default_factory=list, description="files this config was read from")
 
     def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:

@@ -59,6 +59,7 @@ class ReportFilter:
 class Report:
     filter: ReportFilter
     totals: dict[str, float]
+    """runs, steps, calls, cost, baseline_cost, savings, tokens, cached_tokens, fallbacks, escalations"""
     groups: dict[str, list[dict[str, Any]]]
     """dimension -> rows (`key` plus every metric), dearest first."""
     timeline: list[dict[str, Any]]
@@ -105,8 +106,8 @@ def _key(row: dict[str, Any], dim: str) -> str:
     if dim == "model":
         return f"{row['provider']}:{row['model']}" if row.get("model") else "-"
     if dim.startswith("tag:"):
-        tags = row.get("tags") if isinstance(row.get("tags"), dict) else {}
-        value = tags.get(dim[4:])
+        tags = row.get("tags")
+        value = tags.get(dim[4:]) if isinstance(tags, dict) else None
         return "-" if value is None else str(value)
     return str(row.get(dim) or "-")
 
@@ -117,7 +118,7 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     for dim in by:
         if dim not in DIMENSIONS and not (dim.startswith("tag:") and len(dim) > 4):
             raise ReportError(f"cannot group by '{dim}' (use {', '.join(DIMENSIONS)} or tag:NAME)")
-    sql, params = _SQL, []
+    sql, params = _SQL, list[Any]()
     if flt.workflow:
         sql, params = sql + " AND r.workflow = ?", [*params, flt.workflow]
     if flt.step:
@@ -127,31 +128,32 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
         sql, params = sql + " AND s.started_at >= ?", [*params, since]
     if until:
         sql, params = sql + " AND s.started_at < ?", [*params, until]
-    for name, value in flt.tags.items():
-        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{name}"', value]
+    for tag, wanted in flt.tags.items():
+        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{tag}"', wanted]
     rows = store.query(sql + " ORDER BY s.started_at", params)
 
     totals: dict[str, float] = defaultdict(float)
     groups: dict[str, dict[str, dict[str, float]]] = {dim: defaultdict(lambda: defaultdict(float)) for dim in by}
     for row in rows:
-        metrics = {"steps": 1, "calls": row["calls"] or 0, "cost": row["cost"] or 0.0,
-                   "baseline_cost": row["baseline_cost"] or 0.0, "tokens_in": row["tokens_in"] or 0,
-                   "tokens_out": row["tokens_out"] or 0, "cached_tokens": row["cached_tokens"] or 0,
-                   "fallbacks": row["fallbacks"] or 0, "escalations": max(0, row["escalations"] or 0)}
+        metrics: dict[str, float] = {
+            "steps": 1, "calls": row["calls"] or 0, "cost": row["cost"] or 0.0,
+            "baseline_cost": row["baseline_cost"] or 0.0, "tokens_in": row["tokens_in"] or 0,
+            "tokens_out": row["tokens_out"] or 0, "cached_tokens": row["cached_tokens"] or 0,
+            "fallbacks": row["fallbacks"] or 0, "escalations": max(0, row["escalations"] or 0)}
         for name, value in metrics.items():
             totals[name] += value
         for dim in by:
-            bucket = groups[dim][_key(row, dim)]
+            group = groups[dim][_key(row, dim)]
             for name, value in metrics.items():
-                bucket[name] += value
+                group[name] += value
     totals["runs"] = len({r["run_id"] for r in rows})
     totals["savings"] = totals["baseline_cost"] - totals["cost"]
 
-    out_groups = {
-        dim: sorted(({"key": key, **{m: values[m] for m in METRICS}} for key, values in table.items()),
-                    key=lambda r: (-r["cost"], -r["steps"], r["key"]))
-        for dim, table in groups.items()
-    }
+    out_groups: dict[str, list[dict[str, Any]]] = {}
+    for dim, table in groups.items():
+        rows_out: list[dict[str, Any]] = [{"key": key, **{m: values[m] for m in METRICS}}
+                                          for key, values in table.items()]
+        out_groups[dim] = sorted(rows_out, key=lambda r: (-r["cost"], -r["steps"], r["key"]))
     span = (_parse(rows[-1]["started_at"]) - _parse(rows[0]["started_at"])) if rows else timedelta(0)
     bucket = "hour" if span < timedelta(days=2) else "day"
     cut = 13 if bucket == "hour" else 10

@@ -30,11 +30,12 @@ from engine.runner import open_store
 def report_cmd(workflow: str | None, step: str | None, since: str | None, until: str | None,
                tags: tuple[str, ...], by: tuple[str, ...], html_path: Path | None, as_json: bool) -> None:
     """What llm steps cost, and what served them."""
-    for t in tags:
-        if "=" not in t:
-            raise ReportError(f"--tag wants KEY=VALUE, got '{t}'")
+    pairs = [tag.split("=", 1) for tag in tags]
+    for tag, pair in zip(tags, pairs):
+        if len(pair) != 2:
+            raise ReportError(f"--tag wants KEY=VALUE, got '{tag}'")
     flt = ReportFilter(workflow=workflow, step=step, since=since, until=until,
-                       tags=dict(t.split("=", 1) for t in tags))
+                       tags={key: value for key, value in pairs})
     report = build_report(open_store(load_config().store_path()), flt, by or DIMENSIONS)
     if html_path is not None:
         html_path.write_text(render_html(report), encoding="utf-8")

@@ -77,9 +77,9 @@ def m001(db: sqlite_utils.Database) -> None:
 def m010(db: sqlite_utils.Database) -> None:
     """Issue 3: why each call moved on (fallback, cooldown, budget, reask, escalate); the
     all-premium baseline cost of steps and runs; indexes for daily budgets and the report."""
-    db["llm_calls"].add_column("reason", str)
-    db["steps"].add_column("baseline_cost", float)
-    db["runs"].add_column("baseline_cost", float)
-    db["llm_calls"].create_index(["created_at"])
-    db["llm_calls"].create_index(["provider", "model", "created_at"])
-    db["runs"].create_index(["started_at"])
+    db.table("llm_calls").add_column("reason", str)
+    db.table("steps").add_column("baseline_cost", float)
+    db.table("runs").add_column("baseline_cost", float)
+    db.table("llm_calls").create_index(["created_at"])
+    db.table("llm_calls").create_index(["provider", "model", "created_at"])
+    db.table("runs").create_index(["started_at"])
