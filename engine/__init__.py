@@ -2,6 +2,7 @@
 
 from engine.config import EngineConfig, load_config
 from engine.errors import (
+    BudgetExceededError,
     EngineError,
     InputError,
     LLMStepError,
@@ -15,6 +16,7 @@ from engine.runner import RunResult, StepRecord, arun_workflow, run_workflow
 from engine.spec import Workflow, load_workflow, workflow_json_schema
 
 __all__ = sorted([
+    "BudgetExceededError",
     "EngineConfig",
     "EngineError",
     "InputError",

@@ -6,6 +6,11 @@ Looked up, later files overriding earlier ones tier by tier:
   3. `engine.yaml` in the working directory
   4. `engine.yaml` beside the workflow
 A workflow's own `tiers:` override all of these for that workflow.
+
+Besides `tiers:` and `store:`, a config holds `pricing:` (USD per million tokens per
+`provider:model`, over `engine.pricing.DEFAULT_PRICES`), `budgets:` (spend caps, see
+`engine.budgets`) and `fallbacks:` (cooldowns, see `engine.routing`); later files override
+earlier ones key by key.
 """
 
 from __future__ import annotations

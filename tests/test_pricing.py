@@ -69,3 +69,13 @@ tiers:
     step = run_workflow(wf).step("s")
     call = step.calls[0]
     assert step.cost == pytest.approx(call["tokens_in"] * 1 + call["tokens_out"] * 2)
+
+
+def test_example_cloud_config_loads(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "examples" / "cloud_tiers")
+    config = load_config()
+    assert [e.model for e in config.chain("standard")][0] == "openai:gpt-4o-mini"
+    assert config.budgets.workflows == {"support_triage": 5} and config.fallbacks.allowed_fails == 3
+    assert price_of(config.chain("premium")[1], config.pricing) == Price(2.0, 8.0, 0.5)
