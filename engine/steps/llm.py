@@ -176,6 +176,9 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     gate.settle(admission, 0.0)
                     attempts.append(attempt)
                     break  # next model in the chain
+                except BaseException:  # a config error or a bug: release the budget hold, then raise
+                    gate.settle(admission, 0.0)
+                    raise
                 gate.succeeded(entry)
                 latency = (time.perf_counter() - started) * 1000
                 cost = admission.price.cost(completion.input_tokens, completion.output_tokens,
