@@ -10,6 +10,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from engine.spec.cache import CacheSpec
+
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -82,6 +84,7 @@ class LLMSpec(Strict):
     temperature: float = Field(0.0, ge=0, le=2)
     retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
+    cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)

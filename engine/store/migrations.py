@@ -71,3 +71,31 @@ def m001(db: sqlite_utils.Database) -> None:
     )
     db["llm_calls"].create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
     db["llm_calls"].create_index(["run_id"])
+
+
+@migration("020_cache")
+def m020(db: sqlite_utils.Database) -> None:
+    db["cache_entries"].create(
+        {
+            "id": int, "workflow": str, "step_id": str, "namespace": str, "sem_namespace": str,
+            "tenant": str, "prompt_hash": str, "schema_hash": str, "model_key": str, "input_key": str,
+            "input": str, "text": str, "output": str, "answer_key": str, "tier": str, "provider": str,
+            "model": str, "tokens_in": int, "tokens_out": int, "cost": float, "run_id": str,
+            "created": float, "created_at": str, "hits": int, "last_hit_at": str, "embedder": str,
+            "vector": bytes,
+        },
+        pk="id",
+    )
+    db["cache_entries"].create_index(["namespace", "input_key"], unique=True)
+    db["cache_entries"].create_index(["sem_namespace", "id"])
+    db["cache_entries"].create_index(["workflow", "step_id"])
+    db["cache_events"].create(
+        {
+            "id": int, "run_id": str, "workflow": str, "step_id": str, "tenant": str, "kind": str,
+            "outcome": str, "entry_id": int, "similarity": float, "tokens_saved": int,
+            "cost_saved": float, "created_at": str,
+        },
+        pk="id",
+    )
+    db["cache_events"].create_index(["workflow", "step_id"])
+    db["cache_events"].create_index(["run_id"])
