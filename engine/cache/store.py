@@ -175,13 +175,17 @@ class CacheStore:
             if val is not None:
                 clauses.append(f"{col} LIKE ?" if col == "ev.run_id" else f"{col} = ?")
                 params.append(val + "%" if col == "ev.run_id" else val)
-        return self.store.query(
+        rows = self.store.query(
             "SELECT ev.id AS event_id, ev.run_id, ev.workflow, ev.step_id, ev.tenant, ev.kind, ev.similarity, "
             "ev.tokens_saved, ev.cost_saved, ev.created_at, ev.entry_id, e.text AS entry_text, "
             "e.input AS entry_input, e.output AS entry_output, e.run_id AS entry_run_id, "
             "e.created_at AS entry_created_at, e.hits AS entry_hits "
             "FROM cache_events ev LEFT JOIN cache_entries e ON e.id = ev.entry_id "
             f"WHERE {' AND '.join(clauses)} ORDER BY ev.id DESC LIMIT ?", [*params, limit])
+        for row in rows:
+            for key in ("entry_input", "entry_output"):
+                row[key] = json.loads(row[key]) if row[key] is not None else None
+        return rows
 
 
 _COLUMN_NAMES = ["id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",

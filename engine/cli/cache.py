@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 from rich.table import Table
 
@@ -62,16 +64,21 @@ def inspect_cmd(run_id: str | None, workflow: str | None, step: str | None, limi
     if as_json:
         click.echo(dump_json(rows))
         return
-    table = Table(show_edge=False)
-    for col in ("run", "step", "kind", "similarity", "entry", "cached input", "cached output", "from run"):
-        table.add_column(col)
+    if not rows:
+        out_console.print("no cache hits recorded")
     for r in rows:
-        cached_input = r["entry_text"] or (dump_json(r["entry_input"]) if r["entry_input"] else "(gone)")
-        table.add_row(r["run_id"][:12], f"{r['workflow']}.{r['step_id']}", r["kind"],
-                      "-" if r["similarity"] is None else f"{r['similarity']:.3f}", str(r["entry_id"]),
-                      cached_input[:60], dump_json(r["entry_output"])[:60] if r["entry_output"] else "(gone)",
-                      (r["entry_run_id"] or "")[:12])
-    out_console.print(table if rows else "no cache hits recorded")
+        similarity = "" if r["similarity"] is None else f" similarity {r['similarity']:.3f}"
+        out_console.print(f"[bold]{r['workflow']}.{r['step_id']}[/] run {r['run_id'][:12]} · {r['kind']} hit"
+                          f"{similarity} · {r['created_at'][:19]}", soft_wrap=True)
+        if r["entry_output"] is None:
+            out_console.print(f"  entry {r['entry_id']}: (cleared since)")
+            continue
+        cached_input = r["entry_text"] or json.dumps(r["entry_input"], ensure_ascii=False)
+        out_console.print(f"  entry {r['entry_id']} (from run {(r['entry_run_id'] or '-')[:12]}, "
+                          f"{r['entry_created_at'][:19]}, {r['entry_hits']} hits)", soft_wrap=True)
+        out_console.print(f"  input:  {cached_input}", soft_wrap=True, markup=False)
+        out_console.print(f"  output: {json.dumps(r['entry_output'], ensure_ascii=False)}", soft_wrap=True,
+                          markup=False)
 
 
 cache_group.add_command(stats_cmd)
