@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 
 
 def _llm_specs(workflow: Workflow) -> list[LLMSpec]:
-    specs = []
+    specs: list[LLMSpec] = []
     for step in workflow.steps:
         if step.llm is not None:
             specs.append(step.llm)
-        elif step.decision is not None and not isinstance(step.decision.on_miss, str):
-            specs.append(getattr(step.decision.on_miss, "llm", None))
-    return [s for s in specs if s is not None]
+        elif step.decision is not None and getattr(step.decision.on_miss, "llm", None) is not None:
+            specs.append(step.decision.on_miss.llm)  # type: ignore[union-attr]
+    return specs
 
 
 def cache_servers(workflow: Workflow, store: SQLiteStore) -> list[Any]:

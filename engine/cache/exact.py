@@ -60,7 +60,7 @@ class ExactCacheServer:
         if not spec.enabled:
             return None
         entry = self.cache.get(keys.namespace(ctx, call, spec), keys.input_key(call, spec))
-        event = {"run_id": ctx.run_id, "workflow": ctx.workflow.name, "step_id": call.step_id,
+        event: dict[str, Any] = {"run_id": ctx.run_id, "workflow": ctx.workflow.name, "step_id": call.step_id,
                  "tenant": keys.tenant_of(ctx, spec), "kind": "exact"}
         if entry is None:
             self.cache.record(**event, outcome="miss")

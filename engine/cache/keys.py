@@ -16,7 +16,7 @@ from engine.spec.cache import CacheSpec
 from engine.steps.base import StepContext
 from engine.steps.llm import LLMCall
 
-DEFAULT_SETTINGS = CacheSpec()
+DEFAULT_SETTINGS = CacheSpec.model_validate({})
 
 
 def settings(call: LLMCall) -> CacheSpec:

@@ -121,7 +121,7 @@ class CacheStore:
                outcome: str, entry: CacheEntry | None = None, similarity: float | None = None) -> None:
         hit = outcome == "hit" and entry is not None
         with self.lock:
-            self.store.db["cache_events"].insert({
+            self.store.db.table("cache_events").insert({
                 "run_id": run_id, "workflow": workflow, "step_id": step_id, "tenant": tenant, "kind": kind,
                 "outcome": outcome, "entry_id": entry.id if entry else None, "similarity": similarity,
                 "tokens_saved": (entry.tokens_in + entry.tokens_out) if hit and entry else 0,

@@ -35,6 +35,10 @@ def parse_duration(value: Any) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _default_normalization() -> list[Normalization]:
+    return ["whitespace", "unicode"]
+
+
 class SemanticCacheSpec(BaseModel):
     """Serve a cached answer to a near-duplicate input (cosine similarity of embeddings)."""
 
@@ -56,7 +60,7 @@ class CacheSpec(BaseModel):
     enabled: bool = Field(True, description="false turns every cache off for this step")
     ttl: float | None = Field(None, gt=0, description="seconds (or 30m, 12h, 7d) before an entry expires")
     normalize: list[Normalization] = Field(
-        default_factory=lambda: ["whitespace", "unicode"],
+        default_factory=_default_normalization,
         description="how the dynamic input is normalised for the exact key")
     tenant: bool = Field(True, description="namespace entries by the run's tenant key")
     semantic: SemanticCacheSpec | None = Field(None, description="near-duplicate serving (off unless given)")

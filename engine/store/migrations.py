@@ -75,7 +75,7 @@ def m001(db: sqlite_utils.Database) -> None:
 
 @migration("020_cache")
 def m020(db: sqlite_utils.Database) -> None:
-    db["cache_entries"].create(
+    db.table("cache_entries").create(
         {
             "id": int, "workflow": str, "step_id": str, "namespace": str, "sem_namespace": str,
             "tenant": str, "prompt_hash": str, "schema_hash": str, "model_key": str, "input_key": str,
@@ -86,10 +86,10 @@ def m020(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["cache_entries"].create_index(["namespace", "input_key"], unique=True)
-    db["cache_entries"].create_index(["sem_namespace", "id"])
-    db["cache_entries"].create_index(["workflow", "step_id"])
-    db["cache_events"].create(
+    db.table("cache_entries").create_index(["namespace", "input_key"], unique=True)
+    db.table("cache_entries").create_index(["sem_namespace", "id"])
+    db.table("cache_entries").create_index(["workflow", "step_id"])
+    db.table("cache_events").create(
         {
             "id": int, "run_id": str, "workflow": str, "step_id": str, "tenant": str, "kind": str,
             "outcome": str, "entry_id": int, "similarity": float, "tokens_saved": int,
@@ -97,5 +97,5 @@ def m020(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["cache_events"].create_index(["workflow", "step_id"])
-    db["cache_events"].create_index(["run_id"])
+    db.table("cache_events").create_index(["workflow", "step_id"])
+    db.table("cache_events").create_index(["run_id"])
