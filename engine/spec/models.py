@@ -85,6 +85,7 @@ class LLMSpec(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
+    _templated_schema: bool = PrivateAttr(False)
 
 
 class MissLLM(Strict):
