@@ -71,6 +71,7 @@ def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None =
     except ValueError as e:
         raise ValueError(f"the reply is not valid JSON ({e})") from None
     schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
+    assert isinstance(schema, dict)
     errors = sorted(_validator(schema).iter_errors(value), key=lambda e: e.path)
     if errors:
         details = "; ".join(
