@@ -22,7 +22,7 @@ from engine.hashing import canonical_json
 def revalidate(call: LLMCall, entry: CacheEntry) -> Any | None:
     """The entry's output if it still passes the step's schema (and pydantic model), else None."""
     try:
-        return parse_and_validate(canonical_json(entry.output), call.spec)
+        return parse_and_validate(canonical_json(entry.output), call.spec, call.schema)
     except ValueError:
         return None
 

@@ -9,7 +9,7 @@ from engine.cache import cache_store
 from engine.config import load_config
 from engine.runner import open_store
 
-from tests.cache.conftest import label_workflow
+from cache_helpers import label_workflow
 
 
 def store():

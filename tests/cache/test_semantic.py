@@ -14,7 +14,7 @@ from engine.config import load_config
 from engine.errors import ProviderUnavailableError
 from engine.runner import open_store
 
-from tests.cache.conftest import label_workflow, labeller
+from cache_helpers import label_workflow, labeller
 
 SEMANTIC = "        semantic: {{threshold: {t}, margin: {m}, embedder: vectors}}\n"
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from engine import run_workflow
 from engine.cli import cli
 
-from tests.cache.conftest import label_workflow
+from cache_helpers import label_workflow
 
 
 def test_stats_clear_inspect(project, fake, vectors):
