@@ -140,7 +140,8 @@ def test_cache_spec_shorthands_and_durations(project):
 
     assert CacheSpec.model_validate(False).enabled is False
     assert CacheSpec.model_validate({"ttl": "2h", "semantic": True}).ttl == 7200
-    assert CacheSpec.model_validate({"semantic": True}).semantic.threshold == 0.95
+    semantic = CacheSpec.model_validate({"semantic": True}).semantic
+    assert (semantic.threshold, semantic.margin, semantic.embedder) == (0.90, 0.12, "minilm")
     import pytest
     from engine.errors import SpecError
     from engine.spec import load_workflow

@@ -152,3 +152,16 @@ def test_two_threads_filling_at_once_stay_consistent(project, fake, vectors):
     for t in texts:
         assert run_workflow(wf, {"text": t}).step("classify").served_by == "cache"
     assert len(fake.requests) == before
+
+
+def test_default_embedder_end_to_end(project, fake):
+    """`semantic: true` with the defaults: all-MiniLM-L6-v2 from its package, threshold 0.90, margin 0.12."""
+    fake.responder = labeller({"I lost my card": "ham", "I have lost my card": "spam",
+                               "What is the exchange rate for euros?": "spam"})
+    wf = project(label_workflow(cache="        semantic: true\n"))
+    run_workflow(wf, {"text": "I lost my card"})
+    near = run_workflow(wf, {"text": "I have lost my card"})
+    assert near.step("classify").served_by == "cache" and near.outputs == {"label": "ham"}
+    assert 0.9 <= near.step("classify").cache["similarity"] < 1.0
+    far = run_workflow(wf, {"text": "What is the exchange rate for euros?"})
+    assert far.step("classify").served_by == "llm"
