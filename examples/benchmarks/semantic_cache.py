@@ -218,6 +218,16 @@ def main() -> None:
     console.print(f"chosen on train: threshold {t_star:.2f}, margin {margin:.2f} -> test: "
                   f"{100 * chosen['hit_rate']:.1f}% hits, {100 * chosen['false_share']:.2f}% false "
                   f"({chosen['false_hits']} of {chosen['hits']}); engine path agrees on {agree}/500")
+    sweep = Table(title="margin sweep at threshold 0.90 (test)")
+    for col in ("margin", "hits", "false share"):
+        sweep.add_column(col, justify="right")
+    margin_sweep = []
+    for m in MARGINS:
+        r = rates((outcomes["best"] >= 0.90) & (outcomes["best"] - outcomes["conflicting"] >= m),
+                  outcomes["served"], test_y)
+        margin_sweep.append({"threshold": 0.90, "margin": m, **r})
+        sweep.add_row(f"{m:.2f}", f"{100 * r['hit_rate']:.1f}%", f"{100 * r['false_share']:.2f}%")
+    console.print(sweep)
     console.print(f"engine defaults (threshold {defaults.threshold:.2f}, margin {defaults.margin:.2f}) -> test: "
                   f"{100 * at_defaults['hit_rate']:.1f}% hits, {100 * at_defaults['false_share']:.2f}% false "
                   f"({at_defaults['false_hits']} of {at_defaults['hits']})")
@@ -242,7 +252,7 @@ def main() -> None:
                    "grid": grid},
         "chosen_on_test": {"threshold": t_star, "margin": margin, **chosen},
         "engine_defaults_on_test": {"threshold": defaults.threshold, "margin": defaults.margin, **at_defaults},
-        "engine_path_agreement_of_500": agree, "by_threshold": table, "timings": times,
+        "engine_path_agreement_of_500": agree, "margin_sweep_at_0.90": margin_sweep, "by_threshold": table, "timings": times,
     }, indent=2))
     console.print(f"wrote {RESULTS / 'semantic_cache.json'} and semantic_cache.png")
 
