@@ -139,7 +139,7 @@ def run_workflow(
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant), step, state)
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant), step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)
