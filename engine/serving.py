@@ -30,4 +30,9 @@ def default_servers(workflow: Workflow, config: EngineConfig, store: SQLiteStore
     """The servers a run consults when the caller gives none. Features add theirs here, in
     serving order (materialized promotions first, then caches)."""
     servers: list[Server] = []
+    # (materialized promotions go first, here)
+    if store is not None:
+        from engine.cache import cache_servers
+
+        servers.extend(cache_servers(workflow, store))
     return servers

@@ -16,6 +16,7 @@ from engine.errors import EngineError, UserError
 from engine.cli.core import run_cmd, schema_cmd, validate_cmd
 from engine.cli.report import report_cmd
 from engine.cli.runs import runs_group
+from engine.cli.cache import cache_group
 
 
 class EngineGroup(click.Group):
@@ -49,6 +50,7 @@ cli.add_command(validate_cmd)
 cli.add_command(schema_cmd)
 cli.add_command(runs_group)
 cli.add_command(report_cmd)
+cli.add_command(cache_group)
 
 
 def main() -> None:

@@ -20,9 +20,10 @@ from engine.spec import load_workflow, workflow_json_schema
 @click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE", help="An input value (repeatable).")
 @click.option("--inputs-json", metavar="JSON", help="All inputs as a JSON object.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag the run (repeatable).")
+@click.option("--tenant", help="Tenant key: cached answers are never shared across tenants.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
-            quiet: bool) -> None:
+            tenant: str | None, quiet: bool) -> None:
     """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr."""
     wf = load_workflow(workflow)
     inputs = {}
@@ -32,8 +33,8 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
         except ValueError as e:
             raise InputError(f"--inputs-json is not valid JSON: {e}") from None
     inputs.update(parse_cli_inputs(wf, list(pairs)))
-    tag_map = dict(t.split("=", 1) if "=" in t else (t, "true") for t in tags)
-    result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False)
+    tag_map = dict((t.split("=", 1)[0], t.split("=", 1)[1]) if "=" in t else (t, "true") for t in tags)
+    result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False, tenant=tenant)
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],
                                      title=f"{result.workflow} · run {result.run_id[:12]}"))

@@ -10,6 +10,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from engine.spec.cache import CacheSpec
+
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -84,9 +86,11 @@ class LLMSpec(Strict):
     temperature: float = Field(0.0, ge=0, le=2)
     retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
+    cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
+    _templated_schema: bool = PrivateAttr(False)
 
 
 class MissLLM(Strict):
@@ -105,7 +109,7 @@ class DecisionSpec(Strict):
         union_mode="left_to_right", description="inline mapping, {file: path}, or a path (YAML/JSON/CSV)")
     key_column: str | None = Field(None, description="CSV: the key column (default: the first)")
     value_column: str | None = Field(None, description="CSV: the value column (default: the second)")
-    normalize: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])
+    normalize: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])  # type: ignore[arg-type]
     on_miss: Literal["error"] | MissDefault | MissLLM = Field("error", description="error, {default: v} or {llm: ...}")
     _normalized_table: dict[str, Any] | None = PrivateAttr(None)
 

@@ -18,6 +18,8 @@ class StepContext:
     step_id: str
     servers: list[Any] = field(default_factory=list)
     """`engine.serving.Server`s consulted before an llm step asks its tiers."""
+    tenant: str | None = None
+    """The run's tenant key: caches never serve one tenant's answers to another."""
 
 
 @dataclass
@@ -34,6 +36,8 @@ class StepOutcome:
     cost: float = 0.0
     baseline_cost: float = 0.0
     """What the step would have cost straight at the most expensive tier (llm steps)."""
+    cache: dict[str, Any] | None = None
+    """For a cache hit: kind (exact|semantic), entry_id, similarity."""
 
     @property
     def validation_errors(self) -> list[str]:

@@ -35,6 +35,7 @@ steps:
         properties: {intent: {enum: [card_lost, balance, other]}}
         required: [intent]
       max_tokens: 24
+      cache: false
       retries: 1
 """
 

@@ -42,6 +42,7 @@ steps:
         required: [label]
         additionalProperties: false
       max_tokens: 20
+      cache: false
 outputs:
   label: "{{ steps.classify.output.label }}"
 """

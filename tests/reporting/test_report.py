@@ -25,6 +25,7 @@ steps:
       prompt: "Label this: {{ text }}"
       schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label]}
       max_tokens: 12
+      cache: false
       retries: 0
       escalate: [premium]
 """
@@ -98,3 +99,14 @@ def test_cli_tables_json_and_html(history, tmp_path):
     assert "<svg" in page and "<rect" in page and "llm:premium" in page and "tag user=ann" in page
     bad = runner.invoke(cli, ["report", "--since", "last tuesday"])
     assert bad.exit_code == 2 and "not a time" in bad.output
+
+
+def test_cache_hits_show_as_their_own_source_with_a_baseline(project, fake):
+    wf = project(WORKFLOW.replace("      cache: false\n", ""), config=CONFIG)
+    fake.enqueue({"label": "ham"})
+    run_workflow(wf, {"text": "same"})
+    hit = run_workflow(wf, {"text": "same"})
+    assert hit.step("classify").served_by == "cache" and hit.cost == 0 and hit.baseline_cost > 0
+    report = build_report(open_store(load_config().store_path()), by=["source"])
+    rows = {r["key"]: r for r in report.groups["source"]}
+    assert rows["cache"]["cost"] == 0 and rows["cache"]["baseline_cost"] > 0 and rows["cache"]["calls"] == 0

@@ -36,6 +36,7 @@ steps:
         required: [label]
         additionalProperties: false
       max_tokens: 16
+      cache: false
       retries: 1
       escalate: [premium]
 """
