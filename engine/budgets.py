@@ -2,9 +2,11 @@
 
 Checked before every paid call with its worst case (prompt tokens + the step's `max_tokens`
 at the model's prices) and counted after with the real usage, so re-asks, fallbacks and
-escalations all count. Spending is read from the store (`llm_calls.cost`; days are UTC days);
-with no store, from an in-process ledger. Calls in flight hold a reservation of their worst case,
-so concurrent runs cannot overshoot a cap together.
+escalations all count. Spending is read from the store (`llm_calls.cost`; days are UTC days) at
+most every `refresh_s` seconds per cap, and this process's calls are added as they finish in
+between (so other processes sharing the store are seen within `refresh_s`); with no store, an
+in-process ledger counts. Calls in flight hold a reservation of their worst case, so concurrent
+runs in a process cannot overshoot a cap together.
 
 A model whose worst case costs $0 (the local tier) is never blocked.
 
@@ -16,11 +18,13 @@ Config (`engine.yaml`):
       workflows: {triage: 5}     # per-workflow daily caps, overriding workflow_day
       model_day: {"openai:gpt-4o": 10}
       tier_day: {premium: 15}
+      refresh_s: 5               # how stale another process's spending may be
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +41,7 @@ class BudgetConfig(Strict):
     workflows: dict[str, float] = Field(default_factory=dict, description="workflow -> USD per UTC day")
     model_day: dict[str, float] = Field(default_factory=dict, description="provider:model -> USD per UTC day")
     tier_day: dict[str, float] = Field(default_factory=dict, description="tier -> USD per UTC day")
+    refresh_s: float = Field(5.0, ge=0, description="re-read spending from the store at most this often")
 
     @property
     def empty(self) -> bool:
@@ -70,6 +75,8 @@ class _Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: dict[tuple[str, ...], float] = field(default_factory=lambda: defaultdict(float))
     memory: dict[tuple[str, ...], float] = field(default_factory=lambda: defaultdict(float))
+    read: dict[tuple[str, ...], list[float]] = field(default_factory=dict)
+    """(store, *scope) -> [spent as last read plus this process's calls since, when read]"""
 
 
 _LEDGER = _Ledger()
@@ -100,8 +107,22 @@ class Budgets:
         return caps
 
     def spent(self, cap: Cap) -> float:
+        """Spending against `cap` (call with the ledger lock held)."""
         if self.store is None:
             return _LEDGER.memory[cap.scope]
+        key = (str(getattr(self.store, "path", id(self.store))), *cap.scope)
+        cached = _LEDGER.read.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.config.refresh_s:
+            return cached[0]
+        value = self._read(cap)
+        if len(_LEDGER.read) > 10_000:  # forget caps not read lately (finished runs, past days)
+            for stale in [k for k, (_, at) in _LEDGER.read.items() if now - at >= self.config.refresh_s]:
+                del _LEDGER.read[stale]
+        _LEDGER.read[key] = [value, now]
+        return value
+
+    def _read(self, cap: Cap) -> float:
         kind = cap.scope[0]
         if kind == "run":
             sql, params = "SELECT SUM(cost) AS s FROM llm_calls WHERE run_id = ?", [cap.scope[1]]
@@ -144,6 +165,10 @@ class Budgets:
                 _LEDGER.pending[cap.scope] -= reservation.amount
                 if self.store is None:
                     _LEDGER.memory[cap.scope] += actual_cost
+                else:
+                    cached = _LEDGER.read.get((str(getattr(self.store, "path", id(self.store))), *cap.scope))
+                    if cached is not None:
+                        cached[0] += actual_cost
 
 
 def reset_ledger() -> None:
@@ -151,3 +176,4 @@ def reset_ledger() -> None:
     with _LEDGER.lock:
         _LEDGER.pending.clear()
         _LEDGER.memory.clear()
+        _LEDGER.read.clear()

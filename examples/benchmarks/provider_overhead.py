@@ -15,7 +15,7 @@ SDK call, and for the engine its own time: the run minus the time spent inside i
 SDK call, measured in the same run.
 
 Needs the `bench` extra (litellm<=1.100), which wants openai<3: install it in its own venv,
-`pip install -e '.[bench]'`. Usage: python examples/benchmarks/provider_overhead.py [--calls 300]
+`pip install -e '.[bench-litellm]'`. Usage: python examples/benchmarks/provider_overhead.py [--calls 300]
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ steps:
       prompt: "Label this: {{ text }}"
       schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label], additionalProperties: false}
       max_tokens: 16
+      cache: false     # measure the llm step itself, not the exact cache answering repeats
 tiers:
   cloud:
     - model: openai:gpt-4o-mini
@@ -111,17 +112,23 @@ def variants(workdir: Path) -> dict[str, Callable[[], Any]]:
     path = workdir / "bench.yaml"
     path.write_text(WORKFLOW)
     wf = load_workflow(path)
+    budgeted_dir = workdir / "budgeted"
+    budgeted_dir.mkdir()
+    (budgeted_dir / "bench.yaml").write_text(WORKFLOW)
+    (budgeted_dir / "engine.yaml").write_text("budgets: {run: 1.0, workflow_day: 1000, tier_day: {cloud: 1000}}\n")
+    budgeted = load_workflow(budgeted_dir / "bench.yaml")
     os.environ["ENGINE_DB"] = str(workdir / "bench.db")
     out: dict[str, Callable[[], Any]] = {
         "direct SDK call": direct_call,
         "engine run (SQLite log)": lambda: run_workflow(wf, {"text": "win a prize"}),
         "engine run (no store)": lambda: run_workflow(wf, {"text": "win a prize"}, store=False),
+        "engine run (SQLite log, 3 budget caps)": lambda: run_workflow(budgeted, {"text": "win a prize"}),
     }
     try:
         import litellm
         from litellm import Router
     except ImportError:
-        print("litellm is not installed (pip install -e '.[bench]'): skipping it", file=sys.stderr)
+        print("litellm is not installed (pip install -e '.[bench-litellm]'): skipping it", file=sys.stderr)
         return out
     litellm.suppress_debug_info = True
     mocked = Router(model_list=[{"model_name": "small", "litellm_params": {

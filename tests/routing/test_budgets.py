@@ -112,3 +112,20 @@ def test_workflow_cap_per_day_and_without_a_store(project, fake_replies):
     results = [run_workflow(wf, {"text": f"t{i}"}, store=False, raise_on_error=False) for i in range(10)]
     assert not all(r.ok for r in results)  # the in-process ledger counts when nothing is stored
     assert sum(r.cost for r in results) <= 0.15
+
+
+def test_spending_by_another_process_is_seen_within_refresh_s(project, fake_replies):
+    from engine.store.migrations import _now
+
+    wf = project(WORKFLOW, config=TIERS + "budgets:\n  model_day: {'fake:large': 1.0}\n  refresh_s: 3600\n")
+    assert run_workflow(wf, {"text": "a"}).step("answer").model == "large"
+    store = open_store(load_config().store_path())
+    # another process spends $0.95 on fake:large today, writing to the same store
+    store.record_llm_call({"run_id": "other", "workflow": "support", "step_id": "answer", "tier": "premium",
+                           "provider": "fake", "model": "large", "attempt": 1, "cost": 0.95,
+                           "outcome": "valid", "created_at": _now()})
+    assert run_workflow(wf, {"text": "b"}).step("answer").model == "large"  # not read yet (refresh_s)
+    from engine.budgets import reset_ledger
+
+    reset_ledger()  # as when refresh_s has passed: the store is read again
+    assert run_workflow(wf, {"text": "c"}).step("answer").model == "medium"
