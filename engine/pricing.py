@@ -9,7 +9,8 @@ paid model the table does not know).
 
 Cached input: OpenAI bills prompt tokens served from its prefix cache at the cached-input price
 (`usage.prompt_tokens_details.cached_tokens`); Anthropic bills cache reads
-(`usage.cache_read_input_tokens`) at a tenth of the input price.
+(`usage.cache_read_input_tokens`) at a tenth of the input price and cache writes
+(`usage.cache_creation_input_tokens`, 5-minute cache) at 1.25 times the input price.
 """
 
 from __future__ import annotations
@@ -29,15 +30,20 @@ class Price:
     input: float = 0.0
     output: float = 0.0
     cached_input: float | None = None
+    cache_write: float | None = None
+    """USD per million prompt tokens written to the provider's cache (default: the input price)."""
 
     @property
     def free(self) -> bool:
         return self.input == 0 and self.output == 0
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
         cached = max(0, min(cached_input_tokens, input_tokens))
+        written = max(0, min(cache_write_tokens, input_tokens - cached))
         cached_price = self.input if self.cached_input is None else self.cached_input
-        return ((input_tokens - cached) * self.input + cached * cached_price
+        write_price = self.input if self.cache_write is None else self.cache_write
+        return ((input_tokens - cached - written) * self.input + cached * cached_price + written * write_price
                 + output_tokens * self.output) / 1_000_000
 
 
@@ -47,6 +53,7 @@ class PriceOverride(Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(None, ge=0)
+    cache_write: float | None = Field(None, ge=0)
 
 
 # provider -> model -> (input, cached input, output), USD per million tokens.
@@ -81,18 +88,19 @@ def default_price(provider: str, model: str) -> Price | None:
     if best is None:
         return None
     inp, cached, out = table[best]
-    return Price(inp, out, cached)
+    return Price(inp, out, cached, round(inp * 1.25, 6) if provider == "anthropic" else None)
 
 
 def price_of(entry: ModelEntry, table: Mapping[str, PriceOverride] | None = None) -> Price:
     """The entry's price: its own fields, else the config's `pricing:` row, else the defaults."""
     row = (table or {}).get(entry.model)
-    base = (Price(row.input, row.output, row.cached_input) if row is not None
+    base = (Price(row.input, row.output, row.cached_input, row.cache_write) if row is not None
             else default_price(entry.provider, entry.model_name) or Price())
     return Price(
         input=base.input if entry.input_price is None else entry.input_price,
         output=base.output if entry.output_price is None else entry.output_price,
         cached_input=base.cached_input if entry.cached_input_price is None else entry.cached_input_price,
+        cache_write=base.cache_write if entry.input_price is None else None,
     )
 
 

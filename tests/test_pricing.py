@@ -15,7 +15,7 @@ def test_defaults_and_dated_names():
     assert default_price("openai", "gpt-4o-mini") == Price(0.15, 0.60, 0.075)
     assert default_price("openai", "gpt-4o-mini-2024-07-18") == Price(0.15, 0.60, 0.075)  # not gpt-4o's
     assert default_price("openai", "gpt-4o-2024-08-06") == Price(2.50, 10.00, 1.25)
-    assert default_price("anthropic", "claude-haiku-4-5-20251001") == Price(1.00, 5.00, 0.10)
+    assert default_price("anthropic", "claude-haiku-4-5-20251001") == Price(1.00, 5.00, 0.10, 1.25)
     assert default_price("openai", "my-finetune") is None
     assert all(cached <= inp for table in DEFAULT_PRICES.values() for inp, cached, _ in table.values())
 
@@ -42,6 +42,9 @@ def test_cached_tokens_cost_the_cached_price():
     price = Price(input=10, output=30, cached_input=1)
     assert price.cost(1000, 100, cached_input_tokens=800) == pytest.approx((200 * 10 + 800 * 1 + 100 * 30) / 1e6)
     assert Price(10, 30).cost(1000, 0, 800) == pytest.approx(1000 * 10 / 1e6)  # no cached price: full
+    written = Price(input=10, output=30, cached_input=1, cache_write=12.5)
+    assert written.cost(1000, 0, cached_input_tokens=100, cache_write_tokens=600) == pytest.approx(
+        (300 * 10 + 100 * 1 + 600 * 12.5) / 1e6)
 
 
 def test_retry_after_forms_and_redaction():

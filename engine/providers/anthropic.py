@@ -154,6 +154,7 @@ def parse_message(resp: Any, model: str, wrapped: bool = False) -> Completion:
         input_tokens=int(usage.input_tokens or 0) + cache_read + cache_write,
         output_tokens=int(usage.output_tokens or 0),
         cached_input_tokens=cache_read,
+        cache_write_tokens=cache_write,
         model=resp.model or model,
         raw=resp,
     )

@@ -34,6 +34,9 @@ class Completion:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    """Prompt tokens read from the provider's prefix cache (part of `input_tokens`)."""
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's cache on this call (Anthropic; part of `input_tokens`)."""
     model: str = ""
     """The model that actually answered, as the provider reports it."""
     raw: Any = None

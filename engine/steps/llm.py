@@ -205,7 +205,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                 gate.succeeded(entry)
                 latency = (time.perf_counter() - started) * 1000
                 cost = admission.price.cost(completion.input_tokens, completion.output_tokens,
-                                            completion.cached_input_tokens)
+                                            completion.cached_input_tokens, completion.cache_write_tokens)
                 attempt.update(tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
                                cached_tokens=completion.cached_input_tokens, cost=cost, latency_ms=latency,
                                finish_reason=completion.finish_reason, raw_output=completion.text,

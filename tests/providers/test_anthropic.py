@@ -87,6 +87,15 @@ def test_forced_tool_call_cached_system_and_usage(project, wired):
     assert wired.bodies[1]["system"] == body["system"]
 
 
+def test_cache_writes_cost_more_than_plain_input(project, wired):
+    reply = recorded("anthropic_tool_use.json")
+    reply["usage"].update(input_tokens=40, cache_creation_input_tokens=2048, cache_read_input_tokens=0)
+    wired.replies.append((200, reply, {}))
+    call = run_workflow(project(WORKFLOW, config=CONFIG), {"text": "first"}).step("classify").calls[0]
+    assert (call["tokens_in"], call["cached_tokens"]) == (2088, 0)
+    assert call["cost"] == pytest.approx((40 * 1.0 + 2048 * 1.25 + 18 * 5.0) / 1e6)
+
+
 def test_reask_goes_back_as_assistant_then_user(project, wired):
     bad = recorded("anthropic_tool_use.json")
     bad["content"][0]["input"] = {"label": "eggs"}
