@@ -137,3 +137,15 @@ def test_authentication_error_does_not_fall_through(project, fake, clock):
     result = run_workflow(project(WORKFLOW, config=CONFIG), {"text": "x"}, raise_on_error=False)
     assert not result.ok and "authentication failed for fake:a" in result.error
     assert models(fake) == ["a"]
+
+
+def test_everything_cooling_down_fails_clearly_without_calls(project, fake, clock):
+    wf = project(WORKFLOW, config=CONFIG.replace("allowed_fails: 2", "allowed_fails: 1"))
+    fake.enqueue(ProviderUnavailableError("a down"), ProviderUnavailableError("b down"),
+                 ProviderUnavailableError("p down"))
+    run_workflow(wf, {"text": "x"}, raise_on_error=False)
+    with pytest.raises(LLMStepError) as info:
+        run_workflow(wf, {"text": "y"})
+    assert len(fake.requests) == 3  # the second run made no call at all
+    assert [a["reason"] for a in info.value.attempts] == ["cooldown", "cooldown", "cooldown"]
+    assert "cooling down for 30.0 s more" in str(info.value)
