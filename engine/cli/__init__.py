@@ -15,6 +15,7 @@ from engine.errors import EngineError, UserError
 
 from engine.cli.core import run_cmd, schema_cmd, validate_cmd
 from engine.cli.runs import runs_group
+from engine.cli.skills import skills_group
 
 
 class EngineGroup(click.Group):
@@ -47,6 +48,7 @@ cli.add_command(run_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(schema_cmd)
 cli.add_command(runs_group)
+cli.add_command(skills_group)
 
 
 def main() -> None:

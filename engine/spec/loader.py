@@ -76,6 +76,10 @@ def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConf
     if not isinstance(data, dict):
         problems.add((), "a workflow must be a mapping with name, steps, ...")
         problems.raise_if_any()
+    from engine.skills.expand import expand_uses  # `uses: skill@version` steps (engine.skills)
+
+    data = problems.data = expand_uses(data, base_dir, problems.add, config)
+    problems.raise_if_any()
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as e:
