@@ -46,7 +46,7 @@ def list_cmd() -> None:
         versions = index.versions(name)
         try:
             skill = index.load(name)
-            kind, description = skill.kind, skill.description
+            kind, description = str(skill.kind), skill.description
         except EngineError as e:
             kind, description = "error", str(e).splitlines()[0]
         table.add_row(name, ", ".join(f"@{v}" for v in versions), kind,

@@ -103,15 +103,15 @@ def run_case(skill: Skill, case: SkillTest, index: int, mode: Mode = "fake") -> 
     fake = FakeProvider(responder=lambda _request: case.reply)
     if mode == "fake":
         register_provider(FAKE_PROVIDER, fake)
-    try:
-        from engine.runner import run_workflow
+    from engine.runner import RunResult, run_workflow
 
+    run: RunResult | None = None
+    error: str | None = None
+    try:
         run = run_workflow(workflow, case.inputs, config=config, store=False, raise_on_error=False, servers=[])
-    except EngineError as e:  # bad inputs
-        run = None
-        error: str | None = str(e)
-    else:
         error = run.error
+    except EngineError as e:  # bad inputs
+        error = str(e)
     finally:
         if mode == "fake":
             unregister_provider(FAKE_PROVIDER)
