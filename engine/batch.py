@@ -3,8 +3,9 @@
     engine run workflow.yaml --inputs items.jsonl --output results.jsonl --concurrency 8
     engine run workflow.yaml --inputs items.jsonl --output results.jsonl --resume      # after a crash
 
-- Each non-blank input line is one item: a JSON object of inputs. A field named by `id_field`
-  ("id") that is not a declared input is taken as the item's id and echoed in its result.
+- Each non-blank input line is one item: a JSON object of inputs. Fields the workflow does not
+  declare as inputs (labels, notes) are ignored; the one named by `id_field` ("id") is the item's
+  id, echoed in its result.
 - The output has exactly one line per item, in input order:
   `{"index": 0, "id": ..., "status": "ok", "outputs": {...}, "run_id": ...}` or
   `{"index": 3, "status": "failed", "error": "...", "run_id": ...}` (bad JSON, bad inputs and
@@ -94,9 +95,7 @@ def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[Bat
             continue
         if id_field in value:
             item.id = value[id_field]
-            if id_field not in workflow.inputs:
-                value = {k: v for k, v in value.items() if k != id_field}
-        item.inputs = value
+        item.inputs = {k: v for k, v in value.items() if k in workflow.inputs}
     return items
 
 
