@@ -234,3 +234,19 @@ def test_starter_library(entry):
 
 def test_starter_library_covers_the_basics():
     assert {"classify", "extract_fields", "summarize", "normalize_text"} <= set(STARTER.names())
+
+
+def test_review_digest_example_runs_on_the_starter_library(fake):
+    """examples/review_digest is made of starter skills only; it loads and runs offline."""
+    from engine import EngineConfig
+
+    config = EngineConfig.model_validate({"tiers": {"local": [{"model": "fake:small"}]}})
+    wf = load_workflow(ROOT / "examples" / "review_digest" / "workflow.yaml", config=config)
+    assert [s.kind for s in wf.steps] == ["script", "script", "llm", "llm"]
+    fake.enqueue({"label": "complaint"}, {"summary": "Broken on arrival; wants a refund."})
+    result = run_workflow(wf, {"review": "  Arrived  BROKEN. Mail me at ada@example.org for the refund! "},
+                          config=config, store=False)
+    assert result.outputs == {"sentiment": "complaint", "summary": "Broken on arrival; wants a refund.",
+                              "redacted": {"email": 1}}
+    assert "ada@example.org" not in fake.requests[0].messages[1]["content"]
+    assert "praise, complaint, question" in fake.requests[0].messages[0]["content"]
