@@ -45,6 +45,25 @@ PARAMS_ENV = ImmutableSandboxedEnvironment(
 PARAMS_ENV.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False)
 
 
+USES_STEP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "UsesStep",
+    "description": "A step that uses a skill from a library: `uses: name@version`.",
+    "properties": {
+        "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+        "uses": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*(@(\d+|latest))?$",
+                 "description": "skill name@version (a bare name takes the latest version)"},
+        "inputs": {"type": "object", "description": "the skill's inputs: name -> template"},
+        "with": {"type": "object", "description": "overrides: the skill's params; tier, max_tokens, "
+                                                  "retries, escalate, temperature for llm skills"},
+        "when": {"type": ["string", "boolean"]},
+    },
+    "required": ["id", "uses"],
+    "additionalProperties": False,
+}
+"""JSON Schema of a `uses:` step, merged into the workflow schema for editors."""
+
+
 def parse_ref(ref: Any) -> tuple[str, int | None]:
     """'classify@2' -> ('classify', 2); 'classify' or 'classify@latest' -> ('classify', None)."""
     m = _REF.match(ref.strip()) if isinstance(ref, str) else None

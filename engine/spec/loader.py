@@ -395,6 +395,10 @@ def _import_file(file: Path, path: tuple[Any, ...], problems: _Problems) -> Any:
 def workflow_json_schema() -> dict[str, Any]:
     """JSON Schema of the workflow format, for editor completion."""
     schema = Workflow.model_json_schema(by_alias=True)
+    from engine.skills.expand import USES_STEP_SCHEMA  # steps may also be `uses: skill@version`
+
+    schema["$defs"]["UsesStep"] = USES_STEP_SCHEMA
+    schema["properties"]["steps"]["items"] = {"anyOf": [{"$ref": "#/$defs/Step"}, {"$ref": "#/$defs/UsesStep"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "engine workflow"
     return schema

@@ -77,7 +77,7 @@ def m001(db: sqlite_utils.Database) -> None:
 def m040(db: sqlite_utils.Database) -> None:
     """Batch runs (engine.batch): one row per batch; an item is done when its run, tagged
     {"batch": id, "item": n}, has finished, so completion is recorded atomically with the run."""
-    db["batches"].create(
+    db["batches"].create(  # type: ignore[union-attr]
         {
             "id": str, "workflow": str, "workflow_path": str, "inputs_path": str, "inputs_sha256": str,
             "output_path": str, "total": int, "status": str, "created_at": str, "updated_at": str,

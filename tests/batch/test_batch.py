@@ -219,3 +219,37 @@ def test_local_tier_calls_are_serialized_per_model(project, monkeypatch):
     summary = run_batch(engine, wf, items, wf.parent / "out.jsonl", concurrency=4)
     assert summary.done == 4 and summary.served["llm/standard"] + summary.failed >= 4
     assert counter.peak == 1  # four workers, one model: its calls never overlapped
+
+
+def test_ctrl_c_saves_finished_items_and_resume_finishes(project, monkeypatch):
+    config = """\
+        tiers:
+          standard:
+            - model: fake:echo
+              options: {replies: ['{"loud": "X"}']}
+        """
+    wf = project(WORKFLOW, files=HELPERS, config=config)
+    n = 40
+    items = write_items(wf.parent / "items.jsonl", [json.dumps({"text": f"t{i}"}) for i in range(n)])
+    monkeypatch.setenv("STEP_SLEEP", "0.03")
+    db = wf.parent / ".engine" / "engine.db"
+    command = [sys.executable, "-m", "engine", "run", str(wf), "--inputs", str(items), "--output", "out.jsonl",
+               "--concurrency", "2", "-q"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(_finished(db)) < 6 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    before = _finished(db)
+    assert 6 <= len(before) < n
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT status FROM batches").fetchone() == ("interrupted",)
+    assert conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone() == (0,)  # in-flight finished
+    conn.close()
+    assert len(read_lines(Path("out.jsonl"))) == len(before)  # every finished item was written
+    resumed = subprocess.run([*command[:-1], "--resume", "-q"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    after = _finished(db)
+    assert sorted(after) == list(range(n)) and all(len(r) == 1 for r in after.values())
+    assert len(read_lines(Path("out.jsonl"))) == n

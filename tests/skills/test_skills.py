@@ -250,3 +250,17 @@ def test_review_digest_example_runs_on_the_starter_library(fake):
                               "redacted": {"email": 1}}
     assert "ada@example.org" not in fake.requests[0].messages[1]["content"]
     assert "praise, complaint, question" in fake.requests[0].messages[0]["content"]
+
+
+def test_editor_schema_knows_uses_steps():
+    import jsonschema
+    import yaml
+
+    from engine.spec import workflow_json_schema
+
+    schema = workflow_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    example = yaml.safe_load((ROOT / "examples" / "review_digest" / "workflow.yaml").read_text())
+    assert list(validator.iter_errors(example)) == []
+    example["steps"][0]["uses"] = "Not A Ref"
+    assert list(validator.iter_errors(example))
