@@ -99,3 +99,17 @@ def m020(db: sqlite_utils.Database) -> None:
     )
     db.table("cache_events").create_index(["workflow", "step_id"])
     db.table("cache_events").create_index(["run_id"])
+
+
+@migration("040_batches")
+def m040(db: sqlite_utils.Database) -> None:
+    """Batch runs (engine.batch): one row per batch; an item is done when its run, tagged
+    {"batch": id, "item": n}, has finished, so completion is recorded atomically with the run."""
+    db.table("batches").create(
+        {
+            "id": str, "workflow": str, "workflow_path": str, "inputs_path": str, "inputs_sha256": str,
+            "output_path": str, "total": int, "status": str, "created_at": str, "updated_at": str,
+        },
+        pk="id",
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")
