@@ -1,5 +1,6 @@
 """engine: a declarative workflow engine for LLM pipelines that materializes solved tasks."""
 
+from engine.api import Engine
 from engine.config import EngineConfig, load_config
 from engine.errors import (
     BudgetExceededError,
@@ -17,6 +18,7 @@ from engine.spec import Workflow, load_workflow, workflow_json_schema
 
 __all__ = sorted([
     "BudgetExceededError",
+    "Engine",
     "EngineConfig",
     "EngineError",
     "InputError",

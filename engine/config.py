@@ -39,8 +39,11 @@ class EngineConfig(Strict):
     tiers: dict[str, TierChain] = Field(default_factory=dict)
     pricing: dict[str, PriceOverride] = Field(
         default_factory=dict, description="provider:model -> USD per million tokens (overrides the defaults)")
-    budgets: BudgetConfig = Field(default_factory=lambda: BudgetConfig.model_validate({}), description="spend caps in USD")
-    fallbacks: FallbackConfig = Field(default_factory=lambda: FallbackConfig.model_validate({}), description="cooldowns of failing models")
+    budgets: BudgetConfig = Field(default_factory=lambda: BudgetConfig.model_validate({}),
+                                  description="spend caps in USD (see engine.budgets)")
+    fallbacks: FallbackConfig = Field(default_factory=lambda: FallbackConfig.model_validate({}),
+                                      description="cooldowns of failing models (see engine.routing)")
+    skills: list[str] = Field(default_factory=list, description="skill library folders (see engine.skills)")
     sources: list[str] = Field(default_factory=list, description="files this config was read from")
 
     def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:
@@ -82,6 +85,7 @@ def _read(path: Path) -> dict[str, Any]:
     if data.get("store"):
         store = Path(data["store"])
         data["store"] = str(store if store.is_absolute() else path.parent / store)
+    data["skills"] = [str(path.parent / p) for p in data.get("skills") or []]
     return data
 
 
@@ -102,6 +106,7 @@ def load_config(workflow_dir: Path | None = None, *, cwd: Path | None = None) ->
         merged.setdefault("pricing", {}).update(data.get("pricing") or {})
         for section in ("budgets", "fallbacks"):  # merged key by key, later files win
             merged.setdefault(section, {}).update(data.get(section) or {})
+        merged["skills"] = data.get("skills", []) + merged.get("skills", [])  # nearer files first
         if data.get("store"):
             merged["store"] = data["store"]
         merged["sources"].append(str(path))

@@ -39,7 +39,7 @@ def cache_servers(workflow: Workflow, store: SQLiteStore) -> list[Any]:
     """Exact first, then semantic (only when a step asks for it)."""
     specs = _llm_specs(workflow)
     servers: list[Any] = []
-    if any(s.cache is None or s.cache.enabled for s in specs):
+    if any(s.cache is not None and s.cache.enabled for s in specs):
         servers.append(ExactCacheServer(store))
     if any(s.cache is not None and s.cache.enabled and s.cache.semantic is not None for s in specs):
         servers.append(SemanticCacheServer(store))

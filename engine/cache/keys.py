@@ -16,11 +16,13 @@ from engine.spec.cache import CacheSpec
 from engine.steps.base import StepContext
 from engine.steps.llm import LLMCall
 
-DEFAULT_SETTINGS = CacheSpec.model_validate({})
+# Caching is opt-in per step: without a `cache:` key every call reaches the tiers, so the log
+# keeps the repeated answers that promotion mining needs as evidence.
+DISABLED = CacheSpec.model_validate(False)
 
 
 def settings(call: LLMCall) -> CacheSpec:
-    return call.spec.cache or DEFAULT_SETTINGS
+    return call.spec.cache or DISABLED
 
 
 def tenant_of(ctx: StepContext, spec: CacheSpec) -> str | None:

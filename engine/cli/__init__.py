@@ -17,6 +17,8 @@ from engine.cli.core import run_cmd, schema_cmd, validate_cmd
 from engine.cli.report import report_cmd
 from engine.cli.runs import runs_group
 from engine.cli.cache import cache_group
+from engine.cli.serve import serve_cmd
+from engine.cli.skills import skills_group
 
 
 class EngineGroup(click.Group):
@@ -51,6 +53,8 @@ cli.add_command(schema_cmd)
 cli.add_command(runs_group)
 cli.add_command(report_cmd)
 cli.add_command(cache_group)
+cli.add_command(skills_group)
+cli.add_command(serve_cmd)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """The `cache:` key of an llm step: exact and semantic caching settings.
 
+    cache: true                       # exact cache with defaults (no `cache:` key = no caching)
     cache: false                      # never cache this step (e.g. compliance)
     cache:
       ttl: 7d                         # seconds, or 30m / 12h / 7d; none = no expiry
@@ -58,7 +59,8 @@ class SemanticCacheSpec(BaseModel):
 
 
 class CacheSpec(BaseModel):
-    """Per-step cache settings (an exact cache is on by default for every llm step)."""
+    """Per-step cache settings. Caching is opt-in: `cache: true` (or any mapping) turns the exact
+    cache on for the step; `semantic:` adds near-duplicate serving."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -20,14 +20,20 @@ def migration(name: str) -> Callable[[Migration], Migration]:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
+    """Apply pending migrations. Each runs in its own `BEGIN IMMEDIATE` transaction, which takes
+    the database's write lock first, so two processes opening a new store at once cannot both
+    apply one (the second sees it done and skips it)."""
     db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    done = {row["name"] for row in db.table("_migrations").rows}
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-        if name in done:
-            continue
-        with db.conn:
-            fn(db)
-            db.table("_migrations").insert({"name": name, "applied_at": _now()})
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if db.conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone() is None:
+                fn(db)
+                db.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, _now()])
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
 
 
 def _now() -> str:
@@ -111,3 +117,17 @@ def m020(db: sqlite_utils.Database) -> None:
     )
     db.table("cache_events").create_index(["workflow", "step_id"])
     db.table("cache_events").create_index(["run_id"])
+
+
+@migration("040_batches")
+def m040(db: sqlite_utils.Database) -> None:
+    """Batch runs (engine.batch): one row per batch; an item is done when its run, tagged
+    {"batch": id, "item": n}, has finished, so completion is recorded atomically with the run."""
+    db.table("batches").create(
+        {
+            "id": str, "workflow": str, "workflow_path": str, "inputs_path": str, "inputs_sha256": str,
+            "output_path": str, "total": int, "status": str, "created_at": str, "updated_at": str,
+        },
+        pk="id",
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")

@@ -28,10 +28,16 @@ outputs:
 """
 
 
-def label_workflow(*, cache: str = "", prompt: str = "Label this: {{ text }}",
+def label_workflow(*, cache: str | None = "true", prompt: str = "Label this: {{ text }}",
                    labels: str = "[spam, ham]") -> str:
-    """The workflow text; `cache` is the YAML under `cache:` (already indented by 6), or ''."""
-    block = f"      cache:\n{cache}" if cache else ""
+    """The workflow text; `cache` is the YAML under `cache:` (already indented by 8), 'true' for
+    `cache: true` (the default here: caching is opt-in), or None for no `cache:` key at all."""
+    if cache is None:
+        block = ""
+    elif cache == "true":
+        block = "      cache: true\n"
+    else:
+        block = f"      cache:\n{cache}"
     return LABEL_WORKFLOW.format(prompt=prompt, labels=labels, cache=block)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import textwrap
 
 from engine import run_workflow
@@ -101,9 +103,13 @@ def test_ttl_expiry(project, fake):
     assert run_workflow(wf, {"text": "buy now"}).outputs == {"label": "ham"}  # re-filled
 
 
-def test_cache_false_turns_it_off(project, fake):
+@pytest.mark.parametrize("cache", [None, "false"], ids=["no cache key (opt-in)", "cache: false"])
+def test_cache_is_off_unless_asked_for(project, fake, cache):
     fake.enqueue({"label": "spam"}, {"label": "ham"})
-    wf = project(label_workflow().replace("      max_tokens: 12\n", "      max_tokens: 12\n      cache: false\n"))
+    text = label_workflow(cache=None)
+    if cache == "false":
+        text = text.replace("      max_tokens: 12\n", "      max_tokens: 12\n      cache: false\n")
+    wf = project(text)
     run_workflow(wf, {"text": "buy now"})
     assert run_workflow(wf, {"text": "buy now"}).step("classify").served_by == "llm"
     assert store().query("SELECT COUNT(*) AS n FROM cache_entries")[0]["n"] == 0
