@@ -102,7 +102,7 @@ def test_cli_tables_json_and_html(history, tmp_path):
 
 
 def test_cache_hits_show_as_their_own_source_with_a_baseline(project, fake):
-    wf = project(WORKFLOW.replace("      cache: false\n", ""), config=CONFIG)
+    wf = project(WORKFLOW.replace("cache: false", "cache: true"), config=CONFIG)
     fake.enqueue({"label": "ham"})
     run_workflow(wf, {"text": "same"})
     hit = run_workflow(wf, {"text": "same"})
