@@ -23,7 +23,7 @@ def migrate(db: sqlite_utils.Database) -> None:
     """Apply pending migrations. Each runs in its own `BEGIN IMMEDIATE` transaction, which takes
     the database's write lock first, so two processes opening a new store at once cannot both
     apply one (the second sees it done and skips it)."""
-    db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+    db.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
         db.conn.execute("BEGIN IMMEDIATE")
         try:
