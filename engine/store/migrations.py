@@ -71,3 +71,30 @@ def m001(db: sqlite_utils.Database) -> None:
     )
     db["llm_calls"].create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
     db["llm_calls"].create_index(["run_id"])
+
+
+@migration("030_promotions")
+def m030(db: sqlite_utils.Database) -> None:
+    db["promotions"].create(
+        {
+            "id": str, "workflow": str, "workflow_path": str, "step_id": str, "kind": str, "status": str,
+            "prompt_hash": str, "schema_hash": str, "fingerprint": str, "payload": str,
+            "verification": str, "savings": str, "shadow": int, "artifact": str, "version": int,
+            "reason": str, "created_at": str, "decided_at": str,
+        },
+        pk="id",
+    )
+    db["promotions"].create_index(["workflow", "step_id", "status"])
+    db["promotions"].create_index(["fingerprint"])
+    db["promotion_checks"].create(
+        {
+            "id": int, "promotion_id": str, "mode": str, "input_hash": str, "served_output": str,
+            "llm_output": str, "agree": int, "created_at": str,
+        },
+        pk="id",
+    )
+    db["promotion_checks"].create_index(["promotion_id", "mode", "id"])
+    db["promotion_events"].create(
+        {"id": int, "promotion_id": str, "event": str, "detail": str, "created_at": str}, pk="id",
+    )
+    db["promotion_events"].create_index(["promotion_id"])
