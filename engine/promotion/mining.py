@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from engine.hashing import canonical_json, normalize_value, prompt_hash, schema_hash
 from engine.spec.models import LLMSpec, PromoteSpec
 
 
-def input_key(values: dict[str, Any], normalize: list[str]) -> str:
+def input_key(values: dict[str, Any], normalize: Sequence[str]) -> str:
     """The lookup key of a step's dynamic input: canonical JSON of its normalised values."""
     flags = {"case": "case" in normalize, "whitespace": "whitespace" in normalize}
     return canonical_json(normalize_value(values, **flags))

@@ -76,7 +76,8 @@ class PromoteSpec(Strict):
     min_calls: int = Field(3, ge=1, description="calls an input needs before it may become a lookup row")
     min_agreement: float = Field(0.95, ge=0, le=1, description="share of the most common answer required")
     normalize: list[Literal["case", "whitespace"]] = Field(
-        default_factory=lambda: ["case", "whitespace"], description="how inputs are normalised into keys")
+        default_factory=lambda: ["case", "whitespace"],  # type: ignore[arg-type]
+        description="how inputs are normalised into keys")
     script_tier: str | None = Field(None, description="the strong tier that writes scripts (default: premium)")
     script_examples: int = Field(8, ge=1, description="examples shown to the script writer")
     spot_check: float = Field(0.02, ge=0, le=1, description="share of materialized serves re-asked of the llm")
@@ -98,7 +99,8 @@ class LLMSpec(Strict):
     temperature: float = Field(0.0, ge=0, le=2)
     retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
-    promote: PromoteSpec = Field(default_factory=PromoteSpec, description="promotion thresholds for this step")
+    promote: PromoteSpec = Field(default_factory=PromoteSpec,  # type: ignore[arg-type]
+                                 description="promotion thresholds for this step")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)

@@ -75,7 +75,7 @@ def m001(db: sqlite_utils.Database) -> None:
 
 @migration("030_promotions")
 def m030(db: sqlite_utils.Database) -> None:
-    db["promotions"].create(
+    db.table("promotions").create(
         {
             "id": str, "workflow": str, "workflow_path": str, "step_id": str, "kind": str, "status": str,
             "prompt_hash": str, "schema_hash": str, "fingerprint": str, "payload": str,
@@ -84,17 +84,17 @@ def m030(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["promotions"].create_index(["workflow", "step_id", "status"])
-    db["promotions"].create_index(["fingerprint"])
-    db["promotion_checks"].create(
+    db.table("promotions").create_index(["workflow", "step_id", "status"])
+    db.table("promotions").create_index(["fingerprint"])
+    db.table("promotion_checks").create(
         {
             "id": int, "promotion_id": str, "mode": str, "input_hash": str, "served_output": str,
             "llm_output": str, "agree": int, "created_at": str,
         },
         pk="id",
     )
-    db["promotion_checks"].create_index(["promotion_id", "mode", "id"])
-    db["promotion_events"].create(
+    db.table("promotion_checks").create_index(["promotion_id", "mode", "id"])
+    db.table("promotion_events").create(
         {"id": int, "promotion_id": str, "event": str, "detail": str, "created_at": str}, pk="id",
     )
-    db["promotion_events"].create_index(["promotion_id"])
+    db.table("promotion_events").create_index(["promotion_id"])
