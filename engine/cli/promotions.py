@@ -25,7 +25,7 @@ def _savings(p: Promotion) -> str:
     s = p.savings or {}
     if not s:
         return "-"
-    return f"{s.get('tokens_per_month', 0):,} tok / {fmt_cost(s.get('dollars_per_month'))} per month"
+    return f"{s.get('tokens_per_month', 0):,} tokens, {fmt_cost(s.get('dollars_per_month'))} /month"
 
 
 def _summary(p: Promotion) -> str:
@@ -38,11 +38,11 @@ def _summary(p: Promotion) -> str:
 
 def _table(promotions: list[Promotion], title: str) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("id", "workflow/step", "kind", "status", "what", "est. savings", "created"):
-        table.add_column(col, no_wrap=col != "what")
+    for col in ("id", "step", "kind", "status", "what", "est. savings"):
+        table.add_column(col, no_wrap=col in ("id", "kind"))
     for p in promotions:
         table.add_row(p.id, f"{p.workflow}/{p.step_id}", p.kind, p.status + (" (shadow)" if p.shadow else ""),
-                      _summary(p), _savings(p), p.created_at[:19].replace("T", " "))
+                      _summary(p), _savings(p))
     return table
 
 
