@@ -121,13 +121,18 @@ except BaseException as e:
     _out.write(json.dumps({"fatal": f"{type(e).__name__}: {e}"}))
     _out.flush()
     os._exit(0)
+timed_out = False
 for inputs in job["inputs"]:
+    if timed_out:
+        results.append({"error": "skipped: an earlier input timed out"})
+        continue
     signal.setitimer(signal.ITIMER_REAL, job["per_item"])
     try:
         value = solve(dict(inputs))
         signal.setitimer(signal.ITIMER_REAL, 0)
         results.append({"output": json.loads(json.dumps(value))})
     except _Timeout:
+        timed_out = True
         results.append({"error": "timeout"})
     except BaseException as e:
         signal.setitimer(signal.ITIMER_REAL, 0)
