@@ -199,15 +199,19 @@ def status_cmd(workflow: str | None) -> None:
         out_console.print("nothing materialized or in shadow")
         return
     table = Table(title="promotion status", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("id", "workflow/step", "kind", "status", "serves", "spot checks", "shadow", "reason"):
-        table.add_column(col, justify="right" if col in ("serves",) else "left")
+    for col in ("id", "step", "kind", "status", "serves", "spot agree", "shadow agree"):
+        table.add_column(col, justify="right" if col in ("serves",) else "left",
+                         no_wrap=col in ("id", "spot agree", "shadow agree"))
 
     def rate(s: dict[str, int]) -> str:
-        return f"{s['agree']}/{s['checks']} agree" if s["checks"] else "-"
+        return f"{s['agree']}/{s['checks']}" if s["checks"] else "-"
 
     for r in rows:
         p = r.promotion
         style = {"demoted": "red", "stale": "yellow", "accepted": "green"}.get(p.status, "")
         table.add_row(p.id, f"{p.workflow}/{p.step_id}", p.kind, f"[{style}]{p.status}[/{style}]" if style
-                      else p.status, str(r.serves), rate(r.spot), rate(r.shadow), r.demoted_reason or "")
+                      else p.status, str(r.serves), rate(r.spot), rate(r.shadow))
     out_console.print(table)
+    for r in rows:
+        if r.demoted_reason:
+            out_console.print(f"{r.promotion.id} {r.promotion.status}: {r.demoted_reason}")

@@ -1,0 +1,86 @@
+"""Run time: shadow agreement, spot-check demotion, staleness on a prompt change."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from engine import load_workflow, run_workflow
+from engine.cli import cli
+from engine.promotion import records, review
+from engine.promotion.proposals import propose_promotions
+
+
+def _accepted_lookup(path, store, texts=("hi", "hello there")):
+    for _ in range(3):
+        for text in texts:
+            run_workflow(path, {"text": text})
+    report = propose_promotions(load_workflow(path), store, scripts=False)
+    (promotion,) = report.proposed
+    return promotion
+
+
+def test_shadow_records_agreement_without_changing_outputs(label_wf, labeller, store):
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.set_shadow(store, promotion.id)
+    before = len(labeller.requests)
+    labeller.responder = lambda r: {"label": "long"}  # the llm now disagrees on "hi"
+    outs = [run_workflow(path, {"text": t}) for t in ("hi", "hello there", "unseen")]
+    assert [o.step("classify").served_by for o in outs] == ["llm", "llm", "llm"]
+    assert [o.outputs["classify"]["label"] for o in outs] == ["long", "long", "long"]
+    assert len(labeller.requests) == before + 3
+    assert records.check_stats(store, promotion.id) == {"shadow": {"checks": 2, "agree": 1}}
+    status = CliRunner().invoke(cli, ["promotions", "status"]).output
+    assert promotion.id in status and "1/2" in status
+
+
+def test_spot_checks_demote_on_disagreement(label_wf, labeller, store):
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 4, demote_threshold: 0.3")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    for _ in range(3):  # spot checks that agree: the llm answers, nothing changes
+        assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"
+    assert records.get(store, promotion.id).status == "accepted"
+    labeller.responder = lambda r: {"label": "long"}  # drift
+    run_workflow(path, {"text": "hi"})
+    assert records.get(store, promotion.id).status == "accepted"  # 1/4 = 25% <= 30%
+    run_workflow(path, {"text": "hi"})  # 2/5 = 40% > 30%: demoted
+    demoted = records.get(store, promotion.id)
+    assert demoted.status == "demoted" and "2/5" in demoted.reason
+    status = CliRunner().invoke(cli, ["promotions", "status"]).output
+    assert "demoted" in status and "3/5" in status
+    path.write_text(path.read_text().replace("spot_check: 1.0", "spot_check: 0"))
+    before = len(labeller.requests)
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"  # back to the llm
+    assert len(labeller.requests) == before + 1
+
+
+def test_spot_check_sample_rate(label_wf, labeller, store):
+    from engine.promotion.server import seed
+
+    path = label_wf(", spot_check: 0.25")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    seed(7)
+    served = [run_workflow(path, {"text": "hi"}).step("classify").served_by for _ in range(200)]
+    checks = records.check_stats(store, promotion.id)["spot"]["checks"]
+    assert served.count("llm") == checks and 30 <= checks <= 70
+
+
+def test_prompt_change_marks_artifact_stale_until_reverified(label_wf, labeller, store):
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "lookup"
+    path.write_text(path.read_text().replace("Label this:", "Label this text:"))
+    labeller.responder = lambda r: {"label": "long" if len(r.messages[1]["content"]) > 22 else "short"}
+    result = run_workflow(path, {"text": "hi"})
+    assert result.step("classify").served_by == "llm"
+    stale = records.get(store, promotion.id)
+    assert stale.status == "stale" and "prompt or schema changed" in stale.reason
+    for _ in range(2):
+        run_workflow(path, {"text": "hello there"})
+    report = review.reverify(store, promotion.id)
+    assert report["passed"] and report["pairs"] == 2
+    assert records.get(store, promotion.id).status == "accepted"
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "lookup"
