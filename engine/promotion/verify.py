@@ -56,7 +56,8 @@ def _stats(items: list[tuple[Group, SandboxResult]]) -> dict[str, Any]:
 
 def verify(answerer: Answerer, groups: list[Group], spec: LLMSpec, threshold: float,
            shown: set[str] | None = None) -> dict[str, Any]:
-    """Run the answerer over every group and report (see module docstring)."""
+    """Run the answerer over every group and report (see module docstring). When examples were
+    shown (a written script), passing also needs agreement on held-out inputs it never saw."""
     shown = shown or set()
     results = [validated(r, spec) for r in answerer([g.values for g in groups])] if groups else []
     items = list(zip(groups, results))
@@ -64,7 +65,8 @@ def verify(answerer: Answerer, groups: list[Group], spec: LLMSpec, threshold: fl
     report["held_out"] = _stats([(g, r) for g, r in items if g.key not in shown])
     report["weighted_agreement"] = _weighted(items)
     report["threshold"] = threshold
-    report["passed"] = report["answered"] > 0 and report["agreement"] >= threshold
+    report["passed"] = report["answered"] > 0 and report["agreement"] >= threshold and (
+        not shown or (report["held_out"]["answered"] > 0 and report["held_out"]["agreement"] >= threshold))
     report["mismatches"] = [
         {"input": g.values, "expected": g.top_output, "got": r.output}
         for g, r in items if r.answered and canonical_json(r.output) != canonical_json(g.top_output)][:10]
