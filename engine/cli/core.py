@@ -32,7 +32,7 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
         except ValueError as e:
             raise InputError(f"--inputs-json is not valid JSON: {e}") from None
     inputs.update(parse_cli_inputs(wf, list(pairs)))
-    tag_map = dict(t.split("=", 1) if "=" in t else (t, "true") for t in tags)
+    tag_map = dict((t.split("=", 1)[0], t.split("=", 1)[1]) if "=" in t else (t, "true") for t in tags)
     result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False)
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],

@@ -8,8 +8,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:  # piped or captured: don't squeeze tables into 80 columns
+        console.width = max(console.width, 140)
+    return console
+
+
+err_console = _console(stderr=True)
+out_console = _console(stderr=False)
 
 
 def dump_json(value: Any) -> str:

@@ -23,10 +23,10 @@ def list_cmd(workflow: str | None, limit: int) -> None:
     """The latest runs."""
     rows = open_store(load_config().store_path()).runs(workflow=workflow, limit=limit)
     table = Table(show_edge=False)
-    for col in ("run", "workflow", "status", "started", "tokens in/out", "cost", "ms"):
-        table.add_column(col)
+    for col in ("run", "workflow", "status", "started (UTC)", "tokens", "cost", "ms"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("tokens", "cost", "ms") else "left")
     for r in rows:
-        table.add_row(r["id"][:12], r["workflow"], r["status"], r["started_at"][:19],
+        table.add_row(r["id"][:12], r["workflow"], r["status"], r["started_at"][:19].replace("T", " "),
                       f"{r['tokens_in'] or 0}/{r['tokens_out'] or 0}", fmt_cost(r["cost"]),
                       f"{r['latency_ms'] or 0:.0f}")
     out_console.print(table)

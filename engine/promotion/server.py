@@ -49,7 +49,7 @@ def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], ca
     if kind == "lookup":
         key = input_key(call.values, normalize)
         return SandboxResult(output=table[key]) if key in table else SandboxResult(abstained=True)
-    return validated(run_one(code, call.values), call.spec)
+    return validated(run_one(code, call.values), call.spec, call.schema)
 
 
 class PromotionServer:

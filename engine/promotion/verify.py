@@ -35,12 +35,15 @@ def table_answerer(table: dict[str, Any], key: Callable[[dict[str, Any]], str]) 
     return answer
 
 
-def validated(result: SandboxResult, spec: LLMSpec) -> SandboxResult:
-    """A script's answer must pass the step's schema like an llm reply; otherwise it is a failure."""
-    if not result.answered:
+def validated(result: SandboxResult, spec: LLMSpec, schema: dict[str, Any] | None = None) -> SandboxResult:
+    """A script's answer must pass the step's schema like an llm reply; otherwise it is a failure.
+    A templated schema is checked at run time, against the call's rendered `schema`."""
+    if not result.answered or (schema is None and not isinstance(spec.schema_, dict)):
+        return result
+    if schema is None and spec._templated_schema:
         return result
     try:
-        return SandboxResult(output=parse_and_validate(json.dumps(result.output), spec))
+        return SandboxResult(output=parse_and_validate(json.dumps(result.output), spec, schema))
     except ValueError as e:
         return SandboxResult(error=f"invalid output: {e}")
 

@@ -5,7 +5,7 @@ arguments. Tests and embedding code may register instances directly."""
 from __future__ import annotations
 
 import threading
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Callable
 
 from engine.errors import ConfigError
@@ -22,8 +22,16 @@ def _load_entry_points() -> None:
     if _loaded_entry_points:
         return
     for ep in entry_points(group="engine.providers"):
-        _factories.setdefault(ep.name, lambda ep=ep: ep.load()())
+        _factories.setdefault(ep.name, _factory(ep))
     _loaded_entry_points = True
+
+
+def _factory(ep: EntryPoint) -> Callable[[], Provider]:
+    def build() -> Provider:
+        instance: Provider = ep.load()()
+        return instance
+
+    return build
 
 
 def register_provider(name: str, provider: Provider) -> None:

@@ -255,8 +255,32 @@ def _resolve_llm(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Pat
             return
         spec._pydantic_model = model
         schema = model.model_json_schema()
-    if _check_schema(schema, path + ("schema",), problems):
+    if isinstance(schema, dict) and _has_templates(schema):
+        # A schema may depend on the step's inputs (e.g. `enum: "{{ labels }}"`); it is rendered
+        # and checked on every call instead.
+        try:
+            used = {v for ref in references(schema) for v in ref.path[:1]}
+        except TemplateError as e:
+            problems.add(path + ("schema",), str(e))
+            return
+        unknown = sorted(used - set(step.inputs))
+        if unknown:
+            problems.add(path + ("schema",), f"uses undeclared variable(s) {', '.join(unknown)}")
+            return
         spec.schema_ = schema
+        spec._templated_schema = True
+    elif _check_schema(schema, path + ("schema",), problems):
+        spec.schema_ = schema
+
+
+def _has_templates(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_has_templates(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_templates(v) for v in value)
+    return False
 
 
 def _resolve_decision(step: Step, spec: DecisionSpec, path: tuple[Any, ...], base_dir: Path,

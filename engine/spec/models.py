@@ -104,6 +104,7 @@ class LLMSpec(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
+    _templated_schema: bool = PrivateAttr(False)
 
 
 class MissLLM(Strict):
@@ -122,7 +123,7 @@ class DecisionSpec(Strict):
         union_mode="left_to_right", description="inline mapping, {file: path}, or a path (YAML/JSON/CSV)")
     key_column: str | None = Field(None, description="CSV: the key column (default: the first)")
     value_column: str | None = Field(None, description="CSV: the value column (default: the second)")
-    normalize: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])
+    normalize: list[Literal["case", "whitespace"]] = Field(default_factory=lambda: ["case", "whitespace"])  # type: ignore[arg-type]
     on_miss: Literal["error"] | MissDefault | MissLLM = Field("error", description="error, {default: v} or {llm: ...}")
     _normalized_table: dict[str, Any] | None = PrivateAttr(None)
 

@@ -51,7 +51,10 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, PositionMap]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         loc = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else f"{filename}:1:1"
-        raise YAMLSyntaxError(loc, f"YAML syntax error: {e.problem or e}") from e
+        message = f"YAML syntax error: {e.problem or e}"
+        if e.context and e.context_mark is not None and e.context_mark is not mark:
+            message += f" ({e.context} at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
+        raise YAMLSyntaxError(loc, message) from e
     except yaml.YAMLError as e:
         raise YAMLSyntaxError(f"{filename}:1:1", f"YAML error: {e}") from e
     if node is not None:

@@ -19,6 +19,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -30,18 +31,27 @@ from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.spec.models import LLMSpec, ModelEntry
 from engine.steps.base import StepContext, StepOutcome
-from engine.templating import TemplateError, render_text
+from engine.templating import TemplateError, render, render_text
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
-def system_message(spec: LLMSpec) -> str:
+def system_message(spec: LLMSpec, schema: dict[str, Any] | None = None) -> str:
     """The static prefix: the step's system prompt plus the schema the reply must match."""
-    assert isinstance(spec.schema_, dict)
+    schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
     parts = [spec.system.strip()] if isinstance(spec.system, str) and spec.system.strip() else []
     parts.append("Reply with only a JSON value that matches this JSON Schema:\n"
-                 + json.dumps(spec.schema_, ensure_ascii=False, sort_keys=True))
+                 + json.dumps(schema, ensure_ascii=False, sort_keys=True))
     return "\n\n".join(parts)
+
+
+@lru_cache(maxsize=256)
+def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    return _validator_for(json.dumps(schema, sort_keys=True))
 
 
 def cost_of(entry: ModelEntry, completion: Completion) -> float:
@@ -51,7 +61,7 @@ def cost_of(entry: ModelEntry, completion: Completion) -> float:
             + completion.output_tokens * entry.output_price) / 1_000_000
 
 
-def parse_and_validate(text: str, spec: LLMSpec) -> Any:
+def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None = None) -> Any:
     """Return the validated output, or raise ValueError naming what is wrong."""
     fenced = _FENCE.match(text)
     if fenced:
@@ -60,8 +70,9 @@ def parse_and_validate(text: str, spec: LLMSpec) -> Any:
         value = json.loads(text)
     except ValueError as e:
         raise ValueError(f"the reply is not valid JSON ({e})") from None
-    assert isinstance(spec.schema_, dict)
-    errors = sorted(jsonschema.Draft202012Validator(spec.schema_).iter_errors(value), key=lambda e: e.path)
+    schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
+    assert isinstance(schema, dict)
+    errors = sorted(_validator(schema).iter_errors(value), key=lambda e: e.path)
     if errors:
         details = "; ".join(
             f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors[:5])
@@ -92,6 +103,8 @@ class LLMCall:
     prompt_hash: str
     schema_hash: str
     input_hash: str
+    schema: dict[str, Any] | None = None
+    """The JSON Schema for this call (a templated schema rendered over the inputs)."""
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -103,9 +116,19 @@ def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLM
         prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
     except TemplateError as e:
         raise StepError(ctx.step_id, f"prompt: {e}") from e
+    schema = spec.schema_
+    if spec._templated_schema:
+        try:
+            schema = render(spec.schema_, values)
+            _validator(schema).check_schema(schema)
+        except TemplateError as e:
+            raise StepError(ctx.step_id, f"schema: {e}") from e
+        except jsonschema.SchemaError as e:
+            raise StepError(ctx.step_id, f"the rendered schema is not a valid JSON Schema: {e.message}") from e
+    assert isinstance(schema, dict)
     return LLMCall(
-        step_id=ctx.step_id, spec=spec, values=values,
-        messages=[{"role": "system", "content": system_message(spec)}, {"role": "user", "content": prompt}],
+        step_id=ctx.step_id, spec=spec, values=values, schema=schema,
+        messages=[{"role": "system", "content": system_message(spec, schema)}, {"role": "user", "content": prompt}],
         prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
                                 spec.prompt if isinstance(spec.prompt, str) else None),
         schema_hash=schema_hash(spec.schema_),
@@ -144,7 +167,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     provider = get_provider(entry.provider)
                     completion = provider.complete(CompletionRequest(
                         model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
-                        schema=spec.schema_ if isinstance(spec.schema_, dict) else None,
+                        schema=call.schema,
                         temperature=spec.temperature, options=entry.options))
                 except AuthenticationError as e:
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
@@ -170,7 +193,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                 try:
                     if completion.finish_reason == "length":
                         raise ValueError(f"the reply was cut off by max_tokens ({spec.max_tokens})")
-                    output = parse_and_validate(completion.text, spec)
+                    output = parse_and_validate(completion.text, spec, call.schema)
                 except ValueError as e:
                     attempt.update(outcome="invalid", error=str(e))
                     _log(ctx, attempt, hashes, values, None)

