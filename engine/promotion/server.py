@@ -8,7 +8,8 @@ serve:
 - an artifact recorded under another prompt/schema hash than the step's is marked `stale`;
 - a `promote.spot_check` share of hits is re-asked of the llm instead: the llm's answer is served
   and compared; when disagreement over the last `demote_window` spot checks exceeds
-  `demote_threshold`, the artifact is demoted (the step goes back to the llm), reason recorded.
+  `demote_threshold` (by default with 95% one-sided confidence, see `disagreement_bound`), the
+  artifact is demoted (the step goes back to the llm), reason recorded.
 observe:
 - proposals in shadow mode answer alongside the llm; agreement is recorded, outputs unchanged.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import random
 import threading
+from math import sqrt
+from statistics import NormalDist
 from typing import Any
 
 from engine.hashing import canonical_json
@@ -43,6 +46,19 @@ def _sample(rate: float) -> bool:
         return False
     with _rng_lock:
         return _rng.random() < rate
+
+
+def disagreement_bound(disagree: int, checks: int, confidence: float) -> float:
+    """The disagreement rate to compare with the threshold: the raw rate when `confidence` is 0,
+    else the one-sided Wilson lower bound, so that a noisy llm (whose own answers vary) does not
+    demote a correct artifact on one unlucky disagreement."""
+    p = disagree / checks
+    if confidence <= 0:
+        return p
+    z = NormalDist().inv_cdf(confidence)
+    centre = p + z * z / (2 * checks)
+    margin = z * sqrt(p * (1 - p) / checks + z * z / (4 * checks * checks))
+    return max(0.0, (centre - margin) / (1 + z * z / checks))
 
 
 def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
@@ -105,11 +121,15 @@ class PromotionServer:
         records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
         policy = call.spec.promote
         recent = records.recent_checks(self.store, art.id, "spot", policy.demote_window)
-        disagreement = 1 - sum(recent) / len(recent)
-        if len(recent) >= policy.demote_min_checks and disagreement > policy.demote_threshold:
-            self._mark(art.id, "demoted",
-                       f"spot checks disagreed {len(recent) - sum(recent)}/{len(recent)} ({disagreement:.1%}) "
-                       f"> {policy.demote_threshold:.0%} over the last {len(recent)}")
+        n, k = len(recent), len(recent) - sum(recent)
+        if n >= policy.demote_min_checks and k:
+            bound = disagreement_bound(k, n, policy.demote_confidence)
+            if bound > policy.demote_threshold:
+                evidence = (f" (at {policy.demote_confidence:.0%} confidence: >= {bound:.1%})"
+                            if policy.demote_confidence else "")
+                self._mark(art.id, "demoted",
+                           f"spot checks disagreed {k}/{n} ({k / n:.1%}){evidence} > "
+                           f"{policy.demote_threshold:.0%} over the last {n}")
         return outcome
 
     def _mark(self, promotion_id: str, status: str, reason: str) -> None:

@@ -84,6 +84,9 @@ class PromoteSpec(Strict):
     demote_window: int = Field(100, ge=1, description="spot checks considered for demotion")
     demote_min_checks: int = Field(10, ge=1, description="spot checks needed before demotion can happen")
     demote_threshold: float = Field(0.03, ge=0, le=1, description="disagreement above which the artifact is demoted")
+    demote_confidence: float = Field(
+        0.95, ge=0, lt=1, description="demote only when disagreement exceeds the threshold at this one-sided "
+                                      "confidence (Wilson lower bound); 0 compares the raw rate")
 
 
 class LLMSpec(Strict):

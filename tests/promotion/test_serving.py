@@ -35,7 +35,7 @@ def test_shadow_records_agreement_without_changing_outputs(label_wf, labeller, s
 
 
 def test_spot_checks_demote_on_disagreement(label_wf, labeller, store):
-    path = label_wf(", spot_check: 1.0, demote_min_checks: 4, demote_threshold: 0.3")
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 4, demote_threshold: 0.3, demote_confidence: 0")
     promotion = _accepted_lookup(path, store)
     review.accept(store, promotion.id)
     for _ in range(3):  # spot checks that agree: the llm answers, nothing changes
@@ -53,6 +53,29 @@ def test_spot_checks_demote_on_disagreement(label_wf, labeller, store):
     before = len(labeller.requests)
     assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"  # back to the llm
     assert len(labeller.requests) == before + 1
+
+
+def test_demotion_needs_confident_disagreement(label_wf, labeller, store):
+    """Default: disagreement must exceed 3% at 95% confidence; one disagreement in 10 is noise."""
+    path = label_wf(", spot_check: 1.0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    for _ in range(9):
+        run_workflow(path, {"text": "hi"})
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})  # 1/10: raw 10% > 3%, but not confidently
+    assert records.get(store, promotion.id).status == "accepted"
+    run_workflow(path, {"text": "hi"})  # 2/11: lower bound ~6% > 3%
+    demoted = records.get(store, promotion.id)
+    assert demoted.status == "demoted" and "2/11" in demoted.reason and "95% confidence" in demoted.reason
+
+
+def test_disagreement_bound():
+    from engine.promotion.server import disagreement_bound
+
+    assert disagreement_bound(1, 10, 0) == 0.1
+    assert disagreement_bound(1, 10, 0.95) < 0.03 < disagreement_bound(2, 10, 0.95)
+    assert disagreement_bound(3, 100, 0.95) < 0.03 < disagreement_bound(10, 100, 0.95)
 
 
 def test_spot_check_sample_rate(label_wf, labeller, store):
