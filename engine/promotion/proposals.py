@@ -205,6 +205,13 @@ def propose_script(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
     if current:
         report.notes.append(f"{step_id}: script {current[0].id} is already {current[0].status}")
         return None
+    tried = [p for p in records.find(store, workflow=wf.name, step_id=step_id, kind="script", status="unverified")
+             if (p.prompt_hash, p.schema_hash) == (log.prompt_hash, log.schema_hash)
+             and p.verification.get("pairs") == len(groups)]
+    if tried:
+        report.notes.append(f"{step_id}: script {tried[-1].id} failed verification on these same "
+                            f"{len(groups)} inputs; not asking the writer again until the log grows")
+        return None
     examples = choose_examples(groups, policy.script_examples)
     try:
         code, writer = write_script(store, wf, spec, step_id, examples, writer_tier)

@@ -22,6 +22,7 @@ from math import sqrt
 from statistics import NormalDist
 from typing import Any
 
+from engine.errors import EngineError
 from engine.hashing import canonical_json
 from engine.promotion import records
 from engine.promotion.artifacts import Artifact, load_artifacts, promotions_dir
@@ -70,8 +71,9 @@ def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], ca
 
 class PromotionServer:
     def __init__(self, workflow: str, store: Any, artifacts: list[Artifact], statuses: dict[str, str],
-                 shadows: list[records.Promotion]):
+                 shadows: list[records.Promotion], workflow_path: str | None = None):
         self.workflow = workflow
+        self.workflow_path = workflow_path
         self.store = store
         self.artifacts: dict[str, list[Artifact]] = {}
         for art in artifacts:
@@ -93,7 +95,8 @@ class PromotionServer:
         shadows = [records.get(store, pid) for pid in shadow_ids]
         if not artifacts and not shadows:
             return None
-        return cls(workflow.name, store, artifacts, statuses, shadows)
+        return cls(workflow.name, store, artifacts, statuses, shadows,
+                   str(workflow.path) if workflow.path else None)
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
         for art in self.artifacts.get(call.step_id, []):
@@ -102,7 +105,7 @@ class PromotionServer:
                 continue
             if (art.prompt_hash, art.schema_hash) != (call.prompt_hash, call.schema_hash):
                 if status != "stale":
-                    self._mark(art.id, "stale", "the step's prompt or schema changed; re-verify before serving")
+                    self._mark(art, "stale", "the step's prompt or schema changed; re-verify before serving")
                 continue
             if status == "stale":
                 continue
@@ -116,7 +119,11 @@ class PromotionServer:
         return None
 
     def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact, served: Any) -> StepOutcome:
-        outcome = ask_tiers(ctx, call)
+        try:
+            outcome = ask_tiers(ctx, call)
+        except EngineError:  # the llm failed: serve the artifact, record no check
+            return StepOutcome(output=served, served_by=art.kind, provider="promotion",
+                               model=f"{art.id} v{art.version}")
         agree = canonical_json(outcome.output) == canonical_json(served)
         records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
         policy = call.spec.promote
@@ -127,16 +134,20 @@ class PromotionServer:
             if bound > policy.demote_threshold:
                 evidence = (f" (at {policy.demote_confidence:.0%} confidence: >= {bound:.1%})"
                             if policy.demote_confidence else "")
-                self._mark(art.id, "demoted",
+                self._mark(art, "demoted",
                            f"spot checks disagreed {k}/{n} ({k / n:.1%}){evidence} > "
                            f"{policy.demote_threshold:.0%} over the last {n}")
         return outcome
 
-    def _mark(self, promotion_id: str, status: str, reason: str) -> None:
-        self.statuses[promotion_id] = status
-        if promotion_id in {r["id"] for r in self.store.query("SELECT id FROM promotions WHERE id = ?",
-                                                               [promotion_id])}:
-            records.update(self.store, promotion_id, status=status, reason=reason, event=status, detail=reason)
+    def _mark(self, art: Artifact, status: str, reason: str) -> None:
+        self.statuses[art.id] = status
+        if not self.store.query("SELECT id FROM promotions WHERE id = ?", [art.id]):
+            # An artifact from git whose proposal this store never saw: adopt it, so its state persists.
+            records.insert(self.store, records.Promotion(
+                id=art.id, workflow=self.workflow, workflow_path=self.workflow_path, step_id=art.step_id,
+                kind=art.kind, status="accepted", prompt_hash=art.prompt_hash, schema_hash=art.schema_hash,
+                fingerprint="", artifact=art.path.name, version=art.version, reason="adopted from the manifest"))
+        records.update(self.store, art.id, status=status, reason=reason, event=status, detail=reason)
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
         for p in self.shadows.get(call.step_id, []):

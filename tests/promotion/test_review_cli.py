@@ -74,7 +74,7 @@ def test_lookup_propose_show_accept_serve(label_wf, labeller, store):
 def test_rejected_proposal_is_remembered(label_wf, labeller, store):
     path = label_wf()
     _seed(path, ["hi"])
-    _invoke("promotions", "propose", str(path), "--no-scripts")
+    _invoke("promotions", "propose", "--no-scripts")  # no workflow: every workflow the log has runs of
     (promotion,) = records.find(store, status="proposed")
     assert "rejected" in _invoke("promotions", "reject", promotion.id, "--reason", "greetings vary")
     again = _invoke("promotions", "propose", str(path), "--no-scripts")

@@ -91,3 +91,17 @@ def test_escaping_scripts_fail_and_the_step_falls_back_to_the_llm(label_wf, labe
         assert "sk-test-secret" not in json.dumps(result.to_dict())
         records.update(store, bad.id, status="rejected")
     assert not target.exists()
+
+
+def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
+    path = label_wf()
+    _seed(path)
+    labeller.enqueue(json.dumps({"code": WRONG}))
+    propose_promotions(load_workflow(path), store, script_tier="premium")
+    asked = len(labeller.requests)
+    report = propose_promotions(load_workflow(path), store, script_tier="premium")
+    assert len(labeller.requests) == asked and any("failed verification" in n for n in report.notes)
+    run_workflow(path, {"text": "brand new input"})
+    labeller.enqueue(json.dumps({"code": GOOD}))
+    report = propose_promotions(load_workflow(path), store, script_tier="premium")
+    assert [p.kind for p in report.proposed] == ["script"]

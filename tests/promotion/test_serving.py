@@ -107,3 +107,27 @@ def test_prompt_change_marks_artifact_stale_until_reverified(label_wf, labeller,
     assert report["passed"] and report["pairs"] == 2
     assert records.get(store, promotion.id).status == "accepted"
     assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "lookup"
+
+
+def test_artifact_from_git_serves_and_is_adopted_without_its_proposal(label_wf, labeller, store, tmp_path):
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 1, demote_confidence: 0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    store.db.execute("DELETE FROM promotions")  # a fresh store: only the files from git remain
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})
+    adopted = records.get(store, promotion.id)
+    assert adopted.status == "demoted" and adopted.workflow == "label"
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"
+
+
+def test_spot_check_llm_failure_serves_the_artifact(label_wf, labeller, store):
+    from engine.errors import ProviderUnavailableError
+
+    path = label_wf(", spot_check: 1.0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    labeller.responder = lambda r: ProviderUnavailableError("down")
+    result = run_workflow(path, {"text": "hi"})
+    assert result.ok and result.step("classify").served_by == "lookup"
+    assert records.check_stats(store, promotion.id) == {}
