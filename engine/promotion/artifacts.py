@@ -141,10 +141,12 @@ def lookup_rows(directory: Path, step_id: str) -> list[dict[str, Any]]:
 
 def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: str, kind: str,
                 hashes: tuple[str, str], normalize: list[str], rows: list[dict[str, Any]] | None = None,
-                code: str | None = None, verification: dict[str, Any] | None = None
-                ) -> tuple[int, Path, list[FileChange]]:
+                code: str | None = None, verification: dict[str, Any] | None = None,
+                merge_previous: bool = True) -> tuple[int, Path, list[FileChange]]:
     """What accepting writes: (version, artifact path, file changes). Nothing is written yet.
-    A lookup's new version merges the step's current table with the new rows."""
+    A lookup's new version merges the step's current table with the new rows when that table is
+    live under the same prompt/schema hashes (`merge_previous`); a stale or demoted one is not
+    carried over."""
     manifest = read_manifest(directory)
     entries = list(manifest["steps"].get(step_id) or [])
     previous = next((e for e in entries if e["kind"] == kind), None)
@@ -153,7 +155,9 @@ def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: s
     path = directory / f"{step_id}.{kind}.v{version}.{suffix}"
     prev_text = (directory / previous["file"]).read_text(encoding="utf-8") if previous else ""
     if kind == "lookup":
-        merged = {input_key(r["input"], normalize): r for r in lookup_rows(directory, step_id)}
+        same_hashes = previous is not None and (previous["prompt_hash"], previous["schema_hash"]) == hashes
+        carried = lookup_rows(directory, step_id) if merge_previous and same_hashes else []
+        merged = {input_key(r["input"], normalize): r for r in carried}
         merged.update({input_key(r["input"], normalize): r for r in rows or []})
         text = table_text(workflow, step_id, version, hashes, normalize, list(merged.values()))
     else:

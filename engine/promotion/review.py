@@ -87,14 +87,16 @@ def _step_spec(wf: Workflow, step_id: str) -> LLMSpec:
     return step.llm
 
 
-def _plan(p: Promotion, wf: Workflow) -> tuple[int, Path, list[FileChange]]:
+def _plan(store: Any, p: Promotion, wf: Workflow) -> tuple[int, Path, list[FileChange]]:
     assert wf.path is not None
+    live = records.find(store, workflow=p.workflow, step_id=p.step_id, kind=p.kind, status="accepted")
     return plan_accept(
         promotions_dir(wf.path, wf.name), promotion_id=p.id, workflow=wf.name, step_id=p.step_id, kind=p.kind,
         hashes=(p.prompt_hash, p.schema_hash), normalize=list(p.payload.get("normalize") or
                                                               _step_spec(wf, p.step_id).promote.normalize),
         rows=[{"input": r["input"], "output": r["output"]} for r in p.payload.get("rows", [])],
-        code=p.payload.get("code"), verification=p.verification)
+        code=p.payload.get("code"), verification=p.verification,
+        merge_previous=any((x.prompt_hash, x.schema_hash) == (p.prompt_hash, p.schema_hash) for x in live))
 
 
 def show(store: Any, promotion_id: str) -> Detail:
@@ -102,7 +104,7 @@ def show(store: Any, promotion_id: str) -> Detail:
     detail = Detail(p, records.events(store, p.id), records.check_stats(store, p.id))
     if p.status == "proposed":
         wf = _workflow_of(p)
-        _, _, detail.changes = _plan(p, wf)
+        _, _, detail.changes = _plan(store, p, wf)
         assert wf.path is not None
         detail.root = Path(wf.path).resolve().parent
     return detail
@@ -124,7 +126,7 @@ def accept(store: Any, promotion_id: str, *, dry_run: bool = False) -> Detail:
     if step_hashes(_step_spec(wf, p.step_id)) != (p.prompt_hash, p.schema_hash):
         raise PromotionStateError(f"{p.id} was mined under an older prompt/schema of step '{p.step_id}'; "
                                   f"run `engine promotions propose` again")
-    version, path, changes = _plan(p, wf)
+    version, path, changes = _plan(store, p, wf)
     if not dry_run:
         write_changes(changes)
         for old in records.find(store, workflow=p.workflow, step_id=p.step_id, kind=p.kind,

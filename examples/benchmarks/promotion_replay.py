@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "latency_ms": {
             "local_smollm2_step_median": statistics.median(local_ms) if local_ms else None,
             "local_samples": len(local_ms),
+            "local_smollm2_step_samples": [round(x, 1) for x in local_ms],
             "sandboxed_script_serve_median": statistics.median(script_ms),
         },
     }
@@ -335,12 +336,12 @@ def _chart(r: dict[str, Any], path: Path) -> None:
     a.legend(fontsize=8)
     b.legend(fontsize=8)
     sc0 = r["scenarios"][0]["latency_ms"]
-    names = ["lookup serve\n(step)", "premium replay\n(step, simulated)", "sandboxed\nscript serve",
-             "local SmolLM2\n(step)"]
+    names = ["lookup\nserve", "premium replay\n(simulated)", "sandboxed\nscript serve", "local SmolLM2\ncall"]
     values = [sc0["materialized_serve_median"], sc0["premium_replay_step_median"],
               r["latency_ms"]["sandboxed_script_serve_median"], r["latency_ms"]["local_smollm2_step_median"]]
     pairs = [(n, v) for n, v in zip(names, values) if v]
     c.bar([n for n, _ in pairs], [v for _, v in pairs], color="#8172b3")
+    c.tick_params(axis="x", labelsize=8)
     c.set_yscale("log")
     c.set(ylabel="median ms (log scale)", title="Latency")
     for i, (_, v) in enumerate(pairs):

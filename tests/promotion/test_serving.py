@@ -131,3 +131,20 @@ def test_spot_check_llm_failure_serves_the_artifact(label_wf, labeller, store):
     result = run_workflow(path, {"text": "hi"})
     assert result.ok and result.step("classify").served_by == "lookup"
     assert records.check_stats(store, promotion.id) == {}
+
+
+def test_new_table_after_demotion_does_not_carry_the_demoted_rows(label_wf, labeller, store):
+    import json
+
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 1, demote_confidence: 0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})  # disagrees: demoted
+    assert records.get(store, promotion.id).status == "demoted"
+    for _ in range(3):
+        run_workflow(path, {"text": "fresh input"})
+    (fresh,) = propose_promotions(load_workflow(path), store, scripts=False).proposed
+    review.accept(store, fresh.id)
+    rows = json.loads((path.parent / "promotions/label/classify.lookup.v2.json").read_text())["rows"]
+    assert "hi" not in {r["input"]["text"] for r in rows}
