@@ -1,5 +1,6 @@
 """engine: a declarative workflow engine for LLM pipelines that materializes solved tasks."""
 
+from engine.api import Engine
 from engine.config import EngineConfig, load_config
 from engine.errors import (
     EngineError,
@@ -15,6 +16,7 @@ from engine.runner import RunResult, StepRecord, arun_workflow, run_workflow
 from engine.spec import Workflow, load_workflow, workflow_json_schema
 
 __all__ = sorted([
+    "Engine",
     "EngineConfig",
     "EngineError",
     "InputError",

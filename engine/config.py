@@ -29,6 +29,7 @@ DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
 class EngineConfig(Strict):
     store: str | None = Field(None, description="path of the SQLite store (default .engine/engine.db)")
     tiers: dict[str, TierChain] = Field(default_factory=dict)
+    skills: list[str] = Field(default_factory=list, description="skill library folders (see engine.skills)")
     sources: list[str] = Field(default_factory=list, description="files this config was read from")
 
     def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:
@@ -70,6 +71,7 @@ def _read(path: Path) -> dict[str, Any]:
     if data.get("store"):
         store = Path(data["store"])
         data["store"] = str(store if store.is_absolute() else path.parent / store)
+    data["skills"] = [str(path.parent / p) for p in data.get("skills") or []]
     return data
 
 
@@ -87,6 +89,7 @@ def load_config(workflow_dir: Path | None = None, *, cwd: Path | None = None) ->
         seen.add(resolved)
         data = _read(path)
         merged["tiers"].update(data.get("tiers") or {})
+        merged["skills"] = data.get("skills", []) + merged.get("skills", [])  # nearer files first
         if data.get("store"):
             merged["store"] = data["store"]
         merged["sources"].append(str(path))

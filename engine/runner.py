@@ -58,6 +58,8 @@ class StepRecord:
     error: str | None = None
     validation_errors: list[str] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, Any] | None = None
+    """For a cache hit: kind (exact|semantic), entry_id, similarity (see engine.cache)."""
 
 
 @dataclass
@@ -114,18 +116,21 @@ def run_workflow(
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
+    tenant: str | None = None,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
     `store=True` opens the configured store, `False`/`None` logs nothing. `servers` may answer
-    llm steps before their tiers (caches, promoted lookups; see `engine.serving`)."""
+    llm steps before their tiers (caches, promoted lookups; see `engine.serving`). `tenant` namespaces
+    the caches: one tenant's cached answers never serve another's."""
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
     db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
     run_id = uuid.uuid4().hex
     if db is not None:
-        db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values, tags)
+        db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values,
+                     {**(tags or {}), "tenant": tenant} if tenant is not None else tags)
     if servers is None:
         servers = default_servers(wf, config, db)
     state: dict[str, Any] = {"inputs": values, "steps": {}}
@@ -134,7 +139,7 @@ def run_workflow(
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers), step, state)
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant), step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)
@@ -184,6 +189,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepR
     record.output = outcome.output
     record.served_by = outcome.served_by
     record.tier, record.provider, record.model = outcome.tier, outcome.provider, outcome.model
+    record.cache = outcome.cache
     _fill_attempts(record, outcome.attempts)
     return record, None
 

@@ -35,4 +35,8 @@ def default_servers(workflow: Workflow, config: EngineConfig, store: SQLiteStore
     promoted = promotion_server(workflow, store)
     if promoted is not None:
         servers.append(promoted)
+    if store is not None:
+        from engine.cache import cache_servers
+
+        servers.extend(cache_servers(workflow, store))
     return servers

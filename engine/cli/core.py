@@ -20,10 +20,26 @@ from engine.spec import load_workflow, workflow_json_schema
 @click.option("--input", "-i", "pairs", multiple=True, metavar="KEY=VALUE", help="An input value (repeatable).")
 @click.option("--inputs-json", metavar="JSON", help="All inputs as a JSON object.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag the run (repeatable).")
+@click.option("--tenant", help="Tenant key: cached answers are never shared across tenants.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+@click.option("--inputs", "batch_inputs", type=click.Path(dir_okay=False, path_type=Path),
+              help="Batch: a JSONL file, one object of inputs per line.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Batch: where result lines go (default: INPUTS.results.jsonl).")
+@click.option("--concurrency", "-c", default=8, show_default=True, help="Batch: items run at once.")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[BATCH_ID]",
+              help="Batch: finish an interrupted batch (default: the latest over these files).")
+@click.option("--batch-id", help="Batch: name a new batch.")
+@click.option("--id-field", default="id", show_default=True, help="Batch: the input field that identifies an item.")
 def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
-            quiet: bool) -> None:
-    """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr."""
+            tenant: str | None, quiet: bool, batch_inputs: Path | None, output: Path | None, concurrency: int,
+            resume: str | None, batch_id: str | None, id_field: str) -> None:
+    """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr. With --inputs, run it over
+    every line of a JSONL file (see engine.batch)."""
+    if batch_inputs is not None:
+        from engine.cli.batch import run_batch_cli
+
+        return run_batch_cli(workflow, batch_inputs, output, concurrency, resume, batch_id, id_field, quiet)
     wf = load_workflow(workflow)
     inputs = {}
     if inputs_json:
@@ -33,7 +49,7 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
             raise InputError(f"--inputs-json is not valid JSON: {e}") from None
     inputs.update(parse_cli_inputs(wf, list(pairs)))
     tag_map = dict((t.split("=", 1)[0], t.split("=", 1)[1]) if "=" in t else (t, "true") for t in tags)
-    result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False)
+    result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False, tenant=tenant)
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],
                                      title=f"{result.workflow} · run {result.run_id[:12]}"))

@@ -76,6 +76,10 @@ def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConf
     if not isinstance(data, dict):
         problems.add((), "a workflow must be a mapping with name, steps, ...")
         problems.raise_if_any()
+    from engine.skills.expand import expand_uses  # `uses: skill@version` steps (engine.skills)
+
+    data = problems.data = expand_uses(data, base_dir, problems.add, config)
+    problems.raise_if_any()
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as e:
@@ -415,6 +419,10 @@ def _import_file(file: Path, path: tuple[Any, ...], problems: _Problems) -> Any:
 def workflow_json_schema() -> dict[str, Any]:
     """JSON Schema of the workflow format, for editor completion."""
     schema = Workflow.model_json_schema(by_alias=True)
+    from engine.skills.expand import USES_STEP_SCHEMA  # steps may also be `uses: skill@version`
+
+    schema["$defs"]["UsesStep"] = USES_STEP_SCHEMA
+    schema["properties"]["steps"]["items"] = {"anyOf": [{"$ref": "#/$defs/Step"}, {"$ref": "#/$defs/UsesStep"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "engine workflow"
     return schema

@@ -10,6 +10,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from engine.spec.cache import CacheSpec
+
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -104,6 +106,7 @@ class LLMSpec(Strict):
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
     promote: PromoteSpec = Field(default_factory=PromoteSpec,  # type: ignore[arg-type]
                                  description="promotion thresholds for this step")
+    cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)

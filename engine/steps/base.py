@@ -18,6 +18,8 @@ class StepContext:
     step_id: str
     servers: list[Any] = field(default_factory=list)
     """`engine.serving.Server`s consulted before an llm step asks its tiers."""
+    tenant: str | None = None
+    """The run's tenant key: caches never serve one tenant's answers to another."""
 
 
 @dataclass
@@ -32,6 +34,8 @@ class StepOutcome:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    cache: dict[str, Any] | None = None
+    """For a cache hit: kind (exact|semantic), entry_id, similarity."""
 
     @property
     def validation_errors(self) -> list[str]:

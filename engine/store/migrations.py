@@ -73,6 +73,34 @@ def m001(db: sqlite_utils.Database) -> None:
     db.table("llm_calls").create_index(["run_id"])
 
 
+@migration("020_cache")
+def m020(db: sqlite_utils.Database) -> None:
+    db.table("cache_entries").create(
+        {
+            "id": int, "workflow": str, "step_id": str, "namespace": str, "sem_namespace": str,
+            "tenant": str, "prompt_hash": str, "schema_hash": str, "model_key": str, "input_key": str,
+            "input": str, "text": str, "output": str, "answer_key": str, "tier": str, "provider": str,
+            "model": str, "tokens_in": int, "tokens_out": int, "cost": float, "run_id": str,
+            "created": float, "created_at": str, "hits": int, "last_hit_at": str, "embedder": str,
+            "vector": bytes,
+        },
+        pk="id",
+    )
+    db.table("cache_entries").create_index(["namespace", "input_key"], unique=True)
+    db.table("cache_entries").create_index(["sem_namespace", "id"])
+    db.table("cache_entries").create_index(["workflow", "step_id"])
+    db.table("cache_events").create(
+        {
+            "id": int, "run_id": str, "workflow": str, "step_id": str, "tenant": str, "kind": str,
+            "outcome": str, "entry_id": int, "similarity": float, "tokens_saved": int,
+            "cost_saved": float, "created_at": str,
+        },
+        pk="id",
+    )
+    db.table("cache_events").create_index(["workflow", "step_id"])
+    db.table("cache_events").create_index(["run_id"])
+
+
 @migration("030_promotions")
 def m030(db: sqlite_utils.Database) -> None:
     db.table("promotions").create(
@@ -98,3 +126,17 @@ def m030(db: sqlite_utils.Database) -> None:
         {"id": int, "promotion_id": str, "event": str, "detail": str, "created_at": str}, pk="id",
     )
     db.table("promotion_events").create_index(["promotion_id"])
+
+
+@migration("040_batches")
+def m040(db: sqlite_utils.Database) -> None:
+    """Batch runs (engine.batch): one row per batch; an item is done when its run, tagged
+    {"batch": id, "item": n}, has finished, so completion is recorded atomically with the run."""
+    db.table("batches").create(
+        {
+            "id": str, "workflow": str, "workflow_path": str, "inputs_path": str, "inputs_sha256": str,
+            "output_path": str, "total": int, "status": str, "created_at": str, "updated_at": str,
+        },
+        pk="id",
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")

@@ -317,7 +317,7 @@ def _chart(r: dict[str, Any], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no chart", file=sys.stderr)
+        print("matplotlib not installed (pip install -e '.[benchmark]'): no chart", file=sys.stderr)
         return
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     width = 0.8 / max(1, len(r["scenarios"]))

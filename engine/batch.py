@@ -1,0 +1,268 @@
+"""Batch runs: one workflow over every line of a JSONL file, N at a time, resumable.
+
+    engine run workflow.yaml --inputs items.jsonl --output results.jsonl --concurrency 8
+    engine run workflow.yaml --inputs items.jsonl --output results.jsonl --resume      # after a crash
+
+- Each non-blank input line is one item: a JSON object of inputs. Fields the workflow does not
+  declare as inputs (labels, notes) are ignored; the one named by `id_field` ("id") is the item's
+  id, echoed in its result.
+- The output has exactly one line per item, in input order:
+  `{"index": 0, "id": ..., "status": "ok", "outputs": {...}, "run_id": ...}` or
+  `{"index": 3, "status": "failed", "error": "...", "run_id": ...}` (bad JSON, bad inputs and
+  failed steps are errors of their line; the batch goes on).
+- Resumable: every run is tagged `{"batch": id, "item": index}` in the store, and an item is done
+  exactly when its run has finished (one UPDATE), so a crash (even SIGKILL) loses nothing and
+  `--resume` re-runs only items without a finished run. The output file is rebuilt from the store.
+  Runs the crash cut short are marked `interrupted`.
+- Concurrency: N worker threads. llama.cpp (local tier) calls are serialized per model by the
+  provider; cloud providers see up to N calls at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from engine.api import Engine, failed_result
+from engine.errors import UserError
+from engine.runner import RunResult
+from engine.spec.models import Workflow
+from engine.store import SQLiteStore
+from engine.store.migrations import _now
+
+
+@dataclass
+class BatchItem:
+    index: int
+    line: int
+    id: Any = None
+    inputs: dict[str, Any] | None = None
+    error: str | None = None
+    """The line could not be read as an item (bad JSON, not an object)."""
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    total: int
+    ok: int = 0
+    failed: int = 0
+    resumed: int = 0
+    """Items already done by an earlier attempt (not run again)."""
+    cost: float = 0.0
+    served: Counter[str] = field(default_factory=Counter)
+    """What served the steps: 'llm/<tier>', 'script', 'decision', 'cache', ..."""
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+
+class BatchObserver(Protocol):
+    def start(self, summary: BatchSummary) -> None: ...
+
+    def advance(self, summary: BatchSummary, line: dict[str, Any]) -> None: ...
+
+
+def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[BatchItem]:
+    items: list[BatchItem] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read --inputs '{path}': {e.strerror or e}") from None
+    for n, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        item = BatchItem(index=len(items), line=n)
+        items.append(item)
+        try:
+            value = json.loads(raw)
+        except ValueError as e:
+            item.error = f"line {n}: not valid JSON ({e})"
+            continue
+        if not isinstance(value, dict):
+            item.error = f"line {n}: expected a JSON object of inputs, got {type(value).__name__}"
+            continue
+        if id_field in value:
+            item.id = value[id_field]
+        item.inputs = {k: v for k, v in value.items() if k in workflow.inputs}
+    return items
+
+
+def served_labels(result: RunResult) -> list[str]:
+    return [f"{s.served_by}/{s.tier}" if s.served_by == "llm" and s.tier else str(s.served_by)
+            for s in result.steps if s.status == "ok" and s.served_by]
+
+
+def result_line(item: BatchItem, result: RunResult) -> dict[str, Any]:
+    line: dict[str, Any] = {"index": item.index}
+    if item.id is not None:
+        line["id"] = item.id
+    line["status"] = result.status
+    if result.ok:
+        line["outputs"] = result.outputs
+    else:
+        line["error"] = result.error
+    if result.run_id:
+        line["run_id"] = result.run_id
+    return line
+
+
+class _OrderedWriter:
+    """Writes result lines in input order as soon as every earlier line is written."""
+
+    def __init__(self, path: Path, total: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w", encoding="utf-8")
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.next = 0
+        self.total = total
+        self.lock = threading.Lock()
+
+    def put(self, line: dict[str, Any]) -> None:
+        with self.lock:
+            self.pending[line["index"]] = line
+            while self.next in self.pending:
+                self.file.write(json.dumps(self.pending.pop(self.next), ensure_ascii=False, default=str) + "\n")
+                self.next += 1
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _finished_runs(store: SQLiteStore, batch_id: str) -> dict[int, dict[str, Any]]:
+    rows = store.query(
+        "SELECT id, status, outputs, error, tags, cost FROM runs WHERE json_extract(tags, '$.batch') = ? "
+        "AND status IN ('ok', 'failed') ORDER BY started_at", [batch_id])
+    done: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        done.setdefault(int(row["tags"]["item"]), row)
+    return done
+
+
+def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Path, total: int,
+                batch_id: str | None, resume: str | bool) -> tuple[str, bool]:
+    """(batch id, resuming?). `resume`: False, True (the latest batch of these files) or an id."""
+    digest = _sha256(inputs)
+    if resume:
+        if isinstance(resume, str):
+            rows = store.query("SELECT * FROM batches WHERE id = ? OR id LIKE ?", [resume, resume + "%"])
+            if len(rows) != 1:
+                raise UserError(f"no batch matches '{resume}'")
+        else:
+            rows = store.query("SELECT * FROM batches WHERE inputs_path = ? AND output_path = ? "
+                               "ORDER BY created_at DESC LIMIT 1", [str(inputs), str(output)])
+            if not rows:
+                raise UserError(f"no earlier batch over {inputs} -> {output} to resume; run without --resume")
+        row = rows[0]
+        if row["inputs_sha256"] != digest:
+            raise UserError(f"batch {row['id']}: {inputs} changed since the batch started; start a new batch")
+        if row["workflow"] != workflow.name:
+            raise UserError(f"batch {row['id']} ran workflow '{row['workflow']}', not '{workflow.name}'")
+        with store.lock:  # runs a crash cut short will never finish
+            store.db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' "
+                             "AND json_extract(tags, '$.batch') = ?", [row["id"]])
+            store.db["batches"].update(row["id"], {"status": "running", "updated_at": _now()})  # type: ignore[union-attr]
+        return str(row["id"]), True
+    new_id = batch_id or uuid.uuid4().hex[:12]
+    if store.query("SELECT id FROM batches WHERE id = ?", [new_id]):
+        raise UserError(f"batch '{new_id}' exists: resume it with --resume {new_id}")
+    with store.lock:
+        store.db["batches"].insert({  # type: ignore[union-attr]
+            "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
+            "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
+            "status": "running", "created_at": _now(), "updated_at": _now()})
+    return new_id, False
+
+
+def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
+              concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
+              id_field: str = "id", observer: BatchObserver | None = None,
+              should_stop: Callable[[], bool] | None = None) -> BatchSummary:
+    """Run `workflow` over every line of `inputs`, writing one result line per item to `output`."""
+    wf = engine.load(workflow)
+    store = engine.store_for(wf)
+    if store is None:
+        raise UserError("a batch needs the store (it records which items are done)")
+    inputs, output = inputs.resolve(), output.resolve()
+    items = read_items(inputs, wf, id_field)
+    bid, _resuming = _open_batch(store, wf, inputs, output, len(items), batch_id, resume)
+    summary = BatchSummary(batch_id=bid, total=len(items))
+    done = _finished_runs(store, bid)
+    writer = _OrderedWriter(output, len(items))
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def record(line: dict[str, Any], cost: float, served: list[str], resumed: bool = False) -> None:
+        with lock:
+            summary.ok += line["status"] == "ok"
+            summary.failed += line["status"] != "ok"
+            summary.resumed += resumed
+            summary.cost += cost
+            summary.served.update(served)
+            summary.elapsed_s = time.perf_counter() - started
+        writer.put(line)
+        if observer is not None and not resumed:
+            observer.advance(summary, line)
+
+    todo: list[BatchItem] = []
+    for item in items:
+        row = done.get(item.index)
+        if row is None:
+            todo.append(item)
+            continue
+        previous = RunResult(run_id=row["id"], workflow=wf.name, status=row["status"],
+                             outputs=row["outputs"] or {}, steps=[], error=row["error"])
+        record(result_line(item, previous), 0.0, [], resumed=True)
+    if observer is not None:
+        observer.start(summary)
+
+    def work(item: BatchItem) -> None:
+        if item.error is not None:
+            result = failed_result(wf.name, item.error)
+        else:
+            result = engine.try_run(wf, item.inputs, tags={"batch": bid, "item": item.index})
+        record(result_line(item, result), result.cost, served_labels(result))
+
+    window = threading.BoundedSemaphore(max(1, concurrency) * 2)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=f"batch-{bid}")
+    futures: list[Future[None]] = []
+    try:
+        for item in todo:
+            if should_stop is not None and should_stop():
+                summary.interrupted = True
+                break
+            window.acquire()
+            future = pool.submit(work, item)
+            future.add_done_callback(lambda _f: window.release())
+            futures.append(future)
+        for future in futures:
+            future.result()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        pool.shutdown(wait=True, cancel_futures=True)  # runs in flight finish and are recorded
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        writer.close()
+        summary.elapsed_s = time.perf_counter() - started
+        complete = summary.done == summary.total
+        with store.lock:
+            store.db["batches"].update(bid, {  # type: ignore[union-attr]
+                "status": "done" if complete else "interrupted", "updated_at": _now()})
+    return summary

@@ -1,0 +1,204 @@
+"""Cache entries and events in the engine's SQLite store (tables from migration 020).
+
+One row per (namespace, normalised input): the validated answer, what it cost, and for semantic
+caching the embedding as a float32 blob. Writes are upserts under the store's lock, so two
+threads filling the same key leave one row. `cache_events` logs every lookup (hit, miss, expired,
+invalid) with the entry it served and, for semantic hits, the similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import numpy as np
+
+from engine.cache.index import VectorIndex
+from engine.store import SQLiteStore
+from engine.store.migrations import _now
+
+
+@dataclass
+class CacheEntry:
+    id: int
+    workflow: str
+    step_id: str
+    output: Any
+    answer_key: str
+    tier: str | None
+    provider: str | None
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    created: float
+    text: str | None
+    input: Any
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - self.created
+
+
+def _entry(row: dict[str, Any]) -> CacheEntry:
+    return CacheEntry(
+        id=row["id"], workflow=row["workflow"], step_id=row["step_id"], output=json.loads(row["output"]),
+        answer_key=row["answer_key"], tier=row["tier"], provider=row["provider"], model=row["model"],
+        tokens_in=row["tokens_in"] or 0, tokens_out=row["tokens_out"] or 0, cost=row["cost"] or 0.0,
+        created=row["created"], text=row["text"], input=json.loads(row["input"]) if row["input"] else None)
+
+
+class CacheStore:
+    """Reads and writes the cache tables of one `SQLiteStore` (shares its connection and lock)."""
+
+    def __init__(self, store: SQLiteStore):
+        self.store = store
+        self.lock = store.lock
+        self.indexes: dict[str, VectorIndex] = {}
+        """In-memory vector matrices, one per semantic namespace (see `index`)."""
+
+    def index(self, sem_namespace: str) -> VectorIndex:
+        """The namespace's vector index, first loaded from SQLite, then topped up with newer rows."""
+        with self.lock:
+            index = self.indexes.setdefault(sem_namespace, VectorIndex())
+        with index.lock:
+            rows = self.vectors_after(sem_namespace, index.max_id)
+            if rows:
+                index.add([r[0] for r in rows], [r[1] for r in rows],
+                          np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]))
+                index.max_id = rows[-1][0]
+        return index
+
+    # --- entries --------------------------------------------------------------------------------
+
+    def get(self, namespace: str, input_key: str) -> CacheEntry | None:
+        with self.lock:
+            row = self.store.db.execute(
+                f"SELECT {_COLUMNS} FROM cache_entries WHERE namespace = ? AND input_key = ?",
+                [namespace, input_key]).fetchone()
+        return None if row is None else _entry(dict(zip(_COLUMN_NAMES, row)))
+
+    def get_by_id(self, entry_id: int) -> CacheEntry | None:
+        with self.lock:
+            row = self.store.db.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?",
+                                        [entry_id]).fetchone()
+        return None if row is None else _entry(dict(zip(_COLUMN_NAMES, row)))
+
+    def put(self, row: dict[str, Any], vector: np.ndarray | None = None) -> int:
+        """Insert or replace the answer for (namespace, input_key); returns the entry id."""
+        data = dict(row)
+        data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
+        data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
+        data.setdefault("created", time.time())
+        data.setdefault("created_at", _now())
+        data.setdefault("hits", 0)
+        if vector is not None:
+            data["vector"] = np.asarray(vector, dtype=np.float32).tobytes()
+        cols = list(data)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("namespace", "input_key", "hits"))
+        sql = (f"INSERT INTO cache_entries ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates} RETURNING id")
+        with self.lock:
+            return int(self.store.db.execute(sql, [data[c] for c in cols]).fetchone()[0])
+
+    def delete(self, entry_id: int) -> None:
+        with self.lock:
+            self.store.db.execute("DELETE FROM cache_entries WHERE id = ?", [entry_id])
+
+    def vectors_after(self, sem_namespace: str, after_id: int) -> list[tuple[int, str, bytes]]:
+        """(id, answer_key, vector blob) of the namespace's entries with id > after_id, by id."""
+        with self.lock:
+            return list(self.store.db.execute(
+                "SELECT id, answer_key, vector FROM cache_entries WHERE sem_namespace = ? AND id > ? "
+                "AND vector IS NOT NULL ORDER BY id", [sem_namespace, after_id]).fetchall())
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def record(self, *, run_id: str, workflow: str, step_id: str, tenant: str | None, kind: str,
+               outcome: str, entry: CacheEntry | None = None, similarity: float | None = None) -> None:
+        hit = outcome == "hit" and entry is not None
+        with self.lock:
+            self.store.db.table("cache_events").insert({
+                "run_id": run_id, "workflow": workflow, "step_id": step_id, "tenant": tenant, "kind": kind,
+                "outcome": outcome, "entry_id": entry.id if entry else None, "similarity": similarity,
+                "tokens_saved": (entry.tokens_in + entry.tokens_out) if hit and entry else 0,
+                "cost_saved": entry.cost if hit and entry else 0.0, "created_at": _now(),
+            })
+            if hit and entry is not None:
+                self.store.db.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
+                                      [_now(), entry.id])
+
+    # --- tools (engine cache stats / clear / inspect) -------------------------------------------
+
+    def stats(self, workflow: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
+        entries = {(r["workflow"], r["step_id"]): r for r in self.store.query(
+            f"SELECT workflow, step_id, COUNT(*) AS entries, SUM(vector IS NOT NULL) AS vectors "
+            f"FROM cache_entries {where} GROUP BY workflow, step_id", params)}
+        events = {(r["workflow"], r["step_id"]): r for r in self.store.query(
+            f"SELECT workflow, step_id, SUM(kind = 'exact') AS lookups, "
+            f"SUM(outcome = 'hit' AND kind = 'exact') AS exact_hits, "
+            f"SUM(outcome = 'hit' AND kind = 'semantic') AS semantic_hits, "
+            f"SUM(tokens_saved) AS tokens_saved, SUM(cost_saved) AS cost_saved "
+            f"FROM cache_events {where} GROUP BY workflow, step_id", params)}
+        rows = []
+        for key in sorted(entries.keys() | events.keys()):
+            e, v = entries.get(key, {}), events.get(key, {})
+            hits = (v.get("exact_hits") or 0) + (v.get("semantic_hits") or 0)
+            lookups = v.get("lookups") or 0
+            rows.append({"workflow": key[0], "step_id": key[1], "entries": e.get("entries") or 0,
+                         "vectors": e.get("vectors") or 0, "lookups": lookups,
+                         "exact_hits": v.get("exact_hits") or 0, "semantic_hits": v.get("semantic_hits") or 0,
+                         "hit_rate": hits / lookups if lookups else 0.0,
+                         "tokens_saved": v.get("tokens_saved") or 0, "cost_saved": v.get("cost_saved") or 0.0})
+        return rows
+
+    def clear(self, workflow: str | None = None, step_id: str | None = None) -> int:
+        clauses, params = [], []
+        for col, val in (("workflow", workflow), ("step_id", step_id)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                params.append(val)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.lock:
+            self.indexes.clear()
+            return int(self.store.db.execute(f"DELETE FROM cache_entries {where}", params).rowcount)
+
+    def hits(self, *, run_id: str | None = None, workflow: str | None = None, step_id: str | None = None,
+             limit: int = 20) -> list[dict[str, Any]]:
+        """Recent hits joined with the entry each was served from (the entry may be gone since)."""
+        clauses, params = ["ev.outcome = 'hit'"], []
+        for col, val in (("ev.run_id", run_id), ("ev.workflow", workflow), ("ev.step_id", step_id)):
+            if val is not None:
+                clauses.append(f"{col} LIKE ?" if col == "ev.run_id" else f"{col} = ?")
+                params.append(val + "%" if col == "ev.run_id" else val)
+        rows = self.store.query(
+            "SELECT ev.id AS event_id, ev.run_id, ev.workflow, ev.step_id, ev.tenant, ev.kind, ev.similarity, "
+            "ev.tokens_saved, ev.cost_saved, ev.created_at, ev.entry_id, e.text AS entry_text, "
+            "e.input AS entry_input, e.output AS entry_output, e.run_id AS entry_run_id, "
+            "e.created_at AS entry_created_at, e.hits AS entry_hits "
+            "FROM cache_events ev LEFT JOIN cache_entries e ON e.id = ev.entry_id "
+            f"WHERE {' AND '.join(clauses)} ORDER BY ev.id DESC LIMIT ?", [*params, limit])
+        for row in rows:
+            for key in ("entry_input", "entry_output"):
+                row[key] = json.loads(row[key]) if row[key] is not None else None
+        return rows
+
+
+_COLUMN_NAMES = ["id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",
+                 "tokens_out", "cost", "created", "text", "input"]
+_COLUMNS = ", ".join(_COLUMN_NAMES)
+
+_cache_stores: WeakKeyDictionary[SQLiteStore, CacheStore] = WeakKeyDictionary()
+
+
+def cache_store(store: SQLiteStore) -> CacheStore:
+    """The `CacheStore` of `store` (one per store, so in-memory vector indexes are shared by runs)."""
+    with store.lock:
+        cs = _cache_stores.get(store)
+        if cs is None:
+            cs = _cache_stores[store] = CacheStore(store)
+        return cs

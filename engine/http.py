@@ -1,0 +1,60 @@
+"""`engine serve`: workflows over HTTP, a thin layer over `Engine` (needs the `serve` extra).
+
+    GET  /workflows              name, version, description and input schema of each workflow
+    POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out
+                                 (422 when the inputs fail the workflow's input schemas)
+
+Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) shows its inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.api import Engine
+from engine.errors import InputError, UserError
+from engine.runner import RunResult
+
+
+def result_body(result: RunResult) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id, "workflow": result.workflow, "status": result.status,
+        "outputs": result.outputs, "error": result.error, "tokens_in": result.tokens_in,
+        "tokens_out": result.tokens_out, "cost": result.cost, "latency_ms": round(result.latency_ms, 2),
+        "served_by": {s.step_id: s.served_by for s in result.steps},
+    }
+
+
+def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
+    try:
+        from fastapi import Body, FastAPI, HTTPException
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
+
+    app = FastAPI(title="engine", description="Workflows over HTTP: JSON in, JSON out.")
+    loaded = [engine.load(w) for w in workflows]
+
+    @app.get("/workflows")
+    def list_workflows() -> list[dict[str, Any]]:
+        return [{"name": w.name, "version": w.version, "description": w.description,
+                 "inputs": {"type": "object", "properties": w.inputs, "required": list(w.inputs)}}
+                for w in loaded]
+
+    for wf in loaded:
+        schema = {"type": "object", "properties": wf.inputs,
+                  "required": [n for n, s in wf.inputs.items() if "default" not in s]}
+
+        def make(name: str) -> Any:
+            async def run(inputs: dict[str, Any] = Body(...)) -> dict[str, Any]:
+                try:
+                    return result_body(await engine.arun(name, inputs))
+                except InputError as e:
+                    raise HTTPException(status_code=422, detail=str(e)) from None
+
+            return run
+
+        app.post(f"/workflows/{wf.name}/run", summary=wf.description or f"Run {wf.name}",
+                 openapi_extra={"requestBody": {"required": True,
+                                                "content": {"application/json": {"schema": schema}}}})(make(wf.name))
+    return app
