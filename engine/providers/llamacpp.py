@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,32 @@ def resolve_model_path(model: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"llamacpp: no GGUF file at '{model}' (bundled: {', '.join(BUNDLED_MODELS)})")
     return path
+
+
+_UNSAFE_ESCAPE = re.compile(r"\\[dDwWsSbB]")
+
+
+def grammar_safe_schema(schema: Any) -> Any:
+    """The schema to build the decoding grammar from. llama.cpp's regex-to-grammar converter emits
+    class escapes like `\\d` or `\\s` verbatim, which the native grammar parser rejects, and then
+    the process segfaults. Such `pattern`s are left out of the grammar; the llm step still
+    validates the reply against the full schema (and re-asks with the error)."""
+    if isinstance(schema, list):
+        return [grammar_safe_schema(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "pattern" and isinstance(value, str) and _UNSAFE_ESCAPE.search(value):
+            continue
+        if key == "patternProperties" and isinstance(value, dict):
+            value = {k: grammar_safe_schema(v) for k, v in value.items() if not _UNSAFE_ESCAPE.search(k)}
+        elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            value = {k: grammar_safe_schema(v) for k, v in value.items()}
+        else:
+            value = grammar_safe_schema(value)
+        out[key] = value
+    return out
 
 
 def gpu_available() -> bool:
@@ -127,7 +154,7 @@ class LlamaCppProvider:
             "temperature": request.temperature,
         }
         if request.schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
+            kwargs["response_format"] = {"type": "json_object", "schema": grammar_safe_schema(request.schema)}
         with loaded.lock:
             n_prompt = len(llama.tokenize("\n".join(m["content"] for m in request.messages).encode("utf-8")))
             if n_prompt + request.max_tokens > llama.n_ctx():

@@ -423,6 +423,10 @@ def workflow_json_schema() -> dict[str, Any]:
 
     schema["$defs"]["UsesStep"] = USES_STEP_SCHEMA
     schema["properties"]["steps"]["items"] = {"anyOf": [{"$ref": "#/$defs/Step"}, {"$ref": "#/$defs/UsesStep"}]}
+    # `script: file.py:function` is shorthand for `script: {function: file.py:function}`.
+    schema["$defs"]["Step"]["properties"]["script"] = {
+        "anyOf": [{"type": "string", "pattern": ".+:.+"}, {"$ref": "#/$defs/ScriptSpec"}, {"type": "null"}],
+        "default": None}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "engine workflow"
     return schema

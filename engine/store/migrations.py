@@ -20,14 +20,20 @@ def migration(name: str) -> Callable[[Migration], Migration]:
 
 
 def migrate(db: sqlite_utils.Database) -> None:
+    """Apply pending migrations. Each runs in its own `BEGIN IMMEDIATE` transaction, which takes
+    the database's write lock first, so two processes opening a new store at once cannot both
+    apply one (the second sees it done and skips it)."""
     db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    done = {row["name"] for row in db.table("_migrations").rows}
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-        if name in done:
-            continue
-        with db.conn:
-            fn(db)
-            db.table("_migrations").insert({"name": name, "applied_at": _now()})
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if db.conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone() is None:
+                fn(db)
+                db.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, _now()])
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
 
 
 def _now() -> str:

@@ -104,3 +104,35 @@ def test_support_triage_example_on_the_real_model():
                   (ROOT / "examples/support_triage/routes.csv").read_text().split()[1:])
     assert result.outputs["team"] == routes[result.outputs["intent"]]
     assert result.step("normalise").output["text"] == "I lost my card yesterday, please block it!"
+
+
+def test_regex_class_escapes_do_not_crash_the_process():
+    """llama.cpp's grammar parser segfaults on patterns like \\d or \\s; the provider leaves them out
+    of the grammar and the step still validates them. Run in a subprocess: a crash must fail the
+    test, not the test session."""
+    import subprocess
+    import sys
+
+    code = (
+        "from engine.providers.registry import get_provider\n"
+        "from engine.providers.base import CompletionRequest\n"
+        "schema = {'type': 'object', 'properties': {'n': {'type': 'string', 'pattern': '^\\\\d+$'},"
+        " 'w': {'type': 'string', 'pattern': '^[^\\\\s]+$'}}, 'required': ['n', 'w']}\n"
+        "c = get_provider('llamacpp').complete(CompletionRequest(model='smollm2', max_tokens=24, schema=schema,"
+        " messages=[{'role': 'user', 'content': 'Give a number and a word'}]))\n"
+        "print(c.finish_reason)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_grammar_safe_schema_keeps_what_the_grammar_can_take():
+    from engine.providers.llamacpp import grammar_safe_schema
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^\\d+$"}, "b": {"type": "string", "pattern": "^[a-z]+$"},
+        "pattern": {"type": "string"}}}
+    safe = grammar_safe_schema(schema)
+    assert "pattern" not in safe["properties"]["a"]
+    assert safe["properties"]["b"]["pattern"] == "^[a-z]+$"
+    assert safe["properties"]["pattern"] == {"type": "string"}  # a property named 'pattern' stays

@@ -174,3 +174,20 @@ def test_dict_source(project):
     wf = load_workflow({"name": "d", "steps": [{"id": "a", "decision": {"key": "k", "table": {"k": 1}}}]})
     assert wf.steps[0].decision.table == {"k": 1}
     _ = textwrap
+
+
+def test_every_shipped_workflow_validates_against_the_editor_schema():
+    """The JSON Schema given to editors accepts what the loader accepts (shorthands included)."""
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    validator = jsonschema.Draft202012Validator(workflow_json_schema())
+    files = [p for d in ("workflows", "examples") for p in (root / d).rglob("*.yaml")
+             if p.name != "engine.yaml" and "benchmarks" not in p.parts]
+    assert files
+    for path in files:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], (path, errors[:3])
