@@ -14,6 +14,7 @@ import click
 from engine.errors import EngineError, UserError
 
 from engine.cli.core import run_cmd, schema_cmd, validate_cmd
+from engine.cli.promotions import promotions_group
 from engine.cli.runs import runs_group
 from engine.cli.cache import cache_group
 from engine.cli.serve import serve_cmd
@@ -50,6 +51,7 @@ cli.add_command(run_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(schema_cmd)
 cli.add_command(runs_group)
+cli.add_command(promotions_group)
 cli.add_command(cache_group)
 cli.add_command(skills_group)
 cli.add_command(serve_cmd)
