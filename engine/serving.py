@@ -29,8 +29,12 @@ class Server(Protocol):
 def default_servers(workflow: Workflow, config: EngineConfig, store: SQLiteStore | None) -> list[Server]:
     """The servers a run consults when the caller gives none. Features add theirs here, in
     serving order (materialized promotions first, then caches)."""
+    from engine.promotion.server import promotion_server
+
     servers: list[Server] = []
-    # (materialized promotions go first, here)
+    promoted = promotion_server(workflow, store)
+    if promoted is not None:
+        servers.append(promoted)
     if store is not None:
         from engine.cache import cache_servers
 

@@ -12,7 +12,7 @@ from engine.spec.models import ModelEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted(p for d in ("workflows", "examples") for p in (ROOT / d).rglob("*.yaml")
-                   if p.name != "engine.yaml" and "benchmarks" not in p.parts)
+                   if p.name != "engine.yaml" and "benchmarks" not in p.parts and "promotions" not in p.parts)
 FAKE = EngineConfig(tiers={"local": [ModelEntry(model="fake:local")]})
 
 

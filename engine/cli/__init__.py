@@ -15,6 +15,7 @@ from engine.errors import EngineError, UserError
 
 from engine.cli.core import run_cmd, schema_cmd, validate_cmd
 from engine.cli.report import report_cmd
+from engine.cli.promotions import promotions_group
 from engine.cli.runs import runs_group
 from engine.cli.cache import cache_group
 from engine.cli.serve import serve_cmd
@@ -52,6 +53,7 @@ cli.add_command(validate_cmd)
 cli.add_command(schema_cmd)
 cli.add_command(runs_group)
 cli.add_command(report_cmd)
+cli.add_command(promotions_group)
 cli.add_command(cache_group)
 cli.add_command(skills_group)
 cli.add_command(serve_cmd)

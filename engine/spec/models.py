@@ -73,6 +73,26 @@ class ScriptSpec(Strict):
         return v
 
 
+class PromoteSpec(Strict):
+    """`promote:` on an llm step: when its logged answers graduate to a lookup or a script."""
+
+    enabled: bool = Field(True, description="mine this step for promotions")
+    min_calls: int = Field(3, ge=1, description="calls an input needs before it may become a lookup row")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="share of the most common answer required")
+    normalize: list[Literal["case", "whitespace"]] = Field(
+        default_factory=lambda: ["case", "whitespace"],  # type: ignore[arg-type]
+        description="how inputs are normalised into keys")
+    script_tier: str | None = Field(None, description="the strong tier that writes scripts (default: premium)")
+    script_examples: int = Field(8, ge=1, description="examples shown to the script writer")
+    spot_check: float = Field(0.02, ge=0, le=1, description="share of materialized serves re-asked of the llm")
+    demote_window: int = Field(100, ge=1, description="spot checks considered for demotion")
+    demote_min_checks: int = Field(10, ge=1, description="spot checks needed before demotion can happen")
+    demote_threshold: float = Field(0.03, ge=0, le=1, description="disagreement above which the artifact is demoted")
+    demote_confidence: float = Field(
+        0.95, ge=0, lt=1, description="demote only when disagreement exceeds the threshold at this one-sided "
+                                      "confidence (Wilson lower bound); 0 compares the raw rate")
+
+
 class LLMSpec(Strict):
     """A prompt sent to a tier, validated against a schema, capped at `max_tokens`."""
 
@@ -86,6 +106,8 @@ class LLMSpec(Strict):
     temperature: float = Field(0.0, ge=0, le=2)
     retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
+    promote: PromoteSpec = Field(default_factory=PromoteSpec,  # type: ignore[arg-type]
+                                 description="promotion thresholds for this step")
     cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

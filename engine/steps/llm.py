@@ -24,18 +24,18 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 import jsonschema
 from pydantic import ValidationError
 
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
-from engine.pricing import baseline_cost, premium_price
-from engine.providers.base import CompletionRequest
+from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
+from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.routing import CallGate
-from engine.spec.models import LLMSpec
+from engine.spec.models import LLMSpec, ModelEntry
 from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render, render_text
 
@@ -58,6 +58,14 @@ def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
 
 def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
     return _validator_for(json.dumps(schema, sort_keys=True))
+
+
+def cost_of(entry: ModelEntry, completion: Completion,
+            pricing: Mapping[str, PriceOverride] | None = None) -> float:
+    """What `completion` cost at `entry`'s price (its own fields, else `pricing`, else the defaults;
+    see `engine.pricing`)."""
+    return price_of(entry, pricing).cost(completion.input_tokens, completion.output_tokens,
+                                         completion.cached_input_tokens, completion.cache_write_tokens)
 
 
 def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None = None) -> Any:

@@ -23,7 +23,7 @@ def migrate(db: sqlite_utils.Database) -> None:
     """Apply pending migrations. Each runs in its own `BEGIN IMMEDIATE` transaction, which takes
     the database's write lock first, so two processes opening a new store at once cannot both
     apply one (the second sees it done and skips it)."""
-    db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+    db.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
         db.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -117,6 +117,33 @@ def m020(db: sqlite_utils.Database) -> None:
     )
     db.table("cache_events").create_index(["workflow", "step_id"])
     db.table("cache_events").create_index(["run_id"])
+
+
+@migration("030_promotions")
+def m030(db: sqlite_utils.Database) -> None:
+    db.table("promotions").create(
+        {
+            "id": str, "workflow": str, "workflow_path": str, "step_id": str, "kind": str, "status": str,
+            "prompt_hash": str, "schema_hash": str, "fingerprint": str, "payload": str,
+            "verification": str, "savings": str, "shadow": int, "artifact": str, "version": int,
+            "reason": str, "created_at": str, "decided_at": str,
+        },
+        pk="id",
+    )
+    db.table("promotions").create_index(["workflow", "step_id", "status"])
+    db.table("promotions").create_index(["fingerprint"])
+    db.table("promotion_checks").create(
+        {
+            "id": int, "promotion_id": str, "mode": str, "input_hash": str, "served_output": str,
+            "llm_output": str, "agree": int, "created_at": str,
+        },
+        pk="id",
+    )
+    db.table("promotion_checks").create_index(["promotion_id", "mode", "id"])
+    db.table("promotion_events").create(
+        {"id": int, "promotion_id": str, "event": str, "detail": str, "created_at": str}, pk="id",
+    )
+    db.table("promotion_events").create_index(["promotion_id"])
 
 
 @migration("040_batches")

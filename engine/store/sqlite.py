@@ -7,7 +7,9 @@ through WAL and a busy timeout. JSON columns are stored as text and decoded on r
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,13 +31,13 @@ class SQLiteStore:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         self.db = sqlite_utils.Database(conn)
         self.lock = threading.RLock()
         with self.lock:
-            migrate(self.db)
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            conn.execute("PRAGMA synchronous=NORMAL")
+            _retry_locked(lambda: migrate(self.db))
 
     def close(self) -> None:
         with self.lock:
@@ -105,6 +107,18 @@ class SQLiteStore:
     def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
         yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
                               [workflow, step_id])
+
+
+def _retry_locked(fn: Any, attempts: int = 100) -> Any:
+    """Run `fn`, retrying while another process holds a lock the busy handler cannot wait on
+    (switching a new file to WAL, or WAL recovery, answer SQLITE_BUSY at once)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 + random.random() * 0.05)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def test_every_shipped_workflow_validates_against_the_editor_schema():
     root = Path(__file__).resolve().parents[2]
     validator = jsonschema.Draft202012Validator(workflow_json_schema())
     files = [p for d in ("workflows", "examples") for p in (root / d).rglob("*.yaml")
-             if p.name != "engine.yaml" and "benchmarks" not in p.parts]
+             if p.name != "engine.yaml" and "benchmarks" not in p.parts and "promotions" not in p.parts]
     assert files
     for path in files:
         errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]

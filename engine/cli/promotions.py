@@ -1,0 +1,217 @@
+"""`engine promotions ...`: review what the log says can graduate out of the LLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from engine.cli.render import fmt_cost, out_console
+from engine.promotion import review
+from engine.promotion.records import Promotion
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _savings(p: Promotion) -> str:
+    s = p.savings or {}
+    if not s:
+        return "-"
+    return f"{s.get('tokens_per_month', 0):,} tokens, {fmt_cost(s.get('dollars_per_month'))} /month"
+
+
+def _summary(p: Promotion) -> str:
+    v = p.verification or {}
+    if p.kind == "lookup":
+        return f"{len(p.payload.get('rows', []))} rows, min agreement {v.get('min_agreement', 0):.0%}"
+    return (f"agreement {v.get('agreement', 0):.1%}, coverage {v.get('coverage', 0):.1%}, "
+            f"{v.get('failures', 0)} failures")
+
+
+def _table(promotions: list[Promotion], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("id", "step", "kind", "status", "what", "est. savings"):
+        table.add_column(col, no_wrap=col in ("id", "kind"))
+    for p in promotions:
+        table.add_row(p.id, f"{p.workflow}/{p.step_id}", p.kind, p.status + (" (shadow)" if p.shadow else ""),
+                      _summary(p), _savings(p))
+    return table
+
+
+def _render_changes(detail: review.Detail) -> None:
+    for change in detail.changes:
+        out_console.print(Syntax(change.diff(detail.root) or "(no change)", "diff", theme="ansi_dark",
+                                 word_wrap=True))
+
+
+@click.group("promotions")
+def promotions_group() -> None:
+    """Mine the log, propose lookups and scripts, accept or reject them, watch them serve."""
+
+
+@promotions_group.command("propose")
+@click.argument("workflow", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--step", help="Only this llm step.")
+@click.option("--scripts/--no-scripts", default=True, help="Ask the strong tier to write scripts.")
+@click.option("--script-tier", help="The tier that writes scripts (default: promote.script_tier, else premium).")
+def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_tier: str | None) -> None:
+    """Mine the log of WORKFLOW (default: every logged workflow) and record proposals."""
+    store = review.open_review_store(workflow)
+    for name, report in review.propose(store, workflow, step=step, scripts=scripts, script_tier=script_tier):
+        if report.proposed:
+            out_console.print(_table(report.proposed, f"{name}: proposed"))
+        if report.unverified:
+            out_console.print(_table(report.unverified, f"{name}: scripts that failed verification (not proposed)"))
+            for p in report.unverified:
+                out_console.print(f"  {p.id}: {p.reason}")
+        for note in report.notes:
+            out_console.print(f"[dim]{name}: {note}[/dim]")
+        if not report.proposed:
+            out_console.print(f"{name}: nothing new to propose")
+
+
+@promotions_group.command("list")
+@click.option("--workflow", help="Only this workflow (by name).")
+@click.option("--status", help="Only this status (proposed, accepted, rejected, demoted, stale, unverified).")
+@click.option("--all", "all_", is_flag=True, help="Include superseded proposals.")
+def list_cmd(workflow: str | None, status: str | None, all_: bool) -> None:
+    """List promotions."""
+    found = review.list_promotions(review.open_review_store(), workflow=workflow, status=status, all_=all_)
+    if not found:
+        out_console.print("no promotions")
+        return
+    out_console.print(_table(found, "promotions"))
+
+
+@promotions_group.command("show")
+@click.argument("promotion_id")
+@click.option("--rows", default=20, show_default=True, help="Lookup rows / examples to show.")
+def show_cmd(promotion_id: str, rows: int) -> None:
+    """Evidence, examples, the table or code, the verification report, savings and the diff."""
+    detail = review.show(review.open_review_store(), promotion_id)
+    p = detail.promotion
+    head = Table.grid(padding=(0, 2))
+    for label, value in (("id", p.id), ("step", f"{p.workflow}/{p.step_id}"), ("kind", p.kind),
+                         ("status", p.status + (" (shadow)" if p.shadow else "")),
+                         ("hashes", f"prompt {p.prompt_hash} · schema {p.schema_hash}"),
+                         ("verification", _summary(p)), ("est. savings", _savings(p)),
+                         ("artifact", p.artifact or "-"), ("reason", p.reason or "-")):
+        head.add_row(f"[bold]{label}[/bold]", value)
+    out_console.print(Panel(head, title=f"promotion {p.id}", expand=False))
+    if p.kind == "lookup":
+        table = Table(title="rows (evidence)", title_justify="left", show_edge=False, pad_edge=False)
+        for col in ("input", "output", "calls", "distinct", "agreement", "tokens", "cost", "last seen"):
+            table.add_column(col, justify="right" if col in ("calls", "distinct", "agreement", "tokens", "cost")
+                             else "left")
+        for r in p.payload.get("rows", [])[:rows]:
+            e = r["evidence"]
+            table.add_row(_short(r["input"]), _short(r["output"], 40), str(e["calls"]), str(e["distinct_outputs"]),
+                          f"{e['agreement']:.0%}", str(e["tokens"]), fmt_cost(e["cost"]), e["last_seen"][:19])
+        out_console.print(table)
+        extra = len(p.payload.get("rows", [])) - rows
+        if extra > 0:
+            out_console.print(f"[dim]… {extra} more rows[/dim]")
+    else:
+        writer = p.payload.get("writer", {})
+        out_console.print(f"written by {writer.get('model')} ({writer.get('tokens_in', 0)}/"
+                          f"{writer.get('tokens_out', 0)} tokens, {fmt_cost(writer.get('cost'))}) from "
+                          f"{len(p.payload.get('examples', []))} examples:")
+        for ex in p.payload.get("examples", [])[:rows]:
+            out_console.print(f"  {_short(ex['input'])} -> {_short(ex['output'], 40)}")
+        out_console.print(Syntax(p.payload.get("code", ""), "python", theme="ansi_dark"))
+        v = p.verification
+        report = Table(title="verification on every logged input", title_justify="left", show_edge=False)
+        for col in ("set", "inputs", "answered", "agree", "agreement", "coverage", "failures"):
+            report.add_column(col, justify="left" if col == "set" else "right")
+        for name, s in (("all", v), ("held-out", v.get("held_out", {}))):
+            report.add_row(name, str(s.get("pairs", 0)), str(s.get("answered", 0)), str(s.get("agree", 0)),
+                           f"{s.get('agreement', 0):.1%}", f"{s.get('coverage', 0):.1%}", str(s.get("failures", 0)))
+        out_console.print(report)
+        for m in v.get("mismatches", [])[:5]:
+            out_console.print(f"  [red]mismatch[/red] {_short(m['input'])}: expected {_short(m['expected'], 30)}, "
+                              f"got {_short(m['got'], 30)}")
+        for e in v.get("errors", [])[:5]:
+            out_console.print(f"  [red]error[/red] {_short(e['input'])}: {_short(e['error'])}")
+    for mode, s in detail.checks.items():
+        out_console.print(f"{mode} checks: {s['agree']}/{s['checks']} agree")
+    if detail.changes:
+        out_console.print("[bold]accepting writes:[/bold]")
+        _render_changes(detail)
+    if detail.events:
+        out_console.print("history: " + " → ".join(f"{e['event']} ({e['created_at'][:19]})" for e in detail.events))
+
+
+@promotions_group.command("accept")
+@click.argument("promotion_id")
+@click.option("--dry-run", is_flag=True, help="Show the diff without writing anything.")
+def accept_cmd(promotion_id: str, dry_run: bool) -> None:
+    """Write the artifact beside the workflow and link it to the step."""
+    detail = review.accept(review.open_review_store(), promotion_id, dry_run=dry_run)
+    _render_changes(detail)
+    p = detail.promotion
+    verb = "would accept" if dry_run else "accepted"
+    out_console.print(f"{verb} {p.id}: {p.workflow}/{p.step_id} now served by {p.kind}"
+                      + (f" ({p.artifact})" if p.artifact else ""))
+
+
+@promotions_group.command("reject")
+@click.argument("promotion_id")
+@click.option("--reason", required=True, help="Why (remembered; the same proposal is not made again).")
+def reject_cmd(promotion_id: str, reason: str) -> None:
+    """Reject a proposal; it is remembered with the reason."""
+    p = review.reject(review.open_review_store(), promotion_id, reason)
+    out_console.print(f"rejected {p.id}: {reason}")
+
+
+@promotions_group.command("shadow")
+@click.argument("promotion_id")
+@click.option("--off", is_flag=True, help="Stop shadowing.")
+def shadow_cmd(promotion_id: str, off: bool) -> None:
+    """Run a proposal alongside the llm (agreement recorded, outputs unchanged)."""
+    p = review.set_shadow(review.open_review_store(), promotion_id, not off)
+    out_console.print(f"{p.id}: shadow {'on' if p.shadow else 'off'}")
+
+
+@promotions_group.command("verify")
+@click.argument("promotion_id")
+def verify_cmd(promotion_id: str) -> None:
+    """Re-verify a stale or demoted artifact on the calls logged under the step's current prompt."""
+    report = review.reverify(review.open_review_store(), promotion_id)
+    verdict = "[green]passed[/green]: serving again" if report["passed"] else "[red]failed[/red]: still not serving"
+    out_console.print(f"{verdict} (agreement {report['agreement']:.1%} on {report['answered']} of "
+                      f"{report['pairs']} inputs, threshold {report['threshold']:.0%})")
+
+
+@promotions_group.command("status")
+@click.option("--workflow", help="Only this workflow (by name).")
+def status_cmd(workflow: str | None) -> None:
+    """What is materialized, what it serves, shadow and spot-check agreement, demotions."""
+    rows = review.status(review.open_review_store(), workflow=workflow)
+    if not rows:
+        out_console.print("nothing materialized or in shadow")
+        return
+    table = Table(title="promotion status", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("id", "step", "kind", "status", "serves", "spot agree", "shadow agree"):
+        table.add_column(col, justify="right" if col in ("serves",) else "left",
+                         no_wrap=col in ("id", "spot agree", "shadow agree"))
+
+    def rate(s: dict[str, int]) -> str:
+        return f"{s['agree']}/{s['checks']}" if s["checks"] else "-"
+
+    for r in rows:
+        p = r.promotion
+        style = {"demoted": "red", "stale": "yellow", "accepted": "green"}.get(p.status, "")
+        table.add_row(p.id, f"{p.workflow}/{p.step_id}", p.kind, f"[{style}]{p.status}[/{style}]" if style
+                      else p.status, str(r.serves), rate(r.spot), rate(r.shadow))
+    out_console.print(table)
+    for r in rows:
+        if r.demoted_reason:
+            out_console.print(f"{r.promotion.id} {r.promotion.status}: {r.demoted_reason}")

@@ -1,0 +1,148 @@
+"""Promotion records in the store: proposals and their fate, shadow/spot checks, events.
+
+Statuses:
+    proposed     waiting for a person (may run in shadow)
+    unverified   a script that missed the agreement threshold: not proposed, its report kept
+    accepted     materialized: an artifact beside the workflow serves the step
+    rejected     remembered (with the reason) so the same proposal is not made again
+    superseded   replaced by a newer proposal or a newer accepted version
+    stale        the step's prompt or schema changed: not served until re-verified
+    demoted      spot checks disagreed too often: the step went back to the llm
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import UserError
+from engine.store.migrations import _now
+
+JSON_FIELDS = ("payload", "verification", "savings")
+LIVE = ("accepted",)
+
+
+class PromotionNotFoundError(UserError):
+    """No promotion matches the id given."""
+
+
+@dataclass
+class Promotion:
+    id: str
+    workflow: str
+    workflow_path: str | None
+    step_id: str
+    kind: str
+    """lookup | script"""
+    status: str
+    prompt_hash: str
+    schema_hash: str
+    fingerprint: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    savings: dict[str, Any] = field(default_factory=dict)
+    shadow: int = 0
+    artifact: str | None = None
+    version: int | None = None
+    reason: str | None = None
+    created_at: str = ""
+    decided_at: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in JSON_FIELDS:
+            data[key] = json.dumps(data[key], ensure_ascii=False, default=str)
+        return data
+
+
+def _from_row(row: dict[str, Any]) -> Promotion:
+    data = dict(row)
+    for key in JSON_FIELDS:
+        data[key] = json.loads(data[key]) if isinstance(data.get(key), str) else (data.get(key) or {})
+    data["shadow"] = int(data.get("shadow") or 0)
+    return Promotion(**data)
+
+
+def insert(store: Any, promotion: Promotion) -> Promotion:
+    promotion.created_at = promotion.created_at or _now()
+    with store.lock:
+        store.db["promotions"].insert(promotion.row())
+    add_event(store, promotion.id, promotion.status, promotion.reason)
+    return promotion
+
+
+def update(store: Any, promotion_id: str, *, event: str | None = None, detail: str | None = None,
+           **fields: Any) -> None:
+    for key in JSON_FIELDS:
+        if key in fields:
+            fields[key] = json.dumps(fields[key], ensure_ascii=False, default=str)
+    with store.lock:
+        store.db["promotions"].update(promotion_id, fields)
+    if event:
+        add_event(store, promotion_id, event, detail)
+
+
+def get(store: Any, promotion_id: str) -> Promotion:
+    rows = store.query("SELECT * FROM promotions WHERE id = ? OR id LIKE ? LIMIT 2",
+                       [promotion_id, promotion_id + "%"])
+    if len(rows) != 1:
+        raise PromotionNotFoundError(
+            f"no promotion '{promotion_id}'" if not rows else f"'{promotion_id}' is ambiguous")
+    return _from_row(rows[0])
+
+
+def find(store: Any, *, workflow: str | None = None, step_id: str | None = None,
+         status: str | tuple[str, ...] | None = None, kind: str | None = None,
+         fingerprint: str | None = None) -> list[Promotion]:
+    where, params = [], []
+    for column, value in (("workflow", workflow), ("step_id", step_id), ("kind", kind),
+                          ("fingerprint", fingerprint)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if status is not None:
+        statuses = (status,) if isinstance(status, str) else status
+        where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+        params.extend(statuses)
+    sql = "SELECT * FROM promotions" + (" WHERE " + " AND ".join(where) if where else "")
+    return [_from_row(r) for r in store.query(sql + " ORDER BY created_at", params)]
+
+
+def add_event(store: Any, promotion_id: str, event: str, detail: str | None = None) -> None:
+    with store.lock:
+        store.db["promotion_events"].insert(
+            {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": _now()})
+
+
+def events(store: Any, promotion_id: str) -> list[dict[str, Any]]:
+    return store.query("SELECT event, detail, created_at FROM promotion_events WHERE promotion_id = ? "
+                       "ORDER BY id", [promotion_id])
+
+
+def record_check(store: Any, promotion_id: str, mode: str, input_hash: str, served: Any, llm: Any,
+                 agree: bool) -> None:
+    with store.lock:
+        store.db["promotion_checks"].insert({
+            "promotion_id": promotion_id, "mode": mode, "input_hash": input_hash,
+            "served_output": json.dumps(served, ensure_ascii=False),
+            "llm_output": json.dumps(llm, ensure_ascii=False), "agree": int(agree), "created_at": _now()})
+
+
+def recent_checks(store: Any, promotion_id: str, mode: str, window: int) -> list[int]:
+    rows = store.query("SELECT agree FROM promotion_checks WHERE promotion_id = ? AND mode = ? "
+                       "ORDER BY id DESC LIMIT ?", [promotion_id, mode, window])
+    return [int(r["agree"]) for r in rows]
+
+
+def check_stats(store: Any, promotion_id: str) -> dict[str, dict[str, int]]:
+    rows = store.query("SELECT mode, COUNT(*) AS n, SUM(agree) AS agree FROM promotion_checks "
+                       "WHERE promotion_id = ? GROUP BY mode", [promotion_id])
+    return {r["mode"]: {"checks": int(r["n"]), "agree": int(r["agree"] or 0)} for r in rows}
+
+
+def serve_counts(store: Any, workflow: str, step_id: str) -> dict[str, int]:
+    rows = store.query("SELECT s.served_by AS by, COUNT(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id "
+                       "WHERE r.workflow = ? AND s.step_id = ? AND s.status = 'ok' GROUP BY s.served_by",
+                       [workflow, step_id])
+    return {r["by"]: int(r["n"]) for r in rows}

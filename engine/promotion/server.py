@@ -1,0 +1,165 @@
+"""The promotion `Server`: accepted artifacts answer an llm step before its tiers, at zero tokens.
+
+serve:
+- for each artifact the manifest lists for the step (lookup, then script), unless it is demoted
+  or stale: a lookup hit, or a script answer that passes the step's schema, is served with
+  `served_by = "lookup" | "script"` and no tokens; a miss or an abstaining/failing script falls
+  through (the tiers answer and the call is logged, so the next mining round can extend the table);
+- an artifact recorded under another prompt/schema hash than the step's is marked `stale`;
+- a `promote.spot_check` share of hits is re-asked of the llm instead: the llm's answer is served
+  and compared; when disagreement over the last `demote_window` spot checks exceeds
+  `demote_threshold` (by default with 95% one-sided confidence, see `disagreement_bound`), the
+  artifact is demoted (the step goes back to the llm), reason recorded.
+observe:
+- proposals in shadow mode answer alongside the llm; agreement is recorded, outputs unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from math import sqrt
+from statistics import NormalDist
+from typing import Any
+
+from engine.errors import EngineError
+from engine.hashing import canonical_json
+from engine.promotion import records
+from engine.promotion.artifacts import Artifact, load_artifacts, promotions_dir
+from engine.promotion.mining import input_key
+from engine.promotion.sandbox import SandboxResult, run_one
+from engine.promotion.verify import validated
+from engine.steps.base import StepContext, StepOutcome
+from engine.steps.llm import LLMCall, ask_tiers
+
+_rng = random.Random()
+_rng_lock = threading.Lock()
+
+
+def seed(value: int) -> None:
+    """Seed the spot-check sampler (benchmarks and tests)."""
+    with _rng_lock:
+        _rng.seed(value)
+
+
+def _sample(rate: float) -> bool:
+    if rate <= 0:
+        return False
+    with _rng_lock:
+        return _rng.random() < rate
+
+
+def disagreement_bound(disagree: int, checks: int, confidence: float) -> float:
+    """The disagreement rate to compare with the threshold: the raw rate when `confidence` is 0,
+    else the one-sided Wilson lower bound, so that a noisy llm (whose own answers vary) does not
+    demote a correct artifact on one unlucky disagreement."""
+    p = disagree / checks
+    if confidence <= 0:
+        return p
+    z = NormalDist().inv_cdf(confidence)
+    centre = p + z * z / (2 * checks)
+    margin = z * sqrt(p * (1 - p) / checks + z * z / (4 * checks * checks))
+    return max(0.0, (centre - margin) / (1 + z * z / checks))
+
+
+def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
+    if kind == "lookup":
+        key = input_key(call.values, normalize)
+        return SandboxResult(output=table[key]) if key in table else SandboxResult(abstained=True)
+    return validated(run_one(code, call.values), call.spec, call.schema)
+
+
+class PromotionServer:
+    def __init__(self, workflow: str, store: Any, artifacts: list[Artifact], statuses: dict[str, str],
+                 shadows: list[records.Promotion], workflow_path: str | None = None):
+        self.workflow = workflow
+        self.workflow_path = workflow_path
+        self.store = store
+        self.artifacts: dict[str, list[Artifact]] = {}
+        for art in artifacts:
+            self.artifacts.setdefault(art.step_id, []).append(art)
+        self.statuses = statuses
+        self.shadows: dict[str, list[records.Promotion]] = {}
+        for p in shadows:
+            self.shadows.setdefault(p.step_id, []).append(p)
+
+    @classmethod
+    def for_workflow(cls, workflow: Any, store: Any) -> PromotionServer | None:
+        """The server for a loaded workflow, or None when it has nothing to serve or shadow."""
+        if store is None:
+            return None
+        artifacts = load_artifacts(promotions_dir(workflow.path, workflow.name)) if workflow.path else []
+        rows = store.query("SELECT id, status, shadow FROM promotions WHERE workflow = ?", [workflow.name])
+        statuses = {r["id"]: r["status"] for r in rows}
+        shadow_ids = [r["id"] for r in rows if r["shadow"] and r["status"] == "proposed"]
+        shadows = [records.get(store, pid) for pid in shadow_ids]
+        if not artifacts and not shadows:
+            return None
+        return cls(workflow.name, store, artifacts, statuses, shadows,
+                   str(workflow.path) if workflow.path else None)
+
+    def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
+        for art in self.artifacts.get(call.step_id, []):
+            status = self.statuses.get(art.id, "accepted")
+            if status in ("demoted", "rejected", "superseded"):
+                continue
+            if (art.prompt_hash, art.schema_hash) != (call.prompt_hash, call.schema_hash):
+                if status != "stale":
+                    self._mark(art, "stale", "the step's prompt or schema changed; re-verify before serving")
+                continue
+            if status == "stale":
+                continue
+            result = answer(art.kind, art.table, art.code, art.normalize, call)
+            if not result.answered:
+                continue  # a miss: the tiers answer, the call is logged
+            if _sample(call.spec.promote.spot_check):
+                return self._spot_check(ctx, call, art, result.output)
+            return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
+                               model=f"{art.id} v{art.version}")
+        return None
+
+    def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact, served: Any) -> StepOutcome:
+        try:
+            outcome = ask_tiers(ctx, call)
+        except EngineError:  # the llm failed: serve the artifact, record no check
+            return StepOutcome(output=served, served_by=art.kind, provider="promotion",
+                               model=f"{art.id} v{art.version}")
+        agree = canonical_json(outcome.output) == canonical_json(served)
+        records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
+        policy = call.spec.promote
+        recent = records.recent_checks(self.store, art.id, "spot", policy.demote_window)
+        n, k = len(recent), len(recent) - sum(recent)
+        if n >= policy.demote_min_checks and k:
+            bound = disagreement_bound(k, n, policy.demote_confidence)
+            if bound > policy.demote_threshold:
+                evidence = (f" (at {policy.demote_confidence:.0%} confidence: >= {bound:.1%})"
+                            if policy.demote_confidence else "")
+                self._mark(art, "demoted",
+                           f"spot checks disagreed {k}/{n} ({k / n:.1%}){evidence} > "
+                           f"{policy.demote_threshold:.0%} over the last {n}")
+        return outcome
+
+    def _mark(self, art: Artifact, status: str, reason: str) -> None:
+        self.statuses[art.id] = status
+        if not self.store.query("SELECT id FROM promotions WHERE id = ?", [art.id]):
+            # An artifact from git whose proposal this store never saw: adopt it, so its state persists.
+            records.insert(self.store, records.Promotion(
+                id=art.id, workflow=self.workflow, workflow_path=self.workflow_path, step_id=art.step_id,
+                kind=art.kind, status="accepted", prompt_hash=art.prompt_hash, schema_hash=art.schema_hash,
+                fingerprint="", artifact=art.path.name, version=art.version, reason="adopted from the manifest"))
+        records.update(self.store, art.id, status=status, reason=reason, event=status, detail=reason)
+
+    def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
+        for p in self.shadows.get(call.step_id, []):
+            if (p.prompt_hash, p.schema_hash) != (call.prompt_hash, call.schema_hash):
+                continue
+            table = {r["key"]: r["output"] for r in p.payload.get("rows", [])}
+            result = answer(p.kind, table, p.payload.get("code", ""), p.payload.get("normalize", []), call)
+            if result.answered:
+                agree = canonical_json(result.output) == canonical_json(outcome.output)
+                records.record_check(self.store, p.id, "shadow", call.input_hash, result.output,
+                                     outcome.output, agree)
+
+
+def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
+    return PromotionServer.for_workflow(workflow, store)

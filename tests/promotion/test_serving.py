@@ -1,0 +1,150 @@
+"""Run time: shadow agreement, spot-check demotion, staleness on a prompt change."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from engine import load_workflow, run_workflow
+from engine.cli import cli
+from engine.promotion import records, review
+from engine.promotion.proposals import propose_promotions
+
+
+def _accepted_lookup(path, store, texts=("hi", "hello there")):
+    for _ in range(3):
+        for text in texts:
+            run_workflow(path, {"text": text})
+    report = propose_promotions(load_workflow(path), store, scripts=False)
+    (promotion,) = report.proposed
+    return promotion
+
+
+def test_shadow_records_agreement_without_changing_outputs(label_wf, labeller, store):
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.set_shadow(store, promotion.id)
+    before = len(labeller.requests)
+    labeller.responder = lambda r: {"label": "long"}  # the llm now disagrees on "hi"
+    outs = [run_workflow(path, {"text": t}) for t in ("hi", "hello there", "unseen")]
+    assert [o.step("classify").served_by for o in outs] == ["llm", "llm", "llm"]
+    assert [o.outputs["classify"]["label"] for o in outs] == ["long", "long", "long"]
+    assert len(labeller.requests) == before + 3
+    assert records.check_stats(store, promotion.id) == {"shadow": {"checks": 2, "agree": 1}}
+    status = CliRunner().invoke(cli, ["promotions", "status"]).output
+    assert promotion.id in status and "1/2" in status
+
+
+def test_spot_checks_demote_on_disagreement(label_wf, labeller, store):
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 4, demote_threshold: 0.3, demote_confidence: 0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    for _ in range(3):  # spot checks that agree: the llm answers, nothing changes
+        assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"
+    assert records.get(store, promotion.id).status == "accepted"
+    labeller.responder = lambda r: {"label": "long"}  # drift
+    run_workflow(path, {"text": "hi"})
+    assert records.get(store, promotion.id).status == "accepted"  # 1/4 = 25% <= 30%
+    run_workflow(path, {"text": "hi"})  # 2/5 = 40% > 30%: demoted
+    demoted = records.get(store, promotion.id)
+    assert demoted.status == "demoted" and "2/5" in demoted.reason
+    status = CliRunner().invoke(cli, ["promotions", "status"]).output
+    assert "demoted" in status and "3/5" in status
+    path.write_text(path.read_text().replace("spot_check: 1.0", "spot_check: 0"))
+    before = len(labeller.requests)
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"  # back to the llm
+    assert len(labeller.requests) == before + 1
+
+
+def test_demotion_needs_confident_disagreement(label_wf, labeller, store):
+    """Default: disagreement must exceed 3% at 95% confidence; one disagreement in 10 is noise."""
+    path = label_wf(", spot_check: 1.0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    for _ in range(9):
+        run_workflow(path, {"text": "hi"})
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})  # 1/10: raw 10% > 3%, but not confidently
+    assert records.get(store, promotion.id).status == "accepted"
+    run_workflow(path, {"text": "hi"})  # 2/11: lower bound ~6% > 3%
+    demoted = records.get(store, promotion.id)
+    assert demoted.status == "demoted" and "2/11" in demoted.reason and "95% confidence" in demoted.reason
+
+
+def test_disagreement_bound():
+    from engine.promotion.server import disagreement_bound
+
+    assert disagreement_bound(1, 10, 0) == 0.1
+    assert disagreement_bound(1, 10, 0.95) < 0.03 < disagreement_bound(2, 10, 0.95)
+    assert disagreement_bound(3, 100, 0.95) < 0.03 < disagreement_bound(10, 100, 0.95)
+
+
+def test_spot_check_sample_rate(label_wf, labeller, store):
+    from engine.promotion.server import seed
+
+    path = label_wf(", spot_check: 0.25")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    seed(7)
+    served = [run_workflow(path, {"text": "hi"}).step("classify").served_by for _ in range(200)]
+    checks = records.check_stats(store, promotion.id)["spot"]["checks"]
+    assert served.count("llm") == checks and 30 <= checks <= 70
+
+
+def test_prompt_change_marks_artifact_stale_until_reverified(label_wf, labeller, store):
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "lookup"
+    path.write_text(path.read_text().replace("Label this:", "Label this text:"))
+    labeller.responder = lambda r: {"label": "long" if len(r.messages[1]["content"]) > 22 else "short"}
+    result = run_workflow(path, {"text": "hi"})
+    assert result.step("classify").served_by == "llm"
+    stale = records.get(store, promotion.id)
+    assert stale.status == "stale" and "prompt or schema changed" in stale.reason
+    for _ in range(2):
+        run_workflow(path, {"text": "hello there"})
+    report = review.reverify(store, promotion.id)
+    assert report["passed"] and report["pairs"] == 2
+    assert records.get(store, promotion.id).status == "accepted"
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "lookup"
+
+
+def test_artifact_from_git_serves_and_is_adopted_without_its_proposal(label_wf, labeller, store, tmp_path):
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 1, demote_confidence: 0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    store.db.execute("DELETE FROM promotions")  # a fresh store: only the files from git remain
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})
+    adopted = records.get(store, promotion.id)
+    assert adopted.status == "demoted" and adopted.workflow == "label"
+    assert run_workflow(path, {"text": "hi"}).step("classify").served_by == "llm"
+
+
+def test_spot_check_llm_failure_serves_the_artifact(label_wf, labeller, store):
+    from engine.errors import ProviderUnavailableError
+
+    path = label_wf(", spot_check: 1.0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    labeller.responder = lambda r: ProviderUnavailableError("down")
+    result = run_workflow(path, {"text": "hi"})
+    assert result.ok and result.step("classify").served_by == "lookup"
+    assert records.check_stats(store, promotion.id) == {}
+
+
+def test_new_table_after_demotion_does_not_carry_the_demoted_rows(label_wf, labeller, store):
+    import json
+
+    path = label_wf(", spot_check: 1.0, demote_min_checks: 1, demote_confidence: 0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    labeller.responder = lambda r: {"label": "long"}
+    run_workflow(path, {"text": "hi"})  # disagrees: demoted
+    assert records.get(store, promotion.id).status == "demoted"
+    for _ in range(3):
+        run_workflow(path, {"text": "fresh input"})
+    (fresh,) = propose_promotions(load_workflow(path), store, scripts=False).proposed
+    review.accept(store, fresh.id)
+    rows = json.loads((path.parent / "promotions/label/classify.lookup.v2.json").read_text())["rows"]
+    assert "hi" not in {r["input"]["text"] for r in rows}
