@@ -109,6 +109,8 @@ def _key(row: dict[str, Any], dim: str) -> str:
         tags = row.get("tags")
         value = tags.get(dim[4:]) if isinstance(tags, dict) else None
         return "-" if value is None else str(value)
+    if dim == "step":
+        return str(row.get("step_id") or "-")
     return str(row.get(dim) or "-")
 
 

@@ -52,8 +52,9 @@ def history(project, fake):
 
 
 def test_groups_and_totals(history):
-    report = build_report(history, by=["workflow", "tier", "model", "source", "tag:user"])
+    report = build_report(history, by=["workflow", "step", "tier", "model", "source", "tag:user"])
     t = report.totals
+    assert {r["key"]: r["steps"] for r in report.groups["step"]} == {"classify": 3}
     assert (t["runs"], t["steps"], t["calls"], t["fallbacks"], t["escalations"]) == (3, 3, 5, 1, 1)
     calls = history.query("SELECT SUM(cost) AS c, SUM(tokens_in) AS i FROM llm_calls")[0]
     assert t["cost"] == pytest.approx(calls["c"]) and t["tokens_in"] == calls["i"]
