@@ -26,7 +26,7 @@ from engine.errors import ConfigError
 from engine.pricing import PriceOverride
 from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
-from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml
+from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
 
 CONFIG_NAME = "engine.yaml"
 DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
@@ -77,11 +77,18 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1:1: the config must be a mapping")
     try:
-        EngineConfig.model_validate(data)
+        config = EngineConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        raise ConfigError(f"{positions.locate(loc)}: {field_path(loc, data)}: {err['msg']}") from None
+        raise ConfigError("\n".join(f"{positions.locate(loc)}: {field_path(loc, data)}: {msg}"
+                                     for loc, msg in pydantic_problems(e, data))) from None
+    from engine.providers.registry import known_providers
+
+    known = known_providers()
+    unknown = [(f"{positions.locate(('tiers', tier, i, 'model'))}: {field_path(('tiers', tier, i, 'model'), data)}: "
+                f"unknown provider '{entry.provider}' (known: {', '.join(sorted(known))})")
+               for tier, chain in config.tiers.items() for i, entry in enumerate(chain) if entry.provider not in known]
+    if unknown:
+        raise ConfigError("\n".join(unknown))
     if data.get("store"):
         store = Path(data["store"])
         data["store"] = str(store if store.is_absolute() else path.parent / store)

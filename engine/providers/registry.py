@@ -45,6 +45,13 @@ def unregister_provider(name: str) -> None:
         _instances.pop(name, None)
 
 
+def known_providers() -> set[str]:
+    """Names that `get_provider` can resolve (entry points and registered instances)."""
+    with _lock:
+        _load_entry_points()
+        return set(_factories) | set(_instances)
+
+
 def get_provider(name: str) -> Provider:
     """The shared provider instance for `name` (created once per process)."""
     with _lock:

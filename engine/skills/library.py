@@ -180,10 +180,10 @@ def _parse(entry: SkillEntry) -> Skill:
     try:
         skill = Skill.model_validate(data)
     except ValidationError as e:
-        from engine.spec.loader import _pydantic_problems
+        from engine.spec.positions import pydantic_problems
 
         raise SpecError([(positions.locate(loc), field_path(loc, data), msg)
-                         for loc, msg in _pydantic_problems(e, data)]) from None
+                         for loc, msg in pydantic_problems(e, data)]) from None
     problems: list[tuple[str, str, str]] = []
     if skill.name != entry.name:
         problems.append(_at(positions, ("name",), data, f"'{skill.name}' must match its folder '{entry.name}'"))

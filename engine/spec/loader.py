@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.errors import SpecError
 from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
-from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml
+from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
 from engine.templating import TemplateError, check_syntax, free_variables, references
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConf
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as e:
-        for loc, msg in _pydantic_problems(e, data):
+        for loc, msg in pydantic_problems(e, data):
             problems.add(loc, msg)
         problems.raise_if_any()
         raise  # pragma: no cover
@@ -93,37 +93,16 @@ def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConf
     workflow._path = path
     workflow._base_dir = base_dir
     workflow._config = config
+    from engine.providers.registry import known_providers
+
+    for tier, chain in workflow.tiers.items():
+        for i, entry in enumerate(chain):
+            if entry.provider not in known_providers():
+                problems.add(("tiers", tier, i, "model"), f"unknown provider '{entry.provider}' "
+                                                          f"(known: {', '.join(sorted(known_providers()))})")
     _check(workflow, data, problems, config, base_dir)
     problems.raise_if_any()
     return workflow
-
-
-def _pydantic_problems(e: ValidationError, data: Any) -> list[tuple[tuple[Any, ...], str]]:
-    """One message per data location; union noise collapsed into the first member's message."""
-    out: dict[tuple[Any, ...], str] = {}
-    for err in e.errors():
-        loc = tuple(err["loc"])
-        # Drop union-member tags (e.g. 'MissDefault', "literal['error']", 'str') from the path.
-        clean: list[Any] = []
-        cursor = data
-        for part in loc:
-            if isinstance(part, int) and isinstance(cursor, list) and part < len(cursor):
-                clean.append(part)
-                cursor = cursor[part]
-            elif isinstance(part, str) and isinstance(cursor, dict) and part in cursor:
-                clean.append(part)
-                cursor = cursor[part]
-            elif err["type"] in ("missing", "extra_forbidden") and part == loc[-1]:
-                clean.append(part)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key '{loc[-1]}'"
-        elif err["type"] == "missing":
-            msg = f"missing required field '{loc[-1]}'"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        out.setdefault(tuple(clean), msg)
-    return list(out.items())
 
 
 # --- semantic checks and resolution -------------------------------------------------------------

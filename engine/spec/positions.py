@@ -80,3 +80,31 @@ def field_path(path: Path_, data: Any = None) -> str:
             out += ("." if out else "") + str(part)
             cursor = cursor.get(part) if isinstance(cursor, dict) else None
     return out
+
+
+def pydantic_problems(e: Any, data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """One message per data location; union noise collapsed into the first member's message."""
+    out: dict[tuple[Any, ...], str] = {}
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        # Drop union-member tags (e.g. 'MissDefault', "literal['error']", 'str') from the path.
+        clean: list[Any] = []
+        cursor = data
+        for part in loc:
+            if isinstance(part, int) and isinstance(cursor, list) and part < len(cursor):
+                clean.append(part)
+                cursor = cursor[part]
+            elif isinstance(part, str) and isinstance(cursor, dict) and part in cursor:
+                clean.append(part)
+                cursor = cursor[part]
+            elif err["type"] in ("missing", "extra_forbidden") and part == loc[-1]:
+                clean.append(part)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        elif err["type"] == "missing":
+            msg = f"missing required field '{loc[-1]}'"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.setdefault(tuple(clean), msg)
+    return list(out.items())
