@@ -136,3 +136,27 @@ def test_grammar_safe_schema_keeps_what_the_grammar_can_take():
     assert "pattern" not in safe["properties"]["a"]
     assert safe["properties"]["b"]["pattern"] == "^[a-z]+$"
     assert safe["properties"]["pattern"] == {"type": "string"}  # a property named 'pattern' stays
+
+
+@pytest.mark.parametrize("gpu, expected", [(True, -1), (False, 0)])
+def test_gpu_offload_follows_the_build(monkeypatch, gpu, expected):
+    """All layers go to the GPU when llama.cpp was built with a GPU backend (CUDA, Metal, ...)."""
+    import llama_cpp
+
+    seen = {}
+
+    class FakeLlama:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def set_cache(self, cache):
+            seen["cache"] = cache
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: gpu)
+    monkeypatch.setattr(llama_cpp, "Llama", FakeLlama)
+    LlamaCppProvider().load("smollm2", {"n_ctx": 512})
+    assert seen["n_gpu_layers"] == expected and seen["n_ctx"] == 512
+    assert isinstance(seen["cache"], llama_cpp.LlamaRAMCache)
+    seen.clear()
+    LlamaCppProvider().load("smollm2", {"n_gpu_layers": 10, "cache_bytes": 0})
+    assert seen["n_gpu_layers"] == 10 and "cache" not in seen  # an explicit setting wins
