@@ -126,6 +126,42 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {RESULTS.relative_to(ROOT)}")
+    chart = plot(report)
+    if chart:
+        console.print(f"wrote {chart.relative_to(ROOT)}")
+
+
+def plot(report: dict[str, object]) -> Path | None:
+    """Speed-up against concurrency, for each provider (needs the `benchmark` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, label in (("simulated_50ms", f"provider with {report['latency_ms']:.0f} ms latency (concurrent)"),
+                       ("local_smollm2", "local SmolLM2 (calls serialized per model)")):
+        rows = report.get(key) or []
+        if rows:
+            xs = [r["concurrency"] for r in rows]  # type: ignore[index]
+            ys = [r["speedup"] for r in rows]  # type: ignore[index]
+            ax.plot(xs, ys, marker="o", label=label)
+            for x, y in zip(xs, ys):
+                ax.annotate(f"{y:.1f}x", (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(LEVELS, [str(c) for c in LEVELS])
+    ax.set_xlabel("--concurrency")
+    ax.set_ylabel("throughput vs concurrency 1")
+    ax.set_title("engine run --inputs: batch throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = RESULTS.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":
