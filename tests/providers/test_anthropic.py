@@ -34,7 +34,6 @@ steps:
         properties: {label: {enum: [spam, ham]}}
         required: [label]
       max_tokens: 30
-      cache: false
       retries: 1
 outputs:
   label: "{{ steps.classify.output.label }}"

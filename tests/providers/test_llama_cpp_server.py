@@ -35,7 +35,6 @@ steps:
         properties: {intent: {enum: [card_lost, balance, other]}}
         required: [intent]
       max_tokens: 24
-      cache: false
       retries: 1
 """
 

@@ -42,7 +42,6 @@ steps:
         required: [label]
         additionalProperties: false
       max_tokens: 20
-      cache: false
 outputs:
   label: "{{ steps.classify.output.label }}"
 """

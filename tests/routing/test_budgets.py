@@ -20,7 +20,6 @@ steps:
       prompt: "Triage: {{ text }}"
       schema: {type: object, properties: {urgent: {type: boolean}}, required: [urgent]}
       max_tokens: 8
-      cache: false
   - id: answer
     inputs: {text: "{{ inputs.text }}"}
     llm:
@@ -28,7 +27,6 @@ steps:
       prompt: "Answer: {{ text }}"
       schema: {type: object, properties: {reply: {type: string}}, required: [reply]}
       max_tokens: 10
-      cache: false
       retries: 1
 """
 TIERS = """

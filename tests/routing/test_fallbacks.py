@@ -26,7 +26,6 @@ steps:
       prompt: "Label this: {{ text }}"
       schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label]}
       max_tokens: 12
-      cache: false
       retries: 1
       escalate: [premium]
 """

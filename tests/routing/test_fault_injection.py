@@ -36,7 +36,6 @@ steps:
         required: [label]
         additionalProperties: false
       max_tokens: 16
-      cache: false
       retries: 1
       escalate: [premium]
 """
