@@ -103,7 +103,9 @@ class Engine:
         """Load every local (llama.cpp) model the workflow's tiers use, once, up front."""
         wf = self.load(workflow)
         config = (self.config or wf.config).with_tiers(wf.tiers)
-        tiers = {t for s in wf.steps if s.llm is not None for t in (s.llm.tier, *s.llm.escalate)}
+        from engine.quality.spec import resolve_policy
+
+        tiers = {t for s in wf.steps if s.llm is not None for t in resolve_policy(s.llm, config).chain}
         for tier in sorted(tiers):
             for entry in config.chain(tier):
                 if entry.provider == "llamacpp":
@@ -157,8 +159,39 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
+    def feedback(self, run_id: str, step: str, *, ok: bool = False, output: Any = None,
+                 workflow: WorkflowRef | None = None) -> dict[str, Any]:
+        """A person's verdict on the answer a run's llm step served: `ok=True` confirms it,
+        `output=` gives the right answer (checked against the step's schema). Labels outrank
+        every tier. Raises `FeedbackError` (a `UserError`) and writes nothing when the run or
+        step is unknown or the output fails the schema."""
+        from engine.quality.feedback import FeedbackError, give_feedback
+
+        if workflow is not None:
+            stores = [self.store_for(self.load(workflow))]
+        elif isinstance(self._store, SQLiteStore):
+            stores = [self._store]
+        elif self._store is True:  # the run is in the store of one of the loaded workflows
+            from engine.config import load_config
+
+            with self._lock:
+                named = list(self._by_name.values())
+            stores = [self.store_for(w if isinstance(w, Workflow) else self.load(w)) for w in named]
+            stores.append(open_store((self.config or load_config()).store_path()))
+        else:
+            stores = []
+        stores = [s for s in stores if s is not None]
+        if not stores:
+            raise FeedbackError("this engine logs nothing (store=False): there are no runs to give feedback on")
+        store = next((s for s in stores if s.run(run_id) is not None), stores[0])
+        return give_feedback(store, run_id, step, ok=ok, output=output, source="api")
+
     def close(self) -> None:
+        """Finish runs in flight and the quality checks they queued."""
+        from engine.quality.monitor import drain
+
         self._executor.shutdown(wait=True)
+        drain()
 
     def __enter__(self) -> Engine:
         return self

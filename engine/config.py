@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 from engine.budgets import BudgetConfig
 from engine.errors import ConfigError
 from engine.pricing import PriceOverride
+from engine.quality.spec import QualitySpec
 from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
 from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
@@ -44,6 +45,8 @@ class EngineConfig(Strict):
     fallbacks: FallbackConfig = Field(default_factory=lambda: FallbackConfig.model_validate({}),
                                       description="cooldowns of failing models (see engine.routing)")
     skills: list[str] = Field(default_factory=list, description="skill library folders (see engine.skills)")
+    quality: QualitySpec | None = Field(None, description="reference tier and cheap-tier monitoring for every "
+                                                          "llm step (see engine.quality.spec)")
     sources: list[str] = Field(default_factory=list, description="files this config was read from")
 
     def with_tiers(self, tiers: dict[str, TierChain]) -> EngineConfig:
@@ -111,7 +114,7 @@ def load_config(workflow_dir: Path | None = None, *, cwd: Path | None = None) ->
         data = _read(path)
         merged["tiers"].update(data.get("tiers") or {})
         merged.setdefault("pricing", {}).update(data.get("pricing") or {})
-        for section in ("budgets", "fallbacks"):  # merged key by key, later files win
+        for section in ("budgets", "fallbacks", "quality"):  # merged key by key, later files win
             merged.setdefault(section, {}).update(data.get(section) or {})
         merged["skills"] = data.get("skills", []) + merged.get("skills", [])  # nearer files first
         if data.get("store"):

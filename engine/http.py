@@ -3,6 +3,9 @@
     GET  /workflows              name, version, description and input schema of each workflow
     POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out
                                  (422 when the inputs fail the workflow's input schemas)
+    POST /feedback               {run_id, step, ok: true} or {run_id, step, output}: a person's
+                                 verdict on a run's llm step (404 unknown run or step, 422 an
+                                 output that fails the step's schema; nothing written then)
 
 Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) shows its inputs.
 """
@@ -23,6 +26,7 @@ def result_body(result: RunResult) -> dict[str, Any]:
         "outputs": result.outputs, "error": result.error, "tokens_in": result.tokens_in,
         "tokens_out": result.tokens_out, "cost": result.cost, "latency_ms": round(result.latency_ms, 2),
         "served_by": {s.step_id: s.served_by for s in result.steps},
+        "trust": {s.step_id: s.trust for s in result.steps if s.trust},
     }
 
 
@@ -40,6 +44,34 @@ def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
         return [{"name": w.name, "version": w.version, "description": w.description,
                  "inputs": {"type": "object", "properties": w.inputs, "required": list(w.inputs)}}
                 for w in loaded]
+
+    feedback_schema = {
+        "type": "object", "required": ["run_id", "step"],
+        "properties": {"run_id": {"type": "string"}, "step": {"type": "string"},
+                       "ok": {"type": "boolean", "description": "the answer was right"},
+                       "output": {"description": "the right answer (must pass the step's schema)"}}}
+
+    @app.post("/feedback", summary="A person's label for a run's llm step (outranks every tier)",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": feedback_schema}}}})
+    async def feedback(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        import asyncio
+
+        from engine.quality.feedback import FeedbackError
+
+        run_id, step = body.get("run_id"), body.get("step")
+        if not isinstance(run_id, str) or not isinstance(step, str):
+            raise HTTPException(status_code=422, detail="run_id and step (strings) are required")
+        ok = body.get("ok") is True
+        if ok == ("output" in body):
+            raise HTTPException(status_code=422, detail="give exactly one of ok: true or output")
+        try:
+            row = await asyncio.to_thread(engine.feedback, run_id, step, ok=ok, output=body.get("output"))
+        except FeedbackError as e:
+            status = 404 if str(e).startswith(("no run", "workflow '")) else 422
+            raise HTTPException(status_code=status, detail=str(e)) from None
+        return {"workflow": row["workflow"], "step": row["step_id"], "run_id": row["run_id"], "kind": row["kind"],
+                "output": row["output"]}
 
     for wf in loaded:
         schema = {"type": "object", "properties": wf.inputs,

@@ -64,6 +64,32 @@ def chart_svg(report: Report, width: int = 880, height: int = 300) -> str:
     return "".join(parts)
 
 
+def agreement_svg(report: Report, width: int = 880) -> str:
+    """Horizontal bars: each cheap tier's agreement with the reference, with its Wilson interval."""
+    rows = [q for q in report.quality if q["sampled"]]
+    if not rows:
+        return '<p class="empty">No reference checks yet.</p>'
+    left, bar_h, gap = 260, 18, 10
+    height = 30 + len(rows) * (bar_h + gap)
+    scale = width - left - 60
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="agreement per tier">']
+    for i, q in enumerate(rows):
+        y = 10 + i * (bar_h + gap)
+        agree = q["agreement"]
+        low, high = 1 - q["disagreement_high"], 1 - q["disagreement_low"]
+        colour = {"escalated": "#e15759", "probation": "#edc948"}.get(q["state"], "#59a14f")
+        label = f"{q['step_id']} · {q['tier']} ({q['state']})"
+        parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end" font-size="12">{escape(label)}</text>'
+                     f'<rect x="{left}" y="{y}" width="{scale * agree:.1f}" height="{bar_h}" fill="{colour}">'
+                     f'<title>{escape(label)}: {q["agreed"]}/{q["sampled"]} agree</title></rect>'
+                     f'<line x1="{left + scale * low:.1f}" y1="{y + bar_h / 2}" x2="{left + scale * high:.1f}" '
+                     f'y2="{y + bar_h / 2}" stroke="#222" stroke-width="2"/>'
+                     f'<text x="{left + scale * agree + 6:.1f}" y="{y + 13}" font-size="12">{agree:.1%}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render_html(report: Report) -> str:
     t = report.totals
     flt = report.filter
@@ -91,11 +117,14 @@ th:first-child, td:first-child {{ text-align: left; }}
 <p class="totals"><span>runs <b>{int(t.get('runs', 0))}</b></span><span>llm steps <b>{int(t.get('steps', 0))}</b></span>
 <span>calls <b>{int(t.get('calls', 0))}</b></span><span>cost <b>{_usd(t.get('cost', 0.0))}</b></span>
 <span>all-premium baseline <b>{_usd(t.get('baseline_cost', 0.0))}</b></span>
+<span>quality checks <b>{_usd(t.get('quality_checks_cost', 0.0))}</b></span>
 <span>saved <b>{_usd(t.get('savings', 0.0))}</b></span>
 <span>cache-read tokens <b>{int(t.get('cached_tokens', 0)):,}</b></span>
 <span>fallbacks <b>{int(t.get('fallbacks', 0))}</b></span><span>escalations <b>{int(t.get('escalations', 0))}</b></span></p>
 <h2>Cost by source over time (per {escape(report.bucket)})</h2>
 {chart_svg(report)}
+<h2>Agreement of cheap tiers with the reference</h2>
+{agreement_svg(report)}
 {''.join(sections)}
 </body></html>
 """

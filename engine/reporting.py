@@ -5,8 +5,13 @@ tags) and sums, per group: steps, calls made, cost, tokens in/out, cache-read to
 (calls that moved to another model: provider error, cooldown, budget), escalations (tiers climbed)
 and the baseline (what the steps would have cost sent straight to the dearest tier). Groups:
 workflow, step, tier, model, source (what served the step: `llm:<tier>`, or a server such as
-`cache` / `lookup`), and `tag:<name>` for any run tag. The timeline (cost by source per day, or
+`cache` / `lookup`), trust (of the answer: reference, verified, labelled, unverified; see
+`engine.quality.trust`), and `tag:<name>` for any run tag. The timeline (cost by source per day, or
 per hour over short ranges) feeds the chart of `engine report --html`.
+
+Reference checks of cheap tiers (and spot checks, and judge calls) are real spend that served no
+step: they are summed apart, as the source "quality checks" and `totals["quality_checks_cost"]`,
+and `quality` holds each step and tier's agreement with the reference (`engine quality`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 
 from engine.errors import ReportError
 
-DIMENSIONS = ("workflow", "step", "tier", "model", "source")
+DIMENSIONS = ("workflow", "step", "tier", "model", "source", "trust")
+QUALITY_SOURCE = "quality checks"
 METRICS = ("steps", "calls", "cost", "baseline_cost", "tokens_in", "tokens_out", "cached_tokens",
            "fallbacks", "escalations")
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
@@ -66,6 +72,8 @@ class Report:
     """rows of {bucket, source, cost}, in time order."""
     bucket: str
     """day | hour"""
+    quality: list[dict[str, Any]] = field(default_factory=list)
+    """Per step and tier: sampled, agreed, agreement, Wilson bounds, state (engine.quality.report)."""
 
     @property
     def runs(self) -> int:
@@ -73,7 +81,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"filter": vars(self.filter), "totals": self.totals, "groups": self.groups,
-                "timeline": self.timeline, "bucket": self.bucket}
+                "timeline": self.timeline, "bucket": self.bucket, "quality": self.quality}
 
 
 _SQL = """
@@ -85,7 +93,7 @@ WITH c AS (
          COUNT(DISTINCT tier) - 1 AS escalations
   FROM llm_calls WHERE step_execution_id IS NOT NULL GROUP BY step_execution_id
 )
-SELECT s.id, s.run_id, s.step_id, s.status, s.served_by, s.tier, s.provider, s.model, s.cost,
+SELECT s.id, s.run_id, s.step_id, s.status, s.served_by, s.tier, s.provider, s.model, s.cost, s.trust,
        s.baseline_cost, s.tokens_in, s.tokens_out, s.started_at, r.workflow, r.tags,
        c.calls, c.cached_tokens, c.fallbacks, c.escalations
 FROM steps s JOIN runs r ON r.id = s.run_id LEFT JOIN c ON c.sid = s.id
@@ -111,6 +119,8 @@ def _key(row: dict[str, Any], dim: str) -> str:
         return "-" if value is None else str(value)
     if dim == "step":
         return str(row.get("step_id") or "-")
+    if dim == "trust":
+        return str(row.get("trust") or ("-" if row.get("served_by") != "llm" else "unverified"))
     return str(row.get(dim) or "-")
 
 
@@ -149,7 +159,16 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
             for name, value in metrics.items():
                 group[name] += value
     totals["runs"] = len({r["run_id"] for r in rows})
-    totals["savings"] = totals["baseline_cost"] - totals["cost"]
+    checks = _quality_calls(store, flt, since, until)
+    totals["quality_checks"] = len(checks)
+    totals["quality_checks_cost"] = sum(c["cost"] or 0.0 for c in checks)
+    totals["savings"] = totals["baseline_cost"] - totals["cost"] - totals["quality_checks_cost"]
+    if checks and "source" in groups:
+        group = groups["source"][QUALITY_SOURCE]
+        group["calls"] += len(checks)
+        group["cost"] += totals["quality_checks_cost"]
+        group["tokens_in"] += sum(c["tokens_in"] or 0 for c in checks)
+        group["tokens_out"] += sum(c["tokens_out"] or 0 for c in checks)
 
     out_groups: dict[str, list[dict[str, Any]]] = {}
     for dim, table in groups.items():
@@ -162,8 +181,32 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     timeline: dict[tuple[str, str], float] = defaultdict(float)
     for row in rows:
         timeline[(row["started_at"][:cut], _source(row))] += row["cost"] or 0.0
+    for c in checks:
+        timeline[(c["created_at"][:cut], QUALITY_SOURCE)] += c["cost"] or 0.0
+    from engine.quality.report import quality_rows
+
+    quality = quality_rows(store, workflow=flt.workflow, step_id=flt.step)
     return Report(flt, dict(totals), out_groups,
-                  [{"bucket": b, "source": s, "cost": c} for (b, s), c in sorted(timeline.items())], bucket)
+                  [{"bucket": b, "source": s, "cost": c} for (b, s), c in sorted(timeline.items())], bucket,
+                  quality)
+
+
+def _quality_calls(store: Any, flt: ReportFilter, since: str | None, until: str | None) -> list[dict[str, Any]]:
+    """The reference checks, spot checks and judge calls matching the filter."""
+    sql = ("SELECT c.cost, c.tokens_in, c.tokens_out, c.created_at FROM llm_calls c LEFT JOIN runs r "
+           "ON r.id = c.run_id WHERE c.purpose IS NOT NULL AND c.outcome != 'skipped'")
+    params: list[Any] = []
+    if flt.workflow:
+        sql, params = sql + " AND c.workflow = ?", [*params, flt.workflow]
+    if flt.step:
+        sql, params = sql + " AND c.step_id = ?", [*params, flt.step]
+    if since:
+        sql, params = sql + " AND c.created_at >= ?", [*params, since]
+    if until:
+        sql, params = sql + " AND c.created_at < ?", [*params, until]
+    for tag, wanted in flt.tags.items():
+        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{tag}"', wanted]
+    return store.query(sql, params)
 
 
 def _parse(stamp: str) -> datetime:

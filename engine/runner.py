@@ -61,6 +61,9 @@ class StepRecord:
     calls: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, Any] | None = None
     """For a cache hit: kind (exact|semantic), entry_id, similarity (see engine.cache)."""
+    trust: str | None = None
+    """For llm steps: reference | verified | labelled | unverified (see engine.quality.trust)."""
+    confidence: float | None = None
 
 
 @dataclass
@@ -124,12 +127,15 @@ def run_workflow(
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
     tenant: str | None = None,
+    inline_checks: bool | None = None,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
     `store=True` opens the configured store, `False`/`None` logs nothing. `servers` may answer
     llm steps before their tiers (caches, promoted lookups; see `engine.serving`). `tenant` namespaces
-    the caches: one tenant's cached answers never serve another's."""
+    the caches: one tenant's cached answers never serve another's. Quality checks of cheap tiers
+    (see `engine.quality`) run after the run, off the request path, unless `inline_checks` (the
+    default for batch runs, tagged `batch`)."""
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
@@ -142,11 +148,15 @@ def run_workflow(
         servers = default_servers(wf, config, db)
     state: dict[str, Any] = {"inputs": values, "steps": {}}
     records: list[StepRecord] = []
+    after_run: list[Any] = []
+    inline = bool(tags and "batch" in tags) if inline_checks is None else inline_checks
     started = time.perf_counter()
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant), step, state)
+        ctx = StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant, inline_checks=inline,
+                          after_run=after_run)
+        record, error = _execute(ctx, step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)
@@ -168,6 +178,11 @@ def run_workflow(
         db.finish_run(run_id, status=result.status, outputs=result.outputs, error=result.error,
                       tokens_in=result.tokens_in, tokens_out=result.tokens_out, cost=result.cost,
                       latency_ms=result.latency_ms, baseline_cost=result.baseline_cost)
+    if after_run:
+        from engine.quality.monitor import submit
+
+        for task in after_run:
+            submit(task)
     if failure is not None and raise_on_error:
         failure.result = result  # type: ignore[attr-defined]
         raise failure
@@ -197,12 +212,14 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepR
     record.served_by = outcome.served_by
     record.tier, record.provider, record.model = outcome.tier, outcome.provider, outcome.model
     record.cache = outcome.cache
+    record.trust, record.confidence = outcome.trust, outcome.confidence
     _fill_attempts(record, outcome.attempts)
     record.baseline_cost = outcome.baseline_cost
     return record, None
 
 
 def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
+    attempts = [a for a in attempts if not a.get("purpose")]
     record.calls = attempts
     record.attempts = sum(1 for a in attempts if a.get("outcome") != "skipped")
     record.tokens_in = sum(a.get("tokens_in", 0) for a in attempts)
@@ -219,6 +236,7 @@ def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
         "tokens_out": record.tokens_out, "cost": record.cost, "baseline_cost": record.baseline_cost,
         "latency_ms": record.latency_ms,
         "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
+        "trust": record.trust, "confidence": record.confidence,
     })
     if record.calls:
         db.link_calls(run_id, record.step_id, step_row_id)

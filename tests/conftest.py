@@ -60,6 +60,9 @@ def engine_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test runs in its own working directory with its own user config and store."""
     home = tmp_path / "home"
     home.mkdir()
+    # No random reference checks in tests of other features (they assert exact call sequences);
+    # tests/quality turns sampling on explicitly.
+    (home / "engine.yaml").write_text("quality: {sample: 0}\n")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setenv("ENGINE_HOME", str(home))

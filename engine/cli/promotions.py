@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from engine.cli.render import fmt_cost, out_console
+from engine.cli.render import dump_json, fmt_cost, out_console
 from engine.promotion import review
 from engine.promotion.records import Promotion
 
@@ -28,12 +28,25 @@ def _savings(p: Promotion) -> str:
     return f"{s.get('tokens_per_month', 0):,} tokens, {fmt_cost(s.get('dollars_per_month'))} /month"
 
 
+def _trust(v: dict[str, Any]) -> str:
+    trust = v.get("trust") or {}
+    shown = ", ".join(f"{level} {n}" for level, n in trust.items() if n)
+    return f"evidence {v.get('evidence', 'any')}" + (f" ({shown})" if shown else "")
+
+
 def _summary(p: Promotion) -> str:
     v = p.verification or {}
     if p.kind == "lookup":
-        return f"{len(p.payload.get('rows', []))} rows, min agreement {v.get('min_agreement', 0):.0%}"
+        return (f"{len(p.payload.get('rows', []))} rows, min agreement {v.get('min_agreement', 0):.0%}; "
+                + _trust(v))
     return (f"agreement {v.get('agreement', 0):.1%}, coverage {v.get('coverage', 0):.1%}, "
-            f"{v.get('failures', 0)} failures")
+            f"{v.get('failures', 0)} failures; " + _trust(v))
+
+
+def _as_dict(p: Promotion) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(p)
 
 
 def _table(promotions: list[Promotion], title: str) -> Table:
@@ -82,9 +95,13 @@ def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_t
 @click.option("--workflow", help="Only this workflow (by name).")
 @click.option("--status", help="Only this status (proposed, accepted, rejected, demoted, stale, unverified).")
 @click.option("--all", "all_", is_flag=True, help="Include superseded proposals.")
-def list_cmd(workflow: str | None, status: str | None, all_: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def list_cmd(workflow: str | None, status: str | None, all_: bool, as_json: bool) -> None:
     """List promotions."""
     found = review.list_promotions(review.open_review_store(), workflow=workflow, status=status, all_=all_)
+    if as_json:
+        click.echo(dump_json([_as_dict(p) for p in found]))
+        return
     if not found:
         out_console.print("no promotions")
         return
@@ -94,10 +111,14 @@ def list_cmd(workflow: str | None, status: str | None, all_: bool) -> None:
 @promotions_group.command("show")
 @click.argument("promotion_id")
 @click.option("--rows", default=20, show_default=True, help="Lookup rows / examples to show.")
-def show_cmd(promotion_id: str, rows: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (every row).")
+def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
     """Evidence, examples, the table or code, the verification report, savings and the diff."""
     detail = review.show(review.open_review_store(), promotion_id)
     p = detail.promotion
+    if as_json:
+        click.echo(dump_json({**_as_dict(p), "checks": detail.checks, "events": detail.events}))
+        return
     head = Table.grid(padding=(0, 2))
     for label, value in (("id", p.id), ("step", f"{p.workflow}/{p.step_id}"), ("kind", p.kind),
                          ("status", p.status + (" (shadow)" if p.shadow else "")),
@@ -106,15 +127,20 @@ def show_cmd(promotion_id: str, rows: int) -> None:
                          ("artifact", p.artifact or "-"), ("reason", p.reason or "-")):
         head.add_row(f"[bold]{label}[/bold]", value)
     out_console.print(Panel(head, title=f"promotion {p.id}", expand=False))
+    if (p.verification or {}).get("warning"):
+        out_console.print(f"[bold yellow]warning:[/bold yellow] {p.verification['warning']}")
     if p.kind == "lookup":
         table = Table(title="rows (evidence)", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("input", "output", "calls", "distinct", "agreement", "tokens", "cost", "last seen"):
-            table.add_column(col, justify="right" if col in ("calls", "distinct", "agreement", "tokens", "cost")
-                             else "left")
+        for col in ("input", "output", "calls", "ref", "verified", "labels", "unverified", "agreement", "tokens",
+                    "cost", "last seen"):
+            table.add_column(col, justify="left" if col in ("input", "output", "last seen") else "right")
         for r in p.payload.get("rows", [])[:rows]:
             e = r["evidence"]
-            table.add_row(_short(r["input"]), _short(r["output"], 40), str(e["calls"]), str(e["distinct_outputs"]),
-                          f"{e['agreement']:.0%}", str(e["tokens"]), fmt_cost(e["cost"]), e["last_seen"][:19])
+            t = e.get("trust") or {}
+            table.add_row(_short(r["input"]), _short(r["output"], 40), str(e["calls"]), str(t.get("reference", 0)),
+                          str(t.get("verified", 0)), str(t.get("labelled", 0)), str(t.get("unverified", "-")),
+                          f"{e['agreement']:.0%}", str(e["tokens"]), fmt_cost(e["cost"]),
+                          (e.get("last_seen") or "")[:19])
         out_console.print(table)
         extra = len(p.payload.get("rows", [])) - rows
         if extra > 0:

@@ -29,13 +29,14 @@ def fmt_cost(cost: float | None) -> str:
 
 def step_table(steps: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, show_edge=False, pad_edge=False, title_justify="left")
-    for col in ("step", "status", "served by", "tier/model", "calls", "tokens", "cost", "ms"):
+    for col in ("step", "status", "served by", "tier/model", "trust", "calls", "tokens", "cost", "ms"):
         table.add_column(col, no_wrap=True,
                          justify="right" if col in ("calls", "tokens", "cost", "ms") else "left")
     for s in steps:
         model = "/".join(x for x in (s.get("tier"), s.get("model")) if x) or "-"
         table.add_row(
-            s["step_id"], s["status"], s.get("served_by") or "-", model, str(s.get("attempts") or 0),
+            s["step_id"], s["status"], s.get("served_by") or "-", model, s.get("trust") or "-",
+            str(s.get("attempts") or 0),
             f"{s.get('tokens_in') or 0}/{s.get('tokens_out') or 0}", fmt_cost(s.get("cost")),
             f"{s.get('latency_ms') or 0:.1f}",
         )

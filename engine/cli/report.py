@@ -23,7 +23,7 @@ from engine.runner import open_store
 @click.option("--until", help="Up to (exclusive): ISO date/time or a span back from now.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
 @click.option("--by", "by", multiple=True, metavar="DIMENSION",
-              help=f"Group by ({', '.join(DIMENSIONS)}, tag:NAME); repeatable. Default: all five.")
+              help=f"Group by ({', '.join(DIMENSIONS)}, tag:NAME); repeatable. Default: all of them.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write an HTML report with a chart of cost by source over time.")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
@@ -47,6 +47,7 @@ def report_cmd(workflow: str | None, step: str | None, since: str | None, until:
     console.print(
         f"[bold]{int(t.get('runs', 0))}[/] runs · {int(t.get('steps', 0))} llm steps · {int(t.get('calls', 0))} calls · "
         f"cost [bold]{fmt_cost(t.get('cost'))}[/] · all-premium baseline {fmt_cost(t.get('baseline_cost'))} · "
+        f"quality checks {fmt_cost(t.get('quality_checks_cost'))} ({int(t.get('quality_checks', 0))} calls) · "
         f"saved {fmt_cost(t.get('savings'))}")
     for dim, rows in report.groups.items():
         table = Table(title=f"by {dim}", title_justify="left", show_edge=False)
@@ -56,6 +57,17 @@ def report_cmd(workflow: str | None, step: str | None, since: str | None, until:
         for r in rows:
             table.add_row(str(r["key"]), *[fmt_cost(r[n]) if n in ("cost", "baseline_cost") else f"{int(r[n]):,}"
                                            for n, _ in COLUMNS])
+        console.print(table)
+    if report.quality:
+        table = Table(title="agreement with the reference (engine quality)", title_justify="left", show_edge=False)
+        for col in ("step", "tier", "sampled", "agreed", "agreement", "disagreement (Wilson 95%)", "skipped",
+                    "state"):
+            table.add_column(col, justify="left" if col in ("step", "tier", "state") else "right")
+        for q in report.quality:
+            table.add_row(f"{q['workflow']}/{q['step_id']}", q["tier"], str(q["sampled"]), str(q["agreed"]),
+                          f"{q['agreement']:.1%}" if q["sampled"] else "-",
+                          f"{q['disagreement_low']:.1%} – {q['disagreement_high']:.1%}" if q["sampled"] else "-",
+                          str(q["skipped"]), q["state"])
         console.print(table)
     if html_path is not None:
         console.print(f"wrote {html_path}")

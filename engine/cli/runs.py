@@ -48,8 +48,13 @@ def show_cmd(run_id: str, as_json: bool) -> None:
     out_console.print(step_table(run["steps"]))
     for call in run["llm_calls"]:
         why = f" -> {call['reason']}" if call.get("reason") else ""
-        out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}: "
-                          f"{call['outcome']}{why} {fmt_cost(call['cost'])} {call['error'] or ''}".rstrip())
+        trust = f" · {call['trust']}" + (f" by {call['verified_by']}" if call.get("verified_by") else "") if (
+            call.get("trust")) else ""
+        purpose = f" ({call['purpose']})" if call.get("purpose") else ""
+        conf = f" confidence {call['confidence']:.2f}" if call.get("confidence") is not None else ""
+        out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}{purpose}: "
+                          f"{call['outcome']}{trust}{conf}{why} {fmt_cost(call['cost'])} "
+                          f"{call['error'] or ''}".rstrip())
     out_console.print(f"cost {fmt_cost(run['cost'])} · all-premium baseline {fmt_cost(run.get('baseline_cost'))}")
     if run["error"]:
         out_console.print(f"error: {run['error']}")

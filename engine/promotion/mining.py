@@ -1,9 +1,18 @@
 """Mining the llm_calls log: group an llm step's logged answers by its normalised dynamic input.
 
 Only calls under the step's *current* prompt-template and schema hash count; calls under older
-hashes are reported (`stale_calls`, `prompt_changed`) but never make a group a candidate. A group
-is a candidate when it has at least `min_calls` valid answers and its most common answer has a
-share of at least `min_agreement` (both from the step's `promote:` settings).
+hashes are reported (`stale_calls`, `prompt_changed`) but never make a group a candidate.
+
+Which answers are evidence (`promote.evidence`):
+- `trusted` (the default): only answers from the step's reference tier, answers it (or a person)
+  verified, and people's labels (`feedback`, under the current schema) decide a row. A label
+  outranks every tier (the latest label wins); trusted tier answers that disagree with each other
+  make the input ineligible. An input is a candidate when a person labelled it, or when it has a
+  trusted answer and was seen at least `min_calls` times. Unverified answers are counted and
+  shown, never used.
+- `any`: every valid answer counts; a candidate has `min_calls` answers whose most common one has
+  a share of at least `min_agreement`. At temperature 0 a cheap model agrees with itself every
+  time, so this measures consistency, not correctness; review warns about it.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from engine.hashing import canonical_json, normalize_value, prompt_hash, schema_hash
+from engine.quality.trust import LABELLED, LEVELS, REFERENCE, UNVERIFIED, VERIFIED
 from engine.spec.models import LLMSpec, PromoteSpec
 
 
@@ -36,7 +46,14 @@ class Group:
     values: dict[str, Any]
     """One representative (un-normalised) input."""
     outputs: Counter[str] = field(default_factory=Counter)
-    """canonical JSON of each valid answer -> how often it came back."""
+    """canonical JSON of each valid answer that served a run -> how often it came back."""
+    trusted: Counter[str] = field(default_factory=Counter)
+    """canonical JSON of each reference or verified answer -> how often."""
+    labels: list[str] = field(default_factory=list)
+    """canonical JSON of people's labels, oldest first (the latest wins)."""
+    by_trust: Counter[str] = field(default_factory=Counter)
+    """answers (and labels) per trust level."""
+    mode: str = "trusted"
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
@@ -54,23 +71,62 @@ class Group:
         return len(self.outputs)
 
     @property
+    def has_trusted(self) -> bool:
+        return bool(self.labels or self.trusted)
+
+    @property
+    def conflict(self) -> bool:
+        """Trusted tier answers disagree among themselves (and no label settles it)."""
+        return not self.labels and len(self.trusted) > 1
+
+    def _answer_key(self) -> str | None:
+        if self.mode == "any":
+            return self.outputs.most_common(1)[0][0] if self.outputs else None
+        if self.labels:
+            return self.labels[-1]
+        if len(self.trusted) == 1:
+            return next(iter(self.trusted))
+        return None
+
+    @property
     def top_output(self) -> Any:
         import json
 
-        return json.loads(self.outputs.most_common(1)[0][0]) if self.outputs else None
+        key = self._answer_key()
+        return json.loads(key) if key is not None else None
 
     @property
     def agreement(self) -> float:
-        return self.outputs.most_common(1)[0][1] / self.calls if self.outputs else 0.0
+        """Share of the evidence that agrees with the answer (any: all answers; trusted: trusted ones)."""
+        if self.mode == "any":
+            return self.outputs.most_common(1)[0][1] / self.calls if self.outputs else 0.0
+        if self.labels:
+            return 1.0
+        total = sum(self.trusted.values())
+        return self.trusted.most_common(1)[0][1] / total if total else 0.0
+
+    @property
+    def answerable(self) -> bool:
+        """There is an answer to label this input with (a script test case)."""
+        return self._answer_key() is not None
 
     def is_candidate(self, policy: PromoteSpec) -> bool:
-        return self.calls >= policy.min_calls and self.agreement >= policy.min_agreement
+        if self.mode == "any":
+            return self.calls >= policy.min_calls and self.agreement >= policy.min_agreement
+        if self._answer_key() is None:
+            return False
+        return bool(self.labels) or self.calls >= policy.min_calls
 
     def evidence(self) -> dict[str, Any]:
+        answer = self._answer_key()
+        unverified_disagreeing = sum(n for out, n in self.outputs.items() if out != answer) if answer else 0
         return {"calls": self.calls, "distinct_outputs": self.distinct_outputs,
                 "agreement": round(self.agreement, 4), "tokens": self.tokens_in + self.tokens_out,
                 "cost": self.cost, "first_seen": self.first_seen, "last_seen": self.last_seen,
-                "prompt_changed": self.prompt_changed}
+                "prompt_changed": self.prompt_changed, "evidence": self.mode,
+                "trust": {level: self.by_trust.get(level, 0) for level in LEVELS},
+                "disagreeing_answers": unverified_disagreeing,
+                "label_overrides": sum(n for out, n in self.trusted.items() if self.labels and out != answer)}
 
 
 @dataclass
@@ -90,6 +146,17 @@ class StepLog:
     last_seen: str | None
     stale_calls: int
     """Calls logged under older prompt/schema hashes (not counted)."""
+    mode: str = "trusted"
+    skipped_checks: list[str] = field(default_factory=list)
+    """Why reference checks of this step could not run (no key, offline, ...), most recent first."""
+
+    @property
+    def trusted_inputs(self) -> int:
+        return sum(1 for g in self.groups.values() if g.has_trusted)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for g in self.groups.values() if g.conflict)
 
     def candidates(self, policy: PromoteSpec) -> list[Group]:
         return sorted((g for g in self.groups.values() if g.is_candidate(policy)),
@@ -107,9 +174,10 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
     """Group the step's logged calls by normalised input (see module docstring)."""
     current = step_hashes(spec)
     normalize = list(spec.promote.normalize)
+    mode = spec.promote.evidence
     rows = store.query(
-        "SELECT prompt_hash, schema_hash, input, outcome, output, tokens_in, tokens_out, cost, created_at "
-        "FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id", [workflow, step_id])
+        "SELECT prompt_hash, schema_hash, input, outcome, output, tokens_in, tokens_out, cost, created_at, "
+        "trust, purpose, reason FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id", [workflow, step_id])
     groups: dict[str, Group] = {}
     other_hash_times: dict[str, list[str]] = {}
     stale = executions = tokens = 0
@@ -125,7 +193,13 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
             continue
         group = groups.get(key)
         if group is None:
-            group = groups[key] = Group(key=key, values=row["input"], first_seen=row["created_at"])
+            group = groups[key] = Group(key=key, values=row["input"], first_seen=row["created_at"], mode=mode)
+        if row["outcome"] == "valid" and row["trust"] in (REFERENCE, VERIFIED):
+            group.trusted[canonical_json(row["output"])] += 1
+        if row["purpose"]:  # a quality or spot check: evidence, but it served no run
+            if row["outcome"] == "valid":
+                group.by_trust[row["trust"] or UNVERIFIED] += 1
+            continue
         group.tokens_in += row["tokens_in"] or 0
         group.tokens_out += row["tokens_out"] or 0
         group.cost += row["cost"] or 0.0
@@ -134,16 +208,32 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
         cost += row["cost"] or 0.0
         first = first or row["created_at"]
         last = row["created_at"]
-        if row["outcome"] == "valid":
+        if row["outcome"] == "valid" and row["reason"] != "low_confidence":
             group.outputs[canonical_json(row["output"])] += 1
+            group.by_trust[row["trust"] or UNVERIFIED] += 1
             executions += 1
     for key, times in other_hash_times.items():
         group = groups.get(key)
         if group is not None:
             group.prompt_changed = any(group.first_seen <= t <= group.last_seen for t in times)
+    from engine.quality import records as quality_records
+
+    for label in quality_records.labels(store, workflow, step_id, current[1]):
+        if not isinstance(label["input"], dict):
+            continue
+        key = input_key(label["input"], normalize)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = Group(key=key, values=label["input"], first_seen=label["created_at"],
+                                        last_seen=label["created_at"], mode=mode)
+        group.labels.append(canonical_json(label["output"]))
+        group.by_trust[LABELLED] += 1
+    skipped = [r["reason"] for r in store.query(
+        "SELECT reason FROM quality_checks WHERE workflow = ? AND step_id = ? AND status = 'skipped' "
+        "ORDER BY id DESC LIMIT 3", [workflow, step_id]) if r["reason"]]
     return StepLog(workflow=workflow, step_id=step_id, prompt_hash=current[0], schema_hash=current[1],
                    groups=groups, executions=executions, tokens=tokens, cost=cost, first_seen=first,
-                   last_seen=last, stale_calls=stale)
+                   last_seen=last, stale_calls=stale, mode=mode, skipped_checks=skipped)
 
 
 def monthly_savings(log: StepLog, covered_executions: int, covered_tokens: int,

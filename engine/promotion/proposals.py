@@ -66,8 +66,15 @@ def propose_promotions(wf: Workflow, store: Any, *, step: str | None = None, scr
             report.notes.append(f"{step_id}: promotion disabled (promote.enabled: false)")
             continue
         log = mine_step(store, wf.name, step_id, spec)
-        if not log.executions:
+        if not log.groups:
             report.notes.append(f"{step_id}: no logged answers under the current prompt/schema")
+            continue
+        if log.mode == "trusted" and not log.trusted_inputs:
+            why = (f"; reference checks were skipped: {log.skipped_checks[0]}" if log.skipped_checks else "")
+            report.notes.append(
+                f"{step_id}: no trusted evidence: {len(log.groups)} inputs, all answered by tiers other than the "
+                f"step's reference and never verified{why}; configure a reference tier (quality.reference) or "
+                f"label answers (engine feedback), or opt in to promote.evidence: any")
             continue
         made = propose_lookup(wf, step_id, spec, log, store, report)
         if made is not None:
@@ -91,9 +98,11 @@ def propose_lookup(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
         table = {}  # an accepted table under older hashes is stale: its rows must be re-proposed
     new = [g for g in candidates if canonical_json(table.get(g.key)) != canonical_json(g.top_output)]
     if not new:
+        need = (f"need >= {policy.min_calls} calls at >= {policy.min_agreement:.0%} agreement" if log.mode == "any"
+                else f"need a label, or a trusted answer and >= {policy.min_calls} calls; "
+                     f"{log.trusted_inputs} inputs have trusted evidence, {log.conflicts} conflicting")
         report.notes.append(f"{step_id}: no new lookup rows ({len(candidates)} candidate groups, "
-                            f"{len(log.groups)} inputs; need >= {policy.min_calls} calls at "
-                            f">= {policy.min_agreement:.0%} agreement)")
+                            f"{len(log.groups)} inputs; {need})")
         return None
     rows = [{"key": g.key, "input": g.values, "output": g.top_output, "evidence": g.evidence()} for g in new]
     fingerprint = sha256(canonical_json([wf.name, step_id, "lookup", log.prompt_hash, log.schema_hash,
@@ -110,13 +119,26 @@ def propose_lookup(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
     savings = monthly_savings(log, covered, sum(g.tokens_in + g.tokens_out for g in new), sum(g.cost for g in new))
     verification = {"rows": len(rows), "calls": covered,
                     "min_agreement": min(g.agreement for g in new), "threshold": policy.min_agreement,
-                    "min_calls": policy.min_calls, "passed": True, "stale_calls_ignored": log.stale_calls}
+                    "min_calls": policy.min_calls, "passed": True, "stale_calls_ignored": log.stale_calls,
+                    "evidence": log.mode, "trust": _trust_totals(new),
+                    "conflicts_not_proposed": log.conflicts}
+    if log.mode == "any":
+        verification["warning"] = ("promote.evidence: any: rows are built from unverified answers; a cheap "
+                                   "tier agreeing with itself is consistency, not correctness")
     return records.insert(store, Promotion(
         id=_new_id("lookup"), workflow=wf.name, workflow_path=str(wf.path) if wf.path else None,
         step_id=step_id, kind="lookup", status="proposed", prompt_hash=log.prompt_hash,
         schema_hash=log.schema_hash, fingerprint=fingerprint,
         payload={"rows": rows, "normalize": list(policy.normalize), "existing_rows": len(table)},
         verification=verification, savings=savings))
+
+
+def _trust_totals(groups: list[Group]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for g in groups:
+        for level, n in g.evidence()["trust"].items():
+            totals[level] = totals.get(level, 0) + n
+    return totals
 
 
 def _supersede(store: Any, workflow: str, step_id: str, kind: str) -> None:
@@ -195,7 +217,7 @@ def propose_script(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
     if writer_tier is None:
         report.notes.append(f"{step_id}: no script tier configured (promote.script_tier); scripts skipped")
         return None
-    groups = [g for g in log.groups.values() if g.outputs]
+    groups = [g for g in log.groups.values() if g.answerable]
     if len(groups) < 2:
         report.notes.append(f"{step_id}: too few distinct inputs for a script ({len(groups)})")
         return None
@@ -225,6 +247,11 @@ def propose_script(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
     shown = {g.key for g in examples}
     result = verify(script_answerer(code), groups, spec, policy.min_agreement, shown)
     agreeing = set(result.pop("agreeing_keys"))
+    result["evidence"] = log.mode
+    result["trust"] = _trust_totals(groups)
+    if log.mode == "any":
+        result["warning"] = ("promote.evidence: any: test cases are unverified answers; a cheap tier agreeing "
+                             "with itself is consistency, not correctness")
     covered_groups = [g for g in groups if g.key in agreeing] if result["passed"] else []
     savings = monthly_savings(log, sum(g.calls for g in covered_groups),
                               sum(g.tokens_in + g.tokens_out for g in covered_groups),

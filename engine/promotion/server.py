@@ -6,20 +6,22 @@ serve:
   `served_by = "lookup" | "script"` and no tokens; a miss or an abstaining/failing script falls
   through (the tiers answer and the call is logged, so the next mining round can extend the table);
 - an artifact recorded under another prompt/schema hash than the step's is marked `stale`;
-- a `promote.spot_check` share of hits is re-asked of the llm instead: the llm's answer is served
-  and compared; when disagreement over the last `demote_window` spot checks exceeds
+- a `promote.spot_check` share of hits is checked against trusted evidence, never against the
+  cheap tier whose answers may have built the artifact: a person's label for the input when there
+  is one (free), else the step's reference tier (see `engine.quality`), whose answer is then
+  served. With neither (no reference tier, or it cannot answer) the artifact is served and no
+  check is recorded. When disagreement over the last `demote_window` spot checks exceeds
   `demote_threshold` (by default with 95% one-sided confidence, see `disagreement_bound`), the
   artifact is demoted (the step goes back to the llm), reason recorded.
 observe:
-- proposals in shadow mode answer alongside the llm; agreement is recorded, outputs unchanged.
+- proposals in shadow mode answer alongside the llm; agreement with trusted answers (reference or
+  verified) is recorded, outputs unchanged.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from math import sqrt
-from statistics import NormalDist
 from typing import Any
 
 from engine.errors import EngineError
@@ -29,6 +31,10 @@ from engine.promotion.artifacts import Artifact, load_artifacts, promotions_dir
 from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult, run_one
 from engine.promotion.verify import validated
+from engine.quality import records as quality_records
+from engine.quality.compare import answers_agree
+from engine.quality.stats import disagreement_bound
+from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
 from engine.steps.base import StepContext, StepOutcome
 from engine.steps.llm import LLMCall, ask_tiers
 
@@ -49,17 +55,7 @@ def _sample(rate: float) -> bool:
         return _rng.random() < rate
 
 
-def disagreement_bound(disagree: int, checks: int, confidence: float) -> float:
-    """The disagreement rate to compare with the threshold: the raw rate when `confidence` is 0,
-    else the one-sided Wilson lower bound, so that a noisy llm (whose own answers vary) does not
-    demote a correct artifact on one unlucky disagreement."""
-    p = disagree / checks
-    if confidence <= 0:
-        return p
-    z = NormalDist().inv_cdf(confidence)
-    centre = p + z * z / (2 * checks)
-    margin = z * sqrt(p * (1 - p) / checks + z * z / (4 * checks * checks))
-    return max(0.0, (centre - margin) / (1 + z * z / checks))
+__all__ = ["PromotionServer", "disagreement_bound", "promotion_server", "seed"]
 
 
 def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
@@ -119,12 +115,23 @@ class PromotionServer:
         return None
 
     def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact, served: Any) -> StepOutcome:
-        try:
-            outcome = ask_tiers(ctx, call)
-        except EngineError:  # the llm failed: serve the artifact, record no check
-            return StepOutcome(output=served, served_by=art.kind, provider="promotion",
+        from engine.quality.cascade import policy_for
+
+        artifact = StepOutcome(output=served, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")
-        agree = canonical_json(outcome.output) == canonical_json(served)
+        label = self._label(call)
+        policy = policy_for(call.spec, ctx.config)
+        if label is not None:
+            outcome = StepOutcome(output=label, served_by="label", provider="feedback", trust=LABELLED)
+        elif policy.reference is None:
+            return artifact  # nothing trusted to compare with: serve it, record no check
+        else:
+            try:
+                outcome = ask_tiers(ctx, call, tiers=[policy.reference], policy=policy, purpose="spot_check")
+            except EngineError:  # the reference failed: serve the artifact, record no check
+                return artifact
+            outcome.trust = REFERENCE
+        agree = answers_agree(policy, served, outcome.output)
         records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
         policy = call.spec.promote
         recent = records.recent_checks(self.store, art.id, "spot", policy.demote_window)
@@ -137,7 +144,17 @@ class PromotionServer:
                 self._mark(art, "demoted",
                            f"spot checks disagreed {k}/{n} ({k / n:.1%}){evidence} > "
                            f"{policy.demote_threshold:.0%} over the last {n}")
+        if outcome.served_by == "label":
+            return StepOutcome(output=outcome.output, served_by=art.kind if agree else "label",
+                               provider="promotion" if agree else "feedback",
+                               model=f"{art.id} v{art.version}" if agree else None, trust=LABELLED)
         return outcome
+
+    def _label(self, call: LLMCall) -> Any:
+        """The latest person's label for this input under the step's schema, if any."""
+        rows = [r for r in quality_records.labels(self.store, self.workflow, call.step_id, call.schema_hash)
+                if r["input_hash"] == call.input_hash]
+        return rows[-1]["output"] if rows else None
 
     def _mark(self, art: Artifact, status: str, reason: str) -> None:
         self.statuses[art.id] = status
@@ -150,6 +167,8 @@ class PromotionServer:
         records.update(self.store, art.id, status=status, reason=reason, event=status, detail=reason)
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
+        if outcome.trust not in TRUSTED:
+            return  # shadow agreement with an unverified answer proves nothing
         for p in self.shadows.get(call.step_id, []):
             if (p.prompt_hash, p.schema_hash) != (call.prompt_hash, call.schema_hash):
                 continue

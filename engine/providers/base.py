@@ -24,6 +24,8 @@ class CompletionRequest:
     temperature: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
     """Provider options from the tier config (paths, base_url, structured-output form, ...)."""
+    logprobs: bool = False
+    """Return token log-probabilities when the backend can (confidence gating)."""
 
 
 @dataclass
@@ -40,6 +42,10 @@ class Completion:
     model: str = ""
     """The model that actually answered, as the provider reports it."""
     raw: Any = None
+    logprobs: list[dict[str, Any]] | None = None
+    """Per-token log-probabilities in OpenAI's chat format ({token, logprob, top_logprobs}), when asked."""
+    confidence: float | None = None
+    """A confidence the provider computed itself (else derived from `logprobs`)."""
 
 
 @runtime_checkable

@@ -13,6 +13,11 @@
   alternate static prefixes would re-evaluate them on every call. A `LlamaRAMCache` keeps the
   states of recent prompts and restores the longest matching prefix.
 
+- Confidence: a request with `logprobs` (a step gated by `min_confidence`) is answered by an
+  instance loaded with `logits_all=True` (llama-cpp-python refuses `logprobs` otherwise), with the
+  top 10 alternatives per token. These are the *unconstrained* distribution; the llm step
+  renormalises them over the allowed values (`engine.quality.confidence`).
+
 Options (tier config `options:`): `n_ctx` (4096), `n_gpu_layers` (auto), `n_threads` (all cores),
 `cache_bytes` (512 MiB; 0 disables the state cache), `seed` (0).
 """
@@ -101,17 +106,18 @@ class LlamaCppProvider:
         self._models: dict[tuple[Any, ...], _Loaded] = {}
         self._load_lock = threading.Lock()
 
-    def load(self, model: str, options: dict[str, Any] | None = None) -> _Loaded:
+    def load(self, model: str, options: dict[str, Any] | None = None, *, logits_all: bool = False) -> _Loaded:
         """The shared model instance for these settings (loaded on first use)."""
         options = options or {}
         path = resolve_model_path(model)
         n_ctx = int(options.get("n_ctx", DEFAULT_N_CTX))
         n_gpu_layers = options.get("n_gpu_layers")
-        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"))
+        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"), logits_all)
         with self._load_lock:
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = _Loaded(self._create(path, n_ctx, n_gpu_layers, options), threading.Lock())
+                loaded = _Loaded(self._create(path, n_ctx, n_gpu_layers, {**options, "logits_all": logits_all}),
+                                 threading.Lock())
                 self._models[key] = loaded
             return loaded
 
@@ -131,6 +137,7 @@ class LlamaCppProvider:
                 n_threads=int(options.get("n_threads") or os.cpu_count() or 1),
                 seed=int(options.get("seed", 0)),
                 verbose=bool(options.get("verbose", False)),
+                logits_all=bool(options.get("logits_all", False)),
             )
         except (ValueError, RuntimeError) as e:
             raise ProviderError(f"llamacpp: cannot load '{path}': {e}", provider="llamacpp") from e
@@ -146,13 +153,15 @@ class LlamaCppProvider:
             return len(loaded.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def complete(self, request: CompletionRequest) -> Completion:
-        loaded = self.load(request.model, request.options)
+        loaded = self.load(request.model, request.options, logits_all=request.logprobs)
         llama = loaded.llama
         kwargs: dict[str, Any] = {
             "messages": request.messages,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
+        if request.logprobs:
+            kwargs.update(logprobs=True, top_logprobs=10)
         if request.schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": grammar_safe_schema(request.schema)}
         with loaded.lock:
@@ -179,4 +188,21 @@ class LlamaCppProvider:
             output_tokens=int(usage.get("completion_tokens", 0)),
             model=Path(str(out.get("model") or request.model)).name,
             raw=out,
+            logprobs=chat_logprobs(choice.get("logprobs")),
         )
+
+
+def chat_logprobs(value: Any) -> list[dict[str, Any]] | None:
+    """Per-token logprobs in OpenAI's chat format, from llama-cpp-python's chat (`content`) or
+    completion (`tokens`/`token_logprobs`/`top_logprobs`) form."""
+    if not value:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("content"), list):
+        return [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
+                 "top_logprobs": list(t.get("top_logprobs") or [])} for t in value["content"]]
+    if isinstance(value, dict) and isinstance(value.get("tokens"), list):
+        tops = value.get("top_logprobs") or [None] * len(value["tokens"])
+        return [{"token": tok, "logprob": lp if lp is not None else 0.0,
+                 "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()]}
+                for tok, lp, top in zip(value["tokens"], value.get("token_logprobs") or [], tops)]
+    return None

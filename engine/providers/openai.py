@@ -150,6 +150,8 @@ class OpenAIProvider:
         fmt = response_format(request.schema, form)
         if fmt is not None:
             kwargs["response_format"] = fmt
+        if request.logprobs and request.options.get("logprobs", True):
+            kwargs.update(logprobs=True, top_logprobs=10)
         return kwargs
 
     def send(self, request: CompletionRequest, form: str) -> Completion:
@@ -185,4 +187,15 @@ def parse_chat_completion(resp: Any, model: str) -> Completion:
         cached_input_tokens=int(getattr(details, "cached_tokens", 0) or 0),
         model=resp.model or model,
         raw=resp,
+        logprobs=_logprobs(getattr(choice, "logprobs", None)),
     )
+
+
+def _logprobs(value: Any) -> list[dict[str, Any]] | None:
+    """`choices[0].logprobs.content` as plain dicts ({token, logprob, top_logprobs})."""
+    content = getattr(value, "content", None) if value is not None else None
+    if not content:
+        return None
+    return [{"token": t.token, "logprob": t.logprob,
+             "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in (t.top_logprobs or [])]}
+            for t in content]

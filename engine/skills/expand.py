@@ -55,7 +55,7 @@ USES_STEP_SCHEMA: dict[str, Any] = {
                  "description": "skill name@version (a bare name takes the latest version)"},
         "inputs": {"type": "object", "description": "the skill's inputs: name -> template"},
         "with": {"type": "object", "description": "overrides: the skill's params; tier, max_tokens, "
-                                                  "retries, escalate, temperature for llm skills"},
+                                                  "retries, escalate, temperature, quality for llm skills"},
         "when": {"type": ["string", "boolean"]},
     },
     "required": ["id", "uses"],

@@ -21,7 +21,7 @@ from engine.spec.models import FileRef, Strict
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 
-LLM_OVERRIDES = ("tier", "max_tokens", "retries", "escalate", "temperature")
+LLM_OVERRIDES = ("tier", "max_tokens", "retries", "escalate", "temperature", "quality")
 """Settings of an llm skill a workflow step may override under `with:` (besides its params)."""
 
 
@@ -34,6 +34,7 @@ class SkillLLM(Strict):
     temperature: float = 0.0
     retries: int = 1
     escalate: list[str] = Field(default_factory=list)
+    quality: dict[str, Any] | None = Field(None, description="quality: defaults (see engine.quality.spec)")
 
     model_config = Strict.model_config | {"populate_by_name": True}
 

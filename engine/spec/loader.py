@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import SpecError
+from engine.quality.spec import CompareSpec
 from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
 from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
 from engine.templating import TemplateError, check_syntax, free_variables, references
@@ -192,11 +193,36 @@ def _check_tier(tier: str, path: tuple[Any, ...], config: EngineConfig, problems
         problems.add(path, f"unknown tier '{tier}' (known: {', '.join(sorted(config.tiers))})")
 
 
+def _check_quality(spec: LLMSpec, path: tuple[Any, ...], config: EngineConfig, problems: _Problems) -> None:
+    """The step's `quality:` tiers, and engine.yaml's (named at the step, since the step uses them)."""
+    own = spec.quality
+    if own is not None:
+        if own.reference is not None:
+            _check_tier(own.reference, path + ("quality", "reference"), config, problems)
+        if isinstance(own.compare, CompareSpec) and own.compare.judge is not None:
+            _check_tier(own.compare.judge, path + ("quality", "compare", "judge"), config, problems)
+    base = config.quality
+    if base is None:
+        return
+    sources = f" (quality: in {', '.join(config.sources)})" if config.sources else ""
+    if base.reference is not None and (own is None or own.reference is None) and base.reference not in config.tiers:
+        problems.add(path, f"quality.reference '{base.reference}'{sources} is not a tier "
+                           f"(known: {', '.join(sorted(config.tiers))})")
+    if isinstance(base.compare, CompareSpec) and base.compare.judge is not None and (
+            base.compare.judge not in config.tiers):
+        problems.add(path, f"quality.compare.judge '{base.compare.judge}'{sources} is not a tier")
+
+
 def _resolve_llm(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
                  problems: _Problems) -> None:
-    _check_tier(spec.tier, path + ("tier",), config, problems)
+    if spec.tier == "auto":
+        if spec.escalate:
+            problems.add(path + ("escalate",), "tier: auto asks every tier, cheapest first; drop escalate")
+    else:
+        _check_tier(spec.tier, path + ("tier",), config, problems)
     for i, tier in enumerate(spec.escalate):
         _check_tier(tier, path + ("escalate", i), config, problems)
+    _check_quality(spec, path, config, problems)
     for field in ("system", "prompt"):
         value = getattr(spec, field)
         if isinstance(value, FileRef):

@@ -10,6 +10,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from engine.quality.spec import QualitySpec
 from engine.spec.cache import CacheSpec
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -77,6 +78,9 @@ class PromoteSpec(Strict):
     """`promote:` on an llm step: when its logged answers graduate to a lookup or a script."""
 
     enabled: bool = Field(True, description="mine this step for promotions")
+    evidence: Literal["trusted", "any"] = Field(
+        "trusted", description="trusted: only reference, verified and labelled answers build lookups and "
+                               "scripts; any: every valid answer counts (agreement is not correctness)")
     min_calls: int = Field(3, ge=1, description="calls an input needs before it may become a lookup row")
     min_agreement: float = Field(0.95, ge=0, le=1, description="share of the most common answer required")
     normalize: list[Literal["case", "whitespace"]] = Field(
@@ -96,7 +100,8 @@ class PromoteSpec(Strict):
 class LLMSpec(Strict):
     """A prompt sent to a tier, validated against a schema, capped at `max_tokens`."""
 
-    tier: str = Field("local", description="the tier to ask first")
+    tier: str = Field("local", description="the tier to ask first; auto: every tier, cheapest first, "
+                                            "gated by calibrated confidence")
     system: str | FileRef | None = Field(None, description="the static part of the prompt")
     prompt: str | FileRef = Field(description="jinja2 template over the step's inputs")
     schema_: FileRef | dict[str, Any] | str = Field(
@@ -109,6 +114,8 @@ class LLMSpec(Strict):
     promote: PromoteSpec = Field(default_factory=PromoteSpec,  # type: ignore[arg-type]
                                  description="promotion thresholds for this step")
     cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
+    quality: QualitySpec | None = Field(
+        None, description="reference tier, sampling, confidence gating (over engine.yaml's quality:)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)

@@ -20,6 +20,10 @@ class StepContext:
     """`engine.serving.Server`s consulted before an llm step asks its tiers."""
     tenant: str | None = None
     """The run's tenant key: caches never serve one tenant's answers to another."""
+    inline_checks: bool = False
+    """Quality checks run inline (batch) instead of after the run, off the request path."""
+    after_run: list[Any] = field(default_factory=list)
+    """Callables the runner hands to the background worker once the run is recorded."""
 
 
 @dataclass
@@ -38,6 +42,11 @@ class StepOutcome:
     """What the step would have cost straight at the most expensive tier (llm steps)."""
     cache: dict[str, Any] | None = None
     """For a cache hit: kind (exact|semantic), entry_id, similarity."""
+    trust: str | None = None
+    """reference | verified | labelled | unverified (see engine.quality.trust); None: not an llm answer."""
+    confidence: float | None = None
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    """Valid answers escalated for low confidence (compared with the reference for calibration)."""
 
     @property
     def validation_errors(self) -> list[str]:

@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 from pydantic import ValidationError
@@ -34,6 +34,8 @@ from engine.hashing import input_hash, prompt_hash, schema_hash
 from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
+from engine.quality.confidence import answer_confidence
+from engine.quality.spec import QualityPolicy
 from engine.routing import CallGate
 from engine.spec.models import LLMSpec, ModelEntry
 from engine.steps.base import StepContext, StepOutcome
@@ -152,16 +154,26 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
-    outcome = ask_tiers(ctx, call)
+    from engine.quality.cascade import ask_with_quality
+
+    outcome = ask_with_quality(ctx, call)
     outcome.baseline_cost = baseline_cost(premium, call.messages, outcome.output, outcome.attempts)
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
     return outcome
 
 
-def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
+def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = None,
+              policy: QualityPolicy | None = None, purpose: str | None = None,
+              threshold: Any = None) -> StepOutcome:
     """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors (and past
-    models cooling down or over budget, see `engine.routing`), escalate."""
+    models cooling down or over budget, see `engine.routing`), escalate.
+
+    `tiers`: the tiers to ask (default: the step's `[tier, *escalate]`). With a quality `policy`,
+    each valid answer is logged with its trust level, and a monitored tier's answer whose
+    confidence is below `threshold(tier)` escalates (reason `low_confidence`; kept on the
+    outcome's `deferred` for calibration). `purpose` marks calls that do not serve the step
+    (`quality_check`, `spot_check`): they are logged but never linked to the step's cost."""
     spec, values, hashes = call.spec, call.values, call.hashes
     base = call.messages
     gate = CallGate(ctx.config, ctx.store, ctx.run_id, ctx.workflow.name)
@@ -169,17 +181,22 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
     totals = {"tokens_in": 0, "tokens_out": 0, "cost": 0.0}
     blocked_by: list[str] = []
 
-    tiers = [spec.tier, *spec.escalate]
+    tiers = list(tiers) if tiers is not None else [spec.tier, *spec.escalate]
+    deferred: list[dict[str, Any]] = []
     for tier_no, tier in enumerate(tiers):
+        gated = (policy is not None and purpose is None and policy.wants_confidence and policy.monitored(tier)
+                 and tier_no + 1 < len(tiers))
+        trust = "reference" if policy is not None and tier == policy.reference else "unverified"
+        low_confidence = False
         for entry in ctx.config.chain(tier):
             messages = list(base)
             for attempt_no in range(1 + spec.retries):
                 attempt: dict[str, Any] = {"tier": tier, "provider": entry.provider, "model": entry.model_name,
-                                           "attempt": attempt_no + 1, "reason": None}
+                                           "attempt": attempt_no + 1, "reason": None, "purpose": purpose}
                 request = CompletionRequest(
                     model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
                     schema=call.schema,
-                    temperature=spec.temperature, options=entry.options)
+                    temperature=spec.temperature, options=entry.options, logprobs=gated)
                 started = time.perf_counter()
                 provider = get_provider(entry.provider)
                 admission = gate.admit(tier, entry, request, provider)
@@ -235,14 +252,33 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     messages = [*messages, {"role": "assistant", "content": completion.text},
                                 {"role": "user", "content": reask_message(str(e))}]
                     continue
-                attempt.update(outcome="valid", output=output)
+                confidence = completion.confidence
+                if confidence is None and completion.logprobs:
+                    confidence = answer_confidence(completion.text, completion.logprobs, call.schema)
+                attempt.update(outcome="valid", output=output, trust=trust, confidence=confidence)
+                if gated and confidence is not None and threshold is not None and confidence < threshold(tier):
+                    attempt.update(reason="low_confidence", trust="unverified")
+                    _log(ctx, attempt, hashes, values, output)
+                    gate.settle(admission, cost)
+                    attempts.append(attempt)
+                    deferred.append(attempt)
+                    low_confidence = True
+                    break  # escalate past this tier for this request
                 _log(ctx, attempt, hashes, values, output)
                 gate.settle(admission, cost)
                 attempts.append(attempt)
                 return StepOutcome(output=output, served_by="llm", tier=tier, provider=entry.provider,
-                                   model=entry.model_name, attempts=attempts, **totals)  # type: ignore[arg-type]
+                                   model=entry.model_name, attempts=attempts, trust=trust, confidence=confidence,
+                                   deferred=deferred, **totals)  # type: ignore[arg-type]
             else:
                 break  # re-asks exhausted on this tier: escalate
+            if low_confidence:
+                break
+    if deferred:  # every tier past a low-confidence answer failed: it is still a valid answer
+        best = max(deferred, key=lambda a: a.get("confidence") or 0.0)
+        return StepOutcome(output=best["output"], served_by="llm", tier=best["tier"], provider=best["provider"],
+                           model=best["model"], attempts=attempts, trust="unverified",
+                           confidence=best.get("confidence"), deferred=[], **totals)  # type: ignore[arg-type]
     if blocked_by:
         raise BudgetExceededError(ctx.step_id, attempts, sorted(set(m.split(" would be")[0] for m in blocked_by)))
     raise LLMStepError(ctx.step_id, attempts)
@@ -260,5 +296,6 @@ def _log(ctx: StepContext, attempt: dict[str, Any], hashes: dict[str, str], valu
         "cost": attempt.get("cost", 0.0), "latency_ms": attempt.get("latency_ms"),
         "finish_reason": attempt.get("finish_reason"), "outcome": attempt["outcome"], "output": output,
         "raw_output": attempt.get("raw_output"), "error": attempt.get("error"),
-        "reason": attempt.get("reason"),
+        "reason": attempt.get("reason"), "trust": attempt.get("trust"), "purpose": attempt.get("purpose"),
+        "confidence": attempt.get("confidence"),
     })

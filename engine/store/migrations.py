@@ -158,3 +158,47 @@ def m040(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")
+
+
+@migration("050_quality")
+def m050(db: sqlite_utils.Database) -> None:
+    """Issue 10: provenance and trust on every logged answer; people's feedback; the cheap-tier
+    quality monitor's checks, tier states and decisions (see engine.quality)."""
+    db.table("llm_calls").add_column("trust", str)       # reference | verified | labelled | unverified
+    db.table("llm_calls").add_column("verified_by", str)  # who confirmed it: reference:<tier> | person
+    db.table("llm_calls").add_column("purpose", str)      # run (NULL) | quality_check | spot_check | judge
+    db.table("llm_calls").add_column("confidence", float)
+    db.table("steps").add_column("trust", str)
+    db.table("steps").add_column("confidence", float)
+    db.table("feedback").create(
+        {
+            "id": int, "workflow": str, "step_id": str, "run_id": str, "schema_hash": str,
+            "prompt_hash": str, "input_hash": str, "input": str, "output": str, "kind": str,
+            "source": str, "created_at": str,
+        },
+        pk="id",
+    )
+    db.table("feedback").create_index(["workflow", "step_id", "schema_hash"])
+    db.table("quality_checks").create(
+        {
+            "id": int, "workflow": str, "step_id": str, "tier": str, "model": str, "run_id": str,
+            "input_hash": str, "mode": str, "status": str, "served": int, "confidence": float,
+            "cheap_output": str, "reference_output": str, "reference_tier": str, "cost": float,
+            "reason": str, "created_at": str,
+        },
+        pk="id",
+    )
+    db.table("quality_checks").create_index(["workflow", "step_id", "tier", "id"])
+    db.table("quality_state").create(
+        {
+            "workflow": str, "step_id": str, "tier": str, "state": str, "since": str,
+            "epoch_check_id": int, "reason": str, "updated_at": str,
+        },
+        pk=("workflow", "step_id", "tier"),
+    )
+    db.table("quality_events").create(
+        {"id": int, "workflow": str, "step_id": str, "tier": str, "event": str, "detail": str,
+         "created_at": str},
+        pk="id",
+    )
+    db.table("quality_events").create_index(["workflow", "step_id"])

@@ -18,7 +18,8 @@ import sqlite_utils
 
 from engine.store.migrations import _now, migrate
 
-JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "input"}
+JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "input", "cheap_output",
+                "reference_output"}
 
 
 def _dump(value: Any) -> str | None:
@@ -87,7 +88,7 @@ class SQLiteStore:
         with self.lock:
             self.db.execute(
                 "UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
-                "AND step_execution_id IS NULL", [step_execution_id, run_id, step_id])
+                "AND step_execution_id IS NULL AND purpose IS NULL", [step_execution_id, run_id, step_id])
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ steps:
         required: [label]
         additionalProperties: false
       max_tokens: 12
+      quality: {reference: local}     # the labeller is right: its answers are the reference
       promote: {spot_check: 0%s}
 """
 

@@ -25,7 +25,8 @@ def test_groups_by_normalised_input_with_thresholds(label_wf, labeller, store):
 
 
 def test_agreement_threshold_and_per_step_settings(label_wf, fake, store):
-    path = label_wf()
+    """Agreement thresholds of `evidence: any` (with trusted evidence, disagreeing answers are a conflict)."""
+    path = label_wf(", evidence: any")
     fake.enqueue(*[{"label": "short"}] * 19, {"label": "long"})
     for _ in range(20):
         run_workflow(path, {"text": "flip"})
@@ -33,7 +34,8 @@ def test_agreement_threshold_and_per_step_settings(label_wf, fake, store):
     group = log.groups['{"text":"flip"}']
     assert (group.calls, group.distinct_outputs, group.agreement) == (20, 2, 0.95)
     assert log.candidates(load_workflow(path).step("classify").llm.promote)  # 0.95 >= 0.95
-    strict = label_wf(", min_agreement: 0.99, min_calls: 2")
+    assert not _mine(label_wf(), store).candidates(load_workflow(label_wf()).step("classify").llm.promote)
+    strict = label_wf(", evidence: any, min_agreement: 0.99, min_calls: 2")
     assert not _mine(strict, store).candidates(load_workflow(strict).step("classify").llm.promote)
 
 

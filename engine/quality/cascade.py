@@ -1,0 +1,129 @@
+"""The llm step's cascade under its quality policy: which tiers to ask, and checking a cheap
+tier's answer against the reference.
+
+    1. tiers the monitor escalated past are skipped (logged as `skipped`, reason `quality`);
+    2. the tiers answer (`ask_tiers`), a monitored tier's low-confidence answer escalating;
+    3. the answer is logged with its trust: `reference` from the reference tier, else `unverified`;
+    4. low-confidence answers that the reference then answered are compared for free (calibration);
+    5. a share of a monitored tier's served answers is re-asked of the reference: inline in batch
+       runs (a disagreement returns the reference's answer), else after the run, off the request
+       path. Agreement marks the answer `verified`; a reference that cannot answer (no key,
+       offline, outage) is counted as a skipped check and the answer stays `unverified`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from engine.errors import EngineError, StepError
+from engine.quality import records
+from engine.quality.compare import answers_agree
+from engine.quality.monitor import Monitor, monitor_for, sampled
+from engine.quality.spec import QualityPolicy, resolve_policy
+from engine.quality.trust import REFERENCE, VERIFIED
+from engine.steps.base import StepContext, StepOutcome
+from engine.steps.llm import LLMCall, ask_tiers
+
+_policies: dict[tuple[int, int], tuple[Any, Any, QualityPolicy]] = {}
+_policies_lock = threading.Lock()
+
+
+def policy_for(spec: Any, config: Any) -> QualityPolicy:
+    """The step's resolved policy (cached per spec and config object)."""
+    key = (id(spec), id(config))
+    with _policies_lock:
+        hit = _policies.get(key)
+        if hit is not None and hit[0] is spec and hit[1] is config:
+            return hit[2]
+    policy = resolve_policy(spec, config)
+    with _policies_lock:
+        if len(_policies) > 4096:
+            _policies.clear()
+        _policies[key] = (spec, config, policy)
+    return policy
+
+
+def ask_with_quality(ctx: StepContext, call: LLMCall) -> StepOutcome:
+    policy = policy_for(call.spec, ctx.config)
+    monitor = monitor_for(ctx.store) if ctx.store is not None else None
+    wf, step = ctx.workflow.name, ctx.step_id
+    skipped: list[str] = []
+    tiers = list(policy.chain)
+    if monitor is not None:
+        tiers, skipped = monitor.usable_tiers(wf, step, policy)
+    threshold = (lambda tier: monitor.threshold(wf, step, tier, policy)) if monitor is not None else (
+        lambda tier: float(policy.min_confidence) if isinstance(policy.min_confidence, (int, float)) else 1.01)
+    try:
+        outcome = ask_tiers(ctx, call, tiers=tiers, policy=policy, threshold=threshold)
+    except StepError as e:
+        if skipped and hasattr(e, "attempts"):
+            e.attempts[:0] = [_skip_note(t) for t in skipped]  # type: ignore[attr-defined]
+        raise
+    outcome.attempts[:0] = [_skip_note(t) for t in skipped]
+    if monitor is None:
+        return outcome
+    if outcome.tier == policy.reference:
+        for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
+            agree = answers_agree(policy, low["output"], outcome.output, _judge(ctx, policy))
+            monitor.record(policy, workflow=wf, step_id=step, tier=low["tier"], model=low["model"],
+                           run_id=ctx.run_id, input_hash=call.input_hash, mode="escalation",
+                           status="agree" if agree else "disagree", served=False, confidence=low.get("confidence"),
+                           cheap_output=low["output"], reference_output=outcome.output,
+                           reference_tier=policy.reference, cost=0.0)
+    if outcome.tier is None or not policy.monitored(outcome.tier):
+        return outcome
+    if not sampled(monitor.sample_rate(wf, step, outcome.tier, policy)):
+        return outcome
+    if ctx.inline_checks:
+        return check(ctx, call, policy, monitor, outcome, inline=True)
+    background_ctx = dataclasses.replace(ctx, servers=[], after_run=[])
+    ctx.after_run.append(lambda: check(background_ctx, call, policy, monitor, outcome, inline=False))
+    return outcome
+
+
+def _skip_note(tier: str) -> dict[str, Any]:
+    return {"tier": tier, "provider": None, "model": None, "attempt": 0, "outcome": "skipped", "reason": "quality",
+            "error": f"tier '{tier}' is escalated past by the quality monitor (engine quality)"}
+
+
+def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
+          *, inline: bool) -> StepOutcome:
+    """Re-ask the reference; record the verdict; inline, a disagreement serves the reference's answer."""
+    assert policy.reference is not None and outcome.tier is not None
+    wf, step = ctx.workflow.name, ctx.step_id
+    common = dict(workflow=wf, step_id=step, tier=outcome.tier, model=outcome.model, run_id=ctx.run_id,
+                  input_hash=call.input_hash, mode="inline" if inline else "background", served=True,
+                  confidence=outcome.confidence, cheap_output=outcome.output, reference_tier=policy.reference)
+    try:
+        ref = ask_tiers(ctx, call, tiers=[policy.reference], policy=policy, purpose="quality_check")
+    except EngineError as e:
+        monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
+                       reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]
+        return outcome
+    agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy))
+    monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output,
+                   cost=ref.cost, **common)  # type: ignore[arg-type]
+    if agree:
+        if ctx.store is not None:
+            records.mark_verified(ctx.store, ctx.run_id, step, f"reference:{policy.reference}")
+        outcome.trust = VERIFIED
+        return outcome
+    if not inline:
+        return outcome
+    return StepOutcome(output=ref.output, served_by="llm", tier=ref.tier, provider=ref.provider, model=ref.model,
+                       attempts=outcome.attempts, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
+                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence)
+
+
+def _judge(ctx: StepContext, policy: QualityPolicy) -> Any:
+    if policy.judge is None:
+        return None
+
+    def ask(messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        from engine.quality.judge import ask_judge
+
+        return ask_judge(ctx, policy.judge or "", messages, schema)
+
+    return ask

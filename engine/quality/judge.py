@@ -1,0 +1,42 @@
+"""`compare: {judge: TIER}`: a tier decides whether two answers mean the same. Its calls are
+logged with purpose `judge` (real spend, reported with the quality checks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from engine.errors import AuthenticationError, ProviderError
+from engine.providers.base import CompletionRequest
+from engine.providers.registry import get_provider
+from engine.steps.base import StepContext
+from engine.steps.llm import cost_of
+
+
+def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+    """The judge's validated JSON answer; None when no model of the tier could answer."""
+    for entry in ctx.config.chain(tier):
+        started = time.perf_counter()
+        try:
+            completion = get_provider(entry.provider).complete(CompletionRequest(
+                model=entry.model_name, messages=messages, max_tokens=16, schema=schema, options=entry.options))
+        except AuthenticationError:
+            return None
+        except ProviderError:
+            continue
+        try:
+            value = json.loads(completion.text)
+        except ValueError:
+            value = None
+        if ctx.store is not None:
+            ctx.store.record_llm_call({
+                "run_id": ctx.run_id, "workflow": ctx.workflow.name, "step_id": ctx.step_id, "tier": tier,
+                "provider": entry.provider, "model": entry.model_name, "attempt": 1,
+                "tokens_in": completion.input_tokens, "tokens_out": completion.output_tokens,
+                "cost": cost_of(entry, completion, ctx.config.pricing),
+                "latency_ms": (time.perf_counter() - started) * 1000, "finish_reason": completion.finish_reason,
+                "outcome": "valid" if isinstance(value, dict) else "invalid", "output": value,
+                "raw_output": completion.text, "purpose": "judge"})
+        return value
+    return None

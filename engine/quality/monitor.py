@@ -1,0 +1,225 @@
+"""The cheap-tier quality monitor: which tiers a step may use now, how often to check them, and
+what a check's verdict changes.
+
+States per (workflow, step, tier), kept in the store so every process sees them:
+    active      used; a share `sample` of its valid answers is re-asked of the reference
+    escalated   the Wilson lower bound of its disagreement passed `max_disagreement`: the step
+                escalates straight past it (logged in quality_events)
+    probation   after the cool-off (`cooloff` seconds or `cooloff_runs` runs of the step) or
+                `engine quality reset`: used again, sampled at `probation_sample`; back to active
+                after `probation_checks` checks without passing the bound, else escalated again
+Only checks of answers that were served count toward disagreement (answers escalated for low
+confidence are compared too, for calibration, but were never returned).
+
+Interactive runs check off the request path, on one background worker per process (`drain()`
+waits for it; the CLI and `Engine.close()` do, and so does interpreter exit); batch runs check
+inline, and a disagreeing inline check returns the reference's answer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from engine.quality import records
+from engine.quality.confidence import calibrate
+from engine.quality.records import ACTIVE, ESCALATED, PROBATION
+from engine.quality.spec import AUTO, QualityPolicy
+from engine.quality.stats import wilson_bounds
+
+_rng = random.Random()
+_rng_lock = threading.Lock()
+_STATE_TTL = 1.0  # seconds a tier state read from the store is reused
+
+
+def seed(value: int) -> None:
+    """Seed the sampler (benchmarks and tests)."""
+    with _rng_lock:
+        _rng.seed(value)
+
+
+def sampled(rate: float) -> bool:
+    if rate <= 0:
+        return False
+    if rate >= 1:
+        return True
+    with _rng_lock:
+        return _rng.random() < rate
+
+
+class Monitor:
+    """Tier states and confidence thresholds of one store, cached briefly in memory."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self._states: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
+        self._thresholds: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    # --- states ---------------------------------------------------------------------------------
+
+    def state(self, workflow: str, step_id: str, tier: str, policy: QualityPolicy) -> dict[str, Any]:
+        key = (workflow, step_id, tier)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._states.get(key)
+        if cached is not None and now - cached[0] < _STATE_TTL:
+            row = cached[1]
+        else:
+            row = records.get_state(self.store, workflow, step_id, tier)
+            with self._lock:
+                self._states[key] = (now, row)
+        if row["state"] == ESCALATED and self._cooled_off(row, policy):
+            self._move(workflow, step_id, tier, PROBATION, "cool-off over: tried again under heavier sampling")
+            return self.state(workflow, step_id, tier, policy)
+        return row
+
+    def _cooled_off(self, row: dict[str, Any], policy: QualityPolicy) -> bool:
+        since = row.get("since")
+        if not since:
+            return True
+        elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds()
+        if elapsed >= policy.cooloff:
+            return True
+        return records.step_runs_since(self.store, row["workflow"], row["step_id"], since) >= policy.cooloff_runs
+
+    def _move(self, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
+        records.set_state(self.store, workflow, step_id, tier, state, reason)
+        with self._lock:
+            self._states.pop((workflow, step_id, tier), None)
+            self._thresholds.pop((workflow, step_id, tier), None)
+
+    def usable_tiers(self, workflow: str, step_id: str, policy: QualityPolicy) -> tuple[list[str], list[str]]:
+        """(tiers to ask in order, monitored tiers skipped because they are escalated)."""
+        use, skipped = [], []
+        for tier in policy.chain:
+            if policy.monitored(tier) and self.state(workflow, step_id, tier, policy)["state"] == ESCALATED:
+                skipped.append(tier)
+            else:
+                use.append(tier)
+        return use, skipped
+
+    def sample_rate(self, workflow: str, step_id: str, tier: str, policy: QualityPolicy) -> float:
+        if not policy.monitored(tier):
+            return 0.0
+        state = self.state(workflow, step_id, tier, policy)["state"]
+        return max(policy.sample, policy.probation_sample) if state == PROBATION else policy.sample
+
+    # --- verdicts -------------------------------------------------------------------------------
+
+    def record(self, policy: QualityPolicy, *, workflow: str, step_id: str, tier: str, **check: Any) -> None:
+        """Store a check, then move the tier if its served answers now disagree too often."""
+        records.record_check(self.store, workflow=workflow, step_id=step_id, tier=tier, **check)
+        with self._lock:
+            self._thresholds.pop((workflow, step_id, tier), None)
+        if check["status"] == "skipped" or not check.get("served", True):
+            return
+        row = records.get_state(self.store, workflow, step_id, tier)
+        served = [c for c in records.checks(self.store, workflow, step_id, tier, after_id=row["epoch_check_id"] or 0)
+                  if c["status"] != "skipped" and c["served"]]
+        n = len(served)
+        disagree = sum(1 for c in served if c["status"] == "disagree")
+        lower, upper = wilson_bounds(disagree, n, policy.confidence)
+        if row["state"] != ESCALATED and n >= policy.min_checks and lower > policy.max_disagreement:
+            self._move(workflow, step_id, tier, ESCALATED,
+                       f"disagreed with the reference {disagree}/{n} ({disagree / n:.1%}; Wilson lower bound "
+                       f"{lower:.1%} > max_disagreement {policy.max_disagreement:.1%})")
+        elif row["state"] == PROBATION and n >= policy.probation_checks:
+            self._move(workflow, step_id, tier, ACTIVE,
+                       f"probation passed: {disagree}/{n} disagreements (Wilson lower bound {lower:.1%})")
+
+    def reset(self, workflow: str | None = None, step_id: str | None = None, tier: str | None = None) -> int:
+        """Put escalated tiers (matching the filter) on probation now."""
+        moved = 0
+        for row in records.all_states(self.store):
+            if (workflow and row["workflow"] != workflow) or (step_id and row["step_id"] != step_id) or (
+                    tier and row["tier"] != tier) or row["state"] == PROBATION:
+                continue
+            self._move(row["workflow"], row["step_id"], row["tier"], PROBATION, "engine quality reset")
+            moved += 1
+        return moved
+
+    # --- confidence -----------------------------------------------------------------------------
+
+    def threshold(self, workflow: str, step_id: str, tier: str, policy: QualityPolicy) -> float:
+        """The confidence a cheap answer needs to be served. A fixed `min_confidence`, or with
+        `auto` the lowest threshold at which reference-checked answers agreed at least
+        `target_agreement` (above 1, i.e. always escalate, until `calibration_min` checks exist)."""
+        if policy.min_confidence is None:
+            return 0.0
+        if policy.min_confidence != AUTO:
+            return float(policy.min_confidence)
+        key = (workflow, step_id, tier)
+        with self._lock:
+            cached = self._thresholds.get(key)
+        if cached is not None:
+            return cached[1]
+        pairs = [(c["confidence"], c["status"] == "agree")
+                 for c in records.checks(self.store, workflow, step_id, tier, limit=2000)
+                 if c["status"] != "skipped" and c["confidence"] is not None]
+        value = calibrate(pairs, policy.target_agreement, minimum=policy.calibration_min)
+        with self._lock:
+            self._thresholds[key] = (len(pairs), value)
+        return value
+
+
+_monitors: dict[int, Monitor] = {}
+_monitors_lock = threading.Lock()
+
+
+def monitor_for(store: Any) -> Monitor:
+    with _monitors_lock:
+        monitor = _monitors.get(id(store))
+        if monitor is None or monitor.store is not store:
+            monitor = _monitors[id(store)] = Monitor(store)
+        return monitor
+
+
+# --- background checks ----------------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_pending: set[Future[Any]] = set()
+_pending_lock = threading.Lock()
+
+
+def submit(fn: Callable[[], Any]) -> Future[Any]:
+    """Run a check off the request path (one worker per process, in order)."""
+    global _executor
+    with _pending_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-quality")
+        future = _executor.submit(fn)
+        _pending.add(future)
+    future.add_done_callback(lambda f: _discard(f))
+    return future
+
+
+def _discard(future: Future[Any]) -> None:
+    with _pending_lock:
+        _pending.discard(future)
+
+
+def drain(timeout: float | None = 120.0) -> int:
+    """Wait for queued background checks; returns how many were still pending."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _pending_lock:
+            pending = list(_pending)
+        if not pending:
+            return 0
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if left == 0.0:
+            return len(pending)
+        for future in pending:
+            try:
+                future.result(timeout=left)
+            except Exception:  # noqa: BLE001 - a failed check is logged as skipped by the check itself
+                pass
+
+
+atexit.register(drain, 60.0)

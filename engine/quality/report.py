@@ -1,0 +1,36 @@
+"""The quality table behind `engine quality`, `engine report` and the HTML report: per step and
+tier, how many served answers were checked, how many agreed, Wilson bounds, and the tier's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.quality import records
+from engine.quality.stats import wilson_bounds
+
+
+def quality_rows(store: Any, *, workflow: str | None = None, step_id: str | None = None,
+                 confidence: float = 0.95) -> list[dict[str, Any]]:
+    states = {(s["workflow"], s["step_id"], s["tier"]): s for s in records.all_states(store)}
+    out = []
+    seen = set()
+    for r in records.summary(store, workflow, step_id):
+        key = (r["workflow"], r["step_id"], r["tier"])
+        seen.add(key)
+        sampled, agreed = int(r["sampled"] or 0), int(r["agreed"] or 0)
+        low, high = wilson_bounds(sampled - agreed, sampled, confidence)
+        state = states.get(key, {})
+        out.append({"workflow": r["workflow"], "step_id": r["step_id"], "tier": r["tier"], "sampled": sampled,
+                    "agreed": agreed, "agreement": agreed / sampled if sampled else 0.0,
+                    "disagreement_low": low, "disagreement_high": high, "skipped": int(r["skipped"] or 0),
+                    "escalation_checks": int(r["escalation_checks"] or 0), "cost": float(r["cost"] or 0.0),
+                    "state": state.get("state", records.ACTIVE), "reason": state.get("reason"),
+                    "since": state.get("since")})
+    for key, state in states.items():
+        if key in seen or (workflow and key[0] != workflow) or (step_id and key[1] != step_id):
+            continue
+        out.append({"workflow": key[0], "step_id": key[1], "tier": key[2], "sampled": 0, "agreed": 0,
+                    "agreement": 0.0, "disagreement_low": 0.0, "disagreement_high": 1.0, "skipped": 0,
+                    "escalation_checks": 0, "cost": 0.0, "state": state["state"], "reason": state.get("reason"),
+                    "since": state.get("since")})
+    return out
