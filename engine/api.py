@@ -180,10 +180,10 @@ class Engine:
             stores.append(open_store((self.config or load_config()).store_path()))
         else:
             stores = []
-        stores = [s for s in stores if s is not None]
-        if not stores:
+        found: list[SQLiteStore] = [s for s in stores if s is not None]
+        if not found:
             raise FeedbackError("this engine logs nothing (store=False): there are no runs to give feedback on")
-        store = next((s for s in stores if s.run(run_id) is not None), stores[0])
+        store = next((s for s in found if s.run(run_id) is not None), found[0])
         return give_feedback(store, run_id, step, ok=ok, output=output, source="api")
 
     def close(self) -> None:

@@ -120,18 +120,18 @@ class PromotionServer:
         artifact = StepOutcome(output=served, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")
         label = self._label(call)
-        policy = policy_for(call.spec, ctx.config)
+        quality = policy_for(call.spec, ctx.config)
         if label is not None:
             outcome = StepOutcome(output=label, served_by="label", provider="feedback", trust=LABELLED)
-        elif policy.reference is None:
+        elif quality.reference is None:
             return artifact  # nothing trusted to compare with: serve it, record no check
         else:
             try:
-                outcome = ask_tiers(ctx, call, tiers=[policy.reference], policy=policy, purpose="spot_check")
+                outcome = ask_tiers(ctx, call, tiers=[quality.reference], policy=quality, purpose="spot_check")
             except EngineError:  # the reference failed: serve the artifact, record no check
                 return artifact
             outcome.trust = REFERENCE
-        agree = answers_agree(policy, served, outcome.output)
+        agree = answers_agree(quality, served, outcome.output)
         records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
         policy = call.spec.promote
         recent = records.recent_checks(self.store, art.id, "spot", policy.demote_window)

@@ -198,11 +198,12 @@ def chat_logprobs(value: Any) -> list[dict[str, Any]] | None:
     if not value:
         return None
     if isinstance(value, dict) and isinstance(value.get("content"), list):
-        return [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
-                 "top_logprobs": list(t.get("top_logprobs") or [])} for t in value["content"]]
+        return [{"token": str(t.get("token", "")), "logprob": float(t.get("logprob") or 0.0),
+                 "top_logprobs": [{"token": str(a.get("token", "")), "logprob": float(a.get("logprob") or 0.0)}
+                                  for a in t.get("top_logprobs") or []]} for t in value["content"]]
     if isinstance(value, dict) and isinstance(value.get("tokens"), list):
         tops = value.get("top_logprobs") or [None] * len(value["tokens"])
-        return [{"token": tok, "logprob": lp if lp is not None else 0.0,
-                 "top_logprobs": [{"token": k, "logprob": v} for k, v in (top or {}).items()]}
+        return [{"token": str(tok), "logprob": float(lp) if lp is not None else 0.0,
+                 "top_logprobs": [{"token": str(k), "logprob": float(v)} for k, v in (top or {}).items()]}
                 for tok, lp, top in zip(value["tokens"], value.get("token_logprobs") or [], tops)]
     return None

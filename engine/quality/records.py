@@ -52,7 +52,8 @@ def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int 
 def summary(store: Any, workflow: str | None = None, step_id: str | None = None) -> list[dict[str, Any]]:
     """Per (workflow, step, tier): sampled, agreed, skipped, check cost; served checks only count
     toward agreement."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if workflow:
         where, params = [*where, "workflow = ?"], [*params, workflow]
     if step_id:

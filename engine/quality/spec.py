@@ -86,6 +86,10 @@ class QualitySpec(BaseModel):
         return QualitySpec.model_validate({**base.model_dump(exclude_none=True),
                                            **self.model_dump(exclude_none=True)})
 
+    @classmethod
+    def empty(cls) -> QualitySpec:
+        return cls.model_validate({})
+
 
 DEFAULTS: dict[str, Any] = {
     "sample": 0.05, "max_disagreement": 0.03, "target_agreement": 0.98, "min_checks": 5,
@@ -158,7 +162,7 @@ def resolve_policy(spec: Any, config: Any) -> QualityPolicy:
     """The step's effective policy: engine-level `quality:` under the step's own, then defaults."""
     base = getattr(config, "quality", None)
     own: QualitySpec | None = getattr(spec, "quality", None)
-    merged = own.merged_over(base) if own is not None else (base or QualitySpec())
+    merged = own.merged_over(base) if own is not None else (base or QualitySpec.empty())
     chain = step_chain(spec, config)
     reference = merged.reference
     if reference is None and len(chain) > 1:

@@ -56,6 +56,7 @@ steps:
         additionalProperties: false
       max_tokens: 32
       retries: 0
+      quality: {reference: premium}     # its answers are trusted evidence for promotion
       promote: {min_calls: 3, min_agreement: 0.95, spot_check: 0.02}
 """
 CONFIG = """\

@@ -129,3 +129,34 @@ def test_serve_feedback_route(triage_wf, tiers, store):
     assert ok.status_code == 200 and ok.json()["kind"] == "confirm"
     assert _count(store) == 1
     engine.close()
+
+
+def test_the_readme_loop_offline_labels_then_lookups_that_are_all_right(store):
+    """The README's offline loop on the example: no trusted evidence, import the tickets' known
+    intents, propose: every row is the ticket's label; accepted, the tickets are served at 0 tokens."""
+    root = Path(__file__).resolve().parents[2]
+    wf = root / "examples" / "support_triage" / "workflow.yaml"
+    tickets = root / "examples" / "support_triage" / "tickets.jsonl"
+    truth = {}
+    for line in tickets.read_text().splitlines():
+        item = json.loads(line)
+        truth[" ".join(item["ticket"].split()).casefold()] = item["expected_intent"]
+    import shutil
+
+    work = Path.cwd() / "triage"
+    shutil.copytree(wf.parent, work)
+    path = work / "workflow.yaml"
+    out = _invoke("promotions", "propose", str(path), "--no-scripts")
+    assert "no logged answers" in out.output
+    out = _invoke("feedback", "import", str(tickets), "-w", str(path), "--field", "expected_intent")
+    assert out.exit_code == 0 and "imported 40 labels" in out.output, out.output
+    out = _invoke("promotions", "propose", str(path), "--no-scripts")
+    assert out.exit_code == 0 and "40 rows" in out.output, out.output
+    (p,) = json.loads(_invoke("promotions", "list", "--json").output)
+    got = {" ".join(r["input"]["ticket"].split()).casefold(): r["output"]["intent"] for r in p["payload"]["rows"]}
+    assert len(got) == 40 and all(truth[k] == v for k, v in got.items())
+    assert _invoke("promotions", "accept", p["id"]).exit_code == 0
+    first = json.loads(tickets.read_text().splitlines()[0])
+    result = run_workflow(path, {"ticket": first["ticket"]})
+    assert result.step("classify").served_by == "lookup" and result.tokens_in == 0
+    assert result.outputs["intent"] == first["expected_intent"]
