@@ -160,3 +160,28 @@ def test_gpu_offload_follows_the_build(monkeypatch, gpu, expected):
     seen.clear()
     LlamaCppProvider().load("smollm2", {"n_gpu_layers": 10, "cache_bytes": 0})
     assert seen["n_gpu_layers"] == 10 and "cache" not in seen  # an explicit setting wins
+
+
+def test_logprobs_give_a_renormalised_confidence_over_the_enum():
+    """`logprobs` needs a `logits_all` instance (llama-cpp-python raises otherwise); the values are
+    the unconstrained distribution, so confidence renormalises over the allowed values."""
+    from engine.quality.confidence import answer_confidence
+
+    provider = get_provider("llamacpp")
+    intents = ["card_arrival", "lost_or_stolen_card", "exchange_rate"]
+    schema = {"type": "object", "properties": {"intent": {"enum": intents}}, "required": ["intent"],
+              "additionalProperties": False}
+    messages = [{"role": "system", "content": "Pick the intent. Reply JSON: " + json.dumps(schema)},
+                {"role": "user", "content": "Customer message: my new card has not arrived yet"}]
+    done = provider.complete(CompletionRequest(model="smollm2", messages=messages, max_tokens=24, schema=schema,
+                                               logprobs=True))
+    assert json.loads(done.text)["intent"] in intents
+    tokens = "".join(t["token"] for t in done.logprobs)
+    assert done.text.strip() in tokens
+    assert all(isinstance(t["logprob"], float) for t in done.logprobs)
+    structure = done.logprobs[0]["logprob"]
+    conf = answer_confidence(done.text, done.logprobs, schema)
+    assert conf is not None and 0 < conf <= 1
+    assert conf > min(1.0, 2.718 ** structure)  # far above the raw probability of the forced '{'
+    plain = provider.complete(CompletionRequest(model="smollm2", messages=messages, max_tokens=24, schema=schema))
+    assert plain.logprobs is None and plain.text == done.text  # same answer without logits_all

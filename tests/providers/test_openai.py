@@ -159,3 +159,33 @@ def test_timeouts_and_connection_errors(wired):
     wired.replies.append((0, http.ConnectError("connection refused"), {}))
     with pytest.raises(ProviderUnavailableError):
         OpenAIProvider(http_client=wired.client).complete(request())
+
+
+def test_logprobs_are_requested_and_parsed_for_confidence(wired):
+    """A gated step asks for logprobs (top 10); the reply's `choices[0].logprobs.content` (OpenAI's
+    documented shape) becomes the completion's logprobs and a confidence over the enum."""
+    import math
+
+    from engine.quality.confidence import answer_confidence
+
+    reply = copy.deepcopy(recorded("openai_chat_completion.json"))
+    reply["choices"][0]["message"]["content"] = '{"label":"spam"}'
+
+    def tok(t, p, alts=()):
+        return {"token": t, "logprob": math.log(p), "bytes": list(t.encode()),
+                "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())}]
+                + [{"token": a, "logprob": math.log(q), "bytes": list(a.encode())} for a, q in alts]}
+
+    reply["choices"][0]["logprobs"] = {"content": [
+        tok('{"', 0.99), tok("label", 0.99), tok('":"', 0.99), tok("sp", 0.6, [("ham", 0.2), ("other", 0.2)]),
+        tok("am", 0.99), tok('"}', 0.99)], "refusal": None}
+    wired.replies.append((200, reply, {}))
+    req = CompletionRequest(model="gpt-4o-mini", messages=request().messages, max_tokens=20, schema=SCHEMA,
+                            logprobs=True)
+    completion = OpenAIProvider(http_client=wired.client).complete(req)
+    assert wired.bodies[-1]["logprobs"] is True and wired.bodies[-1]["top_logprobs"] == 10
+    assert [t["token"] for t in completion.logprobs][:4] == ['{"', "label", '":"', "sp"]
+    assert answer_confidence(completion.text, completion.logprobs, SCHEMA) == pytest.approx(0.75, rel=1e-3)
+    wired.replies.append((200, recorded("openai_chat_completion.json"), {}))
+    OpenAIProvider(http_client=wired.client).complete(request())
+    assert "logprobs" not in wired.bodies[-1]  # only gated steps pay for them
