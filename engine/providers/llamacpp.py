@@ -13,10 +13,13 @@
   alternate static prefixes would re-evaluate them on every call. A `LlamaRAMCache` keeps the
   states of recent prompts and restores the longest matching prefix.
 
-- Confidence: a request with `logprobs` (a step gated by `min_confidence`) is answered by an
-  instance loaded with `logits_all=True` (llama-cpp-python refuses `logprobs` otherwise), with the
-  top 10 alternatives per token. These are the *unconstrained* distribution; the llm step
-  renormalises them over the allowed values (`engine.quality.confidence`).
+- Confidence: for a request with `logprobs` (a step gated by `min_confidence`) a logits processor
+  records, at each generated token, the log-probability of the chosen token and the top 10
+  alternatives. llama-cpp-python's own `logprobs=True` needs `Llama(logits_all=True)`, which keeps
+  logits for every position (n_ctx x n_vocab floats, ~800 MB for SmolLM2 at 4096) and made each
+  call ~3x the CPU here, the state cache useless; the processor costs about nothing. It sees the
+  logits before the grammar, i.e. the *unconstrained* distribution; the llm step renormalises them
+  over the allowed values (`engine.quality.confidence`).
 
 Options (tier config `options:`): `n_ctx` (4096), `n_gpu_layers` (auto), `n_threads` (all cores),
 `cache_bytes` (512 MiB; 0 disables the state cache), `seed` (0).
@@ -106,18 +109,17 @@ class LlamaCppProvider:
         self._models: dict[tuple[Any, ...], _Loaded] = {}
         self._load_lock = threading.Lock()
 
-    def load(self, model: str, options: dict[str, Any] | None = None, *, logits_all: bool = False) -> _Loaded:
+    def load(self, model: str, options: dict[str, Any] | None = None) -> _Loaded:
         """The shared model instance for these settings (loaded on first use)."""
         options = options or {}
         path = resolve_model_path(model)
         n_ctx = int(options.get("n_ctx", DEFAULT_N_CTX))
         n_gpu_layers = options.get("n_gpu_layers")
-        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"), logits_all)
+        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"))
         with self._load_lock:
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = _Loaded(self._create(path, n_ctx, n_gpu_layers, {**options, "logits_all": logits_all}),
-                                 threading.Lock())
+                loaded = _Loaded(self._create(path, n_ctx, n_gpu_layers, options), threading.Lock())
                 self._models[key] = loaded
             return loaded
 
@@ -137,7 +139,6 @@ class LlamaCppProvider:
                 n_threads=int(options.get("n_threads") or os.cpu_count() or 1),
                 seed=int(options.get("seed", 0)),
                 verbose=bool(options.get("verbose", False)),
-                logits_all=bool(options.get("logits_all", False)),
             )
         except (ValueError, RuntimeError) as e:
             raise ProviderError(f"llamacpp: cannot load '{path}': {e}", provider="llamacpp") from e
@@ -153,15 +154,18 @@ class LlamaCppProvider:
             return len(loaded.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def complete(self, request: CompletionRequest) -> Completion:
-        loaded = self.load(request.model, request.options, logits_all=request.logprobs)
+        loaded = self.load(request.model, request.options)
         llama = loaded.llama
         kwargs: dict[str, Any] = {
             "messages": request.messages,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        if request.logprobs:
-            kwargs.update(logprobs=True, top_logprobs=10)
+        recorder = _LogprobRecorder() if request.logprobs else None
+        if recorder is not None:
+            import llama_cpp
+
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
         if request.schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": grammar_safe_schema(request.schema)}
         with loaded.lock:
@@ -179,6 +183,8 @@ class LlamaCppProvider:
                 raise ProviderError(f"llamacpp: {e}", provider=self.name, model=request.model) from e
             except RuntimeError as e:
                 raise ProviderError(f"llamacpp: {e}", provider=self.name, model=request.model) from e
+            logprobs = (recorder.finish(llama, out["choices"][0]["message"].get("content") or "")
+                        if recorder is not None else None)
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         return Completion(
@@ -188,8 +194,53 @@ class LlamaCppProvider:
             output_tokens=int(usage.get("completion_tokens", 0)),
             model=Path(str(out.get("model") or request.model)).name,
             raw=out,
-            logprobs=chat_logprobs(choice.get("logprobs")),
+            logprobs=logprobs if logprobs is not None else chat_logprobs(choice.get("logprobs")),
         )
+
+
+class _LogprobRecorder:
+    """A logits processor that keeps, per generated token, the chosen token's log-probability and
+    the top 10 alternatives, in OpenAI's chat format. The token chosen at one step is the last input
+    id at the next; the final one is recovered from the reply's remaining text."""
+
+    def __init__(self, top: int = 10):
+        self.top = top
+        self.steps: list[tuple[int, Any, Any]] = []  # (chosen id or -1, logprobs, top ids)
+        self._pending: Any = None
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        if self._pending is not None:
+            self._resolve(int(input_ids[-1]))
+        x = np.asarray(logits, dtype=np.float32)
+        m = float(x.max())
+        lp = x - (m + float(np.log(np.exp(x - m, dtype=np.float64).sum())))
+        self._pending = (lp, np.argpartition(-lp, self.top)[: self.top])
+        return logits
+
+    def _resolve(self, chosen: int) -> None:
+        lp, top = self._pending
+        self._pending = None
+        self.steps.append((chosen, lp[[chosen, *top]].copy(), top))
+
+    def finish(self, llama: Any, text: str) -> list[dict[str, Any]]:
+        def piece(token: int) -> str:
+            return str(llama.detokenize([token]).decode("utf-8", errors="replace"))
+
+        if self._pending is not None:
+            done = "".join(piece(c) for c, _, _ in self.steps)
+            rest = text[len(done):] if text.startswith(done) else ""
+            ids = llama.tokenize(rest.encode("utf-8"), add_bos=False, special=False) if rest else []
+            if ids:
+                self._resolve(int(ids[0]))
+            self._pending = None
+        out = []
+        for chosen, values, top in self.steps:
+            out.append({"token": piece(chosen), "logprob": float(values[0]),
+                        "top_logprobs": [{"token": piece(int(t)), "logprob": float(v)}
+                                         for t, v in zip(top, values[1:])]})
+        return out
 
 
 def chat_logprobs(value: Any) -> list[dict[str, Any]] | None:

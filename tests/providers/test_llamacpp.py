@@ -163,8 +163,8 @@ def test_gpu_offload_follows_the_build(monkeypatch, gpu, expected):
 
 
 def test_logprobs_give_a_renormalised_confidence_over_the_enum():
-    """`logprobs` needs a `logits_all` instance (llama-cpp-python raises otherwise); the values are
-    the unconstrained distribution, so confidence renormalises over the allowed values."""
+    """Log-probabilities come from a logits processor (no `logits_all` instance); they are the
+    unconstrained distribution, so confidence renormalises over the allowed values."""
     from engine.quality.confidence import answer_confidence
 
     provider = get_provider("llamacpp")
@@ -184,4 +184,4 @@ def test_logprobs_give_a_renormalised_confidence_over_the_enum():
     assert conf is not None and 0 < conf <= 1
     assert conf > min(1.0, 2.718 ** structure)  # far above the raw probability of the forced '{'
     plain = provider.complete(CompletionRequest(model="smollm2", messages=messages, max_tokens=24, schema=schema))
-    assert plain.logprobs is None and plain.text == done.text  # same answer without logits_all
+    assert plain.logprobs is None and plain.text == done.text  # recording does not change the answer
