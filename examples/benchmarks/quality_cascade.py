@@ -244,17 +244,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "target_agreement": 0.98}
     plans = [("all-premium", "premium", dict(tier="premium", escalate=[], quality={"reference": "premium"},
                                               rounds=1, promote=False)),
-             ("local only", "local", dict(tier="local", escalate=[], quality={}, rounds=1, promote=False)),
              (f"cascade + promotion ({args.rounds} rounds)", "cascade",
-              dict(tier="local", escalate=["premium"], quality=cascade_quality, rounds=args.rounds, promote=True))]
-    raw = []
+              dict(tier="local", escalate=["premium"], quality=cascade_quality, rounds=args.rounds, promote=True)),
+             ("local only", "local", dict(tier="local", escalate=[], quality={}, rounds=1, promote=False))]
+    raw: list[dict[str, Any]] = []
     started = time.perf_counter()
+    result: dict[str, Any] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         for name, key, plan in plans:
             if key in wanted:
                 raw.append(run_row(name, queries, premium_ms=args.premium_ms, seed=args.seed, progress=progress,
                                    **plan))  # type: ignore[arg-type]
+                result = _result(raw, queries, args, started)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=2, default=str))  # after every row
+    _print(result, console)
+    _chart(result, args.out.with_suffix(".png"), console)
+    return result
+
+
+def _result(raw: list[dict[str, Any]], queries: dict[str, str], args: argparse.Namespace,
+            started: float) -> dict[str, Any]:
     premium = next((r for r in raw if r["name"] == "all-premium"), None)
     baseline = premium["rounds"][0]["cost"] if premium else _premium_cost(queries)
     rows = []
@@ -263,16 +274,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(summarise({**r, "name": "cascade (round 1)", "rounds": r["rounds"][:1], "lookup_rows": 0,
                                    "lookup_rows_correct": 0}, baseline))
         rows.append(summarise(r, baseline))
-    result = {"machine": f"{os.cpu_count()} CPU cores, no GPU (llama.cpp CPU build)", "queries": len(queries),
-              "intents": list(INTENTS), "premium": f"replay answering the label, priced {INPUT_PRICE}/{OUTPUT_PRICE} "
-                                                  f"USD per M tokens, {args.premium_ms:g} ms simulated latency",
-              "all_premium_cost_per_round": baseline, "rows": rows, "raw": raw,
-              "wall_s": round(time.perf_counter() - started, 1)}
-    _print(result, console)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
-    _chart(result, args.out.with_suffix(".png"), console)
-    return result
+    return {"machine": f"{os.cpu_count()} CPU cores, no GPU (llama.cpp CPU build)", "queries": len(queries),
+            "intents": list(INTENTS), "premium": f"replay answering the label, priced {INPUT_PRICE}/{OUTPUT_PRICE} "
+                                                 f"USD per M tokens, {args.premium_ms:g} ms simulated latency",
+            "all_premium_cost_per_round": baseline, "rows": rows, "raw": raw,
+            "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def _premium_cost(queries: dict[str, str]) -> float:
