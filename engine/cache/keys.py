@@ -30,6 +30,12 @@ def tenant_of(ctx: StepContext, spec: CacheSpec) -> str | None:
 
 
 def model_key(ctx: StepContext, call: LLMCall) -> str:
+    if call.spec.tier == "auto":  # every tier, cheapest first (engine.quality.spec.step_chain)
+        from engine.quality.spec import step_chain
+
+        tiers = step_chain(call.spec, ctx.config)
+        chain = [entry.model for tier in tiers for entry in ctx.config.chain(tier)]
+        return sha256(canonical_json(["auto", chain]))[:16]
     chain = [entry.model for entry in ctx.config.chain(call.spec.tier)]
     return sha256(canonical_json([call.spec.tier, chain]))[:16]
 
