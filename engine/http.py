@@ -1,8 +1,13 @@
 """`engine serve`: workflows over HTTP, a thin layer over `Engine` (needs the `serve` extra).
 
     GET  /workflows              name, version, description and input schema of each workflow
-    POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out
-                                 (422 when the inputs fail the workflow's input schemas)
+    POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out:
+                                 200 when the run succeeded, 500 with the same body when it
+                                 failed, 422 when the inputs fail the workflow's input schemas,
+                                 400 for a malformed body or tenant, 413 for a body over the limit,
+                                 401 without the bearer token (when ENGINE_SERVE_TOKEN is set)
+
+The tenant comes from the `X-Engine-Tenant` header. Guards: engine.http_guard.
 
 Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) shows its inputs.
 """
@@ -12,9 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine import http_guard
 from engine.api import Engine
 from engine.errors import InputError, UserError
 from engine.runner import RunResult
+
+FAILED_RUN_STATUS = 500
 
 
 def result_body(result: RunResult) -> dict[str, Any]:
@@ -26,13 +34,18 @@ def result_body(result: RunResult) -> dict[str, Any]:
     }
 
 
-def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
+def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,
+               token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER) -> Any:
+    """The app; `max_body` bytes per request (413 above), `token` required as a bearer token
+    when given, the tenant read from `tenant_header`."""
     try:
-        from fastapi import Body, FastAPI, HTTPException
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
     except ImportError as e:  # pragma: no cover - depends on the install
         raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
 
     app = FastAPI(title="engine", description="Workflows over HTTP: JSON in, JSON out.")
+    http_guard.install(app, max_body=max_body, token=token)
     loaded = [engine.load(w) for w in workflows]
 
     @app.get("/workflows")
@@ -46,11 +59,19 @@ def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
                   "required": [n for n, s in wf.inputs.items() if "default" not in s]}
 
         def make(name: str) -> Any:
-            async def run(inputs: dict[str, Any] = Body(...)) -> dict[str, Any]:
+            async def run(request: Request) -> Any:
                 try:
-                    return result_body(await engine.arun(name, inputs))
+                    inputs = http_guard.parse_body(await request.body())
+                    tenant = http_guard.tenant_from(request.headers, tenant_header)
+                except http_guard.BadRequest as e:
+                    return JSONResponse({"detail": e.detail}, status_code=e.status)
+                if not isinstance(inputs, dict):
+                    return JSONResponse({"detail": "the body must be a JSON object of inputs"}, status_code=422)
+                try:
+                    result = await engine.arun(name, inputs, tenant=tenant)
                 except InputError as e:
-                    raise HTTPException(status_code=422, detail=str(e)) from None
+                    return JSONResponse({"detail": str(e)}, status_code=422)
+                return JSONResponse(result_body(result), status_code=200 if result.ok else FAILED_RUN_STATUS)
 
             return run
 
