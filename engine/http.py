@@ -73,6 +73,7 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
                     return JSONResponse({"detail": str(e)}, status_code=422)
                 return JSONResponse(result_body(result), status_code=200 if result.ok else FAILED_RUN_STATUS)
 
+            run.__annotations__["request"] = Request  # FastAPI resolves it here, not as a string
             return run
 
         app.post(f"/workflows/{wf.name}/run", summary=wf.description or f"Run {wf.name}",

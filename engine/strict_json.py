@@ -21,7 +21,7 @@ _DETAIL = 200
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (the output must be strict JSON)")
+    raise ValueError(f"{name} is not allowed in strict JSON")
 
 
 def check_size(text: str, max_chars: int = MAX_REPLY_CHARS) -> None:

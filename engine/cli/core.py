@@ -60,7 +60,7 @@ def validate_cmd(workflows: tuple[Path, ...]) -> None:
     """Check workflow files; print every problem with file:line:column."""
     for path in workflows:
         wf = load_workflow(path)
-        click.echo(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)")
+        click.echo(escape_control(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)"))
 
 
 @click.command("schema")

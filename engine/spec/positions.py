@@ -123,8 +123,13 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, PositionMap]:
         if e.context and e.context_mark is not None and e.context_mark is not mark:
             message += f" ({e.context} at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
         raise YAMLSyntaxError(loc, message) from e
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise YAMLSyntaxError(f"{filename}:{line}:{column}", f"YAML error: character #x{e.character:04x} is not "
+                                                             f"allowed in YAML (control characters)") from None
     except yaml.YAMLError as e:
-        raise YAMLSyntaxError(f"{filename}:1:1", f"YAML error: {e}") from e
+        raise YAMLSyntaxError(f"{filename}:1:1", f"YAML error: {str(e).splitlines()[0]}") from e
     except RecursionError:
         raise YAMLSyntaxError(f"{filename}:1:1", f"nesting deeper than {MAX_DEPTH} levels") from None
     positions.marks[()] = (node.start_mark.line + 1, node.start_mark.column + 1)

@@ -53,8 +53,9 @@ def bomb(levels: int = 9) -> str:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("name: x\nname: y\nsteps: []\n", "workflow.yaml:2:1: YAML syntax error: duplicate key 'name' (first at line 1)"),
-    ("name: &a [*a]\nsteps: []\n", "workflow.yaml:1:7: YAML syntax error: an alias refers to a node that contains it"),
+    ("name: x\nname: y\nsteps: []\n", "workflow.yaml:2:1: duplicate key 'name' (first at line 1)"),
+    ("name: &a [*a]\nsteps: []\n", "workflow.yaml:1:7: an alias refers to a node that contains it"),
+    ("name: x\x1b[2J\n", "workflow.yaml:1:8: YAML error: character #x001b is not allowed in YAML"),
     (bomb(), "expands to more than 200,000 values"),
     ("name: " + "[" * 3000 + "]" * 3000 + "\n", "nesting deeper than 100 levels"),
 ])
@@ -63,7 +64,7 @@ def test_hostile_yaml_is_a_clear_error_and_fast(project, text: str, message: str
     started = time.perf_counter()
     code, _, err = cli_run("validate", str(path))
     assert time.perf_counter() - started < 15
-    assert code == 2 and message.replace("workflow.yaml", str(path)) in err.replace(str(path.parent) + "/", str(path.parent) + "/")
+    assert code == 2 and message.replace("workflow.yaml", str(path)) in err
     assert "internal error" not in err and "Traceback" not in err
 
 
@@ -101,7 +102,7 @@ def test_undecodable_workflow_file(project) -> None:
 
 def test_schema_file_errors_do_not_echo_a_foreign_file(project, engine_home) -> None:
     secret = engine_home / "secret.txt"
-    secret.write_text("root: x:0:0:hunter2-password\n")
+    secret.write_text("type: hunter2-password\n")
     path = project(LLM.replace("schema: {type: object}", f"schema: {{file: {secret}}}") % "10")
     code, _, err = cli_run("validate", str(path))
     assert code == 2 and "invalid JSON Schema" in err and "hunter2" not in err
@@ -147,9 +148,12 @@ def test_control_characters_are_escaped_on_the_terminal(project, engine_home) ->
     code, out, _ = cli_run("run", str(path), "-i", "n=2", "-q")
     assert code == 0 and "\x1b" not in out and "\x9b" not in out
     assert json.loads(out.replace("\\x9b", "\\u009b"))["doubled"] == 4
-    bad = project(GOOD.replace("name: demo", "name: demo\nnope\x1b[2J: 1"), files=OPS, config=None)
+    bad = project(GOOD.replace("name: demo", 'name: demo\n"nope\\e[2J": 1'), files=OPS, config=None)
     code, _, err = cli_run("validate", str(bad))
-    assert code == 2 and "\x1b" not in err and "\\x1b" in err
+    assert code == 2 and "\x1b" not in err and "unknown key 'nope\\x1b[2J'" in err
+    named = project(GOOD.replace("name: demo", 'name: "demo\\e]0;pwned\\a"'), files=OPS, config=None)
+    code, out, _ = cli_run("validate", str(named))
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "demo\\x1b]0;pwned\\x07" in out
 
 
 def test_skill_parameter_of_the_wrong_type(project, engine_home) -> None:

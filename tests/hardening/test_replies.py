@@ -68,7 +68,7 @@ steps:
       tier: local
       prompt: "Label this: {{ text }}"
       schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label]}
-      max_tokens: 2000000000000
+      max_tokens: 20
       retries: 1
       escalate: [premium]
 """
@@ -76,17 +76,17 @@ steps:
 
 @pytest.mark.parametrize("hostile", HOSTILE, ids=["deep", "surrogate-escape", "nan", "huge", "raw-surrogate"])
 def test_a_hostile_reply_fails_the_attempt_then_the_run_goes_on(project, fake, hostile: str) -> None:
-    fake.enqueue(Completion(text=hostile, output_tokens=5), Completion(text=hostile, output_tokens=5),
+    fake.enqueue(Completion(text=hostile, finish_reason="stop", output_tokens=5), Completion(text=hostile, finish_reason="stop", output_tokens=5),
                  {"label": "ham"})
-    result = run_workflow(project(WORKFLOW.replace("2000000000000", "20")), {"text": "hello"})
+    result = run_workflow(project(WORKFLOW), {"text": "hello"})
     assert result.ok and result.outputs == {"classify": {"label": "ham"}}
     step = result.step("classify")
     assert step.tier == "premium" and step.attempts == 3
 
 
 def test_every_hostile_reply_failing_is_a_failed_run_not_a_crash(project, fake) -> None:
-    fake.responder = lambda request: Completion(text='{"label": NaN}', output_tokens=3)
-    result = run_workflow(project(WORKFLOW.replace("2000000000000", "20")), {"text": "hello"})
+    fake.responder = lambda request: Completion(text='{"label": NaN}', finish_reason="stop", output_tokens=3)
+    result = run_workflow(project(WORKFLOW), {"text": "hello"}, raise_on_error=False)
     assert not result.ok and "not valid JSON" in (result.error or "")
 
 
