@@ -1,9 +1,10 @@
 """The runtime layer: the program the sandboxed child runs (`python -I -S -c SOURCE`).
 
-Order matters. Before any untrusted byte is read, the child pre-imports the allowed modules and
-installs an audit hook whose whole policy is literals in its own code: no globals or closure cells
-a script could rewrite, and `function.__code__` cannot be replaced (that raises an audit event the
-hook refuses). Hooks cannot be removed. Only then is the job (code and inputs) read from stdin.
+Order matters. Before any untrusted byte is read, the child installs an audit hook whose whole
+policy is literals in its own code: no globals or closure cells a script could rewrite, and
+`function.__code__` cannot be replaced (that raises an audit event the hook refuses). Hooks cannot
+be removed. Only then is the job (code and inputs) read from stdin. Allowed modules are imported
+when the script first imports them, under the hook.
 
 The script then runs in a fresh namespace with:
 - builtins without `open`, `exec`, `eval`, `compile`, `getattr`, `globals`, ... (policy.DENIED_BUILTINS);
@@ -24,9 +25,8 @@ DENY_EVENTS = (
     "socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.system",
     "os.kill", "os.killpg", "os.putenv", "os.unsetenv", "os.chdir", "os.setxattr", "os.removexattr",
     "os.chown", "os.lchown", "os.chflags", "os.link", "os.symlink", "os.startfile", "os.add_dll_directory",
-    "pty.", "ctypes.", "signal.pthread_kill", "sys._getframe", "sys._current_frames", "sys._current_exceptions",
-    "sys.settrace", "sys.setprofile", "sys.monitoring", "gc.", "object.__getattr__", "object.__setattr__",
-    "object.__delattr__", "code.__new__", "function.__new__", "marshal.", "pickle.", "resource.", "syslog.",
+    "pty.", "ctypes.", "signal.pthread_kill", "sys._current_frames", "sys._current_exceptions",
+    "sys.settrace", "sys.setprofile", "sys.monitoring", "gc.", "object.__getattr__", "code.__new__", "function.__new__", "pickle.", "resource.", "syslog.",
     "mmap.", "shutil.", "tempfile.", "webbrowser.", "urllib.", "http.", "ftplib.", "smtplib.", "imaplib.",
     "poplib.", "nntplib.", "telnetlib.", "sqlite3.", "winreg.", "_winapi.", "cpython.", "builtins.input",
     "sys.unraisablehook", "sys.excepthook", "fcntl.", "msvcrt.", "array.__new__",
@@ -55,6 +55,13 @@ def __sandbox_hook(event, args):
         raise PermissionError("sandbox: " + event + " is not allowed")
     if event == "sys.addaudithook":
         raise RuntimeError("sandbox: sys.addaudithook is not allowed")
+    if event in ("object.__setattr__", "object.__delattr__"):
+        # Classes set attributes on themselves all the time (enum, typing); never these ones.
+        if len(args) > 1 and args[1] in ("__code__", "__defaults__", "__kwdefaults__", "__globals__",
+                                         "__closure__", "__class__", "__bases__", "__dict__", "__getattribute__",
+                                         "__getattr__", "__setattr__", "__builtins__"):
+            raise PermissionError("sandbox: setting " + str(args[1]) + " is not allowed")
+        return
     if event == "import":
         if args and str(args[0]).split(".")[0] in @DENY_IMPORTS@:
             raise PermissionError("sandbox: import " + str(args[0]) + " is not allowed")
@@ -91,14 +98,6 @@ def __sandbox_main():
     import builtins, json, signal, ast, types, string
     runtime = @RUNTIME@
     allowed = @ALLOWED@
-    modules = {name: __import__(name) for name in allowed}
-    # Warm the lazy imports of allowed modules while nothing untrusted is loaded.
-    modules["datetime"].datetime.strptime("2000-01-02", "%Y-%m-%d")
-    modules["re"].compile(r"(?i)\w+\s*\d").match("a 1")
-    modules["statistics"].median([1, 2])
-    modules["decimal"].Decimal("1.5").quantize(modules["decimal"].Decimal("1"))
-    modules["unicodedata"].normalize("NFKC", "x")
-    modules["difflib"].SequenceMatcher(None, "ab", "ac").ratio()
     out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -149,15 +148,19 @@ def __sandbox_main():
             return getattr(obj, name)
 
         proxies = {}
-        for name, names in allowed.items():
-            proxy = types.ModuleType(name)
-            for attr in names:
-                setattr(proxy, attr, getattr(modules[name], attr))
-            proxies[name] = proxy
+
+        # What C code in allowed modules imports through the caller's builtins (datetime.strptime).
+        internal = {"_strptime": ("_strptime_datetime", "_strptime_time")}
 
         def safe_import(name, globals=None, locals=None, fromlist=(), level=0):
-            if level or name not in proxies:
+            if level or (name not in allowed and name not in internal):
                 raise ImportError("sandbox: import of " + repr(name) + " is not allowed")
+            if name not in proxies:  # imported on first use, under the hook (it reads only the stdlib)
+                module = __import__(name)
+                proxy = types.ModuleType(name)
+                for attr in allowed.get(name) or internal[name]:
+                    setattr(proxy, attr, getattr(module, attr))
+                proxies[name] = proxy
             return proxies[name]
 
         class Rewrite(ast.NodeTransformer):

@@ -75,6 +75,9 @@ class _Checker(ast.NodeVisitor):
                 self.fail(node, f"'{node.module}.{alias.name}' is not allowed")
             elif bound in DENIED_BUILTINS or bound.startswith("__"):
                 self.fail(node, f"importing '{alias.name}' as '{bound}' shadows a denied name")
+            elif bound in self.modules:
+                self.fail(node, f"'{bound}' names both the module '{self.modules[bound]}' and "
+                                f"'{node.module}.{alias.name}': use one")
         self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
