@@ -11,14 +11,14 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from engine.cli.render import fmt_cost, out_console
+from engine.cli.render import escape_control, fmt_cost, out_console
 from engine.promotion import review
 from engine.promotion.records import Promotion
 from engine.promotion.sandbox import isolation_problem
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = escape_control(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

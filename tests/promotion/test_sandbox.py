@@ -19,14 +19,12 @@ import pytest
 from engine.promotion import sandbox
 from engine.promotion.sandbox import (
     Limits, check_script, isolation, isolation_problem, run_one, run_script)
+from sandboxmark import needs_isolation
 
 # A generous wall clock: these tests run beside other work on a small, shared machine.
 FAST = Limits(cpu_seconds=2, memory_bytes=256 * 1024 * 1024, wall_seconds=30, per_item_seconds=1.0)
 SECRET = "s3cret-project-file-contents"
 API_KEY = "sk-ant-secret-key-in-the-parent"
-
-needs_isolation = pytest.mark.skipif(isolation_problem() is not None,
-                                     reason=f"OS isolation unavailable here: {isolation_problem()}")
 
 
 class Listener:
@@ -347,3 +345,14 @@ def test_static_check_names_what_is_wrong() -> None:
     assert "'eval' is not allowed" in text and "'.__class__' is not allowed" in text
     assert check_script("def helper(x):\n    return x\n") == ("the script defines no top-level 'def solve(inputs)'",)
     assert check_script("import json\nj = json\ndef solve(inputs):\n    return j.loads('1')\n")
+
+
+@needs_isolation
+def test_runs_when_the_parent_holds_many_descriptors() -> None:
+    # A long-lived service holds stores, sockets, files: the child's fd limit must not break setup.
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(200)]
+    try:
+        assert run_one("def solve(inputs):\n    return 1\n", {}, FAST).output == 1
+    finally:
+        for fd in held:
+            os.close(fd)

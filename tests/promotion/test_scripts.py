@@ -8,6 +8,7 @@ import os
 from engine import load_workflow, run_workflow
 from engine.promotion import records, review
 from engine.promotion.proposals import propose_promotions
+from sandboxmark import needs_isolation
 
 GOOD = """
 def solve(inputs):
@@ -35,6 +36,7 @@ def _seed(path):
         run_workflow(path, {"text": text})
 
 
+@needs_isolation
 def test_good_script_is_verified_proposed_and_serves(label_wf, labeller, store):
     path = label_wf(", script_examples: 4")
     _seed(path)
@@ -94,6 +96,7 @@ def test_escaping_scripts_fail_and_the_step_falls_back_to_the_llm(label_wf, labe
     assert not target.exists()
 
 
+@needs_isolation
 def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
     path = label_wf()
     _seed(path)
@@ -108,6 +111,7 @@ def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
     assert [p.kind for p in report.proposed] == ["script"]
 
 
+@needs_isolation
 def test_refused_script_is_unverified_with_the_reason_and_never_served(label_wf, labeller, store):
     path = label_wf()
     _seed(path)

@@ -163,7 +163,6 @@ def isolate(plan: Plan, libc: Any) -> None:  # pragma: no cover - runs in the fo
         resource.setrlimit(resource.RLIMIT_AS, (plan.memory_bytes, plan.memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (plan.file_bytes, plan.file_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         if os.getuid() == 0 or os.geteuid() == 0:
             # As root: build the root in a private mount namespace (root can reach every source),
             # then become nobody and enter the other namespaces without any host privilege.
@@ -181,6 +180,8 @@ def isolate(plan: Plan, libc: Any) -> None:  # pragma: no cover - runs in the fo
         os.chdir("/tmp")
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        # Last: the parent may hold descriptors numbered above this (closed at exec).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     except BaseException as e:
         if plan.report_fd >= 0:
             try:
