@@ -155,3 +155,19 @@ def test_depth_limit_is_generous_for_real_data() -> None:
     nested = json.dumps({"a": [[{"b": [1]}]]})
     assert parse_and_validate(nested, spec_for({})) == {"a": [[{"b": [1]}]]}
     assert MAX_DEPTH >= 32
+
+
+def test_engine_run_never_prints_nan(project) -> None:
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    path = project("""\
+name: nan_demo
+steps:
+  - id: score
+    script: ops.py:score
+""", files={"ops.py": "def score():\n    return {'score': float('nan')}\n"})
+    result = CliRunner().invoke(cli, ["run", str(path), "-q"])
+    assert result.exit_code == 1 and "NaN" not in result.stdout
+    assert "returned non-JSON data" in result.stderr
