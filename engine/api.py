@@ -114,12 +114,14 @@ class Engine:
     # --- runs -----------------------------------------------------------------------------------
 
     def run(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, *,
-            tags: dict[str, Any] | None = None, raise_on_error: bool = False) -> RunResult:
+            tags: dict[str, Any] | None = None, raise_on_error: bool = False,
+            tenant: str | None = None) -> RunResult:
         """Run once. By default a failed run comes back with status 'failed' (and bad inputs
-        raise `InputError`); with `raise_on_error` a failed step raises its `StepError`."""
+        raise `InputError`); with `raise_on_error` a failed step raises its `StepError`.
+        `tenant`: cached answers are never shared across tenants (see `run_workflow`)."""
         wf = self.load(workflow)
         return run_workflow(wf, inputs, config=self.config, store=self.store_for(wf), tags=tags,
-                            raise_on_error=raise_on_error, servers=self.servers)
+                            raise_on_error=raise_on_error, servers=self.servers, tenant=tenant)
 
     async def arun(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
         """`run` on the engine's thread pool: safe to await from many tasks at once."""

@@ -80,6 +80,8 @@ def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[Bat
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise UserError(f"cannot read --inputs '{path}': {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"--inputs '{path}' is not UTF-8 text (byte offset {e.start})") from None
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -89,6 +91,9 @@ def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[Bat
             value = json.loads(raw)
         except ValueError as e:
             item.error = f"line {n}: not valid JSON ({e})"
+            continue
+        except RecursionError:
+            item.error = f"line {n}: the JSON nests too deeply"
             continue
         if not isinstance(value, dict):
             item.error = f"line {n}: expected a JSON object of inputs, got {type(value).__name__}"
@@ -122,8 +127,11 @@ class _OrderedWriter:
     """Writes result lines in input order as soon as every earlier line is written."""
 
     def __init__(self, path: Path, total: int):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("w", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = path.open("w", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write the results to '{path}': {e.strerror or e}") from None
         self.pending: dict[int, dict[str, Any]] = {}
         self.next = 0
         self.total = total

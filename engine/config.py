@@ -27,7 +27,7 @@ from engine.pricing import PriceOverride
 from engine.quality.spec import QualitySpec
 from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
-from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
+from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml, pydantic_problems, read_text
 
 CONFIG_NAME = "engine.yaml"
 DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
@@ -72,7 +72,7 @@ def user_config_path() -> Path:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data, positions = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        data, positions = parse_yaml(read_text(path), str(path))
     except YAMLSyntaxError as e:
         raise ConfigError(str(e)) from e
     if data is None:

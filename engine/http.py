@@ -1,11 +1,16 @@
 """`engine serve`: workflows over HTTP, a thin layer over `Engine` (needs the `serve` extra).
 
     GET  /workflows              name, version, description and input schema of each workflow
-    POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out
-                                 (422 when the inputs fail the workflow's input schemas)
+    POST /workflows/{name}/run   JSON inputs in; {run_id, status, outputs, error, ...} out:
+                                 200 when the run succeeded, 500 with the same body when it
+                                 failed, 422 when the inputs fail the workflow's input schemas,
+                                 400 for a malformed body or tenant, 413 for a body over the limit,
+                                 401 without the bearer token (when ENGINE_SERVE_TOKEN is set)
     POST /feedback               {run_id, step, ok: true} or {run_id, step, output}: a person's
                                  verdict on a run's llm step (404 unknown run or step, 422 an
                                  output that fails the step's schema; nothing written then)
+
+The tenant comes from the `X-Engine-Tenant` header. Guards: engine.http_guard.
 
 Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) shows its inputs.
 """
@@ -15,9 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine import http_guard
 from engine.api import Engine
 from engine.errors import InputError, UserError
 from engine.runner import RunResult
+
+FAILED_RUN_STATUS = 500
 
 
 def result_body(result: RunResult) -> dict[str, Any]:
@@ -30,13 +38,18 @@ def result_body(result: RunResult) -> dict[str, Any]:
     }
 
 
-def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
+def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,
+               token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER) -> Any:
+    """The app; `max_body` bytes per request (413 above), `token` required as a bearer token
+    when given, the tenant read from `tenant_header`."""
     try:
-        from fastapi import Body, FastAPI, HTTPException
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.responses import JSONResponse
     except ImportError as e:  # pragma: no cover - depends on the install
         raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
 
     app = FastAPI(title="engine", description="Workflows over HTTP: JSON in, JSON out.")
+    http_guard.install(app, max_body=max_body, token=token)
     loaded = [engine.load(w) for w in workflows]
 
     @app.get("/workflows")
@@ -51,14 +64,17 @@ def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
                        "ok": {"type": "boolean", "description": "the answer was right"},
                        "output": {"description": "the right answer (must pass the step's schema)"}}}
 
-    @app.post("/feedback", summary="A person's label for a run's llm step (outranks every tier)",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": feedback_schema}}}})
-    async def feedback(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    async def feedback(request: Request) -> dict[str, Any]:
         import asyncio
 
         from engine.quality.feedback import FeedbackError
 
+        try:
+            body = http_guard.parse_body(await request.body())
+        except http_guard.BadRequest as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        if not isinstance(body, dict):
+            raise HTTPException(status_code=422, detail="the body must be a JSON object")
         run_id, step = body.get("run_id"), body.get("step")
         if not isinstance(run_id, str) or not isinstance(step, str):
             raise HTTPException(status_code=422, detail="run_id and step (strings) are required")
@@ -73,17 +89,31 @@ def create_app(engine: Engine, workflows: list[str | Path]) -> Any:
         return {"workflow": row["workflow"], "step": row["step_id"], "run_id": row["run_id"], "kind": row["kind"],
                 "output": row["output"]}
 
+    feedback.__annotations__["request"] = Request  # FastAPI resolves it here, not as a string
+    app.post("/feedback", summary="A person's label for a run's llm step (outranks every tier)",
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/json": {"schema": feedback_schema}}}})(feedback)
+
     for wf in loaded:
         schema = {"type": "object", "properties": wf.inputs,
                   "required": [n for n, s in wf.inputs.items() if "default" not in s]}
 
         def make(name: str) -> Any:
-            async def run(inputs: dict[str, Any] = Body(...)) -> dict[str, Any]:
+            async def run(request: Request) -> Any:
                 try:
-                    return result_body(await engine.arun(name, inputs))
+                    inputs = http_guard.parse_body(await request.body())
+                    tenant = http_guard.tenant_from(request.headers, tenant_header)
+                except http_guard.BadRequest as e:
+                    return JSONResponse({"detail": e.detail}, status_code=e.status)
+                if not isinstance(inputs, dict):
+                    return JSONResponse({"detail": "the body must be a JSON object of inputs"}, status_code=422)
+                try:
+                    result = await engine.arun(name, inputs, tenant=tenant)
                 except InputError as e:
-                    raise HTTPException(status_code=422, detail=str(e)) from None
+                    return JSONResponse({"detail": str(e)}, status_code=422)
+                return JSONResponse(result_body(result), status_code=200 if result.ok else FAILED_RUN_STATUS)
 
+            run.__annotations__["request"] = Request  # FastAPI resolves it here, not as a string
             return run
 
         app.post(f"/workflows/{wf.name}/run", summary=wf.description or f"Run {wf.name}",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterable
 
 import jsonschema
 
 from engine.errors import InputError
+from engine.strict_json import validator
 from engine.spec.models import Workflow
 
 
@@ -32,6 +33,33 @@ def parse_cli_inputs(workflow: Workflow, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_inputs_json(text: str) -> dict[str, Any]:
+    """`--inputs-json`: a JSON object (strict JSON: no NaN/Infinity), else InputError."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise InputError("--inputs-json nests too deeply") from None
+    except ValueError as e:
+        raise InputError(f"--inputs-json is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--inputs-json must be a JSON object of name -> value, not {type(value).__name__}")
+    return value
+
+
+def parse_tags(tags: Iterable[str]) -> dict[str, str]:
+    """`--tag key=value` pairs; a tag without '=' or with an empty key is an InputError."""
+    out: dict[str, str] = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--tag '{tag}': expected key=value")
+        out[key.strip()] = value
+    return out
+
+
 def validate_inputs(workflow: Workflow, inputs: dict[str, Any]) -> dict[str, Any]:
     """Apply defaults and validate every input against its schema; name every problem."""
     if not isinstance(inputs, dict):
@@ -49,7 +77,7 @@ def validate_inputs(workflow: Workflow, inputs: dict[str, Any]) -> dict[str, Any
         else:
             problems.append(f"missing input '{name}'")
             continue
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(value))
         if error is not None:
             problems.append(f"input '{name}': {error.message}")
         values[name] = value

@@ -7,6 +7,7 @@ inputs from it, runs, and adds its output. Every run, step and llm call is writt
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.errors import EngineError, LLMStepError, StepError, UserError
+from engine.errors import ConfigError, EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
@@ -34,7 +35,12 @@ def open_store(path: str | Path) -> SQLiteStore:
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            store = _stores[key] = SQLiteStore(key)
+            try:
+                store = SQLiteStore(key)
+            except (sqlite3.DatabaseError, OSError) as e:  # not a database, unwritable, a directory
+                raise ConfigError(f"cannot open the store at '{key}' (ENGINE_DB or `store:` in engine.yaml): "
+                                  f"{e}") from None
+            _stores[key] = store
         return store
 
 

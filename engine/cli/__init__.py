@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from engine.errors import EngineError, UserError
+from engine.cli.render import escape_control
 
 from engine.cli.core import run_cmd, schema_cmd, validate_cmd
 from engine.cli.report import report_cmd
@@ -31,14 +32,15 @@ class EngineGroup(click.Group):
         except EngineError as e:
             if debug:
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {escape_control(str(e))}", err=True)
             ctx.exit(2 if isinstance(e, UserError) else 1)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - never a traceback without --debug
             if debug:
                 raise
-            click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+            click.echo(f"internal error: {type(e).__name__}: {escape_control(str(e))} "
+                       f"(run with --debug for the traceback)", err=True)
             ctx.exit(1)
 
 

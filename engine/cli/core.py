@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from engine.cli.render import dump_json, err_console, fmt_cost, step_table
-from engine.errors import InputError
-from engine.inputs import parse_cli_inputs
+from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_table
+from engine.inputs import parse_cli_inputs, parse_inputs_json, parse_tags
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
 
@@ -41,14 +39,9 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
 
         return run_batch_cli(workflow, batch_inputs, output, concurrency, resume, batch_id, id_field, quiet)
     wf = load_workflow(workflow)
-    inputs = {}
-    if inputs_json:
-        try:
-            inputs = json.loads(inputs_json)
-        except ValueError as e:
-            raise InputError(f"--inputs-json is not valid JSON: {e}") from None
+    inputs = parse_inputs_json(inputs_json) if inputs_json else {}
     inputs.update(parse_cli_inputs(wf, list(pairs)))
-    tag_map = dict((t.split("=", 1)[0], t.split("=", 1)[1]) if "=" in t else (t, "true") for t in tags)
+    tag_map = parse_tags(tags)
     result = run_workflow(wf, inputs, tags=tag_map, raise_on_error=False, tenant=tenant)
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],
@@ -56,7 +49,7 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
         err_console.print(f"total: {result.tokens_in}/{result.tokens_out} tokens, {fmt_cost(result.cost)} "
                           f"(all-premium baseline {fmt_cost(result.baseline_cost)}), {result.latency_ms:.0f} ms")
     if not result.ok:
-        click.echo(f"error: {result.error}", err=True)
+        click.echo(f"error: {escape_control(str(result.error))}", err=True)
         raise SystemExit(1)
     click.echo(dump_json(result.outputs))
 
@@ -67,7 +60,7 @@ def validate_cmd(workflows: tuple[Path, ...]) -> None:
     """Check workflow files; print every problem with file:line:column."""
     for path in workflows:
         wf = load_workflow(path)
-        click.echo(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)")
+        click.echo(escape_control(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)"))
 
 
 @click.command("schema")

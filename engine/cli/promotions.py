@@ -11,13 +11,14 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from engine.cli.render import dump_json, fmt_cost, out_console
+from engine.cli.render import dump_json, escape_control, fmt_cost, out_console
 from engine.promotion import review
 from engine.promotion.records import Promotion
+from engine.promotion.sandbox import isolation_problem
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = escape_control(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -65,6 +66,16 @@ def _render_changes(detail: review.Detail) -> None:
                                  word_wrap=True))
 
 
+def _sandbox_note(promotions: list[Promotion] | None = None) -> None:
+    """Say why scripts cannot run here (the sandbox fails closed), when it matters."""
+    if promotions is not None and not any(p.kind == "script" for p in promotions):
+        return
+    problem = isolation_problem()
+    if problem:
+        out_console.print(f"[yellow]scripts do not run on this machine: {problem}. Script promotions are "
+                          f"neither verified nor served (the llm answers).[/yellow]")
+
+
 @click.group("promotions")
 def promotions_group() -> None:
     """Mine the log, propose lookups and scripts, accept or reject them, watch them serve."""
@@ -78,6 +89,8 @@ def promotions_group() -> None:
 def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_tier: str | None) -> None:
     """Mine the log of WORKFLOW (default: every logged workflow) and record proposals."""
     store = review.open_review_store(workflow)
+    if scripts:
+        _sandbox_note()
     for name, report in review.propose(store, workflow, step=step, scripts=scripts, script_tier=script_tier):
         if report.proposed:
             out_console.print(_table(report.proposed, f"{name}: proposed"))
@@ -106,6 +119,7 @@ def list_cmd(workflow: str | None, status: str | None, all_: bool, as_json: bool
         out_console.print("no promotions")
         return
     out_console.print(_table(found, "promotions"))
+    _sandbox_note(found)
 
 
 @promotions_group.command("show")
@@ -129,6 +143,7 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
     out_console.print(Panel(head, title=f"promotion {p.id}", expand=False))
     if (p.verification or {}).get("warning"):
         out_console.print(f"[bold yellow]warning:[/bold yellow] {p.verification['warning']}")
+    _sandbox_note([p])
     if p.kind == "lookup":
         table = Table(title="rows (evidence)", title_justify="left", show_edge=False, pad_edge=False)
         for col in ("input", "output", "calls", "ref", "verified", "labels", "unverified", "agreement", "tokens",
@@ -238,6 +253,7 @@ def status_cmd(workflow: str | None) -> None:
         table.add_row(p.id, f"{p.workflow}/{p.step_id}", p.kind, f"[{style}]{p.status}[/{style}]" if style
                       else p.status, str(r.serves), rate(r.spot), rate(r.shadow))
     out_console.print(table)
+    _sandbox_note([r.promotion for r in rows])
     for r in rows:
         if r.demoted_reason:
             out_console.print(f"{r.promotion.id} {r.promotion.status}: {r.demoted_reason}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.console import Console
@@ -19,8 +20,19 @@ err_console = _console(stderr=True)
 out_console = _console(stderr=False)
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escape_control(text: str) -> str:
+    """Text safe to print on a terminal: control characters (ESC sequences, C1, bidi overrides,
+    lone surrogates) shown as escapes instead of acting on the terminal. Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
 def dump_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    """JSON for the terminal (strings' C1/bidi controls escaped too; JSON escapes C0 itself)."""
+    return escape_control(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def fmt_cost(cost: float | None) -> str:
@@ -35,8 +47,8 @@ def step_table(steps: list[dict[str, Any]], title: str | None = None) -> Table:
     for s in steps:
         model = "/".join(x for x in (s.get("tier"), s.get("model")) if x) or "-"
         table.add_row(
-            s["step_id"], s["status"], s.get("served_by") or "-", model, s.get("trust") or "-",
-            str(s.get("attempts") or 0),
+            escape_control(s["step_id"]), s["status"], s.get("served_by") or "-", escape_control(model),
+            s.get("trust") or "-", str(s.get("attempts") or 0),
             f"{s.get('tokens_in') or 0}/{s.get('tokens_out') or 0}", fmt_cost(s.get("cost")),
             f"{s.get('latency_ms') or 0:.1f}",
         )

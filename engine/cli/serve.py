@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -9,17 +10,27 @@ import click
 from engine.api import Engine
 from engine.errors import UserError
 from engine.http import create_app
+from engine.http_guard import DEFAULT_MAX_BODY, TENANT_HEADER
 
 
 @click.command("serve")
 @click.argument("workflows", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-def serve_cmd(workflows: tuple[Path, ...], host: str, port: int) -> None:
-    """Serve WORKFLOWS: POST /workflows/NAME/run with JSON inputs; OpenAPI at /docs."""
+@click.option("--max-body", default=DEFAULT_MAX_BODY, show_default=True, type=click.IntRange(1),
+              help="Largest request body in bytes (413 above).")
+@click.option("--tenant-header", default=TENANT_HEADER, show_default=True, help="The header naming the tenant.")
+def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str) -> None:
+    """Serve WORKFLOWS: POST /workflows/NAME/run with JSON inputs; OpenAPI at /docs. Set
+    ENGINE_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request."""
     try:
         import uvicorn
     except ImportError as e:
         raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
+    token = os.environ.get("ENGINE_SERVE_TOKEN") or None
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host} without ENGINE_SERVE_TOKEN: anyone who reaches the port "
+                   f"can run these workflows (and spend on their models)", err=True)
     engine = Engine()
-    uvicorn.run(create_app(engine, list(workflows)), host=host, port=port)
+    app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header)
+    uvicorn.run(app, host=host, port=port)

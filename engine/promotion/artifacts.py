@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from engine.promotion.mining import input_key
+from engine.promotion.sandbox import check_script
 
 MANIFEST = "manifest.yaml"
 _HEADER = ("# Materialized promotions: written by `engine promotions accept`, read at run time.\n"
@@ -94,6 +95,8 @@ class Artifact:
     normalize: list[str] = field(default_factory=list)
     table: dict[str, Any] = field(default_factory=dict)
     code: str = ""
+    refused: tuple[str, ...] = ()
+    """Why the sandbox's static check refuses this script (never served then)."""
 
 
 _cache: dict[tuple[Path, int], list[Artifact]] = {}
@@ -124,6 +127,7 @@ def load_artifacts(directory: Path) -> list[Artifact]:
                 art.table = {input_key(r["input"], art.normalize): r["output"] for r in data["rows"]}
             else:
                 art.code = file.read_text(encoding="utf-8")
+                art.refused = check_script(art.code)  # checked again on load: the file may have been edited
             out.append(art)
     out.sort(key=lambda a: (a.step_id, 0 if a.kind == "lookup" else 1))
     with _cache_lock:

@@ -23,6 +23,7 @@ from engine.promotion import records
 from engine.promotion.artifacts import lookup_rows, promotions_dir
 from engine.promotion.mining import Group, StepLog, input_key, mine_step, monthly_savings
 from engine.promotion.records import Promotion
+from engine.promotion.sandbox import check_script, isolation_problem
 from engine.promotion.verify import script_answerer, verify
 from engine.providers.base import CompletionRequest
 from engine.providers.registry import get_provider
@@ -245,7 +246,10 @@ def propose_script(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
         report.notes.append(f"{step_id}: the writer produced a script that was rejected before")
         return None
     shown = {g.key for g in examples}
+    refused = check_script(code)  # the sandbox's language layer, also checked at load and run time
     result = verify(script_answerer(code), groups, spec, policy.min_agreement, shown)
+    if refused:
+        result["static_check"] = list(refused)
     agreeing = set(result.pop("agreeing_keys"))
     result["evidence"] = log.mode
     result["trust"] = _trust_totals(groups)
@@ -258,6 +262,8 @@ def propose_script(wf: Workflow, step_id: str, spec: LLMSpec, log: StepLog, stor
                               sum(g.cost for g in covered_groups))
     status = "proposed" if result["passed"] else "unverified"
     reason = None if result["passed"] else (
+        f"refused by the sandbox's static check: {'; '.join(refused[:3])}" if refused else
+        f"not verified: {isolation_problem()}" if isolation_problem() else
         f"agreement {result['agreement']:.1%} < {policy.min_agreement:.0%} on {result['answered']} answered "
         f"of {result['pairs']} inputs ({result['failures']} failures)")
     if status == "proposed":

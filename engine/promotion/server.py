@@ -103,7 +103,7 @@ class PromotionServer:
                 if status != "stale":
                     self._mark(art, "stale", "the step's prompt or schema changed; re-verify before serving")
                 continue
-            if status == "stale":
+            if status == "stale" or art.refused:
                 continue
             result = answer(art.kind, art.table, art.code, art.normalize, call)
             if not result.answered:

@@ -90,6 +90,8 @@ def substitute_params(value: Any, params: dict[str, Any]) -> Any:
         return PARAMS_ENV.from_string(value).render(**context)
     except jinja2.TemplateError as e:
         raise ValueError(f"params template {value[:60]!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a param of the wrong type (e.g. `join` over an int)
+        raise ValueError(f"params template {value[:60]!r} failed: {type(e).__name__}: {e}") from None
 
 
 def _read_ref(value: Any, base: Path) -> Any:
@@ -100,11 +102,28 @@ def _read_ref(value: Any, base: Path) -> Any:
         path = Path(value.file) if Path(value.file).is_absolute() else base / value.file
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".json", ".yaml", ".yml"):
-            import yaml
+            from engine.spec.positions import YAMLSyntaxError, parse_yaml
 
-            return yaml.safe_load(text)
+            try:
+                return parse_yaml(text, str(path))[0]
+            except YAMLSyntaxError as e:
+                raise ValueError(str(e)) from None
         return text
     return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "null" if value is None else type(value).__name__
 
 
 def _function_ref(ref: str, base: Path) -> str:
@@ -127,6 +146,10 @@ def skill_step(skill: Skill, step_id: str, inputs: dict[str, Any], overrides: di
         parts = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
             [f"unknown input(s) {', '.join(extra)}"] if extra else [])
         raise ValueError(f"{skill.ref}: {'; '.join(parts)} (inputs: {', '.join(skill.inputs) or 'none'})")
+    for name, value in overrides.items():
+        if name in skill.params and _kind(value) != _kind(skill.params[name]) and skill.params[name] is not None:
+            raise ValueError(f"{skill.ref}: parameter '{name}' must be {_kind(skill.params[name])} "
+                             f"(like its default), not {_kind(value)}")
     step_inputs = {n: inputs[n] if n in inputs else s["default"] for n, s in skill.inputs.items()}
     params = {**copy.deepcopy(skill.params), **{k: v for k, v in overrides.items() if k in skill.params}}
     step: dict[str, Any] = {"id": step_id, "inputs": step_inputs}

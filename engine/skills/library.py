@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from engine.errors import ConfigError, SpecError
 from engine.skills.models import Skill
-from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml
+from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, read_text
 
 if TYPE_CHECKING:
     from engine.config import EngineConfig
@@ -172,7 +172,7 @@ def load_skill(entry: SkillEntry) -> Skill:
 def _parse(entry: SkillEntry) -> Skill:
     filename = str(entry.path)
     try:
-        data, positions = parse_yaml(entry.path.read_text(encoding="utf-8"), filename)
+        data, positions = parse_yaml(read_text(entry.path), filename)
     except YAMLSyntaxError as e:
         raise SpecError([(e.location, "", e.message)]) from None
     if not isinstance(data, dict):

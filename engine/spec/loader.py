@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from engine.errors import SpecError
 from engine.quality.spec import CompareSpec
 from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
-from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems
+from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems, read_text
 from engine.templating import TemplateError, check_syntax, free_variables, references
 
 if TYPE_CHECKING:
@@ -56,8 +56,13 @@ def load_workflow(
     path = Path(source)
     if not path.is_file():
         raise SpecError([(str(path), "", "no such workflow file")])
-    return load_workflow_text(path.read_text(encoding="utf-8"), filename=str(path), base_dir=path.parent,
-                              config=config, path=path)
+    try:
+        text = read_text(path)
+    except YAMLSyntaxError as e:
+        raise SpecError([(e.location, "", e.message)]) from None
+    except OSError as e:
+        raise SpecError([(str(path), "", f"cannot read the file: {e.strerror or e}")]) from None
+    return load_workflow_text(text, filename=str(path), base_dir=path.parent, config=config, path=path)
 
 
 def load_workflow_text(
@@ -160,7 +165,9 @@ def _check_refs(template: Any, path: tuple[Any, ...], workflow: Workflow, earlie
                 problems.add(path, f"'steps.{target}.{ref.path[2]}': a step exposes only '.output'")
 
 
-def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems) -> bool:
+def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems, echo: bool = True) -> bool:
+    """`echo=False` for a schema read from a file: the message names the rule broken, not the
+    content (a `file:` may point anywhere, and errors must not print a foreign file)."""
     if not isinstance(schema, dict):
         problems.add(path, "a JSON Schema must be a mapping")
         return False
@@ -168,7 +175,11 @@ def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems) -> bo
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
         where = ".".join(str(p) for p in e.absolute_path)
-        problems.add(path, f"invalid JSON Schema{' at ' + where if where else ''}: {e.message}")
+        detail = e.message if echo else f"fails the metaschema's '{e.validator}' rule"
+        problems.add(path, f"invalid JSON Schema{' at ' + where if where else ''}: {detail}")
+        return False
+    except RecursionError:
+        problems.add(path, "the JSON Schema nests too deeply")
         return False
     return True
 
@@ -176,16 +187,29 @@ def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems) -> bo
 def _read_file(ref: FileRef, base_dir: Path, path: tuple[Any, ...], problems: _Problems) -> str | None:
     file = (base_dir / ref.file) if not Path(ref.file).is_absolute() else Path(ref.file)
     try:
-        return file.read_text(encoding="utf-8")
+        return read_text(file)
+    except YAMLSyntaxError as e:
+        problems.add(path + ("file",), f"cannot read '{file}': {e.message}")
     except OSError as e:
         problems.add(path + ("file",), f"cannot read '{file}': {e.strerror or e}")
-        return None
+    return None
 
 
 def _load_data_file(text: str, name: str) -> Any:
+    """JSON or YAML data. Errors say where, never what the file holds (it may be any file)."""
     if name.endswith(".json"):
-        return json.loads(text)
-    return yaml.safe_load(text)
+        try:
+            return json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise ValueError("nesting too deep") from None
+    try:
+        return parse_yaml(text, name)[0]
+    except YAMLSyntaxError as e:
+        raise ValueError(f"{e.location}: {e.message}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _check_tier(tier: str, path: tuple[Any, ...], config: EngineConfig, problems: _Problems) -> None:
@@ -252,8 +276,10 @@ def _resolve_llm(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Pat
             return
         try:
             schema = _load_data_file(text, schema.file)
-        except (ValueError, yaml.YAMLError) as e:
+        except ValueError as e:
             problems.add(path + ("schema",), f"cannot parse schema file: {e}")
+            return
+        if not _check_schema(schema, path + ("schema",), problems, echo=False):
             return
     if isinstance(schema, str):
         model = _import_attr(schema, base_dir, path + ("schema",), problems)
@@ -359,7 +385,11 @@ def _resolve_script(step: Step, path: tuple[Any, ...], base_dir: Path, problems:
         text = _read_file(spec.schema_, base_dir, path + ("schema",), problems)
         if text is None:
             return
-        spec.schema_ = _load_data_file(text, spec.schema_.file)
+        try:
+            spec.schema_ = _load_data_file(text, spec.schema_.file)
+        except ValueError as e:
+            problems.add(path + ("schema",), f"cannot parse schema file: {e}")
+            return
     if spec.schema_ is not None:
         _check_schema(spec.schema_, path + ("schema",), problems)
 

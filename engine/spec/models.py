@@ -14,6 +14,8 @@ from engine.quality.spec import QualitySpec
 from engine.spec.cache import CacheSpec
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_TOKENS_CAP = 1_000_000
+"""The largest `max_tokens` accepted: above any model's output limit, so a larger one is a typo."""
 
 
 class Strict(BaseModel):
@@ -31,10 +33,10 @@ class ModelEntry(Strict):
 
     model: str = Field(description="provider:model, e.g. llamacpp:smollm2 or openai:gpt-4o-mini")
     input_price: float | None = Field(
-        None, ge=0, description="USD per million input tokens (default: the pricing table)")
+        None, ge=0, strict=True, allow_inf_nan=False, description="USD per million input tokens (default: the pricing table)")
     output_price: float | None = Field(
-        None, ge=0, description="USD per million output tokens (default: the pricing table)")
-    cached_input_price: float | None = Field(None, ge=0, description="USD per million cached input tokens")
+        None, ge=0, strict=True, allow_inf_nan=False, description="USD per million output tokens (default: the pricing table)")
+    cached_input_price: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False, description="USD per million cached input tokens")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
 
     @field_validator("model")
@@ -77,23 +79,23 @@ class ScriptSpec(Strict):
 class PromoteSpec(Strict):
     """`promote:` on an llm step: when its logged answers graduate to a lookup or a script."""
 
-    enabled: bool = Field(True, description="mine this step for promotions")
+    enabled: bool = Field(True, strict=True, description="mine this step for promotions")
     evidence: Literal["trusted", "any"] = Field(
         "trusted", description="trusted: only reference, verified and labelled answers build lookups and "
                                "scripts; any: every valid answer counts (agreement is not correctness)")
-    min_calls: int = Field(3, ge=1, description="calls an input needs before it may become a lookup row")
-    min_agreement: float = Field(0.95, ge=0, le=1, description="share of the most common answer required")
+    min_calls: int = Field(3, ge=1, strict=True, description="calls an input needs before it may become a lookup row")
+    min_agreement: float = Field(0.95, ge=0, le=1, strict=True, description="share of the most common answer required")
     normalize: list[Literal["case", "whitespace"]] = Field(
         default_factory=lambda: ["case", "whitespace"],  # type: ignore[arg-type]
         description="how inputs are normalised into keys")
     script_tier: str | None = Field(None, description="the strong tier that writes scripts (default: premium)")
-    script_examples: int = Field(8, ge=1, description="examples shown to the script writer")
-    spot_check: float = Field(0.02, ge=0, le=1, description="share of materialized serves re-asked of the llm")
-    demote_window: int = Field(100, ge=1, description="spot checks considered for demotion")
-    demote_min_checks: int = Field(10, ge=1, description="spot checks needed before demotion can happen")
-    demote_threshold: float = Field(0.03, ge=0, le=1, description="disagreement above which the artifact is demoted")
+    script_examples: int = Field(8, ge=1, le=100, strict=True, description="examples shown to the script writer")
+    spot_check: float = Field(0.02, ge=0, le=1, strict=True, description="share of materialized serves re-asked of the llm")
+    demote_window: int = Field(100, ge=1, strict=True, description="spot checks considered for demotion")
+    demote_min_checks: int = Field(10, ge=1, strict=True, description="spot checks needed before demotion can happen")
+    demote_threshold: float = Field(0.03, ge=0, le=1, strict=True, description="disagreement above which the artifact is demoted")
     demote_confidence: float = Field(
-        0.95, ge=0, lt=1, description="demote only when disagreement exceeds the threshold at this one-sided "
+        0.95, ge=0, lt=1, strict=True, description="demote only when disagreement exceeds the threshold at this one-sided "
                                       "confidence (Wilson lower bound); 0 compares the raw rate")
 
 
@@ -107,9 +109,9 @@ class LLMSpec(Strict):
     schema_: FileRef | dict[str, Any] | str = Field(
         alias="schema", union_mode="left_to_right",
         description="JSON Schema (inline or {file:}), or a pydantic model 'module:Model'")
-    max_tokens: int = Field(gt=0, description="the token cap (required)")
-    temperature: float = Field(0.0, ge=0, le=2)
-    retries: int = Field(1, ge=0, le=10, description="re-asks per tier after a validation failure")
+    max_tokens: int = Field(gt=0, le=MAX_TOKENS_CAP, strict=True, description="the token cap (required)")
+    temperature: float = Field(0.0, ge=0, le=2, strict=True)
+    retries: int = Field(1, ge=0, le=10, strict=True, description="re-asks per tier after a validation failure")
     escalate: list[str] = Field(default_factory=list, description="tiers to try next, in order")
     promote: PromoteSpec = Field(default_factory=PromoteSpec,  # type: ignore[arg-type]
                                  description="promotion thresholds for this step")

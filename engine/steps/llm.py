@@ -23,12 +23,12 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import jsonschema
 from pydantic import ValidationError
 
+from engine import strict_json
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
 from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
@@ -53,13 +53,7 @@ def system_message(spec: LLMSpec, schema: dict[str, Any] | None = None) -> str:
     return "\n\n".join(parts)
 
 
-@lru_cache(maxsize=256)
-def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(schema_json))
-
-
-def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    return _validator_for(json.dumps(schema, sort_keys=True))
+_validator = strict_json.validator
 
 
 def cost_of(entry: ModelEntry, completion: Completion,
@@ -72,20 +66,16 @@ def cost_of(entry: ModelEntry, completion: Completion,
 
 def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None = None) -> Any:
     """Return the validated output, or raise ValueError naming what is wrong."""
+    strict_json.check_size(text)
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1)
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"the reply is not valid JSON ({e})") from None
+    value = strict_json.loads(text)  # strict JSON: no NaN/Infinity, bounded depth, valid Unicode
     schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
     assert isinstance(schema, dict)
-    errors = sorted(_validator(schema).iter_errors(value), key=lambda e: e.path)
-    if errors:
-        details = "; ".join(
-            f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors[:5])
-        raise ValueError(f"the reply does not match the schema: {details}")
+    problems = strict_json.schema_problems(schema, value)  # `format` checked too
+    if problems:
+        raise ValueError(f"the reply does not match the schema: {'; '.join(problems)}")
     if spec._pydantic_model is not None:
         try:
             value = spec._pydantic_model.model_validate(value).model_dump(mode="json")

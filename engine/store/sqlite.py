@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sqlite3
 import time
 import threading
@@ -22,8 +23,21 @@ JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "inp
                 "reference_output"}
 
 
+def clean_text(value: Any) -> Any:
+    """Text SQLite can store: lone surrogates (from hostile replies or requests) become U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATES.sub("\ufffd", value)
+    return value
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+    return None if value is None else clean_text(json.dumps(value, ensure_ascii=False, default=str))
 
 
 class SQLiteStore:
@@ -65,7 +79,7 @@ class SQLiteStore:
         }
         sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?"
         with self.lock:
-            self.db.conn.execute(sql, [*values.values(), run_id])
+            self.db.conn.execute(sql, [*map(clean_text, values.values()), run_id])
 
     def record_step(self, row: dict[str, Any]) -> int:
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
@@ -82,7 +96,7 @@ class SQLiteStore:
         introspects the table on every call, about 3x slower."""
         sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
         with self.lock:
-            return int(self.db.conn.execute(sql, list(row.values())).lastrowid or 0)
+            return int(self.db.conn.execute(sql, [clean_text(v) for v in row.values()]).lastrowid or 0)
 
     def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:
         with self.lock:

@@ -45,7 +45,10 @@ def labeller(fake: Any) -> Any:
 @pytest.fixture
 def label_wf(project: Callable[..., Path]) -> Callable[..., Path]:
     def write(promote: str = "") -> Path:
-        return project(WORKFLOW % promote)
+        # `promote` adds keys (", spot_check: 1.0, ..."); a key given twice is a YAML error now.
+        overrides = promote.lstrip(", ")
+        keys = ", ".join(k for k in ("" if "spot_check" in overrides else "spot_check: 0", overrides) if k)
+        return project(WORKFLOW.replace("{spot_check: 0%s}", "{" + keys + "}"))
 
     return write
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 from engine import load_workflow, run_workflow
 from engine.promotion import records, review
 from engine.promotion.proposals import propose_promotions
+from sandboxmark import needs_isolation
 
 GOOD = """
 def solve(inputs):
@@ -34,6 +36,7 @@ def _seed(path):
         run_workflow(path, {"text": text})
 
 
+@needs_isolation
 def test_good_script_is_verified_proposed_and_serves(label_wf, labeller, store):
     path = label_wf(", script_examples: 4")
     _seed(path)
@@ -93,6 +96,7 @@ def test_escaping_scripts_fail_and_the_step_falls_back_to_the_llm(label_wf, labe
     assert not target.exists()
 
 
+@needs_isolation
 def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
     path = label_wf()
     _seed(path)
@@ -105,3 +109,58 @@ def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
     labeller.enqueue(json.dumps({"code": GOOD}))
     report = propose_promotions(load_workflow(path), store, script_tier="premium")
     assert [p.kind for p in report.proposed] == ["script"]
+
+
+@needs_isolation
+def test_refused_script_is_unverified_with_the_reason_and_never_served(label_wf, labeller, store):
+    path = label_wf()
+    _seed(path)
+    labeller.enqueue(json.dumps({"code": "import os\n" + GOOD}))
+    report = propose_promotions(load_workflow(path), store, script_tier="premium")
+    (bad,) = report.unverified
+    assert "static check" in bad.reason and "import of 'os' is not allowed" in bad.reason
+    assert bad.verification["static_check"]
+    # An accepted script edited afterwards is checked again when loaded, and not served.
+    run_workflow(path, {"text": "one more input"})  # the log grows: the writer is asked again
+    labeller.enqueue(json.dumps({"code": GOOD}))
+    report = propose_promotions(load_workflow(path), store, script_tier="premium")
+    (good,) = [p for p in report.proposed if p.kind == "script"]
+    review.accept(store, good.id)
+    artifact = path.parent / "promotions" / "label" / "classify.script.v1.py"
+    assert run_workflow(path, {"text": "hello there"}).step("classify").served_by == "script"
+    artifact.write_text(artifact.read_text() + "\nopen('/etc/passwd')\n")
+    manifest = artifact.parent / "manifest.yaml"
+    os.utime(manifest, ns=(1, 1))  # artifacts are cached by the manifest's mtime
+    assert run_workflow(path, {"text": "hello there"}).step("classify").served_by == "llm"
+
+
+def test_promotions_cli_says_why_scripts_cannot_run(label_wf, labeller, store, monkeypatch):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+    from engine.promotion import sandbox
+
+    from engine.promotion.sandbox import isolation
+
+    class NoNamespaces:  # libc on a kernel that refuses unprivileged user namespaces
+        def __init__(self, real):
+            self.real = real
+
+        def unshare(self, flags):
+            return -1
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    real = isolation._libc()
+    monkeypatch.setattr(isolation, "_libc", lambda: NoNamespaces(real))
+    monkeypatch.setattr(sandbox, "_probe", [])
+    path = label_wf()
+    _seed(path)
+    labeller.enqueue(json.dumps({"code": GOOD}))
+    out = CliRunner().invoke(cli, ["promotions", "propose", str(path), "--script-tier", "premium"]).output
+    assert "scripts do not run on this machine" in out and "unshare" in out
+    assert "not verified: sandbox isolation unavailable" in out
+    status = CliRunner().invoke(cli, ["promotions", "list", "--status", "unverified"]).output
+    assert "scripts do not run on this machine" in status
+    monkeypatch.setattr(sandbox, "_probe", [])

@@ -1,0 +1,177 @@
+"""Run generated (untrusted) scripts in three layers that each hold alone.
+
+A promoted script defines `solve(inputs: dict) -> output | None` (None abstains).
+
+1. **Language** (`static`): an AST allow-list, checked in the parent when a script is proposed,
+   when an artifact is loaded and before every run. A refused script never starts a process.
+2. **Runtime** (`child`): in the child, an audit hook installed before the script's code exists in
+   the process, its policy written into its own code as literals; the script runs in a fresh
+   namespace with restricted builtins, read-only copies of allowed modules and guarded attribute
+   reads.
+3. **OS** (`isolation`): user, mount, network, IPC and UTS namespaces, a read-only root holding only
+   the Python installation, an empty environment, rlimits, no new processes. **Fails closed**: if
+   the isolation cannot be set up, the script does not run (`isolation_problem()` says why).
+
+Only the step's declared inputs reach the child, as JSON on stdin. Every failure (a refused
+script or call, a crash, a limit, a timeout, output that is not strict JSON) becomes a
+`SandboxResult` with `error` set; callers then fall back to the llm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any, Collection
+
+from engine.promotion.sandbox import isolation
+from engine.promotion.sandbox.child import child_source
+from engine.promotion.sandbox.static import check_script
+
+LAYERS = frozenset({"static", "runtime", "os"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int = 2
+    memory_bytes: int = 512 * 1024 * 1024
+    file_bytes: int = 1024 * 1024
+    wall_seconds: float = 5.0
+    per_item_seconds: float = 1.0
+    max_output_chars: int = 1_000_000
+
+
+@dataclass
+class SandboxResult:
+    output: Any = None
+    abstained: bool = False
+    error: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.error is None and not self.abstained
+
+
+class IsolationUnavailable(Exception):
+    """The OS layer could not be set up; carries the reason."""
+
+
+def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[str], wall: float,
+           tmp: str) -> subprocess.CompletedProcess[str]:
+    env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
+    argv = [isolation.python_executable(), "-I", "-S", "-X", "utf8", "-c", source]
+    if "os" not in layers:  # tests only: prove that the other layers hold alone
+        import resource
+
+        def limits_only() -> None:  # pragma: no cover - runs in the forked child
+            os.setsid()
+            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+
+        return subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, env=env, cwd=tmp,
+                              timeout=wall, preexec_fn=limits_only)
+    root = os.path.join(tmp, "root")
+    os.mkdir(root)
+    os.chmod(tmp, 0o711)
+    plan = isolation.make_plan(root, cpu_seconds=limits.cpu_seconds, memory_bytes=limits.memory_bytes,
+                               file_bytes=limits.file_bytes)
+    report_r, report_w = os.pipe()
+    plan.report_fd = report_w
+    libc = isolation._libc()
+    try:
+        return subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, env=env,
+                              timeout=wall, preexec_fn=lambda: isolation.isolate(plan, libc))
+    except subprocess.SubprocessError as e:
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise
+        os.close(report_w)
+        report_w = -1
+        reason = os.read(report_r, 1000).decode(errors="replace") or str(e)
+        raise IsolationUnavailable(reason) from None
+    finally:
+        for fd in (report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def run_script(code: str, inputs: list[dict[str, Any]], limits: Limits | None = None, *,
+               layers: Collection[str] = LAYERS) -> list[SandboxResult]:
+    """Run `solve` over each input in one sandboxed child; one result per input, in order.
+    `layers` exists for tests that show each layer holding alone; never narrow it otherwise."""
+    limits = limits or Limits()
+    if not inputs:
+        return []
+    if "static" in layers:
+        problems = check_script(code)
+        if problems:
+            return [SandboxResult(error="refused by the static check: " + "; ".join(problems))] * len(inputs)
+    tmp = tempfile.mkdtemp(prefix="engine-sandbox-")
+    inside_tmp = "/tmp" if "os" in layers else os.path.realpath(tmp)
+    source = child_source(tmp=inside_tmp, read_roots=isolation.read_roots(), runtime="runtime" in layers)
+    job = {"code": code, "inputs": inputs, "per_item": limits.per_item_seconds,
+           "max_output": limits.max_output_chars}
+    wall = limits.wall_seconds + limits.per_item_seconds * len(inputs)
+    try:
+        proc = _spawn(source, job, limits, layers, wall, tmp)
+    except subprocess.TimeoutExpired:
+        return [SandboxResult(error=f"timeout after {wall:.1f}s")] * len(inputs)
+    except IsolationUnavailable as e:
+        return [SandboxResult(error=f"sandbox isolation unavailable, the script was not run: {e}")] * len(inputs)
+    except OSError as e:
+        return [SandboxResult(error=f"sandbox could not start: {e}")] * len(inputs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _results(proc, len(inputs))
+
+
+def _results(proc: subprocess.CompletedProcess[str], n: int) -> list[SandboxResult]:
+    try:
+        reply = json.loads(proc.stdout)
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        why = f"exit {proc.returncode}" + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
+        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
+        return [SandboxResult(error=f"sandbox died: {why} {' '.join(tail)}"[:500].strip())] * n
+    if "fatal" in reply:
+        return [SandboxResult(error=f"script failed to load: {reply['fatal']}")] * n
+    items = reply.get("results")
+    if not isinstance(items, list) or len(items) != n:
+        return [SandboxResult(error="sandbox returned a malformed reply")] * n
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            out.append(SandboxResult(error="sandbox returned a malformed reply"))
+        elif "error" in item:
+            out.append(SandboxResult(error=str(item["error"])))
+        elif item.get("output") is None:
+            out.append(SandboxResult(abstained=True))
+        else:
+            out.append(SandboxResult(output=item["output"]))
+    return out
+
+
+def run_one(code: str, inputs: dict[str, Any], limits: Limits | None = None) -> SandboxResult:
+    return run_script(code, [inputs], limits)[0]
+
+
+_probe_lock = threading.Lock()
+_probe: list[str | None] = []
+
+
+def isolation_problem(refresh: bool = False) -> str | None:
+    """None when the OS layer can be set up here; else why not (scripts then never run). Cached."""
+    with _probe_lock:
+        if refresh or not _probe:
+            result = run_script("def solve(inputs):\n    return 1\n", [{}],
+                                Limits(wall_seconds=20, per_item_seconds=5))[0]
+            _probe[:] = [None if result.output == 1 else (result.error or "the probe script did not answer")]
+        return _probe[0]
+
+
+__all__ = ["LAYERS", "IsolationUnavailable", "Limits", "SandboxResult", "check_script", "isolation_problem",
+           "run_one", "run_script"]
