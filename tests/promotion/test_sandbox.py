@@ -356,3 +356,18 @@ def test_runs_when_the_parent_holds_many_descriptors() -> None:
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_runtime_policy_is_installed_first_and_lives_in_the_hooks_own_code() -> None:
+    from engine.promotion.sandbox.child import child_source
+
+    source = child_source(tmp="/tmp", read_roots=("/usr/lib/python3",), runtime=True)
+    assert source.index("sys.addaudithook(__sandbox_hook)") < source.index("sys.stdin.buffer.read()")
+    module = compile(source, "child", "exec")
+    hook = next(c for c in module.co_consts if getattr(c, "co_name", "") == "__sandbox_hook")
+    # No closure cells and no module globals hold the policy: only `os` and builtins are looked up.
+    assert hook.co_freevars == ()  # (its cell variables are its own locals, shared with generator expressions)
+    assert set(hook.co_names) <= {"os", "path", "realpath", "fsdecode", "O_WRONLY", "O_RDWR", "O_CREAT",
+                                  "O_APPEND", "O_TRUNC", "startswith", "split", "isinstance", "int", "str", "any",
+                                  "repr", "len", "PermissionError", "RuntimeError", "Exception"}
+    assert "/usr/lib/python3" in repr(hook.co_consts)  # the read roots are literals of the hook itself
