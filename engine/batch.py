@@ -16,6 +16,9 @@
   Runs the crash cut short are marked `interrupted`.
 - Concurrency: N worker threads. llama.cpp (local tier) calls are serialized per model by the
   provider; cloud providers see up to N calls at once.
+- Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
+  stage-wise and the calls that can wait go through the providers' batch APIs at the batch rate
+  (see `engine.provider_batch`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class BatchSummary:
     """What served the steps: 'llm/<tier>', 'script', 'decision', 'cache', ..."""
     elapsed_s: float = 0.0
     interrupted: bool = False
+    provider_batch: Any = None
+    """`engine.provider_batch.BatchState` in a provider-batch run: round, stage, batches, fallbacks."""
 
     @property
     def done(self) -> int:
@@ -193,8 +198,10 @@ def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Pa
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
-              should_stop: Callable[[], bool] | None = None) -> BatchSummary:
-    """Run `workflow` over every line of `inputs`, writing one result line per item to `output`."""
+              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None) -> BatchSummary:
+    """Run `workflow` over every line of `inputs`, writing one result line per item to `output`.
+    `provider_batch` (`engine.provider_batch.ProviderBatchOptions`) runs it stage-wise with
+    provider batch APIs."""
     wf = engine.load(workflow)
     store = engine.store_for(wf)
     if store is None:
@@ -232,17 +239,38 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
     if observer is not None:
         observer.start(summary)
 
+    batcher = None
+    tiers = (engine.config or wf.config).with_tiers(wf.tiers).tiers
+    marked = any(entry.batch for chain in tiers.values() for entry in chain)
+    if provider_batch is None and marked:  # `batch: true` on a tier's model entries
+        from engine.provider_batch import ProviderBatchOptions
+
+        provider_batch = ProviderBatchOptions(all_models=False)
+    if provider_batch is not None and (provider_batch.all_models or marked):
+        from engine.provider_batch import ProviderBatcher
+
+        on_state = getattr(observer, "status", None)
+        batcher = ProviderBatcher(store, bid, provider_batch,
+                                  on_state=(lambda _state: on_state(summary)) if on_state is not None else None)
+        summary.provider_batch = batcher.state
+
     def work(item: BatchItem) -> None:
         if item.error is not None:
             result = failed_result(wf.name, item.error)
         else:
-            result = engine.try_run(wf, item.inputs, tags={"batch": bid, "item": item.index})
+            result = engine.try_run(wf, item.inputs, tags={"batch": bid, "item": item.index},
+                                    provider_batch=batcher)
         record(result_line(item, result), result.cost, served_labels(result))
 
     window = threading.BoundedSemaphore(max(1, concurrency) * 2)
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=f"batch-{bid}")
     futures: list[Future[None]] = []
     try:
+        if batcher is not None:
+            from engine.provider_batch import run_stages
+
+            summary.interrupted = run_stages(batcher, todo, work, concurrency=concurrency, should_stop=should_stop)
+            todo = []
         for item in todo:
             if should_stop is not None and should_stop():
                 summary.interrupted = True

@@ -124,12 +124,14 @@ def run_workflow(
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
     tenant: str | None = None,
+    provider_batch: Any = None,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
     `store=True` opens the configured store, `False`/`None` logs nothing. `servers` may answer
     llm steps before their tiers (caches, promoted lookups; see `engine.serving`). `tenant` namespaces
-    the caches: one tenant's cached answers never serve another's."""
+    the caches: one tenant's cached answers never serve another's. `provider_batch` (an
+    `engine.provider_batch.ProviderBatcher`) sends the calls it routes through provider batch APIs."""
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
@@ -146,7 +148,8 @@ def run_workflow(
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant), step, state)
+        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant,
+                                                  provider_batch=provider_batch), step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)

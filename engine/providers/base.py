@@ -40,6 +40,10 @@ class Completion:
     model: str = ""
     """The model that actually answered, as the provider reports it."""
     raw: Any = None
+    batch: str | None = None
+    """`<provider batch id>/<custom_id>` when a provider batch answered (billed at the batch rate)."""
+    prepaid: bool = False
+    """A provider-batch answer an interrupted run already logged and paid for, replayed on resume."""
 
 
 @runtime_checkable

@@ -20,6 +20,9 @@ class StepContext:
     """`engine.serving.Server`s consulted before an llm step asks its tiers."""
     tenant: str | None = None
     """The run's tenant key: caches never serve one tenant's answers to another."""
+    provider_batch: Any = None
+    """`engine.provider_batch.ProviderBatcher` in a `--provider-batch` run: which calls wait for a
+    provider batch instead of going out in real time."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
-from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
+from engine.pricing import PriceOverride, baseline_cost, completion_cost, premium_price, price_of
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.routing import CallGate
@@ -182,7 +182,8 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     temperature=spec.temperature, options=entry.options)
                 started = time.perf_counter()
                 provider = get_provider(entry.provider)
-                admission = gate.admit(tier, entry, request, provider)
+                route = ctx.provider_batch.route(ctx, tier, entry) if ctx.provider_batch is not None else None
+                admission = gate.admit(tier, entry, request, provider, batch=route is not None)
                 if not admission.ok:
                     if admission.reason == "budget":
                         blocked_by.append(admission.message)
@@ -191,7 +192,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     attempts.append(attempt)
                     break  # next model in the chain
                 try:
-                    completion = provider.complete(request)
+                    completion = provider.complete(request) if route is None else route.complete(request)
                 except AuthenticationError as e:
                     gate.settle(admission, 0.0)
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
@@ -212,12 +213,11 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     raise
                 gate.succeeded(entry)
                 latency = (time.perf_counter() - started) * 1000
-                cost = admission.price.cost(completion.input_tokens, completion.output_tokens,
-                                            completion.cached_input_tokens, completion.cache_write_tokens)
+                cost = completion_cost(admission.price, completion)
                 attempt.update(tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
                                cached_tokens=completion.cached_input_tokens, cost=cost, latency_ms=latency,
                                finish_reason=completion.finish_reason, raw_output=completion.text,
-                               served_model=completion.model or entry.model_name)
+                               served_model=completion.model or entry.model_name, provider_batch=completion.batch)
                 totals["tokens_in"] += completion.input_tokens
                 totals["tokens_out"] += completion.output_tokens
                 totals["cost"] += cost
@@ -260,5 +260,5 @@ def _log(ctx: StepContext, attempt: dict[str, Any], hashes: dict[str, str], valu
         "cost": attempt.get("cost", 0.0), "latency_ms": attempt.get("latency_ms"),
         "finish_reason": attempt.get("finish_reason"), "outcome": attempt["outcome"], "output": output,
         "raw_output": attempt.get("raw_output"), "error": attempt.get("error"),
-        "reason": attempt.get("reason"),
+        "reason": attempt.get("reason"), "provider_batch": attempt.get("provider_batch"),
     })

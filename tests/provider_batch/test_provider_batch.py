@@ -1,0 +1,279 @@
+"""Provider batch runs against in-process OpenAI and Anthropic servers: completed, partially
+failed, expired, cancelled, malformed lines, re-ask rounds, caches first, real-time tiers in the
+same run, pricing, budgets, progress, report."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from conftest import TEXTS, fast, label_of
+
+from engine.pricing import Price, completion_cost, price_of
+from engine.providers.base import Completion
+from engine.provider_batch.fakes import Scenario
+from engine.reporting import build_report
+from engine.runner import open_store
+from engine.spec.models import ModelEntry
+
+EXPECTED = ["spam" if "buy" in t else "ham" for t in TEXTS]
+
+
+def calls(root: Any) -> list[dict[str, Any]]:
+    store = open_store(root / ".engine" / "engine.db")
+    return store.query("SELECT * FROM llm_calls ORDER BY id")
+
+
+def ledger(root: Any) -> list[dict[str, Any]]:
+    store = open_store(root / ".engine" / "engine.db")
+    return store.query("SELECT * FROM provider_batch_requests ORDER BY item")
+
+
+def list_cost(call: dict[str, Any]) -> float:
+    price = price_of(ModelEntry(model=f"{call['provider']}:{call['model']}"))
+    return price.cost(call["tokens_in"], call["tokens_out"])
+
+
+@pytest.mark.parametrize("tier", ["openai", "anthropic"])
+def test_completed_batch_answers_every_item_at_half_price(served, tier):
+    project = served()
+    wf, items = project.write(tier=tier)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert summary.ok == len(TEXTS) and summary.failed == 0
+    counters = project.server.counters
+    assert counters.batches_created == 1 and counters.realtime_calls == 0
+    assert counters.batch_requests_billed == len(TEXTS)
+    if tier == "openai":
+        assert counters.files_uploaded == 1
+    rows = calls(project.root)
+    assert len(rows) == len(TEXTS)
+    for row in rows:
+        assert row["provider_batch"] and row["outcome"] == "valid"
+        assert row["cost"] == pytest.approx(list_cost(row) * 0.5)
+    assert summary.provider_batch.batched == len(TEXTS)
+    assert {r["state"] for r in ledger(project.root)} == {"succeeded"}
+    report = build_report(open_store(project.root / ".engine" / "engine.db"))
+    assert [g["key"] for g in report.groups["source"]] == [f"batch:{tier}"]
+
+
+@pytest.mark.parametrize("tier", ["openai", "anthropic"])
+def test_partially_failed_batch_sends_the_failed_requests_in_real_time(served, tier):
+    project = served(scenario=Scenario(fail=lambda cid, n: n in (1, 3)))
+    wf, items = project.write(tier=tier)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    counters = project.server.counters
+    assert counters.batches_created == 1
+    assert counters.realtime_calls == 2 and counters.batch_requests_billed == 4
+    assert summary.provider_batch.fallbacks == {"errored": 2}
+    fallbacks = [r for r in ledger(project.root) if r["fallback"]]
+    assert len(fallbacks) == 2 and {r["fallback"] for r in fallbacks} == {"realtime:errored"}
+    rows = calls(project.root)
+    batched = [r for r in rows if r["provider_batch"]]
+    realtime = [r for r in rows if not r["provider_batch"]]
+    assert len(batched) == 4 and len(realtime) == 2
+    for row in batched:
+        assert row["cost"] == pytest.approx(list_cost(row) * 0.5)
+    for row in realtime:
+        assert row["cost"] == pytest.approx(list_cost(row))
+
+
+@pytest.mark.parametrize("tier", ["openai", "anthropic"])
+@pytest.mark.parametrize("end,why", [("expired", "expired"), ("cancelled", "canceled")])
+def test_expired_or_cancelled_batch_finishes_the_missing_items_in_real_time(served, tier, end, why):
+    project = served(scenario=Scenario(end=end, run_before_end=2))
+    wf, items = project.write(tier=tier)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    counters = project.server.counters
+    assert counters.batch_requests_billed == 2 and counters.realtime_calls == len(TEXTS) - 2
+    assert summary.provider_batch.fallbacks == {why: len(TEXTS) - 2}
+    assert summary.provider_batch.batched == 2
+    job_status = open_store(project.root / ".engine" / "engine.db").query(
+        "SELECT status FROM provider_batch_jobs")[0]["status"]
+    assert job_status == ({"openai": end, "anthropic": "ended"}[tier])
+
+
+@pytest.mark.parametrize("tier", ["openai", "anthropic"])
+def test_malformed_result_line_falls_back_for_that_request_only(served, tier):
+    project = served(scenario=Scenario(malformed=lambda cid, n: n == 0))
+    wf, items = project.write(tier=tier)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert project.server.counters.realtime_calls == 1
+    assert sum(summary.provider_batch.fallbacks.values()) == 1
+    assert summary.provider_batch.batched == len(TEXTS) - 1
+
+
+def test_batch_that_fails_validation_runs_everything_in_real_time(served):
+    project = served(scenario=Scenario(end="failed"))
+    wf, items = project.write()
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert project.server.counters.realtime_calls == len(TEXTS)
+    assert summary.provider_batch.fallbacks == {"missing": len(TEXTS)}
+    assert all(not r["provider_batch"] for r in calls(project.root))
+
+
+def flaky_answer(bad_items: set[str]):
+    """Invalid on the first ask for texts in `bad_items`, valid once re-asked."""
+
+    def answer(messages: list[dict[str, Any]], model: str) -> Any:
+        text = next(m["content"] for m in messages if m["role"] == "user")
+        reasked = any("rejected" in str(m.get("content")) for m in messages)
+        if any(b in text for b in bad_items) and not reasked:
+            return {"label": "maybe"}
+        return {"label": label_of(messages)}
+
+    return answer
+
+
+def test_reasks_go_out_as_the_next_batch_round(served):
+    project = served(answer=flaky_answer({"lunch", "gold"}))
+    wf, items = project.write()
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    counters = project.server.counters
+    assert counters.batches_created == 2 and counters.realtime_calls == 0
+    assert summary.provider_batch.round == 2
+    rows = calls(project.root)
+    assert [r["outcome"] for r in rows].count("invalid") == 2
+    assert all(r["provider_batch"] for r in rows)
+
+
+def test_realtime_retries_send_reasks_in_real_time(served):
+    project = served(answer=flaky_answer({"lunch", "gold"}))
+    wf, items = project.write()
+    project.run(wf, items, fast(realtime_retries=True))
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    counters = project.server.counters
+    assert counters.batches_created == 1 and counters.realtime_calls == 2
+
+
+def test_escalation_to_a_local_tier_stays_real_time(served, fake):
+    project = served(answer=lambda messages, model: {"label": "maybe"})
+    fake.responder = lambda request: {"label": label_of(request.messages)}
+    wf, items = project.write(extra="      escalate: [local]")
+    summary = project.run(wf, items, fast(), concurrency=1)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert summary.ok == len(TEXTS)
+    # two batch rounds (first ask, re-ask), then the local tier answered in real time
+    assert project.server.counters.batches_created == 2
+    assert len(fake.requests) == len(TEXTS)
+
+
+def test_cache_serves_first_and_only_misses_are_batched(served):
+    project = served()
+    wf, items = project.write(extra="      cache: true", texts=TEXTS[:3])
+    project.run(wf, items)
+    assert project.server.counters.batches_created == 1
+    wf, items = project.write(extra="      cache: true", texts=TEXTS)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert summary.served["cache"] == 3
+    assert project.server.counters.batches_created == 2
+    assert len(project.server.counters.custom_ids) == 3 + 3  # only the 3 misses went into batch 2
+
+
+def test_per_tier_batch_true_without_the_flag(served):
+    project = served()
+    wf, items = project.write(batch_flag=True)
+    summary = project.run(wf, items, fast(all_models=False))
+    assert summary.ok == len(TEXTS) and project.server.counters.batches_created == 1
+    assert project.server.counters.realtime_calls == 0
+
+
+def test_without_batch_marks_or_the_flag_the_run_is_real_time(served):
+    project = served()
+    wf, items = project.write()
+    summary = project.run(wf, items, fast(all_models=False))
+    assert summary.ok == len(TEXTS) and summary.provider_batch is None
+    assert project.server.counters.batches_created == 0
+    assert project.server.counters.realtime_calls == len(TEXTS)
+
+
+def test_max_wait_cancels_and_finishes_in_real_time(served):
+    hold = threading.Event()  # never released: the batch would stay in_progress
+    project = served(scenario=Scenario(hold=hold, run_before_end=1))
+    wf, items = project.write()
+    summary = project.run(wf, items, fast(max_wait_s=0.2))
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    counters = project.server.counters
+    assert counters.cancels == 1
+    assert counters.batch_requests_billed == 1 and counters.realtime_calls == len(TEXTS) - 1
+    assert summary.provider_batch.fallbacks == {"canceled": len(TEXTS) - 1}
+
+
+def test_budget_counts_batch_spend_when_submitted(served):
+    project = served()
+    # each request's worst case at the batch rate is ~ (prompt + 20 output tokens) at half price;
+    # a cap that fits three worst cases lets three requests into the batch and blocks the rest
+    from engine.pricing import estimate_tokens
+
+    price = price_of(ModelEntry(model="openai:gpt-4o-mini")).batched()
+    worst = price.cost(estimate_tokens([{"content": "x" * 400}]), 20)
+    wf, items = project.write(config_extra=f"budgets: {{run: 1, workflow_day: {worst * 3.5:.10f}}}\n")
+    summary = project.run(wf, items)
+    outputs = project.outputs()
+    ok = [o for o in outputs if o["status"] == "ok"]
+    assert 1 <= len(ok) < len(TEXTS)
+    assert all("budget" in o["error"] for o in outputs if o["status"] != "ok")
+    assert len(project.server.counters.custom_ids) == len(ok)  # blocked requests never reached a batch
+    assert summary.failed == len(TEXTS) - len(ok)
+
+
+def test_progress_shows_stage_and_batch_state(served):
+    from engine.cli.batch import stage_text
+
+    project = served(scenario=Scenario(polls_in_progress=2))
+    wf, items = project.write()
+    seen: list[str] = []
+
+    class Observer:
+        def start(self, summary):
+            pass
+
+        def advance(self, summary, line):
+            pass
+
+        def status(self, summary):
+            seen.append(stage_text(summary.provider_batch))
+
+    project.run(wf, items, observer=Observer())
+    text = "\n".join(seen)
+    for status in ("in_progress", "finalizing", "completed"):
+        assert f"gpt-4o-mini {status}" in text
+    assert "round 1: waiting on provider batches (classify 6)" in text
+    assert f"completed {len(TEXTS)}/{len(TEXTS)}" in text
+
+
+def test_batch_pricing_uses_the_discount_of_the_pricing_table():
+    price = Price(input=2.0, output=8.0, cached_input=1.0, batch_discount=0.4)
+    completion = Completion(text="{}", finish_reason="stop", input_tokens=1000, output_tokens=100)
+    assert completion_cost(price, completion) == pytest.approx(price.cost(1000, 100))
+    completion.batch = "batch_1/i0-x"
+    assert completion_cost(price, completion) == pytest.approx(price.cost(1000, 100) * 0.6)
+    completion.prepaid = True
+    assert completion_cost(price, completion) == 0.0
+    assert Price(1.0, 2.0).batched().input == 0.5  # default discount: half price
+
+
+def test_batch_discount_in_engine_yaml(served):
+    project = served()
+    wf, items = project.write(config_extra='pricing:\n  "openai:gpt-4o-mini": {input: 1.0, output: 2.0, '
+                                           'batch_discount: 0.25}\n')
+    project.run(wf, items)
+    for row in calls(project.root):
+        assert row["cost"] == pytest.approx((row["tokens_in"] * 1.0 + row["tokens_out"] * 2.0) / 1e6 * 0.75)
+
+
+def test_batch_true_on_a_provider_without_a_batch_api_is_a_config_error(engine_home):
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    (engine_home / "engine.yaml").write_text("tiers:\n  local:\n    - model: llamacpp:smollm2\n      batch: true\n")
+    with pytest.raises(ConfigError, match=r"engine.yaml:4:\d+: tiers.local\[0\].batch: provider 'llamacpp' has no "
+                                          r"batch API"):
+        load_config()
