@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 from engine.errors import ProviderError, ProviderUnavailableError
@@ -74,15 +73,6 @@ class BatchAPI(Protocol):
     def completion(self, line: Any, request: CompletionRequest) -> Completion: ...
 
     def cancel(self, provider: Any, entry: ModelEntry, job_id: str) -> None: ...
-
-
-def _ns(value: Any) -> Any:
-    """JSON as attribute access, for the providers' response parsers."""
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k: _ns(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return [_ns(v) for v in value]
-    return value
 
 
 def _text(content: Any) -> str:
@@ -208,11 +198,13 @@ class OpenAIBatchAPI:
         return LineResult(cid, "succeeded", line)
 
     def completion(self, line: Any, request: CompletionRequest) -> Completion:
+        from openai.types.chat import ChatCompletion
+
         from engine.providers.openai import parse_chat_completion
 
-        try:
-            return parse_chat_completion(_ns(line["response"]["body"]), request.model)
-        except (AttributeError, TypeError, KeyError, IndexError, ProviderError) as e:
+        try:  # the SDK's own model of a chat completion, as in real time
+            return parse_chat_completion(ChatCompletion.model_validate(line["response"]["body"]), request.model)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError, ProviderError) as e:
             raise ValueError(f"unexpected response shape: {e}") from None
 
     def cancel(self, provider: Any, entry: ModelEntry, job_id: str) -> None:
@@ -268,17 +260,8 @@ class AnthropicBatchAPI:
             return []
         url = status.results_url
 
-        def fetch(client: Any) -> str:
-            import anthropic
-
-            response = client.get(url, cast_to=anthropic._response.BinaryAPIResponse if False else object,
-                                  options={"headers": {"Accept": "application/binary"}}, stream=False) \
-                if False else None
-            raw = client._client.get(url, headers={**client.auth_headers, **client.default_headers})
-            if raw.status_code >= 400:
-                raise anthropic.APIStatusError(f"results_url answered HTTP {raw.status_code}", response=raw,
-                                               body=None)
-            return str(raw.text)
+        def fetch(client: Any) -> str:  # the raw JSONL: one unreadable line must not hide the others
+            return str(client.get(url, cast_to=str, options={"headers": {"Accept": "application/binary"}}))
 
         return _lines(self._call(provider, entry, fetch), self._classify)
 
@@ -300,12 +283,14 @@ class AnthropicBatchAPI:
         raise ValueError(f"unknown result type {kind!r}")
 
     def completion(self, line: Any, request: CompletionRequest) -> Completion:
+        from anthropic.types import Message
+
         from engine.providers.anthropic import parse_message, tool_schema
 
         wrapped = request.schema is not None and tool_schema(request.schema)[1]
-        try:
-            return parse_message(_ns(line["result"]["message"]), request.model, wrapped)
-        except (AttributeError, TypeError, KeyError, IndexError) as e:
+        try:  # the SDK's own model of a message, as in real time
+            return parse_message(Message.model_validate(line["result"]["message"]), request.model, wrapped)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
             raise ValueError(f"unexpected message shape: {e}") from None
 
     def cancel(self, provider: Any, entry: ModelEntry, job_id: str) -> None:

@@ -202,6 +202,8 @@ class ProviderBatcher:
         return Route(self, ctx.run_id, ctx.step_id, tier, entry)
 
     def complete(self, route: Route, request: CompletionRequest) -> Completion:
+        if self._aborted:
+            raise BatchAborted()
         item = int(self._local.item)
         fp = fingerprint(route.entry, request)
         with self.cond:
@@ -336,8 +338,8 @@ class ProviderBatcher:
         except ProviderError as e:
             log.warning("provider batch: submitting %d requests to %s failed: %s", len(chunk), entry.model, e)
             self.ledger.update_job(job, state="failed", error=str(e))
-            self.ledger.store_results(job, [])
-            self._wake_job(job, default_state="errored", default_error=f"submit failed: {e}")
+            self.ledger.store_results(job, [], rest=("errored", f"submitting the batch failed: {e}"))
+            self._wake_job(job)
             return job, False
         self.ledger.update_job(job, provider_job_id=provider_job_id, input_file_id=file_id, state="submitted",
                                submitted_at=_now())
@@ -396,13 +398,13 @@ class ProviderBatcher:
         self._wake_job(job)
         return True
 
-    def _wake_job(self, job: Job, default_state: str = "missing", default_error: str | None = None) -> None:
+    def _wake_job(self, job: Job) -> None:
         with self.cond:
             parked = [p for p in self._parked.values() if p.job_id == job.id]
         for p in parked:
             row = self.ledger.request(p.custom_id) or {}
             if row.get("state") not in DONE_STATES:
-                row = {**row, "state": default_state, "error": default_error or "no result line"}
+                row = {**row, "state": "missing", "error": "no result line"}
             self._wake(p, row)
 
     def _wake(self, parked: _Parked, row: dict[str, Any]) -> None:

@@ -91,7 +91,7 @@ class FakeProviderServer:
         self.scenario = scenario or Scenario()
         self.latency_s = latency_s
         self.counters = Counters()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.files: dict[str, bytes] = {}
         self.openai_batches: dict[str, dict[str, Any]] = {}
         self.anthropic_batches: dict[str, dict[str, Any]] = {}
@@ -382,6 +382,9 @@ class FakeProviderServer:
                     self.counters.polls += 1
                     self._openai_advance(batch)
                 return 200, dict(batch), "application/json"
+        if method == "POST" and path == "/v1/messages/batches":
+            status, payload = self._anthropic_create(body)
+            return status, payload, "application/json"
         m = re.fullmatch(r"/v1/messages/batches/([^/]+)(/cancel|/results)?", path)
         if m and m.group(1) in self.anthropic_batches:
             batch = self.anthropic_batches[m.group(1)]

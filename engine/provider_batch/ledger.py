@@ -138,9 +138,10 @@ class Ledger:
             row["result"] = json.loads(row["result"])
         return row
 
-    def store_results(self, job: Job, results: Iterable[tuple[str, str, Any, str | None]]) -> None:
+    def store_results(self, job: Job, results: Iterable[tuple[str, str, Any, str | None]],
+                      rest: tuple[str, str] = ("missing", "no result line for this request")) -> None:
         """Write each `(custom_id, state, result line, error)` of `job`, and mark the job collected,
-        in one transaction. Requests of the job with no line are marked `missing`."""
+        in one transaction. Requests of the job with no line get `rest` (state, error)."""
         now = _now()
         with self.store.lock:
             conn = self.store.db.conn
@@ -151,9 +152,8 @@ class Ledger:
                     "WHERE custom_id = ? AND job_id = ?",
                     [[state, None if line is None else json.dumps(line), error, now, cid, job.id]
                      for cid, state, line, error in results])
-                conn.execute("UPDATE provider_batch_requests SET state = 'missing', error = ?, updated_at = ? "
-                             "WHERE job_id = ? AND state = 'pending'",
-                             ["no result line for this request", now, job.id])
+                conn.execute("UPDATE provider_batch_requests SET state = ?, error = ?, updated_at = ? "
+                             "WHERE job_id = ? AND state = 'pending'", [*rest, now, job.id])
                 conn.execute("UPDATE provider_batch_jobs SET state = 'collected', updated_at = ? WHERE id = ?",
                              [now, job.id])
             except BaseException:

@@ -58,7 +58,7 @@ class Project:
 
     def write(self, tier: str = "openai", extra: str = "", config_extra: str = "", batch_flag: bool = False,
               texts: list[str] | None = None) -> tuple[Path, Path]:
-        flag = "\n      batch: true" if batch_flag else ""
+        flag = "\n" + " " * 18 + "batch: true" if batch_flag else ""
         (self.root / "engine.yaml").write_text(textwrap.dedent(f"""\
             tiers:
               openai:

@@ -64,7 +64,7 @@ def test_resume_after_sigkill_between_submit_and_completion(served):
     project = served(scenario=Scenario(hold=hold))
     wf, items = project.write()
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(wf), "--inputs", str(items),
-                             "--provider-batch", "--poll-interval", "0.05", "-q"],
+                             "--output", str(project.root / "out.jsonl"), "--provider-batch", "--poll-interval", "0.05", "-q"],
                             cwd=project.root, env=dict(os.environ), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
