@@ -195,6 +195,12 @@ def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Pa
     return new_id, False
 
 
+def _marks_batch(engine: Engine, wf: Workflow) -> bool:
+    """Whether any model the workflow may use is marked `batch: true` in its tiers."""
+    tiers = (engine.config or wf.config).with_tiers(wf.tiers).tiers
+    return any(entry.batch for chain in tiers.values() for entry in chain)
+
+
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
@@ -240,19 +246,17 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         observer.start(summary)
 
     batcher = None
-    tiers = (engine.config or wf.config).with_tiers(wf.tiers).tiers
-    marked = any(entry.batch for chain in tiers.values() for entry in chain)
-    if provider_batch is None and marked:  # `batch: true` on a tier's model entries
-        from engine.provider_batch import ProviderBatchOptions
+    if provider_batch is not None or _resuming or _marks_batch(engine, wf):
+        from engine.provider_batch import ProviderBatcher, batch_options
 
-        provider_batch = ProviderBatchOptions(all_models=False)
-    if provider_batch is not None and (provider_batch.all_models or marked):
-        from engine.provider_batch import ProviderBatcher
-
-        on_state = getattr(observer, "status", None)
-        batcher = ProviderBatcher(store, bid, provider_batch,
-                                  on_state=(lambda _state: on_state(summary)) if on_state is not None else None)
-        summary.provider_batch = batcher.state
+        options = batch_options(provider_batch, marked=_marks_batch(engine, wf),
+                                resumed=_resuming and bool(store.query(
+                                    "SELECT 1 FROM provider_batch_jobs WHERE batch_id = ? LIMIT 1", [bid])))
+        if options is not None:
+            on_state = getattr(observer, "status", None)
+            batcher = ProviderBatcher(store, bid, options,
+                                      on_state=(lambda _state: on_state(summary)) if on_state is not None else None)
+            summary.provider_batch = batcher.state
 
     def work(item: BatchItem) -> None:
         if item.error is not None:

@@ -16,8 +16,9 @@ against budgets from the moment they are submitted.
 """
 
 from engine.provider_batch.apis import BatchAPI, batch_api, register_batch_api, unregister_batch_api
-from engine.provider_batch.batcher import BatchState, ProviderBatcher, ProviderBatchOptions
+from engine.provider_batch.batcher import BatchState, ProviderBatcher, ProviderBatchOptions, batch_options
 from engine.provider_batch.stages import run_stages
 
-__all__ = ["BatchAPI", "BatchState", "ProviderBatchOptions", "ProviderBatcher", "batch_api", "register_batch_api",
+__all__ = ["BatchAPI", "BatchState", "ProviderBatchOptions", "ProviderBatcher", "batch_api", "batch_options",
+           "register_batch_api",
            "run_stages", "unregister_batch_api"]

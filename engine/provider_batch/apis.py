@@ -173,9 +173,11 @@ class OpenAIBatchAPI:
         out: list[LineResult] = []
         for file_id in (status.output_file_id, status.error_file_id):
             if file_id:
-                content = self._call(provider, entry, lambda c, f=file_id: c.files.content(f))
-                out += _lines(_text(content), self._classify)
+                out += _lines(_text(self._download(provider, entry, file_id)), self._classify)
         return out
+
+    def _download(self, provider: Any, entry: ModelEntry, file_id: str) -> Any:
+        return self._call(provider, entry, lambda c: c.files.content(file_id))
 
     @staticmethod
     def _classify(line: dict[str, Any]) -> LineResult:

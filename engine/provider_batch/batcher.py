@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from engine.errors import AuthenticationError, ProviderError
@@ -69,6 +69,20 @@ class ProviderBatchOptions:
     """How long this invocation waits on provider batches before cancelling them (None: no bound)."""
     poll_s: float = 30.0
     """Seconds between polls of an open provider batch."""
+
+
+def batch_options(requested: ProviderBatchOptions | None, *, marked: bool,
+                  resumed: bool) -> ProviderBatchOptions | None:
+    """The options a batch run goes with, or None (all real time). `requested`: the caller's
+    (`--provider-batch` sets `all_models`); `marked`: some model is `batch: true`; `resumed`: a
+    resumed run whose earlier attempt used provider batches, which keeps using them (with every
+    model, unless only marked ones were), so it never pays in real time for what they answered."""
+    if requested is not None and requested.all_models:
+        return requested
+    if not (marked or resumed):
+        return None
+    options = requested or ProviderBatchOptions()
+    return replace(options, all_models=not marked)
 
 
 @dataclass
@@ -132,7 +146,7 @@ def entry_of(key: str) -> ModelEntry:
     """A model entry good enough to reach the provider batches of `route_key` (resume)."""
     model, base_url, key_env = (key.split("|") + ["", ""])[:3]
     options = {k: v for k, v in (("base_url", base_url), ("api_key_env", key_env)) if v}
-    return ModelEntry(model=model, options=options)
+    return ModelEntry.model_validate({"model": model, "options": options})
 
 
 class Route:

@@ -260,8 +260,7 @@ class FakeProviderServer:
         filename = "upload.jsonl"
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            if part.get_filename():
-                filename = part.get_filename()
+            filename = part.get_filename() or filename
             fields[str(name)] = part.get_payload(decode=True)
         if fields.get("purpose", b"").decode() != "batch" or "file" not in fields:
             return 400, {"error": {"message": "purpose must be batch and a file is required",

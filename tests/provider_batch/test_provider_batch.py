@@ -277,3 +277,84 @@ def test_batch_true_on_a_provider_without_a_batch_api_is_a_config_error(engine_h
     with pytest.raises(ConfigError, match=r"engine.yaml:4:\d+: tiers.local\[0\].batch: provider 'llamacpp' has no "
                                           r"batch API"):
         load_config()
+
+
+def test_cli_provider_batch_run_shows_the_summary(served):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    project = served()
+    wf, items = project.write()
+    result = CliRunner().invoke(cli, ["run", str(wf), "--inputs", str(items), "--output",
+                                      str(project.root / "out.jsonl"), "--provider-batch", "--poll-interval", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert "provider batches: 1 polled in 1 round(s); 6 answers from batches" in result.output
+    assert project.server.counters.batches_created == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--provider-batch"], "need a batch run (--inputs FILE)"),
+    (["--inputs", "items.jsonl", "--provider-batch", "--max-wait", "soon"], "--max-wait: 'soon' is not a duration"),
+])
+def test_cli_provider_batch_flags_are_checked(served, args, message):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    project = served()
+    wf, _items = project.write()
+    result = CliRunner().invoke(cli, ["run", str(wf), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+ROUTED = """\
+name: routed
+inputs: {text: {type: string}}
+steps:
+  - id: spam_check
+    when: "'buy' in inputs.text"
+    inputs: {text: "{{ inputs.text }}"}
+    llm:
+      tier: openai
+      prompt: "Label this: {{ text }}"
+      schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label], additionalProperties: false}
+      max_tokens: 20
+  - id: ham_check
+    when: "'buy' not in inputs.text"
+    inputs: {text: "{{ inputs.text }}"}
+    llm:
+      tier: anthropic
+      prompt: "Label this: {{ text }}"
+      schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label], additionalProperties: false}
+      max_tokens: 20
+  - id: note
+    inputs: {text: "{{ inputs.text }}"}
+    llm:
+      tier: compat
+      prompt: "Label this: {{ text }}"
+      schema: {type: object, properties: {label: {enum: [spam, ham]}}, required: [label], additionalProperties: false}
+      max_tokens: 20
+"""
+
+
+def test_requests_are_grouped_per_provider_and_model_and_compatible_servers_stay_real_time(served):
+    project = served()
+    _wf, items = project.write(config_extra=f"""\
+  compat:
+    - model: openai-compatible:local-server
+      options: {{base_url: "{project.server.base_url}/v1", structured_output: json_schema}}
+""")
+    wf = project.root / "routed.yaml"
+    wf.write_text(ROUTED)
+    summary = project.run(wf, items)
+    assert summary.ok == len(TEXTS)
+    counters = project.server.counters
+    # one round: an OpenAI batch for the spam-looking items and an Anthropic batch for the rest
+    assert summary.provider_batch.round == 1 and counters.batches_created == 2
+    assert sorted(job["model"] for job in summary.provider_batch.jobs) == ["anthropic:claude-haiku-4-5",
+                                                                           "openai:gpt-4o-mini"]
+    assert counters.batch_requests_billed == len(TEXTS)
+    assert counters.realtime_calls == len(TEXTS)  # the openai-compatible server has no batch API

@@ -78,7 +78,8 @@ def test_resume_after_sigkill_between_submit_and_completion(served):
     assert len(open_jobs) == 1 and open_jobs[0].provider_job_id
 
     hold.set()
-    summary = project.run(wf, items, resume=True)
+    # resumed without --provider-batch: a run that used provider batches keeps using them
+    summary = project.run(wf, items, fast(all_models=False), resume=True)
     assert summary.ok == len(TEXTS)
     counters = project.server.counters
     assert counters.batches_created == 1  # the same provider batch, polled again
