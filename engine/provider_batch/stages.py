@@ -24,10 +24,11 @@ WINDOW = 4096
 
 
 def run_stages(batcher: ProviderBatcher, items: Iterable[Any], work: Callable[[Any], None], *,
-               concurrency: int = 8, window: int = WINDOW, index: Callable[[Any], int] = lambda i: i.index,
+               concurrency: int = 8, window: int | None = None, index: Callable[[Any], int] = lambda i: i.index,
                should_stop: Callable[[], bool] | None = None) -> bool:
     """Run `work(item)` for every item, stage-wise (see the module docstring). Returns True when
     it stopped early (`should_stop`); Ctrl-C aborts the parked items and re-raises."""
+    window = window or WINDOW
     batcher.slots = threading.Semaphore(max(1, concurrency))
     batcher.resume_jobs()
     pending = iter(items)

@@ -109,7 +109,7 @@ def measure(work: Path, base_url: str, provider: str, items: list[dict[str, str]
     state = summary.provider_batch
     waited = state.waited_s if state is not None else 0.0
     return {"provider": provider, "model": MODELS[provider], "mode": mode, "items": len(items), "ok": summary.ok,
-            "correct": correct, "cost_usd": round(summary.cost, 6), "wall_s": round(wall, 3),
+            "correct": correct, "cost_usd": round(summary.cost, 9), "wall_s": round(wall, 3),
             "poll_wait_s": round(waited, 3), "engine_s": round(wall - waited, 3),
             "provider_batches": len(state.jobs) if state is not None else 0,
             "realtime_fallbacks": sum(state.fallbacks.values()) if state is not None else 0}
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     if not (args.data / "test.csv").is_file():
         console.print(f"BANKING77 not found in {args.data} (use --data DIR)")
         sys.exit(2)

@@ -358,3 +358,15 @@ def test_requests_are_grouped_per_provider_and_model_and_compatible_servers_stay
                                                                            "openai:gpt-4o-mini"]
     assert counters.batch_requests_billed == len(TEXTS)
     assert counters.realtime_calls == len(TEXTS)  # the openai-compatible server has no batch API
+
+
+def test_more_items_than_the_window_go_out_in_waves(served, monkeypatch):
+    from engine.provider_batch import stages
+
+    monkeypatch.setattr(stages, "WINDOW", 2)
+    project = served()
+    wf, items = project.write()
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert project.server.counters.batches_created == 3  # 6 items, 2 in flight at a time
+    assert summary.provider_batch.batched == len(TEXTS)
