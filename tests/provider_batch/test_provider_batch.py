@@ -207,21 +207,25 @@ def test_max_wait_cancels_and_finishes_in_real_time(served):
 
 
 def test_budget_counts_batch_spend_when_submitted(served):
-    project = served()
-    # each request's worst case at the batch rate is ~ (prompt + 20 output tokens) at half price;
-    # a cap that fits three worst cases lets three requests into the batch and blocks the rest
     from engine.pricing import estimate_tokens
+    from engine.spec import load_workflow
+    from engine.steps.llm import system_message
 
+    project = served()
+    wf, items = project.write()
+    spec = load_workflow(wf).steps[0].llm
     price = price_of(ModelEntry(model="openai:gpt-4o-mini")).batched()
-    worst = price.cost(estimate_tokens([{"content": "x" * 400}]), 20)
-    wf, items = project.write(config_extra=f"budgets: {{run: 1, workflow_day: {worst * 3.5:.10f}}}\n")
+    worst = max(price.cost(estimate_tokens([{"content": system_message(spec)},
+                                            {"content": f"Label this: {text}"}]), 20) for text in TEXTS)
+    # a daily cap that holds three worst cases at the batch rate: three requests get into the
+    # batch, the others are refused before submission (their holds would cross the cap)
+    wf, items = project.write(config_extra=f"budgets: {{workflow_day: {worst * 3 * 1.001:.12f}}}\n")
     summary = project.run(wf, items)
     outputs = project.outputs()
-    ok = [o for o in outputs if o["status"] == "ok"]
-    assert 1 <= len(ok) < len(TEXTS)
-    assert all("budget" in o["error"] for o in outputs if o["status"] != "ok")
-    assert len(project.server.counters.custom_ids) == len(ok)  # blocked requests never reached a batch
-    assert summary.failed == len(TEXTS) - len(ok)
+    assert sum(o["status"] == "ok" for o in outputs) == 3 and summary.failed == 3
+    assert all("budget workflow_day" in o["error"] for o in outputs if o["status"] != "ok")
+    assert len(project.server.counters.custom_ids) == 3  # refused requests never reached a batch
+    assert project.server.counters.realtime_calls == 0
 
 
 def test_progress_shows_stage_and_batch_state(served):
