@@ -105,8 +105,14 @@ def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[Bat
 
 
 def served_labels(result: RunResult) -> list[str]:
-    return [f"{s.served_by}/{s.tier}" if s.served_by == "llm" and s.tier else str(s.served_by)
-            for s in result.steps if s.status == "ok" and s.served_by]
+    """'llm/<tier>', 'batch/<tier>' (a provider batch answered), 'script', 'cache', ..."""
+    def label(s: Any) -> str:
+        if s.served_by != "llm" or not s.tier:
+            return str(s.served_by)
+        batched = any(a.get("provider_batch") and a.get("outcome") == "valid" for a in s.calls)
+        return f"{'batch' if batched else 'llm'}/{s.tier}"
+
+    return [label(s) for s in result.steps if s.status == "ok" and s.served_by]
 
 
 def result_line(item: BatchItem, result: RunResult) -> dict[str, Any]:

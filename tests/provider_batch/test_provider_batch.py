@@ -53,6 +53,7 @@ def test_completed_batch_answers_every_item_at_half_price(served, tier):
         assert row["provider_batch"] and row["outcome"] == "valid"
         assert row["cost"] == pytest.approx(list_cost(row) * 0.5)
     assert summary.provider_batch.batched == len(TEXTS)
+    assert summary.served == {f"batch/{tier}": len(TEXTS)}
     assert {r["state"] for r in ledger(project.root)} == {"succeeded"}
     report = build_report(open_store(project.root / ".engine" / "engine.db"))
     assert [g["key"] for g in report.groups["source"]] == [f"batch:{tier}"]
