@@ -25,7 +25,10 @@ already stored are replayed without a call, and, when the killed run had logged 
 at no cost (`Completion.prepaid`); batches still open are polled again, never submitted twice.
 
 `max_wait_s` bounds the waiting of one invocation: past it, open batches are cancelled, what
-they answered before the cancel is used, and the rest falls back to real time.
+they answered before the cancel is used, and the rest falls back to real time. A batch that
+cannot be polled or downloaded is retried at the next poll when the error is transient (outage,
+timeout, 429); after three client errors in a row, or past `max_wait_s`, it is given up and its
+requests fall back to real time.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from engine.errors import AuthenticationError, ProviderError
+from engine.errors import (AuthenticationError, ProviderError, ProviderTimeoutError, ProviderUnavailableError,
+                           RateLimitError)
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.provider_batch.apis import BatchAPI, JobStatus, batch_api
@@ -359,8 +363,23 @@ class ProviderBatcher:
                                submitted_at=_now())
         return job, True
 
+    def _failed_to_reach(self, job: Job, error: ProviderError, what: str, fails: Counter[str]) -> bool:
+        """A poll or a download failed. Transient errors are retried at the next poll; a job that
+        keeps answering with a client error (3 times), or any failure past `--max-wait`, is given
+        up: its requests go out in real time. True when given up."""
+        fails[job.id] += 1
+        log.warning("provider batch: %s %s failed: %s", what, job.provider_job_id, error)
+        transient = isinstance(error, (ProviderUnavailableError, ProviderTimeoutError, RateLimitError))
+        if (transient or fails[job.id] < 3) and not self._past_deadline():
+            return False
+        self.ledger.update_job(job, state="failed", error=f"{what}: {error}")
+        self.ledger.store_results(job, [], rest=("missing", f"{what} failed: {error}"))
+        self._wake_job(job)
+        return True
+
     def _poll(self, jobs: dict[str, tuple[Job, ModelEntry]]) -> None:
         open_jobs = dict(jobs)
+        fails: Counter[str] = Counter()
         while open_jobs:
             for job_id, (job, entry) in list(open_jobs.items()):
                 api = batch_api(entry.provider)
@@ -370,16 +389,23 @@ class ProviderBatcher:
                     status = api.poll(provider, entry, job.provider_job_id)
                 except AuthenticationError:
                     raise
-                except ProviderError as e:  # a blip: poll again next time
-                    log.warning("provider batch: polling %s failed: %s", job.provider_job_id, e)
+                except ProviderError as e:
+                    if self._failed_to_reach(job, e, "polling", fails):
+                        del open_jobs[job_id]
                     continue
                 self.ledger.update_job(job, status=status.status, counts=status.counts,
                                        output_file_id=status.output_file_id, error_file_id=status.error_file_id,
                                        error=status.error, state="ended" if status.ended else job.state)
                 self._show_job(job, entry, status)
                 if status.ended:
-                    if self._collect(job, entry, api, provider, status):
-                        del open_jobs[job_id]
+                    try:
+                        self._collect(job, entry, api, provider, status)
+                    except AuthenticationError:
+                        raise
+                    except ProviderError as e:
+                        if not self._failed_to_reach(job, e, "downloading the results of", fails):
+                            continue
+                    del open_jobs[job_id]
                 elif self._past_deadline() and job_id not in self._cancelled:
                     log.warning("provider batch: %s still %s after --max-wait; cancelling it",
                                 job.provider_job_id, status.status)
@@ -393,14 +419,8 @@ class ProviderBatcher:
                 self.sleep(self.options.poll_s)
                 self.state.waited_s += self.clock() - started
 
-    def _collect(self, job: Job, entry: ModelEntry, api: BatchAPI, provider: Any, status: JobStatus) -> bool:
-        try:
-            lines = api.results(provider, entry, status)
-        except AuthenticationError:
-            raise
-        except ProviderError as e:
-            log.warning("provider batch: downloading the results of %s failed: %s", job.provider_job_id, e)
-            return False
+    def _collect(self, job: Job, entry: ModelEntry, api: BatchAPI, provider: Any, status: JobStatus) -> None:
+        lines = api.results(provider, entry, status)
         mine = set(self.ledger.job_custom_ids(job))
         rows = [(ln.custom_id, ln.state, ln.line, ln.error) for ln in lines if ln.custom_id in mine]
         bad = sum(1 for ln in lines if ln.custom_id not in mine)
@@ -410,7 +430,6 @@ class ProviderBatcher:
         if status.error:
             log.warning("provider batch: %s %s: %s", job.provider_job_id, status.status, status.error)
         self._wake_job(job)
-        return True
 
     def _wake_job(self, job: Job) -> None:
         with self.cond:

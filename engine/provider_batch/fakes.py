@@ -56,6 +56,8 @@ class Scenario:
     """polls a batch answers in_progress before it finishes"""
     hold: threading.Event | None = None
     """while set is False, batches stay in_progress (released by `hold.set()`)"""
+    lost: bool = False
+    """the provider forgets every batch once created (retrieving it answers 404)"""
 
 
 @dataclass
@@ -366,7 +368,7 @@ class FakeProviderServer:
             return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": False}, "application/json"
         m = re.fullmatch(r"/v1/batches/([^/]+)(/cancel)?", path)
-        if m and m.group(1) in self.openai_batches:
+        if m and m.group(1) in self.openai_batches and not self.scenario.lost:
             batch = self.openai_batches[m.group(1)]
             with self.lock:
                 if m.group(2) and method == "POST":

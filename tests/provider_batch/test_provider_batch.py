@@ -375,3 +375,14 @@ def test_more_items_than_the_window_go_out_in_waves(served, monkeypatch):
     assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
     assert project.server.counters.batches_created == 3  # 6 items, 2 in flight at a time
     assert summary.provider_batch.batched == len(TEXTS)
+
+
+def test_a_batch_the_provider_no_longer_knows_is_given_up_after_three_polls(served):
+    project = served(scenario=Scenario(lost=True))
+    wf, items = project.write()
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED
+    assert project.server.counters.realtime_calls == len(TEXTS)
+    assert summary.provider_batch.fallbacks == {"missing": len(TEXTS)}
+    job = open_store(project.root / ".engine" / "engine.db").query("SELECT * FROM provider_batch_jobs")[0]
+    assert job["state"] == "collected" and "polling" in job["error"]
