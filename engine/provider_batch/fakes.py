@@ -85,6 +85,50 @@ def _iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 
 
+_ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _openai_input_problem(lines: list[Any], endpoint: Any) -> str | None:
+    """What is wrong with a Batch API input file, as documented: one `{"custom_id", "method":
+    "POST", "url": <the batch's endpoint>, "body"}` per line, custom ids unique, one model."""
+    if endpoint != "/v1/chat/completions":
+        return f"unsupported endpoint {endpoint!r}"
+    seen: set[str] = set()
+    models = set()
+    for n, line in enumerate(lines, start=1):
+        if not isinstance(line, dict) or set(line) != {"custom_id", "method", "url", "body"}:
+            return f"line {n}: expected exactly custom_id, method, url, body"
+        if line["method"] != "POST" or line["url"] != endpoint:
+            return f"line {n}: method must be POST and url {endpoint}"
+        if not isinstance(line["custom_id"], str) or line["custom_id"] in seen:
+            return f"line {n}: custom_id missing or not unique"
+        seen.add(line["custom_id"])
+        body = line["body"]
+        if not isinstance(body, dict) or not body.get("model") or not isinstance(body.get("messages"), list):
+            return f"line {n}: body needs model and messages"
+        models.add(body["model"])
+    return "every request of a batch must use the same model" if len(models) > 1 else None
+
+
+def _anthropic_input_problem(requests: Any) -> str | None:
+    """What is wrong with a Message Batches create body: `requests`, each `{"custom_id", "params"}`
+    with a unique custom id matching `^[a-zA-Z0-9_-]{1,64}$` and Messages API params."""
+    if not isinstance(requests, list) or not requests:
+        return "requests: a non-empty list is required"
+    seen: set[str] = set()
+    for n, req in enumerate(requests):
+        if not isinstance(req, dict) or set(req) != {"custom_id", "params"}:
+            return f"requests.{n}: expected exactly custom_id and params"
+        cid = req["custom_id"]
+        if not isinstance(cid, str) or not _ANTHROPIC_CUSTOM_ID.match(cid) or cid in seen:
+            return f"requests.{n}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$ and be unique"
+        seen.add(cid)
+        params = req["params"]
+        if not isinstance(params, dict) or not all(k in params for k in ("model", "max_tokens", "messages")):
+            return f"requests.{n}.params: model, max_tokens and messages are required"
+    return None
+
+
 class FakeProviderServer:
     """See the module docstring. Use as a context manager; `base_url` is `http://127.0.0.1:PORT`."""
 
@@ -164,6 +208,10 @@ class FakeProviderServer:
             return 404, {"error": {"message": "No such File object", "type": "invalid_request_error",
                                    "param": "input_file_id", "code": None}}
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        problem = _openai_input_problem(lines, body.get("endpoint"))
+        if problem:  # the real API fails such a batch in validation; a test should fail louder
+            return 400, {"error": {"message": problem, "type": "invalid_request_error", "param": None,
+                                   "code": None}}
         batch_id = f"batch_{uuid.uuid4().hex[:24]}"
         now = _now()
         batch = {
@@ -279,7 +327,11 @@ class FakeProviderServer:
     # --- Anthropic batches -----------------------------------------------------------------------
 
     def _anthropic_create(self, body: dict[str, Any]) -> tuple[int, Any]:
-        requests = body["requests"]
+        requests = body.get("requests")
+        problem = _anthropic_input_problem(requests)
+        if problem:
+            return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+        assert isinstance(requests, list)
         batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
         batch = {
             "id": batch_id, "type": "message_batch", "processing_status": "in_progress",

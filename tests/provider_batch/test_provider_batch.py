@@ -386,3 +386,17 @@ def test_a_batch_the_provider_no_longer_knows_is_given_up_after_three_polls(serv
     assert summary.provider_batch.fallbacks == {"missing": len(TEXTS)}
     job = open_store(project.root / ".engine" / "engine.db").query("SELECT * FROM provider_batch_jobs")[0]
     assert job["state"] == "collected" and "polling" in job["error"]
+
+
+def test_the_fake_servers_reject_what_the_providers_reject():
+    from engine.provider_batch.fakes import _anthropic_input_problem, _openai_input_problem
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": []}}
+    assert _openai_input_problem([line], "/v1/chat/completions") is None
+    assert "unique" in _openai_input_problem([line, line], "/v1/chat/completions")
+    assert "same model" in _openai_input_problem(
+        [line, {**line, "custom_id": "b", "body": {"model": "gpt-4o", "messages": []}}], "/v1/chat/completions")
+    request = {"custom_id": "i0-abc", "params": {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}}
+    assert _anthropic_input_problem([request]) is None
+    assert "custom_id" in _anthropic_input_problem([{**request, "custom_id": "has spaces"}])
