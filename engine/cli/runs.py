@@ -48,8 +48,9 @@ def show_cmd(run_id: str, as_json: bool) -> None:
     out_console.print(step_table(run["steps"]))
     for call in run["llm_calls"]:
         why = f" -> {call['reason']}" if call.get("reason") else ""
+        batch = f" (provider batch {call['provider_batch']})" if call.get("provider_batch") else ""
         out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}: "
-                          f"{call['outcome']}{why} {fmt_cost(call['cost'])} {call['error'] or ''}".rstrip())
+                          f"{call['outcome']}{why} {fmt_cost(call['cost'])}{batch} {call['error'] or ''}".rstrip())
     out_console.print(f"cost {fmt_cost(run['cost'])} · all-premium baseline {fmt_cost(run.get('baseline_cost'))}")
     if run["error"]:
         out_console.print(f"error: {run['error']}")

@@ -400,3 +400,18 @@ def test_the_fake_servers_reject_what_the_providers_reject():
     request = {"custom_id": "i0-abc", "params": {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}}
     assert _anthropic_input_problem([request]) is None
     assert "custom_id" in _anthropic_input_problem([{**request, "custom_id": "has spaces"}])
+
+
+def test_runs_show_names_the_provider_batch_that_answered(served):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    project = served()
+    wf, items = project.write(texts=TEXTS[:1])
+    project.run(wf, items)
+    run_id = project.outputs()[0]["run_id"]
+    result = CliRunner().invoke(cli, ["runs", "show", run_id])
+    assert result.exit_code == 0, result.output
+    ref = calls(project.root)[0]["provider_batch"]
+    assert ref.startswith("batch_") and f"(provider batch {ref})" in result.output
