@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, \
     TimeRemainingColumn
+from rich.console import RenderableType
 from rich.text import Text
 
 from engine.api import Engine
@@ -15,6 +16,17 @@ from engine.batch import BatchSummary, run_batch
 from engine.cli.render import err_console, fmt_cost
 from engine.errors import UserError
 from engine.provider_batch import BatchState, ProviderBatchOptions
+
+
+class StagedProgress(Progress):
+    """The bar, plus a second line for a provider-batch run's stage and batch states."""
+
+    stage = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.stage:
+            yield Text(self.stage, style="cyan", overflow="ellipsis", no_wrap=True)
 
 
 class RateColumn(ProgressColumn):
@@ -60,35 +72,36 @@ def provider_batch_options(enabled: bool, realtime_retries: bool, max_wait: str 
 class ProgressObserver:
     """Bar, M/N, rate, ETA, cost so far and what served the steps."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: StagedProgress):
         self.progress = progress
         self.task: Any = None
 
     def start(self, summary: BatchSummary) -> None:
         self.task = self.progress.add_task(f"batch {summary.batch_id}", total=summary.total,
                                            completed=summary.done, cost=fmt_cost(summary.cost), served="-",
-                                           failed=summary.failed, stage=stage_text(summary.provider_batch))
+                                           failed=summary.failed)
+        self.progress.stage = stage_text(summary.provider_batch)
 
     def advance(self, summary: BatchSummary, line: dict[str, Any]) -> None:
         if self.task is not None:
             self.progress.update(self.task, completed=summary.done, cost=fmt_cost(summary.cost),
-                                 served=served_text(summary), failed=summary.failed,
-                                 stage=stage_text(summary.provider_batch))
+                                 served=served_text(summary), failed=summary.failed)
+            self.progress.stage = stage_text(summary.provider_batch)
 
     def status(self, summary: BatchSummary) -> None:
         """A provider batch changed state (submitted, polled, ended)."""
-        if self.task is not None:
-            self.progress.update(self.task, stage=stage_text(summary.provider_batch))
+        self.progress.stage = stage_text(summary.provider_batch)
+        self.progress.refresh()
 
 
 def run_batch_cli(workflow: Path, inputs: Path, output: Path | None, concurrency: int, resume: str | None,
                   batch_id: str | None, id_field: str, quiet: bool,
                   provider_batch: ProviderBatchOptions | None = None) -> None:
     output = output or inputs.with_name(inputs.stem + ".results.jsonl")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[cost]}"),
-                        TextColumn("[red]{task.fields[failed]} failed[/]"), TextColumn("{task.fields[served]}"),
-                        TextColumn("{task.fields[stage]}"), console=err_console, disable=quiet)
+    progress = StagedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                              TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[cost]}"),
+                              TextColumn("[red]{task.fields[failed]} failed[/]"), TextColumn("{task.fields[served]}"),
+                              console=err_console, disable=quiet)
     engine = Engine()
     resume_arg: str | bool = False if resume is None else (True if resume == "latest" else resume)
     try:

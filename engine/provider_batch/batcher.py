@@ -338,6 +338,7 @@ class ProviderBatcher:
                 jobs[job.id] = (job, waiting_on[job.id])
         self._poll(jobs)
         self._release_orphans(set(jobs))
+        self._set_stage(f"round {round_no} answered: items moving on to their next steps")
 
     def _submit(self, round_no: int, key: str, entry: ModelEntry, api: BatchAPI,
                 chunk: list[_Parked]) -> tuple[Job, bool]:
