@@ -415,3 +415,15 @@ def test_runs_show_names_the_provider_batch_that_answered(served):
     assert result.exit_code == 0, result.output
     ref = calls(project.root)[0]["provider_batch"]
     assert ref.startswith("batch_") and f"(provider batch {ref})" in result.output
+
+
+def test_batch_true_in_a_workflow_tier_override_is_checked_too(engine_home):
+    from engine.errors import UserError
+    from engine.spec import load_workflow
+
+    path = engine_home / "wf.yaml"
+    path.write_text("name: x\ntiers:\n  mine:\n    - model: openai-compatible:q\n      batch: true\n"
+                    "steps:\n  - id: s\n    script: json:dumps\n")
+    with pytest.raises(UserError, match=r"wf.yaml:5:\d+: tiers.mine\[0\].batch: provider 'openai-compatible' has "
+                                        r"no batch API"):
+        load_workflow(path)
