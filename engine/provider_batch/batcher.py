@@ -9,8 +9,9 @@ round's pending requests, and the item gives up its running slot.
 
 When no item can run any more (each is finished or parked; see `engine.provider_batch.stages`),
 `run_round` sends the pending requests, one provider batch per provider and model (and
-`base_url` / key), polls every open batch until it ends, stores every result line in the ledger,
-and wakes the parked items. Each then gets:
+`base_url` / key; identical requests from several items once, their answer shared and billed
+once), polls every open batch until it ends, stores every result line in the ledger, and wakes
+the parked items. Each then gets:
 
 - `succeeded`: the reply, parsed by the provider's real-time parser, billed at the batch rate;
   the llm step validates it like any reply, and a re-ask or an escalation is the next call (the
@@ -101,6 +102,8 @@ class _Parked:
     request: CompletionRequest
     job_id: str | None = None
     """The ledger job it is in already (a resumed run); None until submitted."""
+    leader: str | None = None
+    """The custom id of the identical request (another item's) that was sent in its place."""
     row: dict[str, Any] | None = None
     """The ledger row once the result is in (or why it is not)."""
     event: threading.Event = field(default_factory=threading.Event)
@@ -265,9 +268,10 @@ class ProviderBatcher:
             except ValueError as e:
                 why, detail = "malformed", str(e)
             else:
-                ref = f"{row.get('provider_job_id') or row.get('job_id')}/{parked.custom_id}"
+                ref = f"{row.get('provider_job_id') or row.get('job_id')}/{row.get('leader') or parked.custom_id}"
                 completion.batch = ref
-                completion.prepaid = self.ledger.paid_by_earlier_run(ref, parked.run_id)
+                # a follower shares the answer the provider billed once, for its leader
+                completion.prepaid = bool(row.get("leader")) or self.ledger.paid_by_earlier_run(ref, parked.run_id)
                 self.ledger.consumed(parked.custom_id, parked.run_id)
                 with self.cond:
                     self.state.batched += 1
@@ -325,9 +329,17 @@ class ProviderBatcher:
             entry = members[0].entry
             api = batch_api(entry.provider)
             assert api is not None
-            for start in range(0, len(members), api.max_requests):
-                chunk = members[start:start + api.max_requests]
-                job, ok = self._submit(round_no, key, entry, api, chunk)
+            leaders: dict[str, _Parked] = {}
+            for p in members:  # the same request from several items is sent once
+                leader = leaders.setdefault(p.fingerprint, p)
+                if leader is not p:
+                    p.leader = leader.custom_id
+            unique = list(leaders.values())
+            for start in range(0, len(unique), api.max_requests):
+                chunk = unique[start:start + api.max_requests]
+                ids = {p.custom_id for p in chunk}
+                job, ok = self._submit(round_no, key, entry, api, chunk,
+                                       [p for p in members if p.leader in ids])
                 if ok:
                     jobs[job.id] = (job, entry)
         # jobs a killed run left open, that the parked items wait on
@@ -340,12 +352,13 @@ class ProviderBatcher:
         self._release_orphans(set(jobs))
         self._set_stage(f"round {round_no} answered: items moving on to their next steps")
 
-    def _submit(self, round_no: int, key: str, entry: ModelEntry, api: BatchAPI,
-                chunk: list[_Parked]) -> tuple[Job, bool]:
+    def _submit(self, round_no: int, key: str, entry: ModelEntry, api: BatchAPI, chunk: list[_Parked],
+                followers: list[_Parked]) -> tuple[Job, bool]:
+        """Record and submit `chunk`; `followers` ask the same as a request in it and share its answer."""
         job = self.ledger.new_job(round_no, entry.provider, entry.model, key, [
             (p.custom_id, {"item": p.item, "run_id": p.run_id, "step_id": p.step_id, "tier": p.tier,
-                           "fingerprint": p.fingerprint}) for p in chunk])
-        for p in chunk:
+                           "fingerprint": p.fingerprint, "leader": p.leader}) for p in [*chunk, *followers]])
+        for p in [*chunk, *followers]:
             p.job_id = job.id
         self._set_stage(f"round {round_no}: submitting {len(chunk)} requests to {entry.model}")
         try:

@@ -5,7 +5,9 @@ model, the provider's batch id, its state (`submitting` -> `submitted` -> `ended
 the provider's own status word and request counts.
 
 `provider_batch_requests`: one row per request, keyed by its `custom_id`, which is derived from
-the batch run, the item, and a fingerprint of the request itself. A resumed run re-derives the
+the batch run, the item, and a fingerprint of the request itself. Identical requests from several
+items in one round are sent once: the others are rows whose `leader` names the one sent, and they
+share its result line. A resumed run re-derives the
 same custom ids, so it finds each request where the killed run left it: answered (the stored
 result line is used, nothing is sent again), or inside a provider batch still running (that batch
 is polled again, nothing is submitted twice).
@@ -101,11 +103,13 @@ class Ledger:
                     [job.id, self.batch_id, round_no, provider, model, route_key, job.state, len(requests), now, now])
                 conn.executemany(
                     "INSERT INTO provider_batch_requests (custom_id, batch_id, job_id, item, run_id, step_id, tier, "
-                    "fingerprint, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
+                    "fingerprint, leader, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
                     "ON CONFLICT(custom_id) DO UPDATE SET job_id = excluded.job_id, run_id = excluded.run_id, "
-                    "state = 'pending', result = NULL, error = NULL, updated_at = excluded.updated_at",
+                    "leader = excluded.leader, state = 'pending', result = NULL, error = NULL, "
+                    "updated_at = excluded.updated_at",
                     [[cid, self.batch_id, job.id, row["item"], row["run_id"], row["step_id"], row["tier"],
-                      row["fingerprint"], now, now] for cid, row in requests])
+                      row["fingerprint"], row.get("leader"), now, now] for cid, row in requests])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -152,6 +156,10 @@ class Ledger:
                     "WHERE custom_id = ? AND job_id = ?",
                     [[state, None if line is None else json.dumps(line), error, now, cid, job.id]
                      for cid, state, line, error in results])
+                conn.execute(  # followers share their leader's line
+                    "UPDATE provider_batch_requests SET (state, result, error) = (SELECT l.state, l.result, l.error "
+                    "FROM provider_batch_requests l WHERE l.custom_id = provider_batch_requests.leader), "
+                    "updated_at = ? WHERE job_id = ? AND leader IS NOT NULL", [now, job.id])
                 conn.execute("UPDATE provider_batch_requests SET state = ?, error = ?, updated_at = ? "
                              "WHERE job_id = ? AND state = 'pending'", [*rest, now, job.id])
                 conn.execute("UPDATE provider_batch_jobs SET state = 'collected', updated_at = ? WHERE id = ?",
@@ -173,8 +181,8 @@ class Ledger:
     def paid_by_earlier_run(self, ref: str, run_id: str) -> bool:
         """Whether a call answered by the batch request `ref` was already logged (and priced) by
         another run: an interrupted run, before the resume that replays it."""
-        rows = self.store.query("SELECT 1 FROM llm_calls WHERE provider_batch = ? AND run_id != ? LIMIT 1",
-                                [ref, run_id])
+        rows = self.store.query(
+            "SELECT 1 FROM llm_calls WHERE provider_batch = ? AND run_id != ? AND cost > 0 LIMIT 1", [ref, run_id])
         return bool(rows)
 
     def counts(self) -> dict[str, int]:

@@ -178,7 +178,8 @@ def m050(db: sqlite_utils.Database) -> None:
     db.table("provider_batch_requests").create(
         {
             "custom_id": str, "batch_id": str, "job_id": str, "item": int, "run_id": str, "step_id": str,
-            "tier": str, "fingerprint": str, "state": str, "result": str, "error": str, "fallback": str,
+            "tier": str, "fingerprint": str, "leader": str, "state": str, "result": str, "error": str,
+            "fallback": str,
             "created_at": str, "updated_at": str,
         },
         pk="custom_id",

@@ -427,3 +427,19 @@ def test_batch_true_in_a_workflow_tier_override_is_checked_too(engine_home):
     with pytest.raises(UserError, match=r"wf.yaml:5:\d+: tiers.mine\[0\].batch: provider 'openai-compatible' has "
                                         r"no batch API"):
         load_workflow(path)
+
+
+def test_identical_requests_in_a_round_are_sent_once_and_billed_once(served):
+    project = served()
+    texts = TEXTS + TEXTS[:2]  # two items repeat earlier ones
+    wf, items = project.write(texts=texts)
+    summary = project.run(wf, items)
+    assert [o["outputs"]["label"] for o in project.outputs()] == EXPECTED + EXPECTED[:2]
+    counters = project.server.counters
+    assert len(counters.custom_ids) == len(TEXTS) and counters.batch_requests_billed == len(TEXTS)
+    assert summary.provider_batch.batched == len(texts)
+    rows = calls(project.root)
+    assert len(rows) == len(texts) and all(r["provider_batch"] for r in rows)
+    paid = [r for r in rows if r["cost"] > 0]
+    assert len(paid) == len(TEXTS) and len({r["provider_batch"] for r in paid}) == len(TEXTS)
+    assert sum(r["cost"] for r in rows) == pytest.approx(sum(list_cost(r) * 0.5 for r in paid))
