@@ -115,13 +115,14 @@ class Engine:
 
     def run(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, *,
             tags: dict[str, Any] | None = None, raise_on_error: bool = False,
-            tenant: str | None = None) -> RunResult:
+            tenant: str | None = None, provider_batch: Any = None) -> RunResult:
         """Run once. By default a failed run comes back with status 'failed' (and bad inputs
         raise `InputError`); with `raise_on_error` a failed step raises its `StepError`.
         `tenant`: cached answers are never shared across tenants (see `run_workflow`)."""
         wf = self.load(workflow)
         return run_workflow(wf, inputs, config=self.config, store=self.store_for(wf), tags=tags,
-                            raise_on_error=raise_on_error, servers=self.servers, tenant=tenant)
+                            raise_on_error=raise_on_error, servers=self.servers, tenant=tenant,
+                            provider_batch=provider_batch)
 
     async def arun(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
         """`run` on the engine's thread pool: safe to await from many tasks at once."""
@@ -149,11 +150,11 @@ class Engine:
         return list(await asyncio.gather(*(one(item) for item in items)))
 
     def try_run(self, workflow: WorkflowRef, inputs: dict[str, Any] | None, *,
-                tags: dict[str, Any] | None = None) -> RunResult:
+                tags: dict[str, Any] | None = None, provider_batch: Any = None) -> RunResult:
         """`run` that never raises for one item: errors come back as a failed result."""
         name = workflow.name if isinstance(workflow, Workflow) else str(workflow)
         try:
-            return self.run(workflow, inputs, tags=tags)
+            return self.run(workflow, inputs, tags=tags, provider_batch=provider_batch)
         except EngineError as e:
             return failed_result(name, e)
         except Exception as e:  # noqa: BLE001 - one bad item must not sink the rest

@@ -16,6 +16,9 @@
   Runs the crash cut short are marked `interrupted`.
 - Concurrency: N worker threads. llama.cpp (local tier) calls are serialized per model by the
   provider; cloud providers see up to N calls at once.
+- Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
+  stage-wise and the calls that can wait go through the providers' batch APIs at the batch rate
+  (see `engine.provider_batch`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class BatchSummary:
     """What served the steps: 'llm/<tier>', 'script', 'decision', 'cache', ..."""
     elapsed_s: float = 0.0
     interrupted: bool = False
+    provider_batch: Any = None
+    """`engine.provider_batch.BatchState` in a provider-batch run: round, stage, batches, fallbacks."""
 
     @property
     def done(self) -> int:
@@ -105,8 +110,14 @@ def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[Bat
 
 
 def served_labels(result: RunResult) -> list[str]:
-    return [f"{s.served_by}/{s.tier}" if s.served_by == "llm" and s.tier else str(s.served_by)
-            for s in result.steps if s.status == "ok" and s.served_by]
+    """'llm/<tier>', 'batch/<tier>' (a provider batch answered), 'script', 'cache', ..."""
+    def label(s: Any) -> str:
+        if s.served_by != "llm" or not s.tier:
+            return str(s.served_by)
+        batched = any(a.get("provider_batch") and a.get("outcome") == "valid" for a in s.calls)
+        return f"{'batch' if batched else 'llm'}/{s.tier}"
+
+    return [label(s) for s in result.steps if s.status == "ok" and s.served_by]
 
 
 def result_line(item: BatchItem, result: RunResult) -> dict[str, Any]:
@@ -198,11 +209,19 @@ def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Pa
     return new_id, False
 
 
+def _marks_batch(engine: Engine, wf: Workflow) -> bool:
+    """Whether any model the workflow may use is marked `batch: true` in its tiers."""
+    tiers = (engine.config or wf.config).with_tiers(wf.tiers).tiers
+    return any(entry.batch for chain in tiers.values() for entry in chain)
+
+
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
-              should_stop: Callable[[], bool] | None = None) -> BatchSummary:
-    """Run `workflow` over every line of `inputs`, writing one result line per item to `output`."""
+              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None) -> BatchSummary:
+    """Run `workflow` over every line of `inputs`, writing one result line per item to `output`.
+    `provider_batch` (`engine.provider_batch.ProviderBatchOptions`) runs it stage-wise with
+    provider batch APIs."""
     wf = engine.load(workflow)
     store = engine.store_for(wf)
     if store is None:
@@ -240,17 +259,36 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
     if observer is not None:
         observer.start(summary)
 
+    batcher = None
+    if provider_batch is not None or _resuming or _marks_batch(engine, wf):
+        from engine.provider_batch import ProviderBatcher, batch_options
+
+        options = batch_options(provider_batch, marked=_marks_batch(engine, wf),
+                                resumed=_resuming and bool(store.query(
+                                    "SELECT 1 FROM provider_batch_jobs WHERE batch_id = ? LIMIT 1", [bid])))
+        if options is not None:
+            on_state = getattr(observer, "status", None)
+            batcher = ProviderBatcher(store, bid, options,
+                                      on_state=(lambda _state: on_state(summary)) if on_state is not None else None)
+            summary.provider_batch = batcher.state
+
     def work(item: BatchItem) -> None:
         if item.error is not None:
             result = failed_result(wf.name, item.error)
         else:
-            result = engine.try_run(wf, item.inputs, tags={"batch": bid, "item": item.index})
+            result = engine.try_run(wf, item.inputs, tags={"batch": bid, "item": item.index},
+                                    provider_batch=batcher)
         record(result_line(item, result), result.cost, served_labels(result))
 
     window = threading.BoundedSemaphore(max(1, concurrency) * 2)
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=f"batch-{bid}")
     futures: list[Future[None]] = []
     try:
+        if batcher is not None:
+            from engine.provider_batch import run_stages
+
+            summary.interrupted = run_stages(batcher, todo, work, concurrency=concurrency, should_stop=should_stop)
+            todo = []
         for item in todo:
             if should_stop is not None and should_stop():
                 summary.interrupted = True

@@ -92,6 +92,14 @@ def _read(path: Path) -> dict[str, Any]:
                for tier, chain in config.tiers.items() for i, entry in enumerate(chain) if entry.provider not in known]
     if unknown:
         raise ConfigError("\n".join(unknown))
+    from engine.provider_batch.apis import batch_api
+
+    no_batch = [(f"{positions.locate(('tiers', tier, i, 'batch'))}: {field_path(('tiers', tier, i, 'batch'), data)}: "
+                 f"provider '{entry.provider}' has no batch API (batch: true works with openai and anthropic)")
+                for tier, chain in config.tiers.items() for i, entry in enumerate(chain)
+                if entry.batch and batch_api(entry.provider) is None]
+    if no_batch:
+        raise ConfigError("\n".join(no_batch))
     if data.get("store"):
         store = Path(data["store"])
         data["store"] = str(store if store.is_absolute() else path.parent / store)

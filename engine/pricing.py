@@ -7,6 +7,11 @@ these defaults. A dated model name (`gpt-4o-2024-08-06`) takes the price of its 
 prefix (`gpt-4o`). A model with no price anywhere costs $0 (local models; say so in config for a
 paid model the table does not know).
 
+Provider batches (`engine.provider_batch`): an answer that came back from a provider batch is
+billed at the batch rate, `(1 - batch_discount)` times every price above; `batch_discount` is set
+per model in the `pricing:` table and defaults to 0.5 (OpenAI's Batch API and Anthropic's Message
+Batches both charge half the real-time price).
+
 Cached input: OpenAI bills prompt tokens served from its prefix cache at the cached-input price
 (`usage.prompt_tokens_details.cached_tokens`); Anthropic bills cache reads
 (`usage.cache_read_input_tokens`) at a tenth of the input price and cache writes
@@ -32,6 +37,15 @@ class Price:
     cached_input: float | None = None
     cache_write: float | None = None
     """USD per million prompt tokens written to the provider's cache (default: the input price)."""
+    batch_discount: float = 0.5
+    """The share taken off every price for an answer from a provider batch."""
+
+    def batched(self) -> Price:
+        """The batch rate: every price times `1 - batch_discount`."""
+        keep = 1.0 - self.batch_discount
+        return Price(self.input * keep, self.output * keep,
+                     None if self.cached_input is None else self.cached_input * keep,
+                     None if self.cache_write is None else self.cache_write * keep, self.batch_discount)
 
     @property
     def free(self) -> bool:
@@ -54,6 +68,7 @@ class PriceOverride(Strict):
     output: float = Field(ge=0)
     cached_input: float | None = Field(None, ge=0)
     cache_write: float | None = Field(None, ge=0)
+    batch_discount: float = Field(0.5, ge=0, le=1, description="share taken off for provider batch answers")
 
 
 # provider -> model -> (input, cached input, output), USD per million tokens.
@@ -94,14 +109,26 @@ def default_price(provider: str, model: str) -> Price | None:
 def price_of(entry: ModelEntry, table: Mapping[str, PriceOverride] | None = None) -> Price:
     """The entry's price: its own fields, else the config's `pricing:` row, else the defaults."""
     row = (table or {}).get(entry.model)
-    base = (Price(row.input, row.output, row.cached_input, row.cache_write) if row is not None
+    base = (Price(row.input, row.output, row.cached_input, row.cache_write, row.batch_discount) if row is not None
             else default_price(entry.provider, entry.model_name) or Price())
     return Price(
         input=base.input if entry.input_price is None else entry.input_price,
         output=base.output if entry.output_price is None else entry.output_price,
         cached_input=base.cached_input if entry.cached_input_price is None else entry.cached_input_price,
         cache_write=base.cache_write if entry.input_price is None else None,
+        batch_discount=base.batch_discount,
     )
+
+
+def completion_cost(price: Price, completion: Any) -> float:
+    """What a `Completion` cost at `price`: the list rate in real time, the batch rate for an answer
+    from a provider batch, nothing for a batch answer already paid for by an interrupted run and
+    replayed on `--resume`."""
+    if getattr(completion, "prepaid", False):
+        return 0.0
+    rate = price.batched() if getattr(completion, "batch", None) else price
+    return rate.cost(completion.input_tokens, completion.output_tokens, completion.cached_input_tokens,
+                     completion.cache_write_tokens)
 
 
 def estimate_tokens(messages: list[dict[str, Any]] | str) -> int:

@@ -4,9 +4,10 @@ A report covers the llm steps of the runs that match the filter (workflow, step,
 tags) and sums, per group: steps, calls made, cost, tokens in/out, cache-read tokens, fallbacks
 (calls that moved to another model: provider error, cooldown, budget), escalations (tiers climbed)
 and the baseline (what the steps would have cost sent straight to the dearest tier). Groups:
-workflow, step, tier, model, source (what served the step: `llm:<tier>`, or a server such as
-`cache` / `lookup`), trust (of the answer: reference, verified, labelled, unverified; see
-`engine.quality.trust`), and `tag:<name>` for any run tag. The timeline (cost by source per day, or
+workflow, step, tier, model, source (what served the step: `llm:<tier>`, `batch:<tier>` when a
+provider batch answered it at the batch rate, or a server such as `cache` / `lookup`), trust (of the
+answer: reference, verified, labelled, unverified; see `engine.quality.trust`), and `tag:<name>` for
+any run tag. The timeline (cost by source per day, or
 per hour over short ranges) feeds the chart of `engine report --html`.
 
 Reference checks of cheap tiers (and spot checks, and judge calls) are real spend that served no
@@ -90,12 +91,13 @@ WITH c AS (
          SUM(CASE WHEN outcome != 'skipped' THEN 1 ELSE 0 END) AS calls,
          SUM(COALESCE(cached_tokens, 0)) AS cached_tokens,
          SUM(CASE WHEN reason IN ('fallback', 'cooldown', 'budget') THEN 1 ELSE 0 END) AS fallbacks,
-         COUNT(DISTINCT tier) - 1 AS escalations
+         COUNT(DISTINCT tier) - 1 AS escalations,
+         MAX(CASE WHEN outcome = 'valid' AND provider_batch IS NOT NULL THEN 1 ELSE 0 END) AS batched
   FROM llm_calls WHERE step_execution_id IS NOT NULL GROUP BY step_execution_id
 )
 SELECT s.id, s.run_id, s.step_id, s.status, s.served_by, s.tier, s.provider, s.model, s.cost, s.trust,
        s.baseline_cost, s.tokens_in, s.tokens_out, s.started_at, r.workflow, r.tags,
-       c.calls, c.cached_tokens, c.fallbacks, c.escalations
+       c.calls, c.cached_tokens, c.fallbacks, c.escalations, c.batched
 FROM steps s JOIN runs r ON r.id = s.run_id LEFT JOIN c ON c.sid = s.id
 WHERE (s.kind = 'llm' OR s.served_by = 'llm')
 """
@@ -104,7 +106,7 @@ WHERE (s.kind = 'llm' OR s.served_by = 'llm')
 def _source(row: dict[str, Any]) -> str:
     served = row.get("served_by")
     if served == "llm":
-        return f"llm:{row.get('tier') or '?'}"
+        return f"{'batch' if row.get('batched') else 'llm'}:{row.get('tier') or '?'}"
     return served or ("failed" if row.get("status") == "failed" else "-")
 
 

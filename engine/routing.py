@@ -125,14 +125,17 @@ class CallGate:
         self.cooldowns = COOLDOWNS if cooldowns is None else cooldowns
         self.budgets = None if config.budgets.empty else Budgets(config.budgets, store, run_id, workflow)
 
-    def admit(self, tier: str, entry: ModelEntry, request: CompletionRequest, provider: Any) -> Admission:
+    def admit(self, tier: str, entry: ModelEntry, request: CompletionRequest, provider: Any,
+              batch: bool = False) -> Admission:
+        """`batch`: the call goes into a provider batch, so its worst case is held at the batch rate
+        from the moment it is submitted."""
         price = price_of(entry, self.config.pricing)
         cooling = self.cooldowns.cooling(entry)
         if cooling is not None:
             return Admission("cooldown", cooling, price=price)
         if self.budgets is None or price.free:
             return Admission(price=price)
-        worst = price.cost(prompt_tokens(request, provider), request.max_tokens)
+        worst = (price.batched() if batch else price).cost(prompt_tokens(request, provider), request.max_tokens)
         held = self.budgets.reserve(tier, entry, worst)
         if isinstance(held, str):
             return Admission("budget", held, price=price)

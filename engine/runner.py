@@ -134,6 +134,7 @@ def run_workflow(
     servers: list[Server] | None = None,
     tenant: str | None = None,
     inline_checks: bool | None = None,
+    provider_batch: Any = None,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
@@ -141,7 +142,9 @@ def run_workflow(
     llm steps before their tiers (caches, promoted lookups; see `engine.serving`). `tenant` namespaces
     the caches: one tenant's cached answers never serve another's. Quality checks of cheap tiers
     (see `engine.quality`) run after the run, off the request path, unless `inline_checks` (the
-    default for batch runs, tagged `batch`)."""
+    default for batch runs, tagged `batch`).
+    `provider_batch` (an `engine.provider_batch.ProviderBatcher`) sends the calls it routes through
+    provider batch APIs."""
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
@@ -161,7 +164,7 @@ def run_workflow(
     outputs: dict[str, Any] = {}
     for step in wf.steps:
         ctx = StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant, inline_checks=inline,
-                          after_run=after_run)
+                          after_run=after_run, provider_batch=provider_batch)
         record, error = _execute(ctx, step, state)
         records.append(record)
         if db is not None:

@@ -21,3 +21,24 @@ def test_provider_overhead_benchmark_runs(tmp_path):
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["direct SDK call"]["ratio_to_direct"] == 1.0
     assert rows["engine run (SQLite log)"]["us_per_call"] > 0 and "engine_own_us" in rows["engine run (no store)"]
+
+
+def test_provider_batch_benchmark_runs(tmp_path):
+    data = tmp_path / "banking77"
+    data.mkdir()
+    (data / "categories.json").write_text(json.dumps(["card_arrival", "lost_or_stolen_card"]))
+    (data / "test.csv").write_text("text,category\n" + "".join(
+        f"where is my card number {i},card_arrival\nI lost my card {i},lost_or_stolen_card\n" for i in range(6)))
+    out = tmp_path / "provider_batch.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/provider_batch.py"), "--items", "12",
+                           "--data", str(data), "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("openai", "anthropic")
+                                                          for m in ("real time", "provider batch")}
+    for r in rows:
+        assert r["ok"] == r["correct"] == 12
+        if r["mode"] == "provider batch":
+            assert r["provider_batches"] == 1 and r["cost_ratio"] == 0.5

@@ -9,6 +9,7 @@ import click
 
 from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_table
 from engine.inputs import parse_cli_inputs, parse_inputs_json, parse_tags
+from engine.errors import InputError, UserError
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
 
@@ -29,15 +30,29 @@ from engine.spec import load_workflow, workflow_json_schema
               help="Batch: finish an interrupted batch (default: the latest over these files).")
 @click.option("--batch-id", help="Batch: name a new batch.")
 @click.option("--id-field", default="id", show_default=True, help="Batch: the input field that identifies an item.")
+@click.option("--provider-batch", is_flag=True,
+              help="Batch: send llm calls through the providers' batch APIs (OpenAI, Anthropic) at the batch rate.")
+@click.option("--realtime-retries", is_flag=True,
+              help="Provider batch: re-asks and escalations go out in real time, not as the next batch round.")
+@click.option("--max-wait", metavar="DURATION",
+              help="Provider batch: wait at most this long (90s, 30m, 6h), then cancel and finish in real time.")
+@click.option("--poll-interval", default=30.0, show_default=True, metavar="SECONDS",
+              help="Provider batch: seconds between polls of an open provider batch.")
 def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
             tenant: str | None, quiet: bool, batch_inputs: Path | None, output: Path | None, concurrency: int,
-            resume: str | None, batch_id: str | None, id_field: str) -> None:
+            resume: str | None, batch_id: str | None, id_field: str, provider_batch: bool, realtime_retries: bool,
+            max_wait: str | None, poll_interval: float) -> None:
     """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr. With --inputs, run it over
-    every line of a JSONL file (see engine.batch)."""
+    every line of a JSONL file (see engine.batch); with --provider-batch, through the providers'
+    batch APIs (see engine.provider_batch)."""
     if batch_inputs is not None:
-        from engine.cli.batch import run_batch_cli
+        from engine.cli.batch import provider_batch_options, run_batch_cli
 
-        return run_batch_cli(workflow, batch_inputs, output, concurrency, resume, batch_id, id_field, quiet)
+        options = provider_batch_options(provider_batch, realtime_retries, max_wait, poll_interval)
+        return run_batch_cli(workflow, batch_inputs, output, concurrency, resume, batch_id, id_field, quiet,
+                             options)
+    if provider_batch or realtime_retries or max_wait:
+        raise UserError("--provider-batch, --realtime-retries and --max-wait need a batch run (--inputs FILE)")
     wf = load_workflow(workflow)
     inputs = parse_inputs_json(inputs_json) if inputs_json else {}
     inputs.update(parse_cli_inputs(wf, list(pairs)))

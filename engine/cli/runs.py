@@ -52,8 +52,9 @@ def show_cmd(run_id: str, as_json: bool) -> None:
             call.get("trust")) else ""
         purpose = f" ({call['purpose']})" if call.get("purpose") else ""
         conf = f" confidence {call['confidence']:.2f}" if call.get("confidence") is not None else ""
+        batch = f" (provider batch {call['provider_batch']})" if call.get("provider_batch") else ""
         out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}{purpose}: "
-                          f"{call['outcome']}{trust}{conf}{why} {fmt_cost(call['cost'])} "
+                          f"{call['outcome']}{trust}{conf}{why} {fmt_cost(call['cost'])}{batch} "
                           f"{call['error'] or ''}".rstrip())
     out_console.print(f"cost {fmt_cost(run['cost'])} · all-premium baseline {fmt_cost(run.get('baseline_cost'))}")
     if run["error"]:

@@ -46,6 +46,10 @@ class Completion:
     """Per-token log-probabilities in OpenAI's chat format ({token, logprob, top_logprobs}), when asked."""
     confidence: float | None = None
     """A confidence the provider computed itself (else derived from `logprobs`)."""
+    batch: str | None = None
+    """`<provider batch id>/<custom_id>` when a provider batch answered (billed at the batch rate)."""
+    prepaid: bool = False
+    """A provider-batch answer an interrupted run already logged and paid for, replayed on resume."""
 
 
 @runtime_checkable

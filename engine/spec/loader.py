@@ -106,6 +106,9 @@ def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConf
             if entry.provider not in known_providers():
                 problems.add(("tiers", tier, i, "model"), f"unknown provider '{entry.provider}' "
                                                           f"(known: {', '.join(sorted(known_providers()))})")
+            elif entry.batch and not _has_batch_api(entry.provider):
+                problems.add(("tiers", tier, i, "batch"), f"provider '{entry.provider}' has no batch API "
+                                                          "(batch: true works with openai and anthropic)")
     _check(workflow, data, problems, config, base_dir)
     problems.raise_if_any()
     return workflow
@@ -466,3 +469,8 @@ def workflow_json_schema() -> dict[str, Any]:
     schema["title"] = "engine workflow"
     return schema
 
+
+def _has_batch_api(provider: str) -> bool:
+    from engine.provider_batch.apis import batch_api
+
+    return batch_api(provider) is not None

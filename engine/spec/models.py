@@ -38,6 +38,8 @@ class ModelEntry(Strict):
         None, ge=0, strict=True, allow_inf_nan=False, description="USD per million output tokens (default: the pricing table)")
     cached_input_price: float | None = Field(None, ge=0, strict=True, allow_inf_nan=False, description="USD per million cached input tokens")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
+    batch: bool = Field(False, description="in batch runs (engine run --inputs), send this model's calls through "
+                                           "its provider's batch API at the batch rate (openai, anthropic)")
 
     @field_validator("model")
     @classmethod

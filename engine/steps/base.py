@@ -24,6 +24,9 @@ class StepContext:
     """Quality checks run inline (batch) instead of after the run, off the request path."""
     after_run: list[Any] = field(default_factory=list)
     """Callables the runner hands to the background worker once the run is recorded."""
+    provider_batch: Any = None
+    """`engine.provider_batch.ProviderBatcher` in a `--provider-batch` run: which calls wait for a
+    provider batch instead of going out in real time."""
 
 
 @dataclass

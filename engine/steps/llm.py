@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from engine import strict_json
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
-from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
+from engine.pricing import PriceOverride, baseline_cost, completion_cost, premium_price, price_of
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.quality.confidence import answer_confidence
@@ -189,7 +189,9 @@ def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = 
                     temperature=spec.temperature, options=entry.options, logprobs=gated)
                 started = time.perf_counter()
                 provider = get_provider(entry.provider)
-                admission = gate.admit(tier, entry, request, provider)
+                route = (ctx.provider_batch.route(ctx, tier, entry)  # quality checks stay real-time
+                         if ctx.provider_batch is not None and purpose is None else None)
+                admission = gate.admit(tier, entry, request, provider, batch=route is not None)
                 if not admission.ok:
                     if admission.reason == "budget":
                         blocked_by.append(admission.message)
@@ -198,7 +200,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = 
                     attempts.append(attempt)
                     break  # next model in the chain
                 try:
-                    completion = provider.complete(request)
+                    completion = provider.complete(request) if route is None else route.complete(request)
                 except AuthenticationError as e:
                     gate.settle(admission, 0.0)
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
@@ -219,12 +221,11 @@ def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = 
                     raise
                 gate.succeeded(entry)
                 latency = (time.perf_counter() - started) * 1000
-                cost = admission.price.cost(completion.input_tokens, completion.output_tokens,
-                                            completion.cached_input_tokens, completion.cache_write_tokens)
+                cost = completion_cost(admission.price, completion)
                 attempt.update(tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
                                cached_tokens=completion.cached_input_tokens, cost=cost, latency_ms=latency,
                                finish_reason=completion.finish_reason, raw_output=completion.text,
-                               served_model=completion.model or entry.model_name)
+                               served_model=completion.model or entry.model_name, provider_batch=completion.batch)
                 totals["tokens_in"] += completion.input_tokens
                 totals["tokens_out"] += completion.output_tokens
                 totals["cost"] += cost
@@ -287,5 +288,5 @@ def _log(ctx: StepContext, attempt: dict[str, Any], hashes: dict[str, str], valu
         "finish_reason": attempt.get("finish_reason"), "outcome": attempt["outcome"], "output": output,
         "raw_output": attempt.get("raw_output"), "error": attempt.get("error"),
         "reason": attempt.get("reason"), "trust": attempt.get("trust"), "purpose": attempt.get("purpose"),
-        "confidence": attempt.get("confidence"),
+        "confidence": attempt.get("confidence"), "provider_batch": attempt.get("provider_batch"),
     })

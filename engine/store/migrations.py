@@ -202,3 +202,33 @@ def m050(db: sqlite_utils.Database) -> None:
         pk="id",
     )
     db.table("quality_events").create_index(["workflow", "step_id"])
+
+
+@migration("060_provider_batches")
+def m060(db: sqlite_utils.Database) -> None:
+    """Issue 14, provider batch APIs (engine.provider_batch): the provider batches a batch run
+    submitted and every request in them, so a resumed run polls the same provider batches instead
+    of paying twice; `llm_calls.provider_batch` names the batch request that answered a call."""
+    db.table("provider_batch_jobs").create(
+        {
+            "id": str, "batch_id": str, "round": int, "provider": str, "model": str, "route_key": str,
+            "provider_job_id": str, "input_file_id": str, "state": str, "status": str, "counts": str,
+            "requests": int, "output_file_id": str, "error_file_id": str, "error": str,
+            "created_at": str, "submitted_at": str, "ended_at": str, "updated_at": str,
+        },
+        pk="id",
+    )
+    db.table("provider_batch_jobs").create_index(["batch_id", "state"])
+    db.table("provider_batch_requests").create(
+        {
+            "custom_id": str, "batch_id": str, "job_id": str, "item": int, "run_id": str, "step_id": str,
+            "tier": str, "fingerprint": str, "leader": str, "state": str, "result": str, "error": str,
+            "fallback": str,
+            "created_at": str, "updated_at": str,
+        },
+        pk="custom_id",
+    )
+    db.table("provider_batch_requests").create_index(["job_id"])
+    db.table("provider_batch_requests").create_index(["batch_id", "item"])
+    db.table("llm_calls").add_column("provider_batch", str)
+    db.table("llm_calls").create_index(["provider_batch"])

@@ -1,0 +1,191 @@
+"""Durable state of provider batches, in the engine's store (tables from migration 050).
+
+`provider_batch_jobs`: one row per provider batch a batch run submitted: its round, provider and
+model, the provider's batch id, its state (`submitting` -> `submitted` -> `ended` -> `collected`),
+the provider's own status word and request counts.
+
+`provider_batch_requests`: one row per request, keyed by its `custom_id`, which is derived from
+the batch run, the item, and a fingerprint of the request itself. Identical requests from several
+items in one round are sent once: the others are rows whose `leader` names the one sent, and they
+share its result line. A resumed run re-derives the
+same custom ids, so it finds each request where the killed run left it: answered (the stored
+result line is used, nothing is sent again), or inside a provider batch still running (that batch
+is polled again, nothing is submitted twice).
+
+Each row is written before the provider sees the request (state `pending`), and the provider's
+batch id is written the moment it is known; a result line is written before the item that asked
+is woken up.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from engine.store import SQLiteStore
+from engine.store.migrations import _now
+
+JOB_OPEN = ("submitting", "submitted", "ended")
+"""Job states whose results are not stored yet."""
+
+
+@dataclass
+class Job:
+    id: str
+    batch_id: str
+    round: int
+    provider: str
+    model: str
+    route_key: str
+    state: str
+    provider_job_id: str | None = None
+    status: str | None = None
+    counts: dict[str, int] | None = None
+    requests: int = 0
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    error: str | None = None
+    submitted_at: str | None = None
+
+
+def _job(row: dict[str, Any]) -> Job:
+    counts = row.get("counts")
+    return Job(id=row["id"], batch_id=row["batch_id"], round=row["round"] or 0, provider=row["provider"],
+               model=row["model"], route_key=row["route_key"], state=row["state"],
+               provider_job_id=row["provider_job_id"], status=row["status"],
+               counts=json.loads(counts) if isinstance(counts, str) else counts, requests=row["requests"] or 0,
+               input_file_id=row["input_file_id"], output_file_id=row["output_file_id"],
+               error_file_id=row["error_file_id"], error=row["error"], submitted_at=row["submitted_at"])
+
+
+class Ledger:
+    """Reads and writes the provider-batch tables of one `SQLiteStore` (its connection and lock)."""
+
+    def __init__(self, store: SQLiteStore, batch_id: str):
+        self.store = store
+        self.batch_id = batch_id
+
+    def _execute(self, sql: str, params: list[Any]) -> None:
+        with self.store.lock:
+            self.store.db.conn.execute(sql, params)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def open_jobs(self) -> list[Job]:
+        """Jobs of this batch run whose results are not stored yet (a killed run left them)."""
+        rows = self.store.query(
+            f"SELECT * FROM provider_batch_jobs WHERE batch_id = ? AND state IN ({','.join('?' * len(JOB_OPEN))}) "
+            "ORDER BY created_at", [self.batch_id, *JOB_OPEN])
+        return [_job(r) for r in rows]
+
+    def jobs(self) -> list[Job]:
+        rows = self.store.query("SELECT * FROM provider_batch_jobs WHERE batch_id = ? ORDER BY created_at",
+                                [self.batch_id])
+        return [_job(r) for r in rows]
+
+    def new_job(self, round_no: int, provider: str, model: str, route_key: str,
+                requests: list[tuple[str, dict[str, Any]]]) -> Job:
+        """Record a job and its requests (`(custom_id, row)`), all `pending`, in one transaction,
+        before the provider is called."""
+        job = Job(id=uuid.uuid4().hex[:16], batch_id=self.batch_id, round=round_no, provider=provider,
+                  model=model, route_key=route_key, state="submitting", requests=len(requests))
+        now = _now()
+        with self.store.lock:
+            conn = self.store.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO provider_batch_jobs (id, batch_id, round, provider, model, route_key, state, "
+                    "requests, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [job.id, self.batch_id, round_no, provider, model, route_key, job.state, len(requests), now, now])
+                conn.executemany(
+                    "INSERT INTO provider_batch_requests (custom_id, batch_id, job_id, item, run_id, step_id, tier, "
+                    "fingerprint, leader, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
+                    "ON CONFLICT(custom_id) DO UPDATE SET job_id = excluded.job_id, run_id = excluded.run_id, "
+                    "leader = excluded.leader, state = 'pending', result = NULL, error = NULL, "
+                    "updated_at = excluded.updated_at",
+                    [[cid, self.batch_id, job.id, row["item"], row["run_id"], row["step_id"], row["tier"],
+                      row["fingerprint"], row.get("leader"), now, now] for cid, row in requests])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return job
+
+    def update_job(self, job: Job, **values: Any) -> None:
+        for key, value in values.items():
+            setattr(job, key, value)
+        if "counts" in values:
+            values["counts"] = json.dumps(values["counts"])
+        values["updated_at"] = _now()
+        self._execute(f"UPDATE provider_batch_jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                      [*values.values(), job.id])
+
+    def job_custom_ids(self, job: Job) -> list[str]:
+        return [r["custom_id"] for r in self.store.query(
+            "SELECT custom_id FROM provider_batch_requests WHERE job_id = ?", [job.id])]
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def request(self, custom_id: str) -> dict[str, Any] | None:
+        rows = self.store.query("SELECT r.*, j.provider_job_id, j.state AS job_state FROM provider_batch_requests r "
+                                "LEFT JOIN provider_batch_jobs j ON j.id = r.job_id WHERE r.custom_id = ?",
+                                [custom_id])
+        if not rows:
+            return None
+        row = rows[0]
+        if isinstance(row.get("result"), str):
+            row["result"] = json.loads(row["result"])
+        return row
+
+    def store_results(self, job: Job, results: Iterable[tuple[str, str, Any, str | None]],
+                      rest: tuple[str, str] = ("missing", "no result line for this request")) -> None:
+        """Write each `(custom_id, state, result line, error)` of `job`, and mark the job collected,
+        in one transaction. Requests of the job with no line get `rest` (state, error)."""
+        now = _now()
+        with self.store.lock:
+            conn = self.store.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "UPDATE provider_batch_requests SET state = ?, result = ?, error = ?, updated_at = ? "
+                    "WHERE custom_id = ? AND job_id = ?",
+                    [[state, None if line is None else json.dumps(line), error, now, cid, job.id]
+                     for cid, state, line, error in results])
+                conn.execute(  # followers share their leader's line
+                    "UPDATE provider_batch_requests SET (state, result, error) = (SELECT l.state, l.result, l.error "
+                    "FROM provider_batch_requests l WHERE l.custom_id = provider_batch_requests.leader), "
+                    "updated_at = ? WHERE job_id = ? AND leader IS NOT NULL", [now, job.id])
+                conn.execute("UPDATE provider_batch_requests SET state = ?, error = ?, updated_at = ? "
+                             "WHERE job_id = ? AND state = 'pending'", [*rest, now, job.id])
+                conn.execute("UPDATE provider_batch_jobs SET state = 'collected', updated_at = ? WHERE id = ?",
+                             [now, job.id])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        job.state = "collected"
+
+    def mark_fallback(self, custom_id: str, why: str) -> None:
+        self._execute("UPDATE provider_batch_requests SET fallback = ?, updated_at = ? WHERE custom_id = ?",
+                      [why, _now(), custom_id])
+
+    def consumed(self, custom_id: str, run_id: str) -> None:
+        self._execute("UPDATE provider_batch_requests SET run_id = ?, updated_at = ? WHERE custom_id = ?",
+                      [run_id, _now(), custom_id])
+
+    def paid_by_earlier_run(self, ref: str, run_id: str) -> bool:
+        """Whether a call answered by the batch request `ref` was already logged (and priced) by
+        another run: an interrupted run, before the resume that replays it."""
+        rows = self.store.query(
+            "SELECT 1 FROM llm_calls WHERE provider_batch = ? AND run_id != ? AND cost > 0 LIMIT 1", [ref, run_id])
+        return bool(rows)
+
+    def counts(self) -> dict[str, int]:
+        rows = self.store.query("SELECT COALESCE(fallback, state) AS k, COUNT(*) AS n FROM provider_batch_requests "
+                                "WHERE batch_id = ? GROUP BY k", [self.batch_id])
+        return {r["k"]: r["n"] for r in rows}
