@@ -50,6 +50,8 @@ def run_stages(batcher: ProviderBatcher, items: Iterable[Any], work: Callable[[A
 
     try:
         while True:
+            if should_stop is not None and not stopped and should_stop():
+                stopped = True
             with batcher.cond:
                 while room():
                     item = next(pending, None)
@@ -62,10 +64,10 @@ def run_stages(batcher: ProviderBatcher, items: Iterable[Any], work: Callable[[A
                     threads.append(thread)
                     thread.start()
                 batcher.cond.wait_for(lambda: batcher.runnable == 0 or room(), timeout=0.5)
+                if room():
+                    continue  # fill the window before a round: fewer, fuller provider batches
                 quiet = batcher.runnable == 0
                 idle = batcher.in_flight == 0
-            if should_stop is not None and should_stop() and not stopped:
-                stopped = True
             if not quiet:
                 continue
             if stopped:
