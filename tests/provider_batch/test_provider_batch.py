@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import TEXTS, fast, label_of
+from batch_helpers import TEXTS, fast, label_of
 
 from engine.pricing import Price, completion_cost, price_of
 from engine.providers.base import Completion

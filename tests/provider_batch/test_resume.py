@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import TEXTS, fast
+from batch_helpers import TEXTS, fast
 
 from engine.pricing import price_of
 from engine.provider_batch.fakes import Scenario
