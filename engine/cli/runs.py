@@ -55,7 +55,7 @@ def show_cmd(run_id: str, as_json: bool) -> None:
         batch = f" (provider batch {call['provider_batch']})" if call.get("provider_batch") else ""
         out_console.print(f"  call {call['step_id']} {call['tier']}/{call['model']} #{call['attempt']}{purpose}: "
                           f"{call['outcome']}{trust}{conf}{why} {fmt_cost(call['cost'])}{batch} "
-                          f"{call['error'] or ''}".rstrip())
+                          f"{call['error'] or ''}".rstrip(), soft_wrap=True)
     out_console.print(f"cost {fmt_cost(run['cost'])} · all-premium baseline {fmt_cost(run.get('baseline_cost'))}")
     if run["error"]:
         out_console.print(f"error: {run['error']}")
