@@ -42,3 +42,23 @@ def test_provider_batch_benchmark_runs(tmp_path):
         assert r["ok"] == r["correct"] == 12
         if r["mode"] == "provider batch":
             assert r["provider_batches"] == 1 and r["cost_ratio"] == 0.5
+
+
+def test_quality_cascade_benchmark_runs(tmp_path):
+    """A few queries through the real local tier: promoted rows come only from the reference."""
+    import pytest
+
+    data = ROOT.parent / "shared" / "data" / "banking77"
+    if not (data / "test.csv").is_file():
+        pytest.skip("BANKING77 not at ../shared/data/banking77")
+    out = tmp_path / "quality.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/quality_cascade.py"), "--n", "3",
+                           "--rounds", "2", "--rows", "premium,cascade", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["all-premium"]["agreement"] == 1.0 and rows["all-premium"]["cost_vs_all_premium"] == 1.0
+    promoted = rows["cascade + promotion (2 rounds)"]
+    assert promoted["lookup_rows"] == 3 and promoted["lookup_rows_correct"] == 3
+    assert promoted["agreement"] == 1.0 and promoted["cost_vs_all_premium"] < 0.6
