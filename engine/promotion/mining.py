@@ -177,7 +177,8 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
     mode = spec.promote.evidence
     rows = store.query(
         "SELECT prompt_hash, schema_hash, input, outcome, output, tokens_in, tokens_out, cost, created_at, "
-        "trust, purpose, reason FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id", [workflow, step_id])
+        "trust, purpose, reason FROM llm_calls WHERE workflow = ? AND step_id = ? "
+        "AND COALESCE(purpose, '') != 'judge' ORDER BY id", [workflow, step_id])  # a judge's verdict is no answer
     groups: dict[str, Group] = {}
     other_hash_times: dict[str, list[str]] = {}
     stale = executions = tokens = 0

@@ -169,7 +169,7 @@ def reverify(store: Any, promotion_id: str) -> dict[str, Any]:
     if art is None:
         raise PromotionStateError(f"{p.id}: no artifact for it in {directory}")
     log = mine_step(store, wf.name, p.step_id, spec)
-    groups = [g for g in log.groups.values() if g.outputs]
+    groups = [g for g in log.groups.values() if g.answerable]  # trusted answers only (promote.evidence)
     normalize = art.normalize
     answerer = (table_answerer(art.table, lambda v: input_key(v, normalize)) if art.kind == "lookup"
                 else script_answerer(art.code))

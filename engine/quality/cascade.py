@@ -66,7 +66,7 @@ def ask_with_quality(ctx: StepContext, call: LLMCall) -> StepOutcome:
         return outcome
     if outcome.tier == policy.reference:
         for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
-            agree = answers_agree(policy, low["output"], outcome.output, _judge(ctx, policy))
+            agree = answers_agree(policy, low["output"], outcome.output, _judge(ctx, policy, call))
             monitor.record(policy, workflow=wf, step_id=step, tier=low["tier"], model=low["model"],
                            run_id=ctx.run_id, input_hash=call.input_hash, mode="escalation",
                            status="agree" if agree else "disagree", served=False, confidence=low.get("confidence"),
@@ -102,7 +102,7 @@ def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monit
         monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
                        reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]
         return outcome
-    agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy))
+    agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy, call))
     monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output,
                    cost=ref.cost, **common)  # type: ignore[arg-type]
     if agree:
@@ -117,13 +117,13 @@ def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monit
                        cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence)
 
 
-def _judge(ctx: StepContext, policy: QualityPolicy) -> Any:
+def _judge(ctx: StepContext, policy: QualityPolicy, call: LLMCall) -> Any:
     if policy.judge is None:
         return None
 
     def ask(messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
         from engine.quality.judge import ask_judge
 
-        return ask_judge(ctx, policy.judge or "", messages, schema)
+        return ask_judge(ctx, policy.judge or "", messages, schema, call.hashes, call.values)
 
     return ask

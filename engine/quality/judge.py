@@ -11,10 +11,11 @@ from engine.errors import AuthenticationError, ProviderError
 from engine.providers.base import CompletionRequest
 from engine.providers.registry import get_provider
 from engine.steps.base import StepContext
-from engine.steps.llm import cost_of
+from engine.steps.llm import _log, cost_of
 
 
-def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schema: dict[str, Any],
+              hashes: dict[str, str], values: dict[str, Any]) -> Any:
     """The judge's validated JSON answer; None when no model of the tier could answer."""
     for entry in ctx.config.chain(tier):
         started = time.perf_counter()
@@ -29,14 +30,12 @@ def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schem
             value = json.loads(completion.text)
         except ValueError:
             value = None
-        if ctx.store is not None:
-            ctx.store.record_llm_call({
-                "run_id": ctx.run_id, "workflow": ctx.workflow.name, "step_id": ctx.step_id, "tier": tier,
-                "provider": entry.provider, "model": entry.model_name, "attempt": 1,
-                "tokens_in": completion.input_tokens, "tokens_out": completion.output_tokens,
-                "cost": cost_of(entry, completion, ctx.config.pricing),
-                "latency_ms": (time.perf_counter() - started) * 1000, "finish_reason": completion.finish_reason,
-                "outcome": "valid" if isinstance(value, dict) else "invalid", "output": value,
-                "raw_output": completion.text, "purpose": "judge"})
+        attempt = {"tier": tier, "provider": entry.provider, "model": entry.model_name, "attempt": 1,
+                   "tokens_in": completion.input_tokens, "tokens_out": completion.output_tokens,
+                   "cost": cost_of(entry, completion, ctx.config.pricing),
+                   "latency_ms": (time.perf_counter() - started) * 1000, "finish_reason": completion.finish_reason,
+                   "outcome": "valid" if isinstance(value, dict) else "invalid", "raw_output": completion.text,
+                   "purpose": "judge"}
+        _log(ctx, attempt, hashes, values, value)
         return value
     return None

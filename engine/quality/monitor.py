@@ -120,11 +120,8 @@ class Monitor:
         if check["status"] == "skipped" or not check.get("served", True):
             return
         row = records.get_state(self.store, workflow, step_id, tier)
-        served = [c for c in records.checks(self.store, workflow, step_id, tier, after_id=row["epoch_check_id"] or 0)
-                  if c["status"] != "skipped" and c["served"]]
-        n = len(served)
-        disagree = sum(1 for c in served if c["status"] == "disagree")
-        lower, upper = wilson_bounds(disagree, n, policy.confidence)
+        n, disagree = records.served_counts(self.store, workflow, step_id, tier, row["epoch_check_id"] or 0)
+        lower, _ = wilson_bounds(disagree, n, policy.confidence)
         if row["state"] != ESCALATED and n >= policy.min_checks and lower > policy.max_disagreement:
             self._move(workflow, step_id, tier, ESCALATED,
                        f"disagreed with the reference {disagree}/{n} ({disagree / n:.1%}; Wilson lower bound "

@@ -3,22 +3,16 @@ trust column of logged answers."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from engine.store.migrations import _now
+from engine.store.sqlite import _dump, clean_text
 
 ACTIVE, ESCALATED, PROBATION = "active", "escalated", "probation"
 
 
-def _dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-
-
 def _insert(store: Any, table: str, row: dict[str, Any]) -> int:
-    sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-    with store.lock:
-        return int(store.db.conn.execute(sql, list(row.values())).lastrowid or 0)
+    return int(store._insert(table, row))  # the store's insert: text made storable, one statement
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -33,8 +27,7 @@ def record_check(store: Any, *, workflow: str, step_id: str, tier: str, model: s
     return _insert(store, "quality_checks", {
         "workflow": workflow, "step_id": step_id, "tier": tier, "model": model, "run_id": run_id,
         "input_hash": input_hash, "mode": mode, "status": status, "served": int(served),
-        "confidence": confidence, "cheap_output": _dump(cheap_output),
-        "reference_output": None if reference_output is None else _dump(reference_output),
+        "confidence": confidence, "cheap_output": _dump(cheap_output), "reference_output": _dump(reference_output),
         "reference_tier": reference_tier, "cost": cost, "reason": reason, "created_at": _now()})
 
 
@@ -47,6 +40,14 @@ def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int 
     if limit is not None:
         sql, params = sql + " LIMIT ?", [*params, limit]
     return store.query(sql, params)
+
+
+def served_counts(store: Any, workflow: str, step_id: str, tier: str, after_id: int) -> tuple[int, int]:
+    """(served checks that ran, of which disagreed) after `after_id`: what decides a tier's state."""
+    rows = store.query("SELECT COUNT(*) AS n, COALESCE(SUM(status = 'disagree'), 0) AS k FROM quality_checks "
+                       "WHERE workflow = ? AND step_id = ? AND tier = ? AND id > ? AND served = 1 "
+                       "AND status != 'skipped'", [workflow, step_id, tier, after_id])
+    return int(rows[0]["n"]), int(rows[0]["k"])
 
 
 def summary(store: Any, workflow: str | None = None, step_id: str | None = None) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
                 full = {**row, "input": _dump(row["input"]), "output": _dump(row["output"]),
                         "created_at": row.get("created_at") or now}
                 conn.execute(f"INSERT INTO feedback ({', '.join(full)}) VALUES ({', '.join('?' * len(full))})",
-                             list(full.values()))
+                             [clean_text(v) for v in full.values()])
         except BaseException:
             conn.execute("ROLLBACK")
             raise

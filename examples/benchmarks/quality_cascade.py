@@ -94,26 +94,6 @@ tiers:
 """ % (INPUT_PRICE, OUTPUT_PRICE)
 
 
-class ReplayProvider:
-    """The simulated premium tier: answers the labelled intent; tokens = characters / 4."""
-
-    name = "replay"
-
-    def __init__(self, labels: dict[str, str]):
-        self.labels = labels
-        self.calls = 0
-
-    def complete(self, request: Any) -> Any:
-        from engine.providers.base import Completion
-
-        self.calls += 1
-        text = request.messages[1]["content"].removeprefix("Customer message: ")
-        reply = json.dumps({"intent": self.labels[text]})
-        tokens_in = sum(len(m["content"]) for m in request.messages) // 4
-        return Completion(text=reply, finish_reason="stop", input_tokens=tokens_in,
-                          output_tokens=max(1, len(reply) // 4), model=request.model)
-
-
 def load_queries(data: Path, n: int, seed: int) -> dict[str, str]:
     with (data / "test.csv").open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["category"] in INTENTS]
@@ -238,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.pop("ENGINE_DB", None)
     from engine.providers.registry import register_provider
 
-    register_provider("replay", ReplayProvider(queries))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from promotion_replay import ReplayProvider  # the simulated premium tier: answers the label
+
+    register_provider("replay", ReplayProvider(queries, list(INTENTS)))
     wanted = set(args.rows.split(","))
     cascade_quality = {"reference": "premium", "sample": args.sample, "min_confidence": "auto",
                        "target_agreement": 0.98}

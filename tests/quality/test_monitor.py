@@ -286,3 +286,18 @@ def test_report_shows_trust_quality_cost_and_agreement_chart(triage_wf, tiers, s
     assert "agreement with the reference" in out.output and "quality checks" in out.output
     page = html.read_text()
     assert 'aria-label="agreement per tier"' in page and "33.3%" in page
+
+
+def test_judge_tier_is_asked_and_its_call_logged_apart(triage_wf, tiers, store, fake):
+    from engine.quality.judge import ask_judge
+    from engine.steps.base import StepContext
+
+    path = triage_wf()
+    wf = load_workflow(path)
+    fake.responder = lambda r: {"same": True} if r.model == "medium" else {"intent": "card"}
+    ctx = StepContext(run_id="r1", workflow=wf, config=wf.config, store=store, step_id="classify")
+    verdict = ask_judge(ctx, "standard", [{"role": "user", "content": "A: x\nB: y"}],
+                        {"type": "object"}, {"prompt_hash": "p", "schema_hash": "s", "input_hash": "i"}, {"text": "x"})
+    assert verdict == {"same": True}
+    (row,) = store.query("SELECT purpose, tier, outcome, output FROM llm_calls")
+    assert row == {"purpose": "judge", "tier": "standard", "outcome": "valid", "output": {"same": True}}
