@@ -6,7 +6,6 @@ inputs from it, runs, and adds its output. Every run, step and llm call is writt
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
@@ -20,7 +19,10 @@ from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
 from engine.spec.models import Step, Workflow
-from engine.steps import StepContext, StepOutcome, run_decision_step, run_llm_step, run_script_step
+from engine.providers.calls import ProviderCalls, adrive, drive
+from engine.steps import StepContext, StepOutcome, run_script_step
+from engine.steps.decision import decision_step_calls
+from engine.steps.llm import llm_step_calls
 from engine.store import SQLiteStore
 from engine.templating import TemplateError, evaluate_condition, render
 
@@ -105,13 +107,28 @@ class RunResult:
         return data
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> StepOutcome:
+class _ScriptCall:
+    """A script step shaped as a provider call, so the drivers decide where it runs: inline under
+    `run_workflow`, on a worker thread under `arun_workflow` (user code may block; the event loop
+    must not)."""
+
+    name = "script"
+
+    def __init__(self, ctx: StepContext, spec: Any):
+        self.ctx, self.spec = ctx, spec
+
+    def complete(self, values: dict[str, Any]) -> StepOutcome:
+        return run_script_step(self.ctx, self.spec, values)
+
+
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
-        return run_script_step(ctx, step.script, values)
+        outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc]
+        return outcome
     if step.decision is not None:
-        return run_decision_step(ctx, step.decision, values)
+        return (yield from decision_step_calls(ctx, step.decision, values))
     assert step.llm is not None
-    return run_llm_step(ctx, step.llm, values)
+    return (yield from llm_step_calls(ctx, step.llm, values))
 
 
 def run_workflow(
@@ -130,6 +147,40 @@ def run_workflow(
     `store=True` opens the configured store, `False`/`None` logs nothing. `servers` may answer
     llm steps before their tiers (caches, promoted lookups; see `engine.serving`). `tenant` namespaces
     the caches: one tenant's cached answers never serve another's."""
+    return drive(_run(workflow, inputs, config=config, store=store, tags=tags, raise_on_error=raise_on_error,
+                      servers=servers, tenant=tenant))
+
+
+async def arun_workflow(
+    workflow: str | Path | Workflow,
+    inputs: dict[str, Any] | None = None,
+    *,
+    config: EngineConfig | None = None,
+    store: SQLiteStore | None | bool = True,
+    tags: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
+    servers: list[Server] | None = None,
+    tenant: str | None = None,
+) -> RunResult:
+    """`run_workflow` on the caller's event loop: each provider call is awaited (`acomplete`;
+    a sync-only provider runs on a worker thread), so thousands of runs overlap on one loop.
+    Script and decision steps run inline (they are meant to be quick, pure functions); log rows
+    go to the store's write-behind queue, which never blocks on SQLite."""
+    return await adrive(_run(workflow, inputs, config=config, store=store, tags=tags,
+                             raise_on_error=raise_on_error, servers=servers, tenant=tenant))
+
+
+def _run(
+    workflow: str | Path | Workflow,
+    inputs: dict[str, Any] | None,
+    *,
+    config: EngineConfig | None,
+    store: SQLiteStore | None | bool,
+    tags: dict[str, Any] | None,
+    raise_on_error: bool,
+    servers: list[Server] | None,
+    tenant: str | None,
+) -> ProviderCalls[RunResult]:
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
@@ -146,7 +197,8 @@ def run_workflow(
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
     for step in wf.steps:
-        record, error = _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant), step, state)
+        record, error = yield from _execute(StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant),
+                                            step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)
@@ -174,7 +226,8 @@ def run_workflow(
     return result
 
 
-def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepRecord, EngineError | None]:
+def _execute(ctx: StepContext, step: Step,
+             state: dict[str, Any]) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
     record = StepRecord(step_id=step.id, kind=step.kind, status="ok")
     started = time.perf_counter()
     try:
@@ -182,7 +235,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepR
             record.status = "skipped"
             return record, None
         values = render(step.inputs, state)
-        outcome = _run_step(ctx, step, values)
+        outcome = yield from _run_step(ctx, step, values)
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
@@ -212,19 +265,12 @@ def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
 
 
 def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
-    step_row_id = db.record_step({
+    db.record_step({
         "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
         "served_by": record.served_by, "tier": record.tier, "provider": record.provider,
         "model": record.model, "attempts": record.attempts, "tokens_in": record.tokens_in,
         "tokens_out": record.tokens_out, "cost": record.cost, "baseline_cost": record.baseline_cost,
         "latency_ms": record.latency_ms,
         "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
-    })
-    if record.calls:
-        db.link_calls(run_id, record.step_id, step_row_id)
+    }, link_calls=bool(record.calls))
 
-
-async def arun_workflow(workflow: str | Path | Workflow, inputs: dict[str, Any] | None = None,
-                        **kwargs: Any) -> RunResult:
-    """Async variant of `run_workflow`: runs it in a worker thread, so the event loop stays free."""
-    return await asyncio.to_thread(run_workflow, workflow, inputs, **kwargs)

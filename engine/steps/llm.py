@@ -33,6 +33,7 @@ from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
 from engine.pricing import PriceOverride, baseline_cost, premium_price, price_of
 from engine.providers.base import Completion, CompletionRequest
+from engine.providers.calls import ProviderCalls, drive
 from engine.providers.registry import get_provider
 from engine.routing import CallGate
 from engine.spec.models import LLMSpec, ModelEntry
@@ -145,6 +146,12 @@ def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLM
 
 def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
     """Serve an llm step: registered servers first (see `engine.serving`), then the tiers."""
+    return drive(llm_step_calls(ctx, spec, values))
+
+
+def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
+    """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
+    synchronously by `run_llm_step`, on an event loop by the async runner."""
     call = prepare_call(ctx, spec, values)
     premium = premium_price(ctx.config.tiers, ctx.config.pricing)
     for server in ctx.servers:
@@ -152,7 +159,7 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
-    outcome = ask_tiers(ctx, call)
+    outcome = yield from ask_tiers_calls(ctx, call)
     outcome.baseline_cost = baseline_cost(premium, call.messages, outcome.output, outcome.attempts)
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
@@ -162,6 +169,11 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
 def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
     """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors (and past
     models cooling down or over budget, see `engine.routing`), escalate."""
+    return drive(ask_tiers_calls(ctx, call))
+
+
+def ask_tiers_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[StepOutcome]:
+    """`ask_tiers` as a generator: yields (provider, request) for each call it makes."""
     spec, values, hashes = call.spec, call.values, call.hashes
     base = call.messages
     gate = CallGate(ctx.config, ctx.store, ctx.run_id, ctx.workflow.name)
@@ -191,7 +203,7 @@ def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
                     attempts.append(attempt)
                     break  # next model in the chain
                 try:
-                    completion = provider.complete(request)
+                    completion = yield provider, request
                 except AuthenticationError as e:
                     gate.settle(admission, 0.0)
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",
