@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import json
 import threading
 import time
@@ -208,14 +209,36 @@ async def _run_items(engine: Engine, wf: Workflow, bid: str, todo: list[BatchIte
         finally:
             window.release()
 
+    interrupted = False
+
+    def on_sigint() -> None:  # Ctrl-C: start nothing new, let the runs in flight finish and be recorded
+        nonlocal interrupted
+        interrupted = True
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        handling = True
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+        handling = False
     tasks: list[asyncio.Task[None]] = []
-    for item in todo:
-        if should_stop is not None and should_stop():
-            summary.interrupted = True
-            break
-        await window.acquire()
-        tasks.append(asyncio.create_task(work(item)))
-    await asyncio.gather(*tasks)
+    try:
+        for item in todo:
+            if interrupted or (should_stop is not None and should_stop()):
+                summary.interrupted = True
+                break
+            await window.acquire()
+            if interrupted:
+                window.release()
+                summary.interrupted = True
+                break
+            tasks.append(asyncio.create_task(work(item)))
+        await asyncio.gather(*tasks)
+    finally:
+        if handling:
+            loop.remove_signal_handler(signal.SIGINT)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,

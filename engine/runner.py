@@ -123,7 +123,7 @@ class _ScriptCall:
 
 def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
-        outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc]
+        outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
     if step.decision is not None:
         return (yield from decision_step_calls(ctx, step.decision, values))
