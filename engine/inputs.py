@@ -32,6 +32,17 @@ def parse_cli_inputs(workflow: Workflow, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+_validators: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """One validator per input schema, built once (the schema dict lives as long as its workflow)."""
+    hit = _validators.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        hit = _validators[id(schema)] = (schema, jsonschema.Draft202012Validator(schema))
+    return hit[1]
+
+
 def validate_inputs(workflow: Workflow, inputs: dict[str, Any]) -> dict[str, Any]:
     """Apply defaults and validate every input against its schema; name every problem."""
     if not isinstance(inputs, dict):
@@ -49,7 +60,11 @@ def validate_inputs(workflow: Workflow, inputs: dict[str, Any]) -> dict[str, Any
         else:
             problems.append(f"missing input '{name}'")
             continue
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        validator = _validator(schema)
+        if validator.is_valid(value):
+            values[name] = value
+            continue
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is not None:
             problems.append(f"input '{name}': {error.message}")
         values[name] = value

@@ -6,9 +6,10 @@ inputs from it, runs, and adds its output. Every run, step and llm call is writt
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,30 @@ _stores: dict[Path, SQLiteStore] = {}
 _stores_lock = threading.Lock()
 
 
+_by_name: dict[tuple[str, str], SQLiteStore] = {}
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
+
+
+def new_run_id() -> str:
+    """32 random hex digits, like `uuid4().hex`, from a generator seeded once from os.urandom
+    (uuid4 reads os.urandom on every call, which shows on the hot path)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
 def open_store(path: str | Path) -> SQLiteStore:
     """The process-wide store for `path` (one connection, shared by every run)."""
+    name = str(path)
+    fast = ("", name) if os.path.isabs(name) else (os.getcwd(), name)  # no path resolution on the hot path
+    store = _by_name.get(fast)
+    if store is not None and not store._closed:
+        return store
     key = Path(path).resolve()
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is None or store._closed:
             store = _stores[key] = SQLiteStore(key)
+        _by_name[fast] = store
         return store
 
 
@@ -185,7 +203,7 @@ def _run(
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
     db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
-    run_id = uuid.uuid4().hex
+    run_id = new_run_id()
     if db is not None:
         db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values,
                      {**(tags or {}), "tenant": tenant} if tenant is not None else tags)

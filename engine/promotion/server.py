@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from math import sqrt
 from statistics import NormalDist
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from engine.errors import EngineError
 from engine.hashing import canonical_json
 from engine.promotion import records
-from engine.promotion.artifacts import Artifact, load_artifacts, promotions_dir
+from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
 from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult, run_one
 from engine.promotion.verify import validated
@@ -161,5 +162,45 @@ class PromotionServer:
                                      outcome.output, agree)
 
 
+_built: dict[tuple[int, str, str], tuple[tuple[Any, ...], Any, PromotionServer | None, float]] = {}
+_dirs: dict[tuple[str, str], Any] = {}
+RECHECK_S = 1.0
+"""How often a built server re-checks what another process may have changed (the manifest's
+mtime, the store's `PRAGMA data_version`); this process's own promotion writes count at once."""
+
+
+def _signature(workflow: Any, store: Any) -> tuple[Any, ...]:
+    mtime = None
+    if workflow.path:
+        key = (str(workflow.path), workflow.name)
+        directory = _dirs.get(key)
+        if directory is None:
+            directory = _dirs[key] = promotions_dir(workflow.path, workflow.name)
+        try:
+            mtime = (directory / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            pass
+    with store.conn_lock:
+        version = store.db.conn.execute("PRAGMA data_version").fetchone()[0]
+    return (mtime, version, records.GENERATION[0])
+
+
 def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
-    return PromotionServer.for_workflow(workflow, store)
+    """The workflow's server, rebuilt only when its manifest or the promotions may have changed,
+    so a run neither reads the manifest nor queries the promotions table (see `RECHECK_S`)."""
+    if store is None or not hasattr(store, "conn_lock"):
+        return PromotionServer.for_workflow(workflow, store)
+    key = (id(store), workflow.name, str(workflow._path))
+    hit = _built.get(key)
+    now = time.monotonic()
+    if hit is not None and hit[1] is store and hit[0][2] == records.GENERATION[0]:
+        if now - hit[3] < RECHECK_S:
+            return hit[2]
+        signature = _signature(workflow, store)
+        if signature == hit[0]:
+            _built[key] = (signature, store, hit[2], now)
+            return hit[2]
+    signature = _signature(workflow, store)
+    server = PromotionServer.for_workflow(workflow, store)
+    _built[key] = (signature, store, server, now)
+    return server

@@ -61,6 +61,30 @@ def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
     return _validator_for(json.dumps(schema, sort_keys=True))
 
 
+@dataclass(frozen=True)
+class CompiledStep:
+    """What an llm step's spec fixes once and for all, computed on its first run."""
+
+    prompt_hash: str
+    schema_hash: str
+    system: str | None
+    """The static system message (None when the schema is templated: it depends on the inputs)."""
+    validator: jsonschema.Draft202012Validator | None
+
+
+def compiled(spec: LLMSpec) -> CompiledStep:
+    done = spec._compiled
+    if done is None:
+        static = not spec._templated_schema and isinstance(spec.schema_, dict)
+        done = spec._compiled = CompiledStep(
+            prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
+                                    spec.prompt if isinstance(spec.prompt, str) else None),
+            schema_hash=schema_hash(spec.schema_),
+            system=system_message(spec) if static else None,
+            validator=_validator(spec.schema_) if static else None)  # type: ignore[arg-type]
+    return done  # type: ignore[no-any-return]
+
+
 def cost_of(entry: ModelEntry, completion: Completion,
             pricing: Mapping[str, PriceOverride] | None = None) -> float:
     """What `completion` cost at `entry`'s price (its own fields, else `pricing`, else the defaults;
@@ -80,7 +104,9 @@ def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None =
         raise ValueError(f"the reply is not valid JSON ({e})") from None
     schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
     assert isinstance(schema, dict)
-    errors = sorted(_validator(schema).iter_errors(value), key=lambda e: e.path)
+    validator = compiled(spec).validator if schema is spec.schema_ else None
+    validator = validator or _validator(schema)
+    errors = [] if validator.is_valid(value) else sorted(validator.iter_errors(value), key=lambda e: e.path)
     if errors:
         details = "; ".join(
             f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}" for e in errors[:5])
@@ -134,13 +160,12 @@ def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLM
         except jsonschema.SchemaError as e:
             raise StepError(ctx.step_id, f"the rendered schema is not a valid JSON Schema: {e.message}") from e
     assert isinstance(schema, dict)
+    static = compiled(spec)
+    system = static.system if static.system is not None else system_message(spec, schema)
     return LLMCall(
         step_id=ctx.step_id, spec=spec, values=values, schema=schema,
-        messages=[{"role": "system", "content": system_message(spec, schema)}, {"role": "user", "content": prompt}],
-        prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
-                                spec.prompt if isinstance(spec.prompt, str) else None),
-        schema_hash=schema_hash(spec.schema_),
-        input_hash=input_hash(values),
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        prompt_hash=static.prompt_hash, schema_hash=static.schema_hash, input_hash=input_hash(values),
     )
 
 
@@ -153,7 +178,7 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
     """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
     synchronously by `run_llm_step`, on an event loop by the async runner."""
     call = prepare_call(ctx, spec, values)
-    premium = premium_price(ctx.config.tiers, ctx.config.pricing)
+    premium = _premium(ctx.config)
     for server in ctx.servers:
         served = server.serve(ctx, call)
         if served is not None:
@@ -164,6 +189,19 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
     return outcome
+
+
+_premiums: dict[int, tuple[Any, Any]] = {}
+
+
+def _premium(config: Any) -> Any:
+    """`premium_price` of a config, once per config object (configs are not changed in place)."""
+    hit = _premiums.get(id(config))
+    if hit is None or hit[0] is not config:
+        if len(_premiums) > 256:
+            _premiums.clear()
+        hit = _premiums[id(config)] = (config, premium_price(config.tiers, config.pricing))
+    return hit[1]
 
 
 def ask_tiers(ctx: StepContext, call: LLMCall) -> StepOutcome:
