@@ -31,8 +31,9 @@ from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult, run_one
 from engine.promotion.verify import validated
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import LLMCall, ask_tiers
+from engine.steps.llm import LLMCall, ask_tiers, compiled
 
+_MISS = object()
 _rng = random.Random()
 _rng_lock = threading.Lock()
 
@@ -61,6 +62,15 @@ def disagreement_bound(disagree: int, checks: int, confidence: float) -> float:
     centre = p + z * z / (2 * checks)
     margin = z * sqrt(p * (1 - p) / checks + z * z / (4 * checks * checks))
     return max(0.0, (centre - margin) / (1 + z * z / checks))
+
+
+def spot_sampled(ctx: StepContext, rate: float) -> bool:
+    """Whether this step execution is a spot check: drawn once per execution, so the early and
+    the full serving paths agree."""
+    drawn = ctx.__dict__.get("_spot_check")
+    if drawn is None:
+        drawn = ctx.__dict__["_spot_check"] = _sample(rate)
+    return bool(drawn)
 
 
 def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
@@ -99,6 +109,31 @@ class PromotionServer:
         return cls(workflow.name, store, artifacts, statuses, shadows,
                    str(workflow.path) if workflow.path else None)
 
+    def serve_early(self, ctx: StepContext, spec: Any, values: dict[str, Any]) -> StepOutcome | None:
+        """A lookup hit answered from the step's inputs alone, before its prompt is rendered or
+        hashed (the in-process fast path). Anything else (a script, a stale or spot-checked
+        artifact) returns None and takes the full path, `serve`."""
+        arts = self.artifacts.get(ctx.step_id)
+        if not arts:
+            return None
+        static = compiled(spec)
+        for art in arts:
+            if art.kind != "lookup":
+                return None
+            status = self.statuses.get(art.id, "accepted")
+            if status in ("demoted", "rejected", "superseded", "stale"):
+                continue
+            if art.prompt_hash != static.prompt_hash or art.schema_hash != static.schema_hash:
+                return None  # `serve` marks it stale
+            output = art.table.get(input_key(values, art.normalize), _MISS)
+            if output is _MISS:
+                continue
+            if spot_sampled(ctx, spec.promote.spot_check):
+                return None  # `serve` runs the spot check
+            return StepOutcome(output=output, served_by="lookup", provider="promotion",
+                               model=f"{art.id} v{art.version}")
+        return None
+
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
         for art in self.artifacts.get(call.step_id, []):
             status = self.statuses.get(art.id, "accepted")
@@ -113,7 +148,7 @@ class PromotionServer:
             result = answer(art.kind, art.table, art.code, art.normalize, call)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
-            if _sample(call.spec.promote.spot_check):
+            if spot_sampled(ctx, call.spec.promote.spot_check):
                 return self._spot_check(ctx, call, art, result.output)
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")

@@ -73,7 +73,7 @@ class CompiledStep:
 
 
 def compiled(spec: LLMSpec) -> CompiledStep:
-    done = spec._compiled
+    done = spec.__pydantic_private__.get("_compiled")  # type: ignore[union-attr]  # not pydantic's slow __getattr__
     if done is None:
         static = not spec._templated_schema and isinstance(spec.schema_, dict)
         done = spec._compiled = CompiledStep(
@@ -177,8 +177,11 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
 def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
     """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
     synchronously by `run_llm_step`, on an event loop by the async runner."""
-    call = prepare_call(ctx, spec, values)
     premium = _premium(ctx.config)
+    early = _serve_early(ctx, spec, values, premium)
+    if early is not None:
+        return early
+    call = prepare_call(ctx, spec, values)
     for server in ctx.servers:
         served = server.serve(ctx, call)
         if served is not None:
@@ -189,6 +192,29 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
     return outcome
+
+
+def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premium: Any) -> StepOutcome | None:
+    """Servers that answer from the inputs alone (`serve_early`: promoted lookups), before the
+    call is prepared. Only for steps whose system text is static (the baseline needs it)."""
+    static = None
+    for server in ctx.servers:
+        early = getattr(server, "serve_early", None)
+        if early is None:
+            continue
+        static = static or compiled(spec)
+        if static.system is None:
+            return None
+        served = early(ctx, spec, values)
+        if served is not None:
+            try:
+                prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
+            except TemplateError:
+                return None  # the full path reports it
+            messages = [{"role": "system", "content": static.system}, {"role": "user", "content": prompt}]
+            served.baseline_cost = baseline_cost(premium, messages, served.output, served.attempts)
+            return served  # type: ignore[no-any-return]
+    return None
 
 
 _premiums: dict[int, tuple[Any, Any]] = {}
