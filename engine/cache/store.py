@@ -91,6 +91,11 @@ class CacheStore:
 
     def put(self, row: dict[str, Any], vector: np.ndarray | None = None) -> int:
         """Insert or replace the answer for (namespace, input_key); returns the entry id."""
+        sql, params = self._upsert(row, vector)
+        with self.lock:
+            return int(self.store.db.execute(sql + " RETURNING id", params).fetchone()[0])
+
+    def _upsert(self, row: dict[str, Any], vector: np.ndarray | None) -> tuple[str, list[Any]]:
         data = dict(row)
         data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
         data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
@@ -102,9 +107,8 @@ class CacheStore:
         cols = list(data)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("namespace", "input_key", "hits"))
         sql = (f"INSERT INTO cache_entries ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates} RETURNING id")
-        with self.lock:
-            return int(self.store.db.execute(sql, [data[c] for c in cols]).fetchone()[0])
+               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates}")
+        return sql, [data[c] for c in cols]
 
     def delete(self, entry_id: int) -> None:
         with self.lock:
