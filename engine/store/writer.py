@@ -110,9 +110,8 @@ class WriteBehind:
                 return
 
     def flush(self) -> int:
-        """Write every queued operation now (on the caller's thread); returns how many."""
-        if not self.pending:
-            return 0
+        """Write every queued operation now (on the caller's thread); returns how many. Taking the
+        lock also waits for a batch the writer thread is committing."""
         with self.lock:
             return self.drain_locked()
 
