@@ -226,12 +226,3 @@ def _register(writer: WriteBehind) -> None:
                         signal.signal(sig, _on_signal)
                 except (ValueError, OSError):  # pragma: no cover - not allowed here
                     pass
-
-
-def install_signal_handlers() -> None:
-    """Flush on SIGTERM/SIGHUP from now on (where no other handler is set). Called from the main
-    thread by the CLI; stores opened first on another thread cannot install them themselves."""
-    for sig in FLUSH_SIGNALS:
-        if signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, _on_signal)
-
