@@ -12,8 +12,8 @@ approximate index first (`engine.cache.ann.IVFIndex`: an inverted file over k-me
 searched with `nprobe` cells) for the nearest `k` rows, and applies the same rule to them: a
 hit needs the best row at or above the threshold and either a row with another answer among the
 `k` (then its similarity decides the margin) or the `k`-th row already `margin` below the best
-(then no other answer can be nearer). When neither holds, `k` grows, and past `k = 1024` the
-exact matrix product decides. The matrix stays the source for the exact path and for rebuilds.
+(then no other answer can be nearer). When neither holds, a second approximate search restricted
+to rows with another answer (a bitmap selector) finds the nearest conflicting row. The matrix stays the source for the exact path and for rebuilds.
 """
 
 from __future__ import annotations
@@ -139,30 +139,30 @@ class VectorIndex:
         return self.exact_search(query, threshold, margin)
 
     def _ann_search(self, query: np.ndarray, threshold: float, margin: float) -> Decision | None:
-        """The rule over the approximate `k` nearest rows, or None when they cannot decide it."""
-        k = 32
-        while k <= 1024:
-            sims, rows = self._ann.search(query, min(k, self.n))
-            keep = rows >= 0
-            sims, rows = sims[keep], rows[keep]
-            codes = self._codes[rows]
-            live = codes >= 0
-            found_all = len(rows) < k
-            if live.any():
-                top = int(np.argmax(live))  # results come sorted by similarity: the first live row
-                best = float(sims[top])
-                if best < threshold:
-                    return Decision(None, best, "below_threshold")
-                others = live & (codes != codes[top])
-                match = Match(int(self._ids[rows[top]]), best, float(sims[others].max()) if others.any() else None)
-                if match.conflicting is not None or found_all or float(sims[-1]) < best - margin:
-                    if margin > 0 and match.conflicting is not None and best - match.conflicting < margin:
-                        return Decision(None, best, "ambiguous")
-                    return Decision(match, best, "hit")
-            elif found_all:
-                return None
-            k *= 4
-        return None
+        """The rule over the approximate nearest rows, or None to leave it to the exact product."""
+        sims, rows = self._ann.search(query, min(32, self.n))
+        keep = rows >= 0
+        sims, rows = sims[keep], rows[keep]
+        codes = self._codes[rows]
+        live = codes >= 0
+        if not live.any():
+            return None
+        top = int(np.argmax(live))  # results come sorted by similarity: the first live row
+        best = float(sims[top])
+        if best < threshold:
+            return Decision(None, best, "below_threshold")
+        others = live & (codes != codes[top])
+        conflicting = float(sims[others].max()) if others.any() else None
+        if conflicting is None and margin > 0 and float(sims[-1]) >= best - margin:
+            # every near row has the best one's answer: ask for the nearest row with another answer
+            allowed = self._codes[: self.n] >= 0
+            allowed &= self._codes[: self.n] != codes[top]
+            found = self._ann.nearest_among(query, allowed) if allowed.any() else None
+            conflicting = None if found is None else found[0]
+        match = Match(int(self._ids[rows[top]]), best, conflicting)
+        if margin > 0 and conflicting is not None and best - conflicting < margin:
+            return Decision(None, best, "ambiguous")
+        return Decision(match, best, "hit")
 
     def exact_search(self, query: np.ndarray, threshold: float, margin: float = 0.0) -> Decision:
         """The rule over every row (one matrix-vector product)."""

@@ -75,12 +75,20 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--vectors-cache", type=Path, default=None,
+                    help="an .npz to keep the BANKING77 embeddings in between runs")
     args = ap.parse_args()
 
     train_texts, train_y = load(args.data / "train.csv")
     test_texts, test_y = load(args.data / "test.csv")
-    embedder = MiniLMEmbedder()
-    x_train, x_test = embed(embedder, train_texts), embed(embedder, test_texts)
+    if args.vectors_cache is not None and args.vectors_cache.is_file():
+        saved = np.load(args.vectors_cache)
+        x_train, x_test = saved["train"], saved["test"]
+    else:
+        embedder = MiniLMEmbedder()
+        x_train, x_test = embed(embedder, train_texts), embed(embedder, test_texts)
+        if args.vectors_cache is not None:
+            np.savez(args.vectors_cache, train=x_train, test=x_test)
 
     report: dict[str, Any] = {"threshold": THRESHOLD, "margin": MARGIN,
                               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
