@@ -8,9 +8,12 @@
 
 - Workflows are loaded once and cached; a changed file is reloaded on next use.
 - Thread-safe and asyncio-safe: `run` may be called from many threads at once; `arun` runs on the
-  engine's own thread pool, so the event loop stays free and many runs overlap.
+  caller's event loop (provider calls are awaited: the SDKs' async clients for cloud tiers, a
+  dedicated worker thread per local model, a worker thread for sync-only plugins), so thousands
+  of runs overlap on one loop.
 - One store per file per process (one connection behind a lock; WAL and a busy timeout between
-  processes), so concurrent runs never lose rows or fail with "database is locked".
+  processes), so concurrent runs never lose rows or fail with "database is locked". Log rows are
+  written behind by one thread per store; `close()` flushes them (so do exit and SIGTERM).
 - Providers are process-wide singletons: the local model is loaded once (`warm` loads it up
   front) and shared; llama.cpp calls are serialized per model, cloud providers run concurrently.
 """
@@ -20,18 +23,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
 from engine.config import EngineConfig
 from engine.errors import EngineError, UserError
+from engine.providers.calls import SYNC_EXECUTOR
 from engine.providers.registry import get_provider
-from engine.runner import RunResult, open_store, run_workflow
+from engine.runner import RunResult, arun_workflow, open_store, run_workflow
 from engine.serving import Server
 from engine.spec.loader import load_workflow
 from engine.spec.models import Workflow
 from engine.store import SQLiteStore
+from engine.store.writer import flush_all
 
 WorkflowRef = str | Path | Workflow | dict[str, Any]
 
@@ -49,7 +53,8 @@ class Engine:
         """`config`: tiers and store for every workflow (default: looked up per workflow, as the
         CLI does). `store`: True = the configured store, a path or a `SQLiteStore`, or
         False/None to log nothing. `servers`: answer llm steps before the tiers (default: each
-        workflow's `default_servers`). `max_workers`: the thread pool behind `arun`."""
+        workflow's `default_servers`). `max_workers`: the thread pool on which `arun` runs the
+        calls of sync-only providers (async-native ones are awaited on the loop)."""
         self.config = config
         self.servers = servers
         self._store: SQLiteStore | bool | None = (
@@ -124,10 +129,17 @@ class Engine:
                             raise_on_error=raise_on_error, servers=self.servers, tenant=tenant,
                             provider_batch=provider_batch)
 
-    async def arun(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
-        """`run` on the engine's thread pool: safe to await from many tasks at once."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(self.run, workflow, inputs, **kwargs))
+    async def arun(self, workflow: WorkflowRef, inputs: dict[str, Any] | None = None, *,
+                   tags: dict[str, Any] | None = None, raise_on_error: bool = False,
+                   tenant: str | None = None) -> RunResult:
+        """`run` on the caller's event loop (see `arun_workflow`): safe to await from many tasks."""
+        wf = self.load(workflow)
+        token = SYNC_EXECUTOR.set(self._executor)  # sync-only providers run on this engine's pool
+        try:
+            return await arun_workflow(wf, inputs, config=self.config, store=self.store_for(wf), tags=tags,
+                                       raise_on_error=raise_on_error, servers=self.servers, tenant=tenant)
+        finally:
+            SYNC_EXECUTOR.reset(token)
 
     def run_many(self, workflow: WorkflowRef, items: Iterable[dict[str, Any]], *, concurrency: int = 8,
                  tags: dict[str, Any] | None = None) -> list[RunResult]:
@@ -141,11 +153,10 @@ class Engine:
                         tags: dict[str, Any] | None = None) -> list[RunResult]:
         wf = self.load(workflow)
         gate = asyncio.Semaphore(max(1, concurrency))
-        loop = asyncio.get_running_loop()
 
         async def one(item: dict[str, Any]) -> RunResult:
             async with gate:
-                return await loop.run_in_executor(self._executor, partial(self.try_run, wf, item, tags=tags))
+                return await self.atry_run(wf, item, tags=tags)
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
@@ -155,6 +166,17 @@ class Engine:
         name = workflow.name if isinstance(workflow, Workflow) else str(workflow)
         try:
             return self.run(workflow, inputs, tags=tags, provider_batch=provider_batch)
+        except EngineError as e:
+            return failed_result(name, e)
+        except Exception as e:  # noqa: BLE001 - one bad item must not sink the rest
+            return failed_result(name, f"internal error: {type(e).__name__}: {e}")
+
+    async def atry_run(self, workflow: WorkflowRef, inputs: dict[str, Any] | None, *,
+                       tags: dict[str, Any] | None = None) -> RunResult:
+        """`arun` that never raises for one item: errors come back as a failed result."""
+        name = workflow.name if isinstance(workflow, Workflow) else str(workflow)
+        try:
+            return await self.arun(workflow, inputs, tags=tags)
         except EngineError as e:
             return failed_result(name, e)
         except Exception as e:  # noqa: BLE001 - one bad item must not sink the rest
@@ -189,12 +211,18 @@ class Engine:
         store = next((s for s in found if s.run(run_id) is not None), found[0])
         return give_feedback(store, run_id, step, ok=ok, output=output, source="api")
 
+    def flush(self) -> None:
+        """Commit every queued log row of every store (see `engine.store.writer`)."""
+        flush_all()
+
     def close(self) -> None:
-        """Finish runs in flight and the quality checks they queued."""
+        """Finish runs in flight and the quality checks they queued, then flush the store's
+        queued writes."""
         from engine.quality.monitor import drain
 
         self._executor.shutdown(wait=True)
         drain()
+        flush_all()
 
     def __enter__(self) -> Engine:
         return self

@@ -14,22 +14,24 @@
   exactly when its run has finished (one UPDATE), so a crash (even SIGKILL) loses nothing and
   `--resume` re-runs only items without a finished run. The output file is rebuilt from the store.
   Runs the crash cut short are marked `interrupted`.
-- Concurrency: N worker threads. llama.cpp (local tier) calls are serialized per model by the
-  provider; cloud providers see up to N calls at once.
+- Concurrency: up to N runs at once on one event loop (`Engine.arun`): cloud providers' async
+  clients see up to N calls at once; llama.cpp (local tier) calls go to the model's dedicated
+  worker thread, one at a time.
 - Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
-  stage-wise and the calls that can wait go through the providers' batch APIs at the batch rate
-  (see `engine.provider_batch`).
+  stage-wise, on N worker threads, and the calls that can wait go through the providers' batch
+  APIs at the batch rate (see `engine.provider_batch`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import signal
 import json
 import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -215,6 +217,55 @@ def _marks_batch(engine: Engine, wf: Workflow) -> bool:
     return any(entry.batch for chain in tiers.values() for entry in chain)
 
 
+async def _run_items(engine: Engine, wf: Workflow, bid: str, todo: list[BatchItem], concurrency: int,
+                     record: Callable[..., None], should_stop: Callable[[], bool] | None,
+                     summary: BatchSummary) -> None:
+    """Run the items on one event loop, at most `concurrency` at once (async-native runs: provider
+    calls are awaited, local-model calls go to the model's worker thread)."""
+    window = asyncio.Semaphore(concurrency)
+
+    async def work(item: BatchItem) -> None:
+        try:
+            if item.error is not None:
+                result = failed_result(wf.name, item.error)
+            else:
+                result = await engine.atry_run(wf, item.inputs, tags={"batch": bid, "item": item.index})
+            record(result_line(item, result), result.cost, served_labels(result))
+        finally:
+            window.release()
+
+    interrupted = False
+
+    def on_sigint() -> None:  # Ctrl-C: start nothing new, let the runs in flight finish and be recorded
+        nonlocal interrupted
+        interrupted = True
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        handling = True
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+        handling = False
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for item in todo:
+            if interrupted or (should_stop is not None and should_stop()):
+                summary.interrupted = True
+                break
+            await window.acquire()
+            if interrupted:
+                window.release()
+                summary.interrupted = True
+                break
+            tasks.append(asyncio.create_task(work(item)))
+        await asyncio.gather(*tasks)
+    finally:
+        if handling:
+            loop.remove_signal_handler(signal.SIGINT)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
@@ -280,31 +331,14 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
                                     provider_batch=batcher)
         record(result_line(item, result), result.cost, served_labels(result))
 
-    window = threading.BoundedSemaphore(max(1, concurrency) * 2)
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=f"batch-{bid}")
-    futures: list[Future[None]] = []
     try:
         if batcher is not None:
             from engine.provider_batch import run_stages
 
             summary.interrupted = run_stages(batcher, todo, work, concurrency=concurrency, should_stop=should_stop)
-            todo = []
-        for item in todo:
-            if should_stop is not None and should_stop():
-                summary.interrupted = True
-                break
-            window.acquire()
-            future = pool.submit(work, item)
-            future.add_done_callback(lambda _f: window.release())
-            futures.append(future)
-        for future in futures:
-            future.result()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        pool.shutdown(wait=True, cancel_futures=True)  # runs in flight finish and are recorded
-        raise
+        else:
+            asyncio.run(_run_items(engine, wf, bid, todo, max(1, concurrency), record, should_stop, summary))
     finally:
-        pool.shutdown(wait=True)
         writer.close()
         summary.elapsed_s = time.perf_counter() - started
         complete = summary.done == summary.total

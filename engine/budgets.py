@@ -115,14 +115,16 @@ class Budgets:
         now = time.monotonic()
         if cached is not None and now - cached[1] < self.config.refresh_s:
             return cached[0]
-        value = self._read(cap)
+        # A run never read before has nothing of its own waiting in the write-behind queue (its
+        # first call is admitted here first), so its first read need not flush the log.
+        value = self._read(cap, flush=not (cap.scope[0] == "run" and cached is None))
         if len(_LEDGER.read) > 10_000:  # forget caps not read lately (finished runs, past days)
             for stale in [k for k, (_, at) in _LEDGER.read.items() if now - at >= self.config.refresh_s]:
                 del _LEDGER.read[stale]
         _LEDGER.read[key] = [value, now]
         return value
 
-    def _read(self, cap: Cap) -> float:
+    def _read(self, cap: Cap, flush: bool = True) -> float:
         kind = cap.scope[0]
         if kind == "run":
             sql, params = "SELECT SUM(cost) AS s FROM llm_calls WHERE run_id = ?", [cap.scope[1]]
@@ -137,7 +139,7 @@ class Budgets:
                 sql, params = sql + " AND provider = ? AND model = ?", [*params, provider, model]
             else:
                 sql, params = sql + " AND tier = ?", [*params, cap.scope[2]]
-        rows = self.store.query(sql, params)
+        rows = self.store.query(sql, params) if flush else self.store.query(sql, params, flush=False)
         return float(rows[0]["s"] or 0.0) if rows else 0.0
 
     def reserve(self, tier: str, entry: ModelEntry, worst_case: float) -> Reservation | str:

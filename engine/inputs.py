@@ -77,7 +77,11 @@ def validate_inputs(workflow: Workflow, inputs: dict[str, Any]) -> dict[str, Any
         else:
             problems.append(f"missing input '{name}'")
             continue
-        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(value))
+        check = validator(schema)
+        if check.is_valid(value):
+            values[name] = value
+            continue
+        error = jsonschema.exceptions.best_match(check.iter_errors(value))
         if error is not None:
             problems.append(f"input '{name}': {error.message}")
         values[name] = value

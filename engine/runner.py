@@ -6,11 +6,11 @@ inputs from it, runs, and adds its output. Every run, step and llm call is writt
 
 from __future__ import annotations
 
-import asyncio
+import os
+import random
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,10 @@ from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
 from engine.spec.models import Step, Workflow
-from engine.steps import StepContext, StepOutcome, run_decision_step, run_llm_step, run_script_step
+from engine.providers.calls import ProviderCalls, adrive, drive
+from engine.steps import StepContext, StepOutcome, run_script_step
+from engine.steps.decision import decision_step_calls
+from engine.steps.llm import llm_step_calls
 from engine.store import SQLiteStore
 from engine.templating import TemplateError, evaluate_condition, render
 
@@ -29,18 +32,35 @@ _stores: dict[Path, SQLiteStore] = {}
 _stores_lock = threading.Lock()
 
 
+_by_name: dict[tuple[str, str], SQLiteStore] = {}
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
+
+
+def new_run_id() -> str:
+    """32 random hex digits, like `uuid4().hex`, from a generator seeded once from os.urandom
+    (uuid4 reads os.urandom on every call, which shows on the hot path)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
 def open_store(path: str | Path) -> SQLiteStore:
     """The process-wide store for `path` (one connection, shared by every run)."""
+    name = str(path)
+    fast = ("", name) if os.path.isabs(name) else (os.getcwd(), name)  # no path resolution on the hot path
+    store = _by_name.get(fast)
+    if store is not None and not store._closed:
+        return store
     key = Path(path).resolve()
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is None or store._closed:
             try:
                 store = SQLiteStore(key)
             except (sqlite3.DatabaseError, OSError) as e:  # not a database, unwritable, a directory
                 raise ConfigError(f"cannot open the store at '{key}' (ENGINE_DB or `store:` in engine.yaml): "
                                   f"{e}") from None
             _stores[key] = store
+        _by_name[fast] = store
         return store
 
 
@@ -114,13 +134,28 @@ class RunResult:
         return data
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> StepOutcome:
+class _ScriptCall:
+    """A script step shaped as a provider call, so the drivers decide where it runs: inline under
+    `run_workflow`, on a worker thread under `arun_workflow` (user code may block; the event loop
+    must not)."""
+
+    name = "script"
+
+    def __init__(self, ctx: StepContext, spec: Any):
+        self.ctx, self.spec = ctx, spec
+
+    def complete(self, values: dict[str, Any]) -> StepOutcome:
+        return run_script_step(self.ctx, self.spec, values)
+
+
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
-        return run_script_step(ctx, step.script, values)
+        outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
+        return outcome
     if step.decision is not None:
-        return run_decision_step(ctx, step.decision, values)
+        return (yield from decision_step_calls(ctx, step.decision, values))
     assert step.llm is not None
-    return run_llm_step(ctx, step.llm, values)
+    return (yield from llm_step_calls(ctx, step.llm, values))
 
 
 def run_workflow(
@@ -145,11 +180,51 @@ def run_workflow(
     default for batch runs, tagged `batch`).
     `provider_batch` (an `engine.provider_batch.ProviderBatcher`) sends the calls it routes through
     provider batch APIs."""
+    return drive(_run(workflow, inputs, config=config, store=store, tags=tags, raise_on_error=raise_on_error,
+                      servers=servers, tenant=tenant, inline_checks=inline_checks,
+                      provider_batch=provider_batch))
+
+
+async def arun_workflow(
+    workflow: str | Path | Workflow,
+    inputs: dict[str, Any] | None = None,
+    *,
+    config: EngineConfig | None = None,
+    store: SQLiteStore | None | bool = True,
+    tags: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
+    servers: list[Server] | None = None,
+    tenant: str | None = None,
+    inline_checks: bool | None = None,
+    provider_batch: Any = None,
+) -> RunResult:
+    """`run_workflow` on the caller's event loop: each provider call is awaited (`acomplete`;
+    a sync-only provider runs on a worker thread), so thousands of runs overlap on one loop.
+    Script and decision steps run inline (they are meant to be quick, pure functions); log rows
+    go to the store's write-behind queue, which never blocks on SQLite."""
+    return await adrive(_run(workflow, inputs, config=config, store=store, tags=tags,
+                             raise_on_error=raise_on_error, servers=servers, tenant=tenant,
+                             inline_checks=inline_checks, provider_batch=provider_batch))
+
+
+def _run(
+    workflow: str | Path | Workflow,
+    inputs: dict[str, Any] | None,
+    *,
+    config: EngineConfig | None,
+    store: SQLiteStore | None | bool,
+    tags: dict[str, Any] | None,
+    raise_on_error: bool,
+    servers: list[Server] | None,
+    tenant: str | None,
+    inline_checks: bool | None,
+    provider_batch: Any,
+) -> ProviderCalls[RunResult]:
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
     db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
-    run_id = uuid.uuid4().hex
+    run_id = new_run_id()
     if db is not None:
         db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values,
                      {**(tags or {}), "tenant": tenant} if tenant is not None else tags)
@@ -165,7 +240,7 @@ def run_workflow(
     for step in wf.steps:
         ctx = StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant, inline_checks=inline,
                           after_run=after_run, provider_batch=provider_batch)
-        record, error = _execute(ctx, step, state)
+        record, error = yield from _execute(ctx, step, state)
         records.append(record)
         if db is not None:
             _record_step(db, run_id, record)
@@ -198,7 +273,8 @@ def run_workflow(
     return result
 
 
-def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepRecord, EngineError | None]:
+def _execute(ctx: StepContext, step: Step,
+             state: dict[str, Any]) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
     record = StepRecord(step_id=step.id, kind=step.kind, status="ok")
     started = time.perf_counter()
     try:
@@ -206,7 +282,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any]) -> tuple[StepR
             record.status = "skipped"
             return record, None
         values = render(step.inputs, state)
-        outcome = _run_step(ctx, step, values)
+        outcome = yield from _run_step(ctx, step, values)
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
@@ -238,7 +314,7 @@ def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
 
 
 def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
-    step_row_id = db.record_step({
+    db.record_step({
         "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
         "served_by": record.served_by, "tier": record.tier, "provider": record.provider,
         "model": record.model, "attempts": record.attempts, "tokens_in": record.tokens_in,
@@ -246,12 +322,5 @@ def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
         "latency_ms": record.latency_ms,
         "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
         "trust": record.trust, "confidence": record.confidence,
-    })
-    if record.calls:
-        db.link_calls(run_id, record.step_id, step_row_id)
+    }, link_calls=bool(record.calls))
 
-
-async def arun_workflow(workflow: str | Path | Workflow, inputs: dict[str, Any] | None = None,
-                        **kwargs: Any) -> RunResult:
-    """Async variant of `run_workflow`: runs it in a worker thread, so the event loop stays free."""
-    return await asyncio.to_thread(run_workflow, workflow, inputs, **kwargs)

@@ -81,13 +81,24 @@ def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
 
 
 def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    """A cached Draft 2020-12 validator for `schema` that checks `format`."""
+    """A cached Draft 2020-12 validator for `schema` that checks `format` (looked up by the schema
+    object's identity first: the hot path validates the same workflow's schemas on every run)."""
+    hit = _by_id.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
     try:
         key = json.dumps(schema, sort_keys=True)
     except (TypeError, ValueError):  # YAML gave it non-JSON keys or values (dates, ints as keys)
         cls = jsonschema.Draft202012Validator
         return cls(schema, format_checker=cls.FORMAT_CHECKER)
-    return _validator_for(key)
+    found = _validator_for(key)
+    if len(_by_id) > 4096:
+        _by_id.clear()
+    _by_id[id(schema)] = (schema, found)
+    return found
+
+
+_by_id: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
 
 
 def schema_problems(schema: dict[str, Any], value: Any, limit: int = 5) -> list[str]:

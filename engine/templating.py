@@ -44,13 +44,81 @@ def _single_expression(source: str) -> str | None:
     return None
 
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_DOTTED = re.compile(rf"^{_NAME}(?:\.{_NAME})*$")
+_PLACEHOLDER = re.compile(rf"\{{\{{\s*({_NAME})\s*\}}\}}")
+_KEYWORDS = {"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else",
+             "loop", "self", "range", "dict", "lipsum", "cycler", "joiner", "namespace"}
+_DICT_ATTRS = set(dir(dict))
+
+
+class _Path:
+    """A precompiled `{{ a.b.c }}`: plain dict lookups, the jinja expression as the fallback for
+    anything else (a missing key, a non-dict, a name that is also a dict method)."""
+
+    def __init__(self, parts: tuple[str, ...], fallback: Any):
+        self.parts, self.fallback = parts, fallback
+
+    def __call__(self, **context: Any) -> Any:
+        value: Any = context
+        for part in self.parts:
+            if type(value) is not dict or part not in value or part in _DICT_ATTRS:
+                return self.fallback(**context)
+            value = value[part]
+        return value
+
+
+class _Format:
+    """A precompiled template made of literal text and `{{ name }}` placeholders only: joined
+    with `str()`, as jinja does; jinja renders it when a name is missing (for its error)."""
+
+    def __init__(self, pieces: list[tuple[bool, str]], fallback: Any):
+        self.pieces, self.fallback = pieces, fallback
+
+    def render(self, **context: Any) -> str:
+        out = []
+        for is_name, text in self.pieces:
+            if not is_name:
+                out.append(text)
+            elif text in context:
+                value = context[text]
+                out.append(value if type(value) is str else str(value))
+            else:
+                return str(self.fallback.render(**context))
+        return "".join(out)
+
+
+def _fast_template(source: str, compiled: Any) -> _Format | None:
+    if "{%" in source or "{#" in source or "\r" in source or "{{" in _PLACEHOLDER.sub("", source):
+        return None
+    pieces: list[tuple[bool, str]] = []
+    at = 0
+    for m in _PLACEHOLDER.finditer(source):
+        if m.group(1) in _KEYWORDS:
+            return None
+        if m.start() > at:
+            pieces.append((False, source[at:m.start()]))
+        pieces.append((True, m.group(1)))
+        at = m.end()
+    if at < len(source):
+        pieces.append((False, source[at:]))
+    return _Format(pieces, compiled)
+
+
 @lru_cache(maxsize=4096)
 def _compile(source: str) -> tuple[str, Any]:
+    """Compile once per distinct template (every step's templates are compiled when its workflow
+    loads and reused by every run). Plain references and simple placeholders get a fast path that
+    gives the same result as jinja without its render machinery."""
     expr = _single_expression(source)
     try:
         if expr is not None:
-            return "expr", ENV.compile_expression(expr, undefined_to_none=False)
-        return "template", ENV.from_string(source)
+            compiled = ENV.compile_expression(expr, undefined_to_none=False)
+            if _DOTTED.match(expr) and expr.split(".")[0] not in _KEYWORDS:
+                return "expr", _Path(tuple(expr.split(".")), compiled)
+            return "expr", compiled
+        template = ENV.from_string(source)
+        return "template", _fast_template(source, template) or template
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"template syntax error: {e.message} (template line {e.lineno})") from e
 

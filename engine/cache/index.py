@@ -6,12 +6,21 @@ about 10 ms at 100k x 384 on one core) and serves the nearest entry only when
   - every entry with a *different* answer is at least `margin` less similar (the margin
     safeguard: near the boundary between two answers, nothing is served).
 Rows are appended as entries are written; the SQLite row stays the source of truth.
+
+Past `ANN_MIN` rows (and with `faiss-cpu` installed: the `ann` extra), `search` asks an
+approximate index first (`engine.cache.ann.IVFIndex`: an inverted file over k-means cells,
+searched with `nprobe` cells) for the nearest `k` rows, and applies the same rule to them: a
+hit needs the best row at or above the threshold and either a row with another answer among the
+`k` (then its similarity decides the margin) or the `k`-th row already `margin` below the best
+(then no other answer can be nearer). When neither holds, a second approximate search restricted
+to rows with another answer (a bitmap selector) finds the nearest conflicting row. The matrix stays the source for the exact path and for rebuilds.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +43,15 @@ class Decision:
     """hit | empty | below_threshold | ambiguous"""
 
 
+ANN_MIN = 50_000
+"""Rows from which the approximate index is used (below it one matrix product is under ~2 ms)."""
+
+
 class VectorIndex:
-    def __init__(self) -> None:
+    def __init__(self, ann_min: int | None = None) -> None:
+        self.ann_min = ANN_MIN if ann_min is None else ann_min
+        self._ann: Any = None
+        self._no_ann = False
         self.lock = threading.RLock()
         self.n = 0
         self.max_id = 0
@@ -62,6 +78,8 @@ class VectorIndex:
                     assert self._matrix is not None
                     self._matrix[row] = vectors[i]
                     self._codes[row] = self._code(answer_keys[i])
+                    if self._ann is not None:
+                        self._ann.update(row, self._matrix[row])
             if not fresh:
                 return
             need = self.n + len(fresh)
@@ -73,12 +91,28 @@ class VectorIndex:
                     matrix[: self.n], ids_arr[: self.n], codes[: self.n] = (
                         self._matrix[: self.n], self._ids[: self.n], self._codes[: self.n])
                 self._matrix, self._ids, self._codes = matrix, ids_arr, codes
+            first = self.n
             for i in fresh:
                 self._matrix[self.n] = vectors[i]
                 self._ids[self.n] = ids[i]
                 self._codes[self.n] = self._code(answer_keys[i])
                 self._row_of[ids[i]] = self.n
                 self.n += 1
+            self._grow_ann(first)
+
+    def _grow_ann(self, first: int) -> None:
+        """Build the approximate index once past `ann_min` rows (rebuilt when the rows have grown
+        4x since it was trained); otherwise add the new rows to it."""
+        if self.n < self.ann_min or self._no_ann:
+            return
+        from engine.cache import ann
+
+        assert self._matrix is not None
+        if self._ann is None or self.n >= 4 * self._ann.trained_on:
+            self._ann = ann.build(self._matrix[: self.n])
+            self._no_ann = self._ann is None  # faiss is not installed: exact search at every size
+        else:
+            self._ann.add(self._matrix[first: self.n], first)
 
     def remove(self, entry_id: int) -> None:
         with self.lock:
@@ -97,6 +131,41 @@ class VectorIndex:
             return sims, self._ids[: self.n].copy(), self._codes[: self.n].copy()
 
     def search(self, query: np.ndarray, threshold: float, margin: float = 0.0) -> Decision:
+        if self._ann is not None:
+            with self.lock:
+                decided = self._ann_search(np.asarray(query, dtype=np.float32).reshape(-1), threshold, margin)
+            if decided is not None:
+                return decided
+        return self.exact_search(query, threshold, margin)
+
+    def _ann_search(self, query: np.ndarray, threshold: float, margin: float) -> Decision | None:
+        """The rule over the approximate nearest rows, or None to leave it to the exact product."""
+        sims, rows = self._ann.search(query, min(32, self.n))
+        keep = rows >= 0
+        sims, rows = sims[keep], rows[keep]
+        codes = self._codes[rows]
+        live = codes >= 0
+        if not live.any():
+            return None
+        top = int(np.argmax(live))  # results come sorted by similarity: the first live row
+        best = float(sims[top])
+        if best < threshold:
+            return Decision(None, best, "below_threshold")
+        others = live & (codes != codes[top])
+        conflicting = float(sims[others].max()) if others.any() else None
+        if conflicting is None and margin > 0 and float(sims[-1]) >= best - margin:
+            # every near row has the best one's answer: ask for the nearest row with another answer
+            allowed = self._codes[: self.n] >= 0
+            allowed &= self._codes[: self.n] != codes[top]
+            found = self._ann.nearest_among(query, allowed) if allowed.any() else None
+            conflicting = None if found is None else found[0]
+        match = Match(int(self._ids[rows[top]]), best, conflicting)
+        if margin > 0 and conflicting is not None and best - conflicting < margin:
+            return Decision(None, best, "ambiguous")
+        return Decision(match, best, "hit")
+
+    def exact_search(self, query: np.ndarray, threshold: float, margin: float = 0.0) -> Decision:
+        """The rule over every row (one matrix-vector product)."""
         sims, ids, codes = self.similarities(query)
         live = codes >= 0
         if not live.any():

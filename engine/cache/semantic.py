@@ -75,9 +75,23 @@ class SemanticCacheServer:
             self.cache.record(**event, outcome=outcome, entry=entry, similarity=decision.match.similarity)
             return None
         self.cache.record(**event, outcome="hit", entry=entry, similarity=decision.match.similarity)
+        self._remember_exact(ctx, call, spec, entry, output)
         return served(entry, output, {"kind": "semantic", "similarity": decision.match.similarity,
                                       "conflicting_similarity": decision.match.conflicting,
                                       "entry_text": entry.text})
+
+    def _remember_exact(self, ctx: StepContext, call: LLMCall, spec: Any, entry: Any, output: Any) -> None:
+        """A semantic hit leaves an exact entry for its own text (no vector: it adds nothing to the
+        index), so the same text is answered by the exact key next time, without an embedding."""
+        input_key = keys.input_key(call, spec)
+        self.cache.put({
+            "workflow": ctx.workflow.name, "step_id": call.step_id, "namespace": keys.namespace(ctx, call, spec),
+            "tenant": keys.tenant_of(ctx, spec), "prompt_hash": call.prompt_hash, "schema_hash": call.schema_hash,
+            "model_key": keys.model_key(ctx, call), "input_key": input_key, "input": call.values, "output": output,
+            "answer_key": keys.answer_key(output), "tier": entry.tier, "provider": entry.provider,
+            "model": entry.model, "tokens_in": entry.tokens_in, "tokens_out": entry.tokens_out, "cost": entry.cost,
+            "run_id": ctx.run_id,
+        })
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
         spec = keys.settings(call)

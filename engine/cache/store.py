@@ -56,7 +56,9 @@ class CacheStore:
 
     def __init__(self, store: SQLiteStore):
         self.store = store
-        self.lock = store.lock
+        self.lock = store.conn_lock
+        """The connection's lock without draining the log queue: cache entries are written at once;
+        only lookup events and hit counters go through the queue (see `record`)."""
         self.indexes: dict[str, VectorIndex] = {}
         """In-memory vector matrices, one per semantic namespace (see `index`)."""
 
@@ -89,6 +91,11 @@ class CacheStore:
 
     def put(self, row: dict[str, Any], vector: np.ndarray | None = None) -> int:
         """Insert or replace the answer for (namespace, input_key); returns the entry id."""
+        sql, params = self._upsert(row, vector)
+        with self.lock:
+            return int(self.store.db.execute(sql + " RETURNING id", params).fetchone()[0])
+
+    def _upsert(self, row: dict[str, Any], vector: np.ndarray | None) -> tuple[str, list[Any]]:
         data = dict(row)
         data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
         data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
@@ -100,9 +107,8 @@ class CacheStore:
         cols = list(data)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("namespace", "input_key", "hits"))
         sql = (f"INSERT INTO cache_entries ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates} RETURNING id")
-        with self.lock:
-            return int(self.store.db.execute(sql, [data[c] for c in cols]).fetchone()[0])
+               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates}")
+        return sql, [data[c] for c in cols]
 
     def delete(self, entry_id: int) -> None:
         with self.lock:
@@ -119,17 +125,16 @@ class CacheStore:
 
     def record(self, *, run_id: str, workflow: str, step_id: str, tenant: str | None, kind: str,
                outcome: str, entry: CacheEntry | None = None, similarity: float | None = None) -> None:
+        """Queue the lookup event (and a hit's counter update) for the store's writer thread."""
         hit = outcome == "hit" and entry is not None
-        with self.lock:
-            self.store.db.table("cache_events").insert({
-                "run_id": run_id, "workflow": workflow, "step_id": step_id, "tenant": tenant, "kind": kind,
-                "outcome": outcome, "entry_id": entry.id if entry else None, "similarity": similarity,
-                "tokens_saved": (entry.tokens_in + entry.tokens_out) if hit and entry else 0,
-                "cost_saved": entry.cost if hit and entry else 0.0, "created_at": _now(),
-            })
-            if hit and entry is not None:
-                self.store.db.execute("UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
-                                      [_now(), entry.id])
+        now = _now()
+        self.store.enqueue(_EVENT_SQL, [
+            run_id, workflow, step_id, tenant, kind, outcome, entry.id if entry else None, similarity,
+            (entry.tokens_in + entry.tokens_out) if hit and entry else 0,
+            entry.cost if hit and entry else 0.0, now])
+        if hit and entry is not None:
+            self.store.enqueue("UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
+                               [now, entry.id])
 
     # --- tools (engine cache stats / clear / inspect) -------------------------------------------
 
@@ -188,6 +193,8 @@ class CacheStore:
         return rows
 
 
+_EVENT_SQL = ("INSERT INTO cache_events (run_id, workflow, step_id, tenant, kind, outcome, entry_id, similarity, "
+              "tokens_saved, cost_saved, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _COLUMN_NAMES = ["id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",
                  "tokens_out", "cost", "created", "text", "input"]
 _COLUMNS = ", ".join(_COLUMN_NAMES)
@@ -197,7 +204,7 @@ _cache_stores: WeakKeyDictionary[SQLiteStore, CacheStore] = WeakKeyDictionary()
 
 def cache_store(store: SQLiteStore) -> CacheStore:
     """The `CacheStore` of `store` (one per store, so in-memory vector indexes are shared by runs)."""
-    with store.lock:
+    with store.conn_lock:
         cs = _cache_stores.get(store)
         if cs is None:
             cs = _cache_stores[store] = CacheStore(store)

@@ -64,7 +64,12 @@ def _from_row(row: dict[str, Any]) -> Promotion:
     return Promotion(**data)
 
 
+GENERATION = [0]
+"""Bumped on every insert/update of a promotion in this process: servers built before reload."""
+
+
 def insert(store: Any, promotion: Promotion) -> Promotion:
+    GENERATION[0] += 1
     promotion.created_at = promotion.created_at or _now()
     with store.lock:
         store.db["promotions"].insert(promotion.row())
@@ -74,6 +79,7 @@ def insert(store: Any, promotion: Promotion) -> Promotion:
 
 def update(store: Any, promotion_id: str, *, event: str | None = None, detail: str | None = None,
            **fields: Any) -> None:
+    GENERATION[0] += 1
     for key in JSON_FIELDS:
         if key in fields:
             fields[key] = json.dumps(fields[key], ensure_ascii=False, default=str)

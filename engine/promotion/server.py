@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 from engine.errors import EngineError
 from engine.hashing import canonical_json
 from engine.promotion import records
-from engine.promotion.artifacts import Artifact, load_artifacts, promotions_dir
+from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
 from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult, run_one
 from engine.promotion.verify import validated
@@ -36,8 +37,9 @@ from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
 from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import LLMCall, ask_tiers
+from engine.steps.llm import LLMCall, ask_tiers, compiled
 
+_MISS = object()
 _rng = random.Random()
 _rng_lock = threading.Lock()
 
@@ -56,6 +58,15 @@ def _sample(rate: float) -> bool:
 
 
 __all__ = ["PromotionServer", "disagreement_bound", "promotion_server", "seed"]
+
+
+def spot_sampled(ctx: StepContext, rate: float) -> bool:
+    """Whether this step execution is a spot check: drawn once per execution, so the early and
+    the full serving paths agree."""
+    drawn = ctx.__dict__.get("_spot_check")
+    if drawn is None:
+        drawn = ctx.__dict__["_spot_check"] = _sample(rate)
+    return bool(drawn)
 
 
 def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
@@ -94,6 +105,31 @@ class PromotionServer:
         return cls(workflow.name, store, artifacts, statuses, shadows,
                    str(workflow.path) if workflow.path else None)
 
+    def serve_early(self, ctx: StepContext, spec: Any, values: dict[str, Any]) -> StepOutcome | None:
+        """A lookup hit answered from the step's inputs alone, before its prompt is rendered or
+        hashed (the in-process fast path). Anything else (a script, a stale or spot-checked
+        artifact) returns None and takes the full path, `serve`."""
+        arts = self.artifacts.get(ctx.step_id)
+        if not arts:
+            return None
+        static = compiled(spec)
+        for art in arts:
+            if art.kind != "lookup":
+                return None
+            status = self.statuses.get(art.id, "accepted")
+            if status in ("demoted", "rejected", "superseded", "stale"):
+                continue
+            if art.prompt_hash != static.prompt_hash or art.schema_hash != static.schema_hash:
+                return None  # `serve` marks it stale
+            output = art.table.get(input_key(values, art.normalize), _MISS)
+            if output is _MISS:
+                continue
+            if spot_sampled(ctx, spec.promote.spot_check):
+                return None  # `serve` runs the spot check
+            return StepOutcome(output=output, served_by="lookup", provider="promotion",
+                               model=f"{art.id} v{art.version}")
+        return None
+
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
         for art in self.artifacts.get(call.step_id, []):
             status = self.statuses.get(art.id, "accepted")
@@ -108,7 +144,7 @@ class PromotionServer:
             result = answer(art.kind, art.table, art.code, art.normalize, call)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
-            if _sample(call.spec.promote.spot_check):
+            if spot_sampled(ctx, call.spec.promote.spot_check):
                 return self._spot_check(ctx, call, art, result.output)
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")
@@ -180,5 +216,45 @@ class PromotionServer:
                                      outcome.output, agree)
 
 
+_built: dict[tuple[int, str, str], tuple[tuple[Any, ...], Any, PromotionServer | None, float]] = {}
+_dirs: dict[tuple[str, str], Any] = {}
+RECHECK_S = 1.0
+"""How often a built server re-checks what another process may have changed (the manifest's
+mtime, the store's `PRAGMA data_version`); this process's own promotion writes count at once."""
+
+
+def _signature(workflow: Any, store: Any) -> tuple[Any, ...]:
+    mtime = None
+    if workflow.path:
+        key = (str(workflow.path), workflow.name)
+        directory = _dirs.get(key)
+        if directory is None:
+            directory = _dirs[key] = promotions_dir(workflow.path, workflow.name)
+        try:
+            mtime = (directory / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            pass
+    with store.conn_lock:
+        version = store.db.conn.execute("PRAGMA data_version").fetchone()[0]
+    return (mtime, version, records.GENERATION[0])
+
+
 def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
-    return PromotionServer.for_workflow(workflow, store)
+    """The workflow's server, rebuilt only when its manifest or the promotions may have changed,
+    so a run neither reads the manifest nor queries the promotions table (see `RECHECK_S`)."""
+    if store is None or not hasattr(store, "conn_lock"):
+        return PromotionServer.for_workflow(workflow, store)
+    key = (id(store), workflow.name, str(workflow._path))
+    hit = _built.get(key)
+    now = time.monotonic()
+    if hit is not None and hit[1] is store and hit[0][2] == records.GENERATION[0]:
+        if now - hit[3] < RECHECK_S:
+            return hit[2]
+        signature = _signature(workflow, store)
+        if signature == hit[0]:
+            _built[key] = (signature, store, hit[2], now)
+            return hit[2]
+    signature = _signature(workflow, store)
+    server = PromotionServer.for_workflow(workflow, store)
+    _built[key] = (signature, store, server, now)
+    return server

@@ -18,7 +18,7 @@ timeouts, connection errors, "prompt is too long").
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import inspect
 import json
 import threading
@@ -77,22 +77,29 @@ class AnthropicProvider:
     name = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
 
-    def __init__(self, http_client: Any = None):
+    def __init__(self, http_client: Any = None, async_http_client: Any = None):
+        """`http_client` / `async_http_client`: injected transports (tests). With only a sync one,
+        `acomplete` runs `complete` on a worker thread through it."""
         self.http_client = http_client
-        self._clients: dict[tuple[Any, ...], anthropic.Anthropic] = {}
+        self.async_http_client = async_http_client
+        self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
-    def client(self, options: dict[str, Any], model: str) -> tuple[anthropic.Anthropic, str | None]:
+    def client(self, options: dict[str, Any], model: str, *, use_async: bool = False) -> tuple[Any, str | None]:
         key = api_key(self.name, options, self.key_env, model)
         timeout = float(options.get("timeout", 60))
         retries = int(options.get("max_retries", 0))
-        cache_key = (hashlib.sha256((key or "").encode()).hexdigest(), options.get("base_url"), timeout, retries)
-        with self._lock:
-            client = self._clients.get(cache_key)
-            if client is None:
-                client = anthropic.Anthropic(api_key=key, base_url=options.get("base_url"), timeout=timeout,
-                                             max_retries=retries, http_client=self.http_client)
-                self._clients[cache_key] = client
+        cache_key = (use_async, key, options.get("base_url"), timeout, retries)
+        client = self._clients.get(cache_key)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(cache_key)
+                if client is None:
+                    cls = anthropic.AsyncAnthropic if use_async else anthropic.Anthropic
+                    client = cls(api_key=key, base_url=options.get("base_url"), timeout=timeout,
+                                 max_retries=retries,
+                                 http_client=self.async_http_client if use_async else self.http_client)
+                    self._clients[cache_key] = client
         return client, key
 
     def build(self, request: CompletionRequest) -> tuple[dict[str, Any], bool]:
@@ -122,11 +129,38 @@ class AnthropicProvider:
         kwargs, wrapped = self.build(request)
         try:
             resp = client.messages.create(**kwargs)
-        except anthropic.AnthropicError as e:
-            raise map_error(e, request.model, key) from e
-        except json.JSONDecodeError as e:  # a 200 whose body is not JSON
-            raise ProviderUnavailableError(f"anthropic: malformed response body: {e}", provider=self.name,
-                                           model=request.model) from e
+        except Exception as e:
+            mapped = self._error(e, request, key)
+            if mapped is e:
+                raise
+            raise mapped from e
+        return self._parse(resp, request, wrapped)
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        """`complete` through `AsyncAnthropic`, on the caller's event loop."""
+        if self.http_client is not None and self.async_http_client is None:
+            return await asyncio.to_thread(self.complete, request)
+        client, key = self.client(request.options, request.model, use_async=True)
+        kwargs, wrapped = self.build(request)
+        try:
+            resp = await client.messages.create(**kwargs)
+        except Exception as e:
+            mapped = self._error(e, request, key)
+            if mapped is e:
+                raise
+            raise mapped from e
+        return self._parse(resp, request, wrapped)
+
+    def _error(self, e: Exception, request: CompletionRequest, key: str | None) -> Exception:
+        """The engine error for an SDK exception (mapped in `map_error`); others unchanged."""
+        if isinstance(e, anthropic.AnthropicError):
+            return map_error(e, request.model, key)
+        if isinstance(e, json.JSONDecodeError):  # a 200 whose body is not JSON
+            return ProviderUnavailableError(f"anthropic: malformed response body: {e}", provider=self.name,
+                                            model=request.model)
+        return e
+
+    def _parse(self, resp: Any, request: CompletionRequest, wrapped: bool) -> Completion:
         try:
             return parse_message(resp, request.model, wrapped)
         except (AttributeError, TypeError, KeyError, IndexError) as e:

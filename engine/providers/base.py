@@ -1,4 +1,8 @@
-"""The provider protocol: one small method, `complete(request) -> Completion`.
+"""The provider protocol: one small method, `complete(request) -> Completion`, and optionally its
+async twin `async def acomplete(request) -> Completion` (httpx's `handle_request` /
+`handle_async_request`). Async runs (`arun_workflow`, `Engine.arun`) await `acomplete` on the
+caller's event loop; a provider with only `complete` still works there, on a worker thread (the
+one place that wraps it: `engine.providers.calls.acomplete`).
 
 A provider is an authenticated client for one backend (llama.cpp, OpenAI, Anthropic, ...). It
 receives the chat messages, the JSON Schema the reply must satisfy, and the token cap; it returns
@@ -57,3 +61,10 @@ class Provider(Protocol):
     name: str
 
     def complete(self, request: CompletionRequest) -> Completion: ...
+
+
+@runtime_checkable
+class AsyncProvider(Provider, Protocol):
+    """A provider that is async-native as well (the built-in cloud and local providers are)."""
+
+    async def acomplete(self, request: CompletionRequest) -> Completion: ...

@@ -27,10 +27,12 @@ Options (tier config `options:`): `n_ctx` (4096), `n_gpu_layers` (auto), `n_thre
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ class LlamaCppProvider:
 
     def __init__(self) -> None:
         self._models: dict[tuple[Any, ...], _Loaded] = {}
+        self._workers: dict[tuple[Any, ...], ThreadPoolExecutor] = {}
         self._load_lock = threading.Lock()
 
     def load(self, model: str, options: dict[str, Any] | None = None) -> _Loaded:
@@ -122,6 +125,24 @@ class LlamaCppProvider:
                 loaded = _Loaded(self._create(path, n_ctx, n_gpu_layers, options), threading.Lock())
                 self._models[key] = loaded
             return loaded
+
+    def _worker(self, model: str, options: dict[str, Any]) -> ThreadPoolExecutor:
+        """The model's dedicated worker thread for `acomplete` (one per model: a `Llama` is not
+        thread-safe, and its calls are serialized anyway)."""
+        key = (model, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        worker = self._workers.get(key)
+        if worker is None:
+            with self._load_lock:
+                worker = self._workers.get(key)
+                if worker is None:
+                    worker = self._workers[key] = ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix=f"llamacpp-{Path(model).name}")
+        return worker
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        """`complete` on the model's dedicated worker thread; the event loop stays free."""
+        worker = self._worker(request.model, request.options)
+        return await asyncio.wrap_future(worker.submit(self.complete, request))
 
     @staticmethod
     def _create(path: Path, n_ctx: int, n_gpu_layers: Any, options: dict[str, Any]) -> Any:

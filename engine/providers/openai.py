@@ -18,7 +18,7 @@ ProviderUnavailableError, context-length 400s -> ContextWindowError, any other -
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 import threading
 from typing import Any
@@ -109,34 +109,41 @@ def map_error(e: openai.OpenAIError, provider: str, model: str, key: str | None 
 class OpenAIProvider:
     """Chat completions through the `openai` SDK. `http_client` (a client of the HTTP library the
     SDK uses: `httpx2` for openai 3, `httpx` for openai 2) may be injected, e.g. with a
-    `MockTransport` in tests."""
+    `MockTransport` in tests; `async_http_client` likewise for `acomplete` (the SDK's
+    `AsyncOpenAI`). With only a sync `http_client` injected, `acomplete` runs `complete` on a
+    worker thread, so both paths use the injected transport."""
 
     name = "openai"
     key_env: str | None = "OPENAI_API_KEY"
     token_param = "max_completion_tokens"
 
-    def __init__(self, http_client: Any = None):
+    def __init__(self, http_client: Any = None, async_http_client: Any = None):
         self.http_client = http_client
-        self._clients: dict[tuple[Any, ...], openai.OpenAI] = {}
+        self.async_http_client = async_http_client
+        self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
     def base_url(self, options: dict[str, Any]) -> str | None:
         return options.get("base_url")
 
-    def client(self, options: dict[str, Any], model: str) -> tuple[openai.OpenAI, str | None]:
+    def client(self, options: dict[str, Any], model: str, *, use_async: bool = False) -> tuple[Any, str | None]:
+        """The SDK client for these options (`AsyncOpenAI` with `use_async`), built once per key,
+        base URL, timeout, retries and organization."""
         key = api_key(self.name, options, self.key_env, model)
         base_url = self.base_url(options)
         timeout = float(options.get("timeout", 60))
         retries = int(options.get("max_retries", 0))
-        fingerprint = hashlib.sha256((key or "").encode()).hexdigest()
-        cache_key = (fingerprint, base_url, timeout, retries, options.get("organization"))
-        with self._lock:
-            client = self._clients.get(cache_key)
-            if client is None:
-                client = openai.OpenAI(api_key=key or "not-needed", base_url=base_url, timeout=timeout,
-                                       max_retries=retries, organization=options.get("organization"),
-                                       http_client=self.http_client)
-                self._clients[cache_key] = client
+        cache_key = (use_async, key, base_url, timeout, retries, options.get("organization"))
+        client = self._clients.get(cache_key)  # a dict read is atomic: no lock on the hot path
+        if client is None:
+            with self._lock:
+                client = self._clients.get(cache_key)
+                if client is None:
+                    cls = openai.AsyncOpenAI if use_async else openai.OpenAI
+                    client = cls(api_key=key or "not-needed", base_url=base_url, timeout=timeout,
+                                 max_retries=retries, organization=options.get("organization"),
+                                 http_client=self.async_http_client if use_async else self.http_client)
+                    self._clients[cache_key] = client
         return client, key
 
     def structured_form(self, request: CompletionRequest) -> str:
@@ -169,8 +176,34 @@ class OpenAIProvider:
             raise ProviderUnavailableError(f"{self.name}: unexpected response shape: {e}", provider=self.name,
                                            model=request.model) from e
 
+    async def asend(self, request: CompletionRequest, form: str) -> Completion:
+        """`send` through the SDK's async client, on the caller's event loop."""
+        client, key = self.client(request.options, request.model, use_async=True)
+        try:
+            resp = await client.chat.completions.create(**self.build(request, form))
+        except openai.OpenAIError as e:
+            raise map_error(e, self.name, request.model, key) from e
+        except json.JSONDecodeError as e:
+            raise ProviderUnavailableError(f"{self.name}: malformed response body: {e}", provider=self.name,
+                                           model=request.model) from e
+        try:
+            return parse_chat_completion(resp, request.model)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            raise ProviderUnavailableError(f"{self.name}: unexpected response shape: {e}", provider=self.name,
+                                           model=request.model) from e
+
+    def async_native(self) -> bool:
+        """False when a sync transport was injected without an async one (then `acomplete` runs
+        `complete` on a worker thread, through that transport)."""
+        return self.http_client is None or self.async_http_client is not None
+
     def complete(self, request: CompletionRequest) -> Completion:
         return self.send(request, self.structured_form(request))
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        if not self.async_native():
+            return await asyncio.to_thread(self.complete, request)
+        return await self.asend(request, self.structured_form(request))
 
 
 def parse_chat_completion(resp: Any, model: str) -> Completion:

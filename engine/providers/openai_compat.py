@@ -18,6 +18,7 @@ names the variable when the server wants one. Options: `base_url` (required), `a
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -55,21 +56,44 @@ class OpenAICompatibleProvider(OpenAIProvider):
                 return self._learned.get(self.base_url(request.options) or "", "auto")
         return form
 
-    def complete(self, request: CompletionRequest) -> Completion:
+    def _form(self, request: CompletionRequest) -> str:
         form = self.structured_form(request)
         if form in ("json_schema", "auto") and request.schema is None:
             form = "none"
-        if form != "auto":  # servers constrain to any schema: strict only where it applies
-            return self.send(request, "json_schema_loose" if form == "json_schema" else form)
+        return "json_schema_loose" if form == "json_schema" else form  # servers constrain to any schema
+
+    def _learn(self, request: CompletionRequest, form: str) -> None:
+        with self._learned_lock:
+            self._learned[self.base_url(request.options) or ""] = form
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        form = self._form(request)
+        if form != "auto":
+            return self.send(request, form)
         try:
             completion = self.send(request, "json_schema_loose")
         except ProviderError as e:
             if isinstance(e, AuthenticationError) or not any(m in str(e) for m in _REJECTS_FORMAT):
                 raise
             completion = self.send(request, "json_object_schema")
-            learned = "json_object_schema"
+            self._learn(request, "json_object_schema")
         else:
-            learned = "json_schema_loose"
-        with self._learned_lock:
-            self._learned[self.base_url(request.options) or ""] = learned
+            self._learn(request, "json_schema_loose")
+        return completion
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        if not self.async_native():
+            return await asyncio.to_thread(self.complete, request)
+        form = self._form(request)
+        if form != "auto":
+            return await self.asend(request, form)
+        try:
+            completion = await self.asend(request, "json_schema_loose")
+        except ProviderError as e:
+            if isinstance(e, AuthenticationError) or not any(m in str(e) for m in _REJECTS_FORMAT):
+                raise
+            completion = await self.asend(request, "json_object_schema")
+            self._learn(request, "json_object_schema")
+        else:
+            self._learn(request, "json_schema_loose")
         return completion

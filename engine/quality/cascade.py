@@ -24,7 +24,8 @@ from engine.quality.monitor import Monitor, monitor_for, sampled
 from engine.quality.spec import QualityPolicy, resolve_policy
 from engine.quality.trust import REFERENCE, VERIFIED
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import LLMCall, ask_tiers
+from engine.providers.calls import ProviderCalls, drive
+from engine.steps.llm import LLMCall, ask_tiers_calls
 
 _policies: dict[tuple[int, int], tuple[Any, Any, QualityPolicy]] = {}
 _policies_lock = threading.Lock()
@@ -45,7 +46,9 @@ def policy_for(spec: Any, config: Any) -> QualityPolicy:
     return policy
 
 
-def ask_with_quality(ctx: StepContext, call: LLMCall) -> StepOutcome:
+def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[StepOutcome]:
+    """The step's tiers under its quality policy, as a generator of provider calls (the llm step
+    drives it synchronously or on an event loop)."""
     policy = policy_for(call.spec, ctx.config)
     monitor = monitor_for(ctx.store) if ctx.store is not None else None
     wf, step = ctx.workflow.name, ctx.step_id
@@ -56,7 +59,7 @@ def ask_with_quality(ctx: StepContext, call: LLMCall) -> StepOutcome:
     threshold = (lambda tier: monitor.threshold(wf, step, tier, policy)) if monitor is not None else (
         lambda tier: float(policy.min_confidence) if isinstance(policy.min_confidence, (int, float)) else 1.01)
     try:
-        outcome = ask_tiers(ctx, call, tiers=tiers, policy=policy, threshold=threshold)
+        outcome = yield from ask_tiers_calls(ctx, call, tiers=tiers, policy=policy, threshold=threshold)
     except StepError as e:
         if skipped and hasattr(e, "attempts"):
             e.attempts[:0] = [_skip_note(t) for t in skipped]  # type: ignore[attr-defined]
@@ -77,7 +80,7 @@ def ask_with_quality(ctx: StepContext, call: LLMCall) -> StepOutcome:
     if not sampled(monitor.sample_rate(wf, step, outcome.tier, policy)):
         return outcome
     if ctx.inline_checks:
-        return check(ctx, call, policy, monitor, outcome, inline=True)
+        return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True))
     background_ctx = dataclasses.replace(ctx, servers=[], after_run=[])
     ctx.after_run.append(lambda: check(background_ctx, call, policy, monitor, outcome, inline=False))
     return outcome
@@ -90,6 +93,12 @@ def _skip_note(tier: str) -> dict[str, Any]:
 
 def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
           *, inline: bool) -> StepOutcome:
+    """`check_calls`, its provider calls made synchronously (background checks)."""
+    return drive(check_calls(ctx, call, policy, monitor, outcome, inline=inline))
+
+
+def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
+                *, inline: bool) -> ProviderCalls[StepOutcome]:
     """Re-ask the reference; record the verdict; inline, a disagreement serves the reference's answer."""
     assert policy.reference is not None and outcome.tier is not None
     wf, step = ctx.workflow.name, ctx.step_id
@@ -97,7 +106,7 @@ def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monit
                   input_hash=call.input_hash, mode="inline" if inline else "background", served=True,
                   confidence=outcome.confidence, cheap_output=outcome.output, reference_tier=policy.reference)
     try:
-        ref = ask_tiers(ctx, call, tiers=[policy.reference], policy=policy, purpose="quality_check")
+        ref = yield from ask_tiers_calls(ctx, call, tiers=[policy.reference], policy=policy, purpose="quality_check")
     except EngineError as e:
         monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
                        reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]

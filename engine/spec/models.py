@@ -124,6 +124,8 @@ class LLMSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
     _templated_schema: bool = PrivateAttr(False)
+    _compiled: Any = PrivateAttr(None)
+    """Per-step constants built on first use (engine.steps.llm.compiled): hashes, system text, validator."""
 
 
 class MissLLM(Strict):

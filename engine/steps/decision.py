@@ -9,7 +9,8 @@ from engine.errors import StepError
 from engine.hashing import normalize_text
 from engine.spec.models import DecisionSpec, MissDefault, MissLLM
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import run_llm_step
+from engine.providers.calls import ProviderCalls, drive
+from engine.steps.llm import llm_step_calls
 from engine.templating import TemplateError, render_text
 
 
@@ -26,6 +27,11 @@ def _table(spec: DecisionSpec) -> dict[str, Any]:
 
 
 def run_decision_step(ctx: StepContext, spec: DecisionSpec, values: dict[str, Any]) -> StepOutcome:
+    return drive(decision_step_calls(ctx, spec, values))
+
+
+def decision_step_calls(ctx: StepContext, spec: DecisionSpec, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
+    """`run_decision_step` as a generator of provider calls (only an llm `on_miss` makes any)."""
     try:
         key = render_text(spec.key, values)
     except TemplateError as e:
@@ -38,5 +44,5 @@ def run_decision_step(ctx: StepContext, spec: DecisionSpec, values: dict[str, An
     if isinstance(miss, MissDefault):
         return StepOutcome(output=miss.default, served_by="decision")
     if isinstance(miss, MissLLM):
-        return run_llm_step(ctx, miss.llm, values)
+        return (yield from llm_step_calls(ctx, miss.llm, values))
     raise StepError(ctx.step_id, f"no entry for key '{key}' in the decision table ({len(table)} entries)")

@@ -33,6 +33,7 @@ from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
 from engine.pricing import PriceOverride, baseline_cost, completion_cost, premium_price, price_of
 from engine.providers.base import Completion, CompletionRequest
+from engine.providers.calls import ProviderCalls, drive
 from engine.providers.registry import get_provider
 from engine.quality.confidence import answer_confidence
 from engine.quality.spec import QualityPolicy
@@ -56,6 +57,30 @@ def system_message(spec: LLMSpec, schema: dict[str, Any] | None = None) -> str:
 _validator = strict_json.validator
 
 
+@dataclass(frozen=True)
+class CompiledStep:
+    """What an llm step's spec fixes once and for all, computed on its first run."""
+
+    prompt_hash: str
+    schema_hash: str
+    system: str | None
+    """The static system message (None when the schema is templated: it depends on the inputs)."""
+    validator: jsonschema.Draft202012Validator | None
+
+
+def compiled(spec: LLMSpec) -> CompiledStep:
+    done = spec.__pydantic_private__.get("_compiled")  # type: ignore[union-attr]  # not pydantic's slow __getattr__
+    if done is None:
+        static = not spec._templated_schema and isinstance(spec.schema_, dict)
+        done = spec._compiled = CompiledStep(
+            prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
+                                    spec.prompt if isinstance(spec.prompt, str) else None),
+            schema_hash=schema_hash(spec.schema_),
+            system=system_message(spec) if static else None,
+            validator=_validator(spec.schema_) if static else None)  # type: ignore[arg-type]
+    return done  # type: ignore[no-any-return]
+
+
 def cost_of(entry: ModelEntry, completion: Completion,
             pricing: Mapping[str, PriceOverride] | None = None) -> float:
     """What `completion` cost at `entry`'s price (its own fields, else `pricing`, else the defaults;
@@ -73,8 +98,9 @@ def parse_and_validate(text: str, spec: LLMSpec, schema: dict[str, Any] | None =
     value = strict_json.loads(text)  # strict JSON: no NaN/Infinity, bounded depth, valid Unicode
     schema = schema if schema is not None else spec.schema_  # type: ignore[assignment]
     assert isinstance(schema, dict)
-    problems = strict_json.schema_problems(schema, value)  # `format` checked too
-    if problems:
+    validator = compiled(spec).validator if schema is spec.schema_ else None
+    if not (validator or _validator(schema)).is_valid(value):
+        problems = strict_json.schema_problems(schema, value)  # `format` checked too
         raise ValueError(f"the reply does not match the schema: {'; '.join(problems)}")
     if spec._pydantic_model is not None:
         try:
@@ -125,37 +151,88 @@ def prepare_call(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> LLM
         except jsonschema.SchemaError as e:
             raise StepError(ctx.step_id, f"the rendered schema is not a valid JSON Schema: {e.message}") from e
     assert isinstance(schema, dict)
+    static = compiled(spec)
+    system = static.system if static.system is not None else system_message(spec, schema)
     return LLMCall(
         step_id=ctx.step_id, spec=spec, values=values, schema=schema,
-        messages=[{"role": "system", "content": system_message(spec, schema)}, {"role": "user", "content": prompt}],
-        prompt_hash=prompt_hash(spec.system if isinstance(spec.system, str) else None,
-                                spec.prompt if isinstance(spec.prompt, str) else None),
-        schema_hash=schema_hash(spec.schema_),
-        input_hash=input_hash(values),
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        prompt_hash=static.prompt_hash, schema_hash=static.schema_hash, input_hash=input_hash(values),
     )
 
 
 def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome:
     """Serve an llm step: registered servers first (see `engine.serving`), then the tiers."""
+    return drive(llm_step_calls(ctx, spec, values))
+
+
+def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
+    """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
+    synchronously by `run_llm_step`, on an event loop by the async runner."""
+    premium = _premium(ctx.config)
+    early = _serve_early(ctx, spec, values, premium)
+    if early is not None:
+        return early
     call = prepare_call(ctx, spec, values)
-    premium = premium_price(ctx.config.tiers, ctx.config.pricing)
     for server in ctx.servers:
         served = server.serve(ctx, call)
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
-    from engine.quality.cascade import ask_with_quality
+    from engine.quality.cascade import ask_with_quality_calls
 
-    outcome = ask_with_quality(ctx, call)
+    outcome = yield from ask_with_quality_calls(ctx, call)
     outcome.baseline_cost = baseline_cost(premium, call.messages, outcome.output, outcome.attempts)
     for server in ctx.servers:
         server.observe(ctx, call, outcome)
     return outcome
 
 
+def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premium: Any) -> StepOutcome | None:
+    """Servers that answer from the inputs alone (`serve_early`: promoted lookups), before the
+    call is prepared. Only for steps whose system text is static (the baseline needs it)."""
+    static = None
+    for server in ctx.servers:
+        early = getattr(server, "serve_early", None)
+        if early is None:
+            continue
+        static = static or compiled(spec)
+        if static.system is None:
+            return None
+        served = early(ctx, spec, values)
+        if served is not None:
+            try:
+                prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
+            except TemplateError:
+                return None  # the full path reports it
+            messages = [{"role": "system", "content": static.system}, {"role": "user", "content": prompt}]
+            served.baseline_cost = baseline_cost(premium, messages, served.output, served.attempts)
+            return served  # type: ignore[no-any-return]
+    return None
+
+
+_premiums: dict[int, tuple[Any, Any]] = {}
+
+
+def _premium(config: Any) -> Any:
+    """`premium_price` of a config, once per config object (configs are not changed in place)."""
+    hit = _premiums.get(id(config))
+    if hit is None or hit[0] is not config:
+        if len(_premiums) > 256:
+            _premiums.clear()
+        hit = _premiums[id(config)] = (config, premium_price(config.tiers, config.pricing))
+    return hit[1]
+
+
 def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = None,
               policy: QualityPolicy | None = None, purpose: str | None = None,
               threshold: Any = None) -> StepOutcome:
+    """`ask_tiers_calls`, each provider call made synchronously."""
+    return drive(ask_tiers_calls(ctx, call, tiers=tiers, policy=policy, purpose=purpose, threshold=threshold))
+
+
+def ask_tiers_calls(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = None,
+                    policy: QualityPolicy | None = None, purpose: str | None = None,
+                    threshold: Any = None) -> ProviderCalls[StepOutcome]:
     """Ask the tiers in order: re-ask on invalid replies, fall back on provider errors (and past
     models cooling down or over budget, see `engine.routing`), escalate.
 
@@ -163,7 +240,9 @@ def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = 
     each valid answer is logged with its trust level, and a monitored tier's answer whose
     confidence is below `threshold(tier)` escalates (reason `low_confidence`; kept on the
     outcome's `deferred` for calibration). `purpose` marks calls that do not serve the step
-    (`quality_check`, `spot_check`): they are logged but never linked to the step's cost."""
+    (`quality_check`, `spot_check`): they are logged but never linked to the step's cost.
+
+    A generator: yields (provider, request) for each call it makes (see `engine.providers.calls`)."""
     spec, values, hashes = call.spec, call.values, call.hashes
     base = call.messages
     gate = CallGate(ctx.config, ctx.store, ctx.run_id, ctx.workflow.name)
@@ -200,7 +279,8 @@ def ask_tiers(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | None = 
                     attempts.append(attempt)
                     break  # next model in the chain
                 try:
-                    completion = provider.complete(request) if route is None else route.complete(request)
+                    # a provider batch route stands in for the provider (its `complete` waits for the batch)
+                    completion = yield (provider if route is None else route), request
                 except AuthenticationError as e:
                     gate.settle(admission, 0.0)
                     attempt.update(outcome="error", error=f"{type(e).__name__}: {e}",

@@ -2,11 +2,18 @@
 
 One connection per store, shared across threads behind a lock; other processes coordinate
 through WAL and a busy timeout. JSON columns are stored as text and decoded on read.
+
+Log rows (runs, steps, llm calls, cache lookup events) are written behind: queued on the hot
+path and committed in batches by one writer thread (see `engine.store.writer` for the queue,
+backpressure, flushing and what a hard kill may lose). Reads see every write made before them:
+`query` and `with store.lock:` drain the queue first. `ENGINE_STORE_SYNC=1` (or
+`SQLiteStore(path, write_behind=False)`) writes every row before the call returns instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sqlite3
@@ -18,6 +25,7 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from engine.store.migrations import _now, migrate
+from engine.store.writer import WriteBehind
 
 JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "input", "cheap_output",
                 "reference_output"}
@@ -40,29 +48,81 @@ def _dump(value: Any) -> str | None:
     return None if value is None else clean_text(json.dumps(value, ensure_ascii=False, default=str))
 
 
+class _FlushingLock:
+    """`store.lock`: the connection's lock, which first writes the queued rows, so whoever takes
+    it to use the connection directly reads what was written before."""
+
+    def __init__(self, raw: threading.RLock, writer: WriteBehind):
+        self.raw = raw
+        self.writer = writer
+
+    def __enter__(self) -> _FlushingLock:
+        self.raw.acquire()
+        if self.writer.pending:
+            try:
+                self.writer.drain_locked()
+            except BaseException:
+                self.raw.release()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.release()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        ok = self.raw.acquire(blocking, timeout)
+        if ok and self.writer.pending:
+            self.writer.drain_locked()
+        return ok
+
+    def release(self) -> None:
+        self.raw.release()
+
+
 class SQLiteStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
+                 batch_rows: int = 512, max_pending: int = 10_000):
+        """`write_behind`: queue log rows for the writer thread (default; `ENGINE_STORE_SYNC=1`
+        turns it off). `flush_interval_s` / `batch_rows`: a transaction at least this often / per
+        this many rows. `max_pending`: the queue bound (producers write it themselves when full)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=30000")
         self.db = sqlite_utils.Database(conn)
-        self.lock = threading.RLock()
-        with self.lock:
+        self.conn_lock = threading.RLock()
+        """The connection's lock without the flush: for reads of tables the queue never writes."""
+        if write_behind is None:
+            write_behind = os.environ.get("ENGINE_STORE_SYNC", "").strip().lower() not in ("1", "true", "yes")
+        self.writer = WriteBehind(conn, self.conn_lock, interval_s=flush_interval_s, batch_rows=batch_rows,
+                                  max_pending=max_pending, enabled=write_behind)
+        self.lock = _FlushingLock(self.conn_lock, self.writer)
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._closed = False
+        with self.conn_lock:
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
             _retry_locked(lambda: migrate(self.db))
 
+    def flush(self) -> int:
+        """Commit every queued write now; returns how many were written."""
+        return self.writer.flush()
+
     def close(self) -> None:
-        with self.lock:
+        """Flush, stop the writer thread and close the connection."""
+        if self._closed:
+            return
+        self.writer.close()
+        with self.conn_lock:
+            self._closed = True
             self.db.conn.close()
 
     # --- writes ---------------------------------------------------------------------------------
 
     def start_run(self, run_id: str, workflow: str, version: str, path: str | None,
                   inputs: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
-        self._insert("runs", {
+        self._queue_insert("runs", {
             "id": run_id, "workflow": workflow, "workflow_version": str(version),
             "workflow_path": path, "status": "running", "inputs": _dump(inputs),
             "tags": _dump(tags or {}), "tokens_in": 0, "tokens_out": 0, "cost": 0.0,
@@ -77,37 +137,59 @@ class SQLiteStore:
             "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
             "baseline_cost": baseline_cost,
         }
-        sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?"
-        with self.lock:
-            self.db.conn.execute(sql, [*map(clean_text, values.values()), run_id])
+        self.writer.put(self._statement("UPDATE runs", tuple(values)), [*map(clean_text, values.values()), run_id])
 
-    def record_step(self, row: dict[str, Any]) -> int:
+    def record_step(self, row: dict[str, Any], *, link_calls: bool = False) -> None:
+        """Queue a step execution row; with `link_calls`, its run's llm calls for that step are
+        linked to it (`step_execution_id`) in the same transaction."""
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
         row.setdefault("started_at", _now())
-        return self._insert("steps", row)
+        sql, params = self._statement("steps", tuple(row)), [clean_text(v) for v in row.values()]
+        if not link_calls:
+            self.writer.put(sql, params)
+            return
+        run_id, step_id = row["run_id"], row["step_id"]
 
-    def record_llm_call(self, row: dict[str, Any]) -> int:
+        def insert_and_link(conn: sqlite3.Connection) -> None:
+            step_row = conn.execute(sql, params).lastrowid
+            conn.execute(_LINK_SQL, [step_row, run_id, step_id])
+
+        self.writer.put("", insert_and_link)
+
+    def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
         row.setdefault("created_at", _now())
-        return self._insert("llm_calls", row)
+        self._queue_insert("llm_calls", row)
 
-    def _insert(self, table: str, row: dict[str, Any]) -> int:
-        """One row, one autocommitted INSERT. Plain SQL on the hot path: sqlite-utils' `insert`
-        introspects the table on every call, about 3x slower."""
-        sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
-        with self.lock:
-            return int(self.db.conn.execute(sql, [clean_text(v) for v in row.values()]).lastrowid or 0)
+    def enqueue(self, sql: str, params: Any = ()) -> None:
+        """Queue any write for the writer thread (log rows that nothing reads back at once)."""
+        self.writer.put(sql, params)
+
+    def _queue_insert(self, table: str, row: dict[str, Any]) -> None:
+        """Queue one INSERT. Plain SQL, prepared once per column set: sqlite-utils' `insert`
+        introspects the table on every call."""
+        self.writer.put(self._statement(table, tuple(row)), [clean_text(v) for v in row.values()])
+
+    def _statement(self, table: str, columns: tuple[str, ...]) -> str:
+        key = (table, columns)
+        sql = self._sql.get(key)
+        if sql is None:
+            if table == "UPDATE runs":
+                sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in columns)} WHERE id = ?"
+            else:
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            self._sql[key] = sql
+        return sql
 
     def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:
-        with self.lock:
-            self.db.execute(
-                "UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
-                "AND step_execution_id IS NULL AND purpose IS NULL", [step_execution_id, run_id, step_id])
+        self.writer.put(_LINK_SQL, [step_execution_id, run_id, step_id])
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        with self.lock:
+    def query(self, sql: str, params: Any = None, *, flush: bool = True) -> list[dict[str, Any]]:
+        """Rows as dicts, JSON columns decoded. Queued writes are written first, unless `flush`
+        is False (for tables the queue never writes, on a hot path)."""
+        with (self.lock if flush else self.conn_lock):
             rows = list(self.db.query(sql, params or []))
         return [_decode(r) for r in rows]
 
@@ -128,6 +210,10 @@ class SQLiteStore:
     def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
         yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
                               [workflow, step_id])
+
+
+_LINK_SQL = ("UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
+             "AND step_execution_id IS NULL AND purpose IS NULL")
 
 
 def _retry_locked(fn: Any, attempts: int = 100) -> Any:

@@ -1,5 +1,7 @@
 """Batch throughput at concurrency 1, 8 and 64: a cloud-like provider with a simulated 50 ms
-latency (speed-up ratio), and the bundled local model (llama.cpp, serialized per model).
+latency (speed-up ratio), as an async-native provider (`acomplete` awaits the latency) and as a
+sync-only plugin (`complete` sleeps; the engine runs it on worker threads), and the bundled local
+model (llama.cpp, serialized per model).
 
     python examples/benchmarks/batch_throughput.py [--items 128] [--local-items 12] [--no-local]
 
@@ -9,6 +11,7 @@ Prints a table and writes examples/benchmarks/results/batch_throughput.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -22,6 +25,7 @@ from rich.table import Table
 
 from engine import Engine, EngineConfig
 from engine.batch import run_batch
+from engine.providers.base import Completion, CompletionRequest
 from engine.providers.fake import FakeProvider
 from engine.providers.registry import register_provider
 
@@ -48,6 +52,27 @@ def sim_provider(latency_s: float) -> FakeProvider:
         return {"intent": "card_arrival"}
 
     return FakeProvider(responder=respond)
+
+
+class AsyncSim:
+    """A cloud-like async-native provider: `acomplete` awaits the latency."""
+
+    name = "asim"
+
+    def __init__(self, latency_s: float):
+        self.latency_s = latency_s
+
+    def _reply(self, request: CompletionRequest) -> Completion:
+        return Completion(text='{"intent": "card_arrival"}', finish_reason="stop", input_tokens=30,
+                          output_tokens=6, model=request.model)
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        time.sleep(self.latency_s)
+        return self._reply(request)
+
+    async def acomplete(self, request: CompletionRequest) -> Completion:
+        await asyncio.sleep(self.latency_s)
+        return self._reply(request)
 
 
 def tickets(n: int, offset: int = 0) -> list[dict[str, str]]:
@@ -94,14 +119,16 @@ def main() -> None:
         work = Path(tmp)
         os.chdir(work)
         register_provider("sim", sim_provider(args.latency_ms / 1000))
-        sim = Engine(config=EngineConfig.model_validate({"tiers": {"cloud": [{"model": "sim:model"}]},
-                                                         "store": str(work / "sim.db")}))
-        wf = sim.load(SIM_WORKFLOW)
-        rows = [measure(sim, wf, tickets(args.items), c, work, progress, "sim") for c in LEVELS]
-        base = rows[0]["items_per_s"]
-        for r in rows:
-            r["speedup"] = round(r["items_per_s"] / base, 2)
-        report["simulated_50ms"] = rows
+        register_provider("asim", AsyncSim(args.latency_ms / 1000))
+        for key, model in (("simulated_50ms_async", "asim:model"), ("simulated_50ms", "sim:model")):
+            sim = Engine(config=EngineConfig.model_validate({"tiers": {"cloud": [{"model": model}]},
+                                                             "store": str(work / f"{key}.db")}))
+            wf = sim.load(SIM_WORKFLOW)
+            rows = [measure(sim, wf, tickets(args.items), c, work, progress, key) for c in LEVELS]
+            base = rows[0]["items_per_s"]
+            for r in rows:
+                r["speedup"] = round(r["items_per_s"] / base, 2)
+            report[key] = rows
         if not args.no_local:
             local = Engine(config=EngineConfig.model_validate({
                 "tiers": {"local": [{"model": "llamacpp:smollm2"}]}, "store": str(work / "local.db")}))
@@ -118,7 +145,9 @@ def main() -> None:
     table = Table(title="batch throughput (items/s; speed-up vs concurrency 1)", title_justify="left")
     for col in ("provider", "concurrency", "items", "seconds", "items/s", "speed-up", "failed"):
         table.add_column(col, justify="left" if col == "provider" else "right")
-    for key, name in (("simulated_50ms", f"simulated {args.latency_ms:.0f} ms"), ("local_smollm2", "local SmolLM2")):
+    for key, name in (("simulated_50ms_async", f"simulated {args.latency_ms:.0f} ms, async-native"),
+                      ("simulated_50ms", f"simulated {args.latency_ms:.0f} ms, sync-only plugin"),
+                      ("local_smollm2", "local SmolLM2")):
         for r in report.get(key, []):  # type: ignore[union-attr]
             table.add_row(name, str(r["concurrency"]), str(r["items"]), f"{r['seconds']:.2f}",
                           f"{r['items_per_s']:.1f}", f"{r['speedup']:.2f}x", str(r["failed"]))
@@ -141,7 +170,8 @@ def plot(report: dict[str, object]) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for key, label in (("simulated_50ms", f"provider with {report['latency_ms']:.0f} ms latency (concurrent)"),
+    for key, label in (("simulated_50ms_async", f"async-native provider, {report['latency_ms']:.0f} ms latency"),
+                       ("simulated_50ms", f"sync-only provider, {report['latency_ms']:.0f} ms latency (threads)"),
                        ("local_smollm2", "local SmolLM2 (calls serialized per model)")):
         rows = report.get(key) or []
         if rows:

@@ -93,6 +93,7 @@ def test_many_threads_one_store_no_lost_rows(project, echo, tmp_path):
     with ThreadPoolExecutor(16) as pool:
         outs = [n for chunk in pool.map(worker, range(16)) for n in chunk]
     assert sorted(outs) == sorted(2 * (k * 100 + i) for k in range(16) for i in range(15))
+    engine.flush()  # rows are written behind: another connection sees them once flushed
     assert counts(db) == {"runs": 240, "steps": 480, "llm_calls": 240}
 
 
@@ -108,8 +109,8 @@ def test_many_asyncio_tasks_one_store(project, echo, tmp_path):
 
     outs = asyncio.run(main())
     assert outs == [2 * i for i in range(200)] + [2 * i for i in range(50)]
+    engine.close()  # flushes the written-behind rows
     assert counts(db) == {"runs": 250, "steps": 500, "llm_calls": 250}
-    engine.close()
 
 
 def test_two_connections_to_one_file_do_not_lock(project, echo, tmp_path):
@@ -120,6 +121,8 @@ def test_two_connections_to_one_file_do_not_lock(project, echo, tmp_path):
     with ThreadPoolExecutor(24) as pool:
         results = list(pool.map(lambda i: engines[i % 3].run(path, {"n": i}), range(150)))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    for engine in engines:
+        engine.close()
     assert counts(db) == {"runs": 150, "steps": 300, "llm_calls": 150}
     rows = SQLiteStore(db).query("SELECT count(*) AS n FROM runs WHERE status = 'ok'")
     assert rows[0]["n"] == 150

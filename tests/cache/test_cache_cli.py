@@ -24,7 +24,8 @@ def test_stats_clear_inspect(project, fake, vectors):
 
     stats = json.loads(runner.invoke(cli, ["cache", "stats", "--json"]).output)
     assert stats == [{
-        "workflow": "label", "step_id": "classify", "entries": 1, "vectors": 1, "lookups": 3, "exact_hits": 1,
+        # 2 entries: "a" (with its vector) and the exact entry the semantic hit left for "b"
+        "workflow": "label", "step_id": "classify", "entries": 2, "vectors": 1, "lookups": 3, "exact_hits": 1,
         "semantic_hits": 1, "hit_rate": 2 / 3,
         "tokens_saved": 2 * (first.tokens_in + first.tokens_out), "cost_saved": stats[0]["cost_saved"]}]
     assert abs(stats[0]["cost_saved"] - 2 * first.cost) < 1e-12 and first.cost > 0
@@ -38,7 +39,7 @@ def test_stats_clear_inspect(project, fake, vectors):
     assert "semantic" in runner.invoke(cli, ["cache", "inspect"]).output
 
     assert "removed 0" in runner.invoke(cli, ["cache", "clear", "--step", "other"]).output
-    assert "removed 1 cache entry" in runner.invoke(cli, ["cache", "clear", "--step", "classify"]).output
+    assert "removed 2 cache entries" in runner.invoke(cli, ["cache", "clear", "--step", "classify"]).output
     fake.enqueue({"label": "ham"})
     assert run_workflow(wf, {"text": "b"}).outputs == {"label": "ham"}  # cleared: the in-memory index too
 

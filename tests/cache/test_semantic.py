@@ -165,3 +165,17 @@ def test_default_embedder_end_to_end(project, fake):
     assert 0.9 <= near.step("classify").cache["similarity"] < 1.0
     far = run_workflow(wf, {"text": "What is the exchange rate for euros?"})
     assert far.step("classify").served_by == "llm"
+
+
+def test_semantic_hit_leaves_an_exact_entry_for_its_text(project, fake, vectors):
+    embedder = vectors({"win a prize": [1.0, 0.0, 0.0], "you won a prize": at(0.9)})
+    fake.enqueue({"label": "spam"})
+    wf = project(semantic_workflow(threshold=0.8))
+    run_workflow(wf, {"text": "win a prize"})
+    assert run_workflow(wf, {"text": "you won a prize"}).step("classify").cache["kind"] == "semantic"
+    again = run_workflow(wf, {"text": "you won a prize"}).step("classify")
+    assert again.served_by == "cache" and again.cache["kind"] == "exact"  # by the exact key this time
+    assert embedder.seen == ["win a prize", "you won a prize"]  # and without embedding it again
+    rows = store().query("SELECT input_key, vector IS NULL AS no_vector FROM cache_entries ORDER BY id")
+    assert len(rows) == 2 and rows[1]["no_vector"] == 1  # the exact entry adds nothing to the index
+    assert len(fake.requests) == 1

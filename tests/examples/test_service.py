@@ -90,9 +90,14 @@ def test_concurrent_requests_threads_and_asyncio(server):
         assert [r["intent"] for r in results] == [TICKETS[t] for t in tickets]
         assert results[0]["team"] == "cards_logistics" and results[0]["served_by"]["classify"] == "llm"
     assert elapsed < len(tickets) * 0.02  # the 20 ms model calls overlapped
-    conn = sqlite3.connect(db)
-    runs = conn.execute("SELECT count(*), count(DISTINCT id) FROM runs WHERE status = 'ok'").fetchone()
-    conn.close()
+    deadline = time.monotonic() + 5  # rows are written behind: another connection sees them within ~50 ms
+    while True:
+        conn = sqlite3.connect(db)
+        runs = conn.execute("SELECT count(*), count(DISTINCT id) FROM runs WHERE status = 'ok'").fetchone()
+        conn.close()
+        if runs == (2 * len(tickets), 2 * len(tickets)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert runs == (2 * len(tickets), 2 * len(tickets))
 
 

@@ -1,0 +1,69 @@
+"""The approximate index behind large semantic namespaces: same decisions as the exact rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.cache import ann
+from engine.cache.index import VectorIndex
+
+pytestmark = pytest.mark.skipif(not ann.available(), reason="needs faiss-cpu (the ann extra, in dev)")
+
+
+def clustered(n: int, dims: int = 64, clusters: int = 40, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dims)).astype(np.float32)
+    which = rng.integers(0, clusters, n)
+    x = centres[which] + rng.normal(scale=0.35, size=(n, dims)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, [f"answer-{c}" for c in which]
+
+
+def filled(n: int, ann_min: int) -> tuple[VectorIndex, np.ndarray]:
+    x, answers = clustered(n)
+    index = VectorIndex(ann_min=ann_min)
+    half = n // 2
+    index.add(list(range(1, half + 1)), answers[:half], x[:half])
+    index.add(list(range(half + 1, n + 1)), answers[half:], x[half:])  # added after the build
+    return index, x
+
+
+def test_switches_to_the_approximate_index_past_the_threshold():
+    small, _ = filled(500, ann_min=1000)
+    assert small._ann is None
+    large, _ = filled(3000, ann_min=1000)
+    assert large._ann is not None and large._ann.index.ntotal == 3000
+
+
+def test_decisions_match_the_exact_rule():
+    index, x = filled(6000, ann_min=1000)
+    rng = np.random.default_rng(1)
+    queries = x[rng.integers(0, len(x), 300)] + rng.normal(scale=0.05, size=(300, x.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    same = 0
+    served = 0
+    for q in queries:
+        fast, exact = index.search(q, 0.8, 0.05), index.exact_search(q, 0.8, 0.05)
+        a = fast.match.entry_id if fast.match else None
+        b = exact.match.entry_id if exact.match else None
+        same += a == b
+        served += b is not None
+    assert served > 100  # the queries do hit
+    assert same / len(queries) >= 0.98
+
+
+def test_removed_rows_are_never_served():
+    index, x = filled(3000, ann_min=1000)
+    target = 1234
+    assert index.search(x[target - 1], 0.99).match.entry_id == target
+    index.remove(target)
+    decision = index.search(x[target - 1], 0.99)
+    assert decision.match is None or decision.match.entry_id != target
+
+
+def test_without_faiss_the_exact_rule_serves(monkeypatch):
+    monkeypatch.setattr(ann, "build", lambda matrix, **kw: None)
+    index, x = filled(3000, ann_min=1000)
+    assert index._ann is None and index._no_ann
+    assert index.search(x[10], 0.99).match.entry_id == 11
