@@ -12,7 +12,7 @@ ACTIVE, ESCALATED, PROBATION = "active", "escalated", "probation"
 
 
 def _insert(store: Any, table: str, row: dict[str, Any]) -> int:
-    return int(store._insert(table, row))  # the store's insert: text made storable, one statement
+    return store.insert_now(table, row)  # text made storable, written at once (not behind)
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -161,6 +161,13 @@ class SQLiteStore:
         row.setdefault("created_at", _now())
         self._queue_insert("llm_calls", row)
 
+    def insert_now(self, table: str, row: dict[str, Any]) -> int:
+        """Write one row at once (after the queued ones) and return its rowid: for the few rows
+        whose id is needed (quality checks and events), not for the per-run log."""
+        sql = self._statement(table, tuple(row))
+        with self.lock:
+            return int(self.db.conn.execute(sql, [clean_text(v) for v in row.values()]).lastrowid or 0)
+
     def enqueue(self, sql: str, params: Any = ()) -> None:
         """Queue any write for the writer thread (log rows that nothing reads back at once)."""
         self.writer.put(sql, params)

@@ -40,6 +40,7 @@ steps:
         additionalProperties: false
       max_tokens: 12
       promote: {spot_check: 0}
+QUALITY
 tiers:
   local:
     - model: fake:x
@@ -67,7 +68,12 @@ def main() -> None:
         text = request.messages[1]["content"].removeprefix("Label this: ")  # type: ignore[attr-defined]
         return {"label": "long" if len(text.strip()) >= 6 else "short"}
 
-    (work / "wf.yaml").write_text(WORKFLOW)
+    try:  # only trusted answers build lookups: the fake model is the step's reference tier
+        import engine.quality  # noqa: F401
+        quality = "      quality: {reference: local}"
+    except ImportError:  # a revision from before the trust work (--engine-root)
+        quality = ""
+    (work / "wf.yaml").write_text(WORKFLOW.replace("QUALITY\n", quality + "\n" if quality else ""))
     register_provider("fake", FakeProvider(responder=label))
     path = (work / "wf.yaml").resolve()
     store = open_store(Path(".engine/engine.db"))

@@ -112,7 +112,10 @@ def test_writer_is_not_asked_again_on_the_same_log(label_wf, labeller, store):
 
 
 @needs_isolation
-def test_refused_script_is_unverified_with_the_reason_and_never_served(label_wf, labeller, store):
+def test_refused_script_is_unverified_with_the_reason_and_never_served(label_wf, labeller, store, monkeypatch):
+    from engine.promotion import server
+
+    monkeypatch.setattr(server, "RECHECK_S", 0.0)  # re-check the manifest on every run, not once a second
     path = label_wf()
     _seed(path)
     labeller.enqueue(json.dumps({"code": "import os\n" + GOOD}))
@@ -130,7 +133,7 @@ def test_refused_script_is_unverified_with_the_reason_and_never_served(label_wf,
     assert run_workflow(path, {"text": "hello there"}).step("classify").served_by == "script"
     artifact.write_text(artifact.read_text() + "\nopen('/etc/passwd')\n")
     manifest = artifact.parent / "manifest.yaml"
-    os.utime(manifest, ns=(1, 1))  # artifacts are cached by the manifest's mtime
+    os.utime(manifest, ns=(1, 1))  # artifacts are cached by the manifest's mtime (checked every RECHECK_S)
     assert run_workflow(path, {"text": "hello there"}).step("classify").served_by == "llm"
 
 
