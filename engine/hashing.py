@@ -20,7 +20,7 @@ def sha256(text: str) -> str:
 
 
 def normalize_text(text: str, *, case: bool = True, whitespace: bool = True, unicode: bool = True) -> str:
-    if unicode:
+    if unicode and not text.isascii():  # NFKC leaves ASCII as it is
         text = unicodedata.normalize("NFKC", text)
     if whitespace:
         text = _WS.sub(" ", text).strip()
