@@ -30,7 +30,8 @@ from engine.hashing import canonical_json
 from engine.promotion import records
 from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
 from engine.promotion.mining import input_key
-from engine.promotion.sandbox import SandboxResult, run_one
+from engine.promotion.sandbox import SandboxResult
+from engine.promotion.sandbox.worker import serve_one
 from engine.promotion.verify import validated
 from engine.quality import records as quality_records
 from engine.quality.compare import answers_agree
@@ -73,7 +74,7 @@ def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], ca
     if kind == "lookup":
         key = input_key(call.values, normalize)
         return SandboxResult(output=table[key]) if key in table else SandboxResult(abstained=True)
-    return validated(run_one(code, call.values), call.spec, call.schema)
+    return validated(serve_one(code, call.values), call.spec, call.schema)  # the script's long-lived worker
 
 
 class PromotionServer:
