@@ -38,7 +38,8 @@ from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
 from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import LLMCall, ask_tiers, compiled
+from engine.providers.calls import ProviderCalls, drive
+from engine.steps.llm import LLMCall, ask_tiers_calls, compiled
 
 _MISS = object()
 _rng = random.Random()
@@ -132,6 +133,11 @@ class PromotionServer:
         return None
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
+        return drive(self.serve_calls(ctx, call))
+
+    def serve_calls(self, ctx: StepContext, call: LLMCall) -> ProviderCalls[StepOutcome | None]:
+        """`serve` as a generator of provider calls (a spot check asks the reference tier): the
+        llm step drives it, so under `arun` the reference call is awaited, not blocking the loop."""
         for art in self.artifacts.get(call.step_id, []):
             status = self.statuses.get(art.id, "accepted")
             if status in ("demoted", "rejected", "superseded"):
@@ -146,12 +152,13 @@ class PromotionServer:
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
             if spot_sampled(ctx, call.spec.promote.spot_check):
-                return self._spot_check(ctx, call, art, result.output)
+                return (yield from self._spot_check(ctx, call, art, result.output))
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")
         return None
 
-    def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact, served: Any) -> StepOutcome:
+    def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact,
+                    served: Any) -> ProviderCalls[StepOutcome]:
         from engine.quality.cascade import policy_for
 
         artifact = StepOutcome(output=served, served_by=art.kind, provider="promotion",
@@ -164,7 +171,8 @@ class PromotionServer:
             return artifact  # nothing trusted to compare with: serve it, record no check
         else:
             try:
-                outcome = ask_tiers(ctx, call, tiers=[quality.reference], policy=quality, purpose="spot_check")
+                outcome = yield from ask_tiers_calls(ctx, call, tiers=[quality.reference], policy=quality,
+                                                     purpose="spot_check")
             except EngineError:  # the reference failed: serve the artifact, record no check
                 return artifact
             outcome.trust = REFERENCE

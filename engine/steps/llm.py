@@ -179,7 +179,8 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
         return early
     call = prepare_call(ctx, spec, values)
     for server in ctx.servers:
-        served = server.serve(ctx, call)
+        serve_calls = getattr(server, "serve_calls", None)  # a server that may call providers itself
+        served = (yield from serve_calls(ctx, call)) if serve_calls is not None else server.serve(ctx, call)
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
