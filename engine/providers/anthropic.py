@@ -35,6 +35,7 @@ from engine.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
+from engine.providers.loops import LoopClients
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.keys import api_key, redact, retry_after
 
@@ -84,22 +85,35 @@ class AnthropicProvider:
         self.async_http_client = async_http_client
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
+        self._async_clients = LoopClients()
 
-    def client(self, options: dict[str, Any], model: str, *, use_async: bool = False) -> tuple[Any, str | None]:
+    def client(self, options: dict[str, Any], model: str) -> tuple[Any, str | None]:
         key = api_key(self.name, options, self.key_env, model)
         timeout = float(options.get("timeout", 60))
         retries = int(options.get("max_retries", 0))
-        cache_key = (use_async, key, options.get("base_url"), timeout, retries)
+        cache_key = (key, options.get("base_url"), timeout, retries)
         client = self._clients.get(cache_key)
         if client is None:
             with self._lock:
                 client = self._clients.get(cache_key)
                 if client is None:
-                    cls = anthropic.AsyncAnthropic if use_async else anthropic.Anthropic
+                    cls = anthropic.Anthropic
                     client = cls(api_key=key, base_url=options.get("base_url"), timeout=timeout,
                                  max_retries=retries,
-                                 http_client=self.async_http_client if use_async else self.http_client)
+                                 http_client=self.http_client)
                     self._clients[cache_key] = client
+        return client, key
+
+    async def aclient(self, options: dict[str, Any], model: str) -> tuple[Any, str | None]:
+        """The `AsyncAnthropic` client for these options on the running event loop (see
+        `engine.providers.loops`: one per loop, closed when the loop shuts down)."""
+        key = api_key(self.name, options, self.key_env, model)
+        timeout = float(options.get("timeout", 60))
+        retries = int(options.get("max_retries", 0))
+        cache_key = (key, options.get("base_url"), timeout, retries)
+        client = await self._async_clients.get(cache_key, lambda: anthropic.AsyncAnthropic(
+            api_key=key, base_url=options.get("base_url"), timeout=timeout, max_retries=retries,
+            http_client=self.async_http_client), owned=self.async_http_client is None)
         return client, key
 
     def build(self, request: CompletionRequest) -> tuple[dict[str, Any], bool]:
@@ -140,7 +154,7 @@ class AnthropicProvider:
         """`complete` through `AsyncAnthropic`, on the caller's event loop."""
         if self.http_client is not None and self.async_http_client is None:
             return await asyncio.to_thread(self.complete, request)
-        client, key = self.client(request.options, request.model, use_async=True)
+        client, key = await self.aclient(request.options, request.model)
         kwargs, wrapped = self.build(request)
         try:
             resp = await client.messages.create(**kwargs)

@@ -36,6 +36,7 @@ from engine.errors import (
 )
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.keys import api_key, redact, retry_after
+from engine.providers.loops import LoopClients
 
 _STRICT_UNSUPPORTED = {"allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
                        "patternProperties", "unevaluatedProperties", "propertyNames", "oneOf",
@@ -122,28 +123,43 @@ class OpenAIProvider:
         self.async_http_client = async_http_client
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
+        self._async_clients = LoopClients()
 
     def base_url(self, options: dict[str, Any]) -> str | None:
         return options.get("base_url")
 
-    def client(self, options: dict[str, Any], model: str, *, use_async: bool = False) -> tuple[Any, str | None]:
-        """The SDK client for these options (`AsyncOpenAI` with `use_async`), built once per key,
+    def client(self, options: dict[str, Any], model: str) -> tuple[Any, str | None]:
+        """The sync SDK client for these options, built once per key,
         base URL, timeout, retries and organization."""
         key = api_key(self.name, options, self.key_env, model)
         base_url = self.base_url(options)
         timeout = float(options.get("timeout", 60))
         retries = int(options.get("max_retries", 0))
-        cache_key = (use_async, key, base_url, timeout, retries, options.get("organization"))
+        cache_key = (key, base_url, timeout, retries, options.get("organization"))
         client = self._clients.get(cache_key)  # a dict read is atomic: no lock on the hot path
         if client is None:
             with self._lock:
                 client = self._clients.get(cache_key)
                 if client is None:
-                    cls = openai.AsyncOpenAI if use_async else openai.OpenAI
+                    cls = openai.OpenAI
                     client = cls(api_key=key or "not-needed", base_url=base_url, timeout=timeout,
                                  max_retries=retries, organization=options.get("organization"),
-                                 http_client=self.async_http_client if use_async else self.http_client)
+                                 http_client=self.http_client)
                     self._clients[cache_key] = client
+        return client, key
+
+    async def aclient(self, options: dict[str, Any], model: str) -> tuple[Any, str | None]:
+        """The `AsyncOpenAI` client for these options on the running event loop (see
+        `engine.providers.loops`: one per loop, closed when the loop shuts down)."""
+        key = api_key(self.name, options, self.key_env, model)
+        base_url = self.base_url(options)
+        timeout = float(options.get("timeout", 60))
+        retries = int(options.get("max_retries", 0))
+        cache_key = (key, base_url, timeout, retries, options.get("organization"))
+        client = await self._async_clients.get(cache_key, lambda: openai.AsyncOpenAI(
+            api_key=key or "not-needed", base_url=base_url, timeout=timeout, max_retries=retries,
+            organization=options.get("organization"), http_client=self.async_http_client),
+            owned=self.async_http_client is None)
         return client, key
 
     def structured_form(self, request: CompletionRequest) -> str:
@@ -178,7 +194,7 @@ class OpenAIProvider:
 
     async def asend(self, request: CompletionRequest, form: str) -> Completion:
         """`send` through the SDK's async client, on the caller's event loop."""
-        client, key = self.client(request.options, request.model, use_async=True)
+        client, key = await self.aclient(request.options, request.model)
         try:
             resp = await client.chat.completions.create(**self.build(request, form))
         except openai.OpenAIError as e:

@@ -145,3 +145,51 @@ def test_many_runs_overlap_on_one_loop_without_threads(project):
     assert all(r.outputs == {"label": "ham"} for r in results)
     assert provider.peak == 200  # every call was in flight at once
     assert elapsed < 200 * 0.05 / 4
+
+
+def test_async_clients_are_per_loop_and_closed_when_the_loop_ends(project, monkeypatch):
+    """`asyncio.run` twice against a real local HTTP server, with the SDKs' own HTTP clients: the
+    second loop gets its own client (a pool is bound to its loop), and the first loop's sockets
+    are closed when it ends (else a ResourceWarning, an error here, surfaces at garbage collection)."""
+    import gc
+    import warnings
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the client pools the connection
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = json.dumps({
+                "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": '{"label": "spam"}'}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+        provider = OpenAIProvider()
+        register_provider("openai", provider)
+        path = project(WORKFLOW + "tiers:\n  cloud:\n    - model: openai:gpt-4o-mini\n      options: {base_url: "
+                       f"'http://127.0.0.1:{server.server_address[1]}/v1'}}\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            for _ in range(2):
+                result = asyncio.run(arun_workflow(path, {"text": "win a prize"}))
+                assert result.status == "ok", result.error
+                gc.collect()
+        assert len(provider._async_clients._by_loop) == 0  # both loops gone, their clients with them
+    finally:
+        server.shutdown()
+        server.server_close()
+        unregister_provider("openai")
