@@ -54,7 +54,10 @@ def _compact(value: Any) -> str:
 
 
 def _usd(value: Any) -> str:
-    return "$0" if not value else f"${float(value):,.6f}".rstrip("0").rstrip(".")
+    if not value:
+        return "$0"
+    text = f"${abs(float(value)):,.6f}".rstrip("0").rstrip(".")
+    return ("-" if float(value) < 0 else "") + text
 
 
 def _pct(value: Any) -> str:
