@@ -57,13 +57,13 @@ def _key(driver: Any, key: str) -> None:
 
 
 def _wait_stale(driver: Any, element: Any, timeout: float = 10) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             element.tag_name
-        except StaleElementReferenceException:
+        except WebDriverException:  # stale, or the old document detached: a new page
             if driver.execute_script("return document.readyState") == "complete":
                 return
         time.sleep(0.01)

@@ -15,7 +15,7 @@ from engine import run_workflow
 from engine.cli import cli
 from engine.promotion import records, review
 
-from ui_helpers import HOSTILE, TRUTH, UNSURE
+from ui_helpers import HOSTILE, TRUTH, UNSURE, WORKFLOW
 
 
 def _propose(store, path) -> str:
@@ -138,8 +138,10 @@ def test_every_post_needs_the_csrf_token(console, tickets, store, case):
     assert store.query("SELECT COUNT(*) AS n FROM feedback")[0]["n"] == 0
 
 
-def test_queue_orders_disagreements_low_confidence_then_sample(console, tickets, store):
-    run_workflow(tickets, {"ticket": "something unchecked"})  # no check yet: a sample item
+def test_queue_orders_disagreements_low_confidence_then_sample(console, tickets, store, project):
+    unchecked = project(WORKFLOW.replace("sample: 1.0", "sample: 0").replace("name: tickets", "name: unchecked"),
+                        name="unchecked.yaml", config=None)
+    run_workflow(unchecked, {"ticket": "something unchecked"})  # never checked: only the sample finds it
     from engine.quality.queue import review_queue
 
     items = review_queue(store)
@@ -148,6 +150,7 @@ def test_queue_orders_disagreements_low_confidence_then_sample(console, tickets,
     disagreeing = {i.input["ticket"] for i in items if i.reason == "disagreement"}
     assert disagreeing == {t for t, v in TRUTH.items() if v != "card"}
     assert [i.input["ticket"] for i in items if i.reason == "low_confidence"] == [UNSURE]
+    assert [i.input["ticket"] for i in items if i.reason == "sample"] == ["something unchecked"]
     first = items[0]
     assert {a["tier"] for a in first.answers} == {"local", "premium"}  # every tier that answered
     assert first.choices == [{"intent": "card"}, {"intent": "refund"}, {"intent": "other"}]
