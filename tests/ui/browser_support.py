@@ -108,12 +108,7 @@ def screenshot(driver: Any, folder: Path, name: str) -> Path:
 
 
 def report_timings(timings: dict[str, list[float]]) -> None:
-    """Print what the browser tests measured (seen with -s), and keep it beside the screenshots."""
-    import json
-
-    summary = {name: [round(v * 1000, 1) for v in values] for name, values in timings.items()}
-    for name, values in summary.items():
-        print(f"chromium {name}: {', '.join(f'{v:.0f} ms' for v in values)}")
-    if SCREENSHOTS is not None and summary:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        (SCREENSHOTS / "timings.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """Print what the browser tests measured (seen with -s); the benchmark
+    (examples/benchmarks/ui_console.py) is where timings are kept."""
+    for name, values in timings.items():
+        print(f"chromium {name}: {', '.join(f'{v * 1000:.0f} ms' for v in values)}")
