@@ -61,13 +61,16 @@ def _candidates(store: Any, workflow: str | None, low_confidence: float) -> list
     where, params = "", []
     if workflow:
         where, params = " AND r.workflow = ?", [workflow]
-    base = ("SELECT s.run_id, s.step_id, r.workflow, r.workflow_path, s.output, s.served_by, s.trust, "
-            "s.confidence, s.id AS step_row, (SELECT c.input_hash FROM llm_calls c WHERE c.run_id = s.run_id "
-            "AND c.step_id = s.step_id AND c.purpose IS NULL ORDER BY c.id LIMIT 1) AS input_hash "
-            "FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.kind = 'llm' AND s.status = 'ok'" + where)
+    columns = ("SELECT s.run_id, s.step_id, r.workflow, r.workflow_path, s.output, s.served_by, s.trust, "
+               "s.confidence, s.id AS step_row, (SELECT c.input_hash FROM llm_calls c WHERE c.run_id = s.run_id "
+               "AND c.step_id = s.step_id AND c.purpose IS NULL ORDER BY c.id LIMIT 1) AS input_hash ")
+    llm_ok = " s.kind = 'llm' AND s.status = 'ok'" + where
+    base = columns + "FROM steps s JOIN runs r ON r.id = s.run_id WHERE" + llm_ok
+    # from the (few) disagreeing checks to their steps, not a check lookup per step
     disagreements = store.query(
-        base + " AND EXISTS (SELECT 1 FROM quality_checks q WHERE q.run_id = s.run_id AND q.step_id = s.step_id "
-               "AND q.status = 'disagree') ORDER BY s.id DESC LIMIT ?", [*params, _SCAN])
+        columns + "FROM (SELECT DISTINCT run_id, step_id FROM quality_checks WHERE status = 'disagree') q "
+                  "JOIN steps s ON s.run_id = q.run_id AND s.step_id = q.step_id JOIN runs r ON r.id = s.run_id "
+                  "WHERE" + llm_ok + " ORDER BY s.id DESC LIMIT ?", [*params, _SCAN])
     low = store.query(
         base + " AND s.served_by = 'llm' AND (s.confidence < ? OR EXISTS (SELECT 1 FROM llm_calls c WHERE "
                "c.run_id = s.run_id AND c.step_id = s.step_id AND c.reason = 'low_confidence')) "
@@ -86,11 +89,10 @@ def review_queue(store: Any, *, workflow: str | None = None, limit: int = 20,
     by_run, by_input = _labelled(store)
     seen_runs: set[tuple[str, str]] = set()
     seen_inputs: set[tuple[str, str, str]] = set()
-    items: list[QueueItem] = []
     sampled = 0
-    workflows: dict[str, Any] = {}
+    chosen: list[tuple[str, dict[str, Any]]] = []
     for reason, row in _candidates(store, workflow, low_confidence):
-        if len(items) >= limit:
+        if len(chosen) >= limit:
             break
         run_key = (row["run_id"], row["step_id"])
         input_key = (row["workflow"], row["step_id"], row["input_hash"] or "")
@@ -102,11 +104,21 @@ def review_queue(store: Any, *, workflow: str | None = None, limit: int = 20,
             sampled += 1
         seen_runs.add(run_key)
         seen_inputs.add(input_key)
-        items.append(_item(store, reason, row, workflows))
-    return items
+        chosen.append((reason, row))
+    checks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if chosen:  # the reference's answers of every chosen item, in one pass over the checks
+        runs = sorted({row["run_id"] for _, row in chosen})
+        for q in store.query("SELECT run_id, step_id, tier, reference_tier, reference_output, status FROM "
+                             f"quality_checks WHERE status != 'skipped' AND run_id IN ({', '.join('?' * len(runs))}) "
+                             "ORDER BY id", runs):
+            checks.setdefault((q["run_id"], q["step_id"]), []).append(q)
+    workflows: dict[str, Any] = {}
+    return [_item(store, reason, row, checks.get((row["run_id"], row["step_id"]), []), workflows)
+            for reason, row in chosen]
 
 
-def _item(store: Any, reason: str, row: dict[str, Any], workflows: dict[str, Any]) -> QueueItem:
+def _item(store: Any, reason: str, row: dict[str, Any], checks: list[dict[str, Any]],
+          workflows: dict[str, Any]) -> QueueItem:
     calls = store.query("SELECT tier, model, output, trust, confidence, purpose, reason, outcome, input "
                         "FROM llm_calls WHERE run_id = ? AND step_id = ? AND outcome = 'valid' ORDER BY id",
                         [row["run_id"], row["step_id"]])
@@ -116,9 +128,6 @@ def _item(store: Any, reason: str, row: dict[str, Any], workflows: dict[str, Any
                 or ("escalated (low confidence)" if c["reason"] == "low_confidence" else "answered"))
         answers.append({"tier": c["tier"], "model": c["model"], "output": c["output"], "trust": c["trust"],
                         "confidence": c["confidence"], "role": role})
-    checks = store.query("SELECT tier, reference_tier, cheap_output, reference_output, status FROM quality_checks "
-                         "WHERE run_id = ? AND step_id = ? AND status != 'skipped' ORDER BY id",
-                         [row["run_id"], row["step_id"]])
     logged_reference = {(a["tier"], repr(a["output"])) for a in answers}
     for q in checks:
         if (q["reference_tier"], repr(q["reference_output"])) not in logged_reference:

@@ -102,6 +102,27 @@ def test_accept_in_the_browser_then_the_next_run_is_served_at_zero_tokens(browse
     assert _text(browser, "#serves") == "1"  # the console shows it serving
 
 
+def test_shadow_and_reject_with_a_reason_by_keyboard(browser, live, tickets, store):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ((_, report),) = review.propose(store, tickets, scripts=False)
+    (p,) = report.proposed
+    browser.get(f"{live.url}/ui/proposals/{p.id}")
+    _key(browser, "s")
+    assert "shadow on" in _text(browser, "#flash") and browser.find_elements("css selector", "#shadow-on")
+    assert records.get(store, p.id).shadow == 1
+    ActionChains(browser).send_keys("r").perform()
+    field = browser.switch_to.active_element
+    assert field.get_attribute("id") == "reason-input"
+    field.send_keys("hello is <b>not</b> a card")
+    old = browser.find_element("tag name", "html")
+    field.send_keys(Keys.ENTER)
+    _wait_stale(browser, old)
+    assert _text(browser, "#status") == "rejected" and _text(browser, "#reason") == "hello is <b>not</b> a card"
+    assert records.get(store, p.id).status == "rejected"
+
+
 def test_label_queued_answers_and_see_their_evidence_change(browser, live, store, shots):
     _timed("load queue", lambda: browser.get(f"{live.url}/ui/queue"))
     item = browser.find_element("css selector", "#item")
