@@ -89,6 +89,18 @@ def test_accept_is_the_cli_call_and_the_next_run_is_served_at_zero_tokens(consol
     assert again.status_code == 409 and "only proposed" in again.text
 
 
+def test_a_demoted_artifact_shows_why(console, tickets, store):
+    pid = _propose(store, tickets)
+    review.accept(store, pid)
+    records.update(store, pid, status="demoted", reason="spot checks disagreed: 4 of 20 (Wilson > 3%)",
+                   event="demoted")
+    client = console()
+    listing = client.get("/ui/proposals").text
+    assert "spot checks disagreed: 4 of 20" in listing and "demoted" in listing
+    detail = client.get(f"/ui/proposals/{pid}").text
+    assert "spot checks disagreed" in detail and 'id="accept"' in detail  # accept re-activates it
+
+
 def test_reject_needs_a_reason_and_is_remembered(console, tickets, store):
     pid = _propose(store, tickets)
     client = console()
