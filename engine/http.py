@@ -10,6 +10,8 @@
                                  verdict on a run's llm step (404 unknown run or step, 422 an
                                  output that fails the step's schema; nothing written then)
 
+    GET  /ui/...                 the review console (`engine serve --ui`; see engine.ui)
+
 The tenant comes from the `X-Engine-Tenant` header. Guards: engine.http_guard.
 
 Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) shows its inputs.
@@ -39,9 +41,11 @@ def result_body(result: RunResult) -> dict[str, Any]:
 
 
 def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,
-               token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER) -> Any:
+               token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER,
+               console_store: Any = None, read_only: bool = False) -> Any:
     """The app; `max_body` bytes per request (413 above), `token` required as a bearer token
-    when given, the tenant read from `tenant_header`."""
+    when given, the tenant read from `tenant_header`. With `console_store`, the review console
+    (engine.ui) is served under /ui over that store (`read_only`: no action can change anything)."""
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.responses import JSONResponse
@@ -49,7 +53,13 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
         raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
 
     app = FastAPI(title="engine", description="Workflows over HTTP: JSON in, JSON out.")
-    http_guard.install(app, max_body=max_body, token=token)
+    auth: dict[str, Any] = {}
+    if console_store is not None:
+        from engine.ui import add_console, auth_options
+
+        auth = auth_options()
+        add_console(app, console_store, read_only=read_only, token=token)
+    http_guard.install(app, max_body=max_body, token=token, **auth)
     loaded = [engine.load(w) for w in workflows]
 
     @app.get("/workflows")

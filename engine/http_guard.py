@@ -4,7 +4,8 @@
   its Content-Length or while it streams in, before anything is parsed or stored.
 - **Bearer token**: when a token is set (`ENGINE_SERVE_TOKEN`), every request needs
   `Authorization: Bearer <token>` (compared in constant time), else 401: an exposed port is not
-  an open LLM proxy.
+  an open LLM proxy. The review console (`/ui`, engine.ui) also accepts the session cookie its
+  login page sets after a person typed the same token.
 - **Tenant**: read from a header (`X-Engine-Tenant` by default); at most 128 characters of
   letters, digits and `._:@-`, else 400.
 - **Bodies**: parsed as JSON at most 64 levels deep, without NaN/Infinity; lone surrogates in
@@ -94,21 +95,54 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class BearerAuth:
-    """Every request needs `Authorization: Bearer <token>`."""
+def session_value(token: str) -> str:
+    """What the review console's session cookie holds once a person logged in with the token: a
+    digest of it, never the token itself."""
+    return hmac.new(token.encode(), b"engine-ui-session", "sha256").hexdigest()
 
-    def __init__(self, app: ASGIApp, token: str):
+
+def _cookie(headers: list[tuple[bytes, bytes]], name: str) -> bytes:
+    for key, value in headers:
+        if key == b"cookie":
+            for part in value.split(b";"):
+                k, _, v = part.strip().partition(b"=")
+                if k == name.encode():
+                    return v
+    return b""
+
+
+class BearerAuth:
+    """Every request needs `Authorization: Bearer <token>`, or (under the review console) the
+    session cookie `cookie` that its login page sets; paths starting with one of `public` (the
+    login page, static assets) are open. A page (GET under `login_prefix`) without either is
+    redirected to `login`."""
+
+    def __init__(self, app: ASGIApp, token: str, *, cookie: str | None = None, public: tuple[str, ...] = (),
+                 login: str | None = None, login_prefix: str = "/ui"):
         self.app = app
+        self.login = login
+        self.login_prefix = login_prefix
         self.token = token.encode()
+        self.cookie = cookie
+        self.session = session_value(token).encode()
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.public and path.startswith(self.public):
             return await self.app(scope, receive, send)
         given = b""
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 given = value[7:].strip()
+        if self.cookie and not given and path.startswith(self.login_prefix) and hmac.compare_digest(_cookie(scope.get("headers", []), self.cookie),
+                                                             self.session):
+            return await self.app(scope, receive, send)
         if not hmac.compare_digest(given, self.token):
+            if self.login and scope.get("method") == "GET" and path.startswith(self.login_prefix):
+                return await _reply(send, 303, "log in first", [(b"location", self.login.encode())])
             return await _reply(send, 401, "missing or wrong bearer token (set by ENGINE_SERVE_TOKEN)",
                                 [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
@@ -158,9 +192,11 @@ def sanitise(value: Any) -> Any:
     return walk(value, 1)
 
 
-def install(app: Any, *, max_body: int = DEFAULT_MAX_BODY, token: str | None = None) -> Any:
-    """Wrap a FastAPI app in the guards; the token check runs first, then the body limit."""
+def install(app: Any, *, max_body: int = DEFAULT_MAX_BODY, token: str | None = None,
+            **auth: Any) -> Any:
+    """Wrap a FastAPI app in the guards; the token check runs first, then the body limit.
+    `auth`: BearerAuth's cookie, public and login (the review console's login)."""
     app.add_middleware(BodyLimit, max_body=max_body)
     if token:
-        app.add_middleware(BearerAuth, token=token)
+        app.add_middleware(BearerAuth, token=token, **auth)
     return app

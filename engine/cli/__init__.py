@@ -19,7 +19,7 @@ from engine.cli.report import report_cmd
 from engine.cli.promotions import promotions_group
 from engine.cli.runs import runs_group
 from engine.cli.cache import cache_group
-from engine.cli.serve import serve_cmd
+from engine.cli.serve import serve_cmd, ui_cmd
 from engine.cli.skills import skills_group
 from engine.cli.quality import feedback_cmd, quality_group
 
@@ -60,6 +60,7 @@ cli.add_command(promotions_group)
 cli.add_command(cache_group)
 cli.add_command(skills_group)
 cli.add_command(serve_cmd)
+cli.add_command(ui_cmd)
 cli.add_command(feedback_cmd)
 cli.add_command(quality_group)
 

@@ -1,4 +1,5 @@
-"""`engine serve WORKFLOW...`: workflows over HTTP (see engine.http)."""
+"""`engine serve WORKFLOW...` (workflows over HTTP, see engine.http) and `engine ui` (the review
+console alone, see engine.ui)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,31 @@ import click
 
 from engine.api import Engine
 from engine.errors import UserError
-from engine.http import create_app
 from engine.http_guard import DEFAULT_MAX_BODY, TENANT_HEADER
+
+_LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(app: object, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port)  # type: ignore[arg-type]
+
+
+def _token(host: str, what: str) -> str | None:
+    token = os.environ.get("ENGINE_SERVE_TOKEN") or None
+    if token is None and host not in _LOCAL:
+        click.echo(f"warning: serving on {host} without ENGINE_SERVE_TOKEN: anyone who reaches the port "
+                   f"can {what}", err=True)
+    return token
+
+
+def _needs_serve_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
 
 
 @click.command("serve")
@@ -20,17 +44,41 @@ from engine.http_guard import DEFAULT_MAX_BODY, TENANT_HEADER
 @click.option("--max-body", default=DEFAULT_MAX_BODY, show_default=True, type=click.IntRange(1),
               help="Largest request body in bytes (413 above).")
 @click.option("--tenant-header", default=TENANT_HEADER, show_default=True, help="The header naming the tenant.")
-def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str) -> None:
+@click.option("--ui", is_flag=True, help="Also serve the review console under /ui.")
+@click.option("--read-only", is_flag=True, help="The console shows everything and changes nothing.")
+def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str, ui: bool,
+              read_only: bool) -> None:
     """Serve WORKFLOWS: POST /workflows/NAME/run with JSON inputs; OpenAPI at /docs. Set
-    ENGINE_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request."""
-    try:
-        import uvicorn
-    except ImportError as e:
-        raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
-    token = os.environ.get("ENGINE_SERVE_TOKEN") or None
-    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host} without ENGINE_SERVE_TOKEN: anyone who reaches the port "
-                   f"can run these workflows (and spend on their models)", err=True)
+    ENGINE_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request (the console
+    asks for the same token once and keeps a session cookie)."""
+    _needs_serve_extra()
+    from engine.http import create_app
+    from engine.promotion.review import open_review_store
+
+    token = _token(host, "run these workflows (and spend on their models)")
     engine = Engine()
-    app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header)
-    uvicorn.run(app, host=host, port=port)
+    store = open_review_store(workflows[0]) if ui else None
+    app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header,
+                     console_store=store, read_only=read_only)
+    if ui:
+        click.echo(f"review console: http://{host}:{port}/ui" + (" (read-only)" if read_only else ""), err=True)
+    _serve(app, host, port)
+
+
+@click.command("ui")
+@click.option("--workflow", "-w", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use this workflow's store (default: the configured store).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing.")
+def ui_cmd(workflow: Path | None, host: str, port: int, read_only: bool) -> None:
+    """The review console alone, under /ui: proposals, the labelling queue, quality and cost.
+    ENGINE_SERVE_TOKEN, when set, is asked for once (as for engine serve)."""
+    _needs_serve_extra()
+    from engine.http import create_app
+    from engine.promotion.review import open_review_store
+
+    token = _token(host, "label answers and accept promotions")
+    app = create_app(Engine(), [], token=token, console_store=open_review_store(workflow), read_only=read_only)
+    click.echo(f"review console: http://{host}:{port}/ui" + (" (read-only)" if read_only else ""), err=True)
+    _serve(app, host, port)

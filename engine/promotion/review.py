@@ -59,8 +59,8 @@ def propose(store: Any, workflow: str | Path | None = None, *, step: str | None 
 
 
 def list_promotions(store: Any, *, workflow: str | None = None, status: str | None = None,
-                    all_: bool = False) -> list[Promotion]:
-    found = records.find(store, workflow=workflow, status=status)
+                    all_: bool = False, step: str | None = None, kind: str | None = None) -> list[Promotion]:
+    found = records.find(store, workflow=workflow, status=status, step_id=step, kind=kind)
     if status is None and not all_:
         found = [p for p in found if p.status not in ("superseded",)]
     return found
@@ -195,6 +195,12 @@ class StatusRow:
     spot: dict[str, int]
     shadow: dict[str, int]
     demoted_reason: str | None
+    executions: int = 0
+    """Successful executions of the step (whatever served them): `serves / executions` is the share."""
+
+    @property
+    def share(self) -> float:
+        return self.serves / self.executions if self.executions else 0.0
 
 
 def status(store: Any, *, workflow: str | None = None) -> list[StatusRow]:
@@ -209,6 +215,7 @@ def status(store: Any, *, workflow: str | None = None) -> list[StatusRow]:
                              [p.workflow, p.step_id, p.kind, p.id + " %"])[0]["n"]
         rows.append(StatusRow(p, int(served), stats.get("spot", {"checks": 0, "agree": 0}),
                               stats.get("shadow", {"checks": 0, "agree": 0}),
-                              p.reason if p.status in ("demoted", "stale") else None))
+                              p.reason if p.status in ("demoted", "stale") else None,
+                              sum(records.serve_counts(store, p.workflow, p.step_id).values())))
     return rows
 
