@@ -43,6 +43,8 @@ class Example:
     """system, user (the step's real messages)."""
     output: Any
     label: str
+    schema: dict[str, Any] | None = None
+    """The step's JSON Schema for this call (rendered, when templated)."""
 
     @property
     def completion(self) -> str:
@@ -101,12 +103,13 @@ def training_examples(wf: Workflow, store: Any, step_id: str) -> tuple[list[Exam
     examples: list[Example] = []
     trust: dict[str, int] = {}
     for pair in pairs:
-        messages = prepare_call(ctx, spec, pair.values).messages
+        call = prepare_call(ctx, spec, pair.values)
+        messages = call.messages
         key = canonical_json([messages, pair.output])
         if key in seen:
             continue
         seen.add(key)
-        examples.append(Example(messages=messages, output=pair.output, label=label_of(pair.output)))
+        examples.append(Example(messages=messages, output=pair.output, label=label_of(pair.output), schema=call.schema))
         for level, n in pair.evidence.items():
             trust[level] = trust.get(level, 0) + n
     return examples, len(pairs) - len(examples), trust

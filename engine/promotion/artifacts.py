@@ -5,6 +5,7 @@
         <step>.lookup.v<N>.json       a lookup table: one {"input": ..., "output": ...} row per line
         <step>.script.v<N>.py         a generated script: `solve(inputs) -> output | None`
         <step>.classifier.v<N>.json   a distilled classifier: labels, coefficients, threshold (plain JSON)
+        <step>.lora.v<N>.gguf         a LoRA adapter for the step's local tier (`engine distill`)
 
 The manifest links artifacts to steps: at run time a step is served by the artifacts listed for it
 (lookup, then classifier, then script) while their recorded hashes match the step's current prompt and schema.
@@ -25,9 +26,10 @@ from engine.promotion.mining import input_key
 from engine.promotion.sandbox import check_script
 
 MANIFEST = "manifest.yaml"
-KIND_ORDER = {"lookup": 0, "classifier": 1, "script": 2}
-"""The order a step's artifacts answer in: exact rows, then the calibrated classifier, then scripts."""
-SUFFIX = {"lookup": "json", "classifier": "json", "script": "py"}
+KIND_ORDER = {"lookup": 0, "classifier": 1, "script": 2, "lora": 3}
+"""The order a step's artifacts answer in: exact rows, then the calibrated classifier, then scripts
+(a `lora` adapter answers nothing itself: the step's local tier loads it)."""
+SUFFIX = {"lookup": "json", "classifier": "json", "script": "py", "lora": "gguf"}
 _HEADER = ("# Materialized promotions: written by `engine promotions accept`, read at run time.\n"
            "# Each entry serves one llm step while its prompt_hash/schema_hash match the step's.\n")
 
@@ -114,6 +116,8 @@ class Artifact:
     """Why the sandbox's static check refuses this script (never served then)."""
     model: Any = None
     """A classifier's `ClassifierModel` (parsed from plain JSON; nothing executable)."""
+    tier: str | None = None
+    """A LoRA adapter's tier (its llamacpp model loads the adapter)."""
 
 
 _cache: dict[tuple[Path, int], list[Artifact]] = {}
@@ -137,11 +141,14 @@ def load_artifacts(directory: Path) -> list[Artifact]:
             file = directory / entry["file"]
             art = Artifact(id=entry["id"], kind=entry["kind"], step_id=step_id, version=int(entry["version"]),
                            prompt_hash=entry["prompt_hash"], schema_hash=entry["schema_hash"], path=file,
-                           normalize=list(entry.get("normalize") or []))
+                           normalize=list(entry.get("normalize") or []), tier=entry.get("tier"))
             if art.kind == "lookup":
                 data = json.loads(file.read_text(encoding="utf-8"))
                 art.normalize = list(data.get("normalize") or art.normalize)
                 art.table = {input_key(r["input"], art.normalize): r["output"] for r in data["rows"]}
+            elif art.kind == "lora":
+                if not file.is_file():
+                    art.refused = (f"{file.name}: missing",)
             elif art.kind == "classifier":
                 from engine.promotion.classifier import ClassifierFormatError, ClassifierModel
 
@@ -181,25 +188,33 @@ def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: s
     version = int(previous["version"]) + 1 if previous else 1
     suffix = SUFFIX[kind]
     path = directory / f"{step_id}.{kind}.v{version}.{suffix}"
-    prev_text = (directory / previous["file"]).read_text(encoding="utf-8") if previous else ""
+    if kind == "lora":  # the adapter was written by `engine distill`, under its own version
+        path = directory / str((model or {}).get("file", path.name))
+        version = int((model or {}).get("version", version))
+    prev_text = (directory / previous["file"]).read_text(encoding="utf-8") if previous and kind != "lora" else ""
     if kind == "lookup":
         same_hashes = previous is not None and (previous["prompt_hash"], previous["schema_hash"]) == hashes
         carried = lookup_rows(directory, step_id) if merge_previous and same_hashes else []
         merged = {input_key(r["input"], normalize): r for r in carried}
         merged.update({input_key(r["input"], normalize): r for r in rows or []})
         text = table_text(workflow, step_id, version, hashes, normalize, list(merged.values()))
+    elif kind == "lora":
+        text = ""
     elif kind == "classifier":
         text = classifier_text(workflow, step_id, version, hashes, model or {})
     else:
         text = script_text(promotion_id, step_id, version, code or "", verification or {})
     entry = {"id": promotion_id, "kind": kind, "version": version, "file": path.name,
              "prompt_hash": hashes[0], "schema_hash": hashes[1], "normalize": normalize}
+    if kind == "lora":
+        entry["tier"] = str((model or {}).get("tier", "local"))
     entries = [e for e in entries if e["kind"] != kind] + [entry]
     entries.sort(key=lambda e: KIND_ORDER.get(e["kind"], 9))
     new_manifest = {"workflow": workflow, "steps": {**manifest["steps"], step_id: entries}}
     old_manifest_text = (directory / MANIFEST).read_text(encoding="utf-8") if (directory / MANIFEST).is_file() else ""
-    changes = [FileChange(directory / MANIFEST, old_manifest_text, manifest_text(new_manifest)),
-               FileChange(path, prev_text, text)]
+    changes = [FileChange(directory / MANIFEST, old_manifest_text, manifest_text(new_manifest))]
+    if kind != "lora":
+        changes.append(FileChange(path, prev_text, text))
     return version, path, changes
 
 

@@ -97,7 +97,8 @@ def _plan(store: Any, p: Promotion, wf: Workflow) -> tuple[int, Path, list[FileC
         hashes=(p.prompt_hash, p.schema_hash), normalize=list(p.payload.get("normalize") or
                                                               _step_spec(wf, p.step_id).promote.normalize),
         rows=[{"input": r["input"], "output": r["output"]} for r in p.payload.get("rows", [])],
-        code=p.payload.get("code"), verification=p.verification, model=p.payload.get("model"),
+        code=p.payload.get("code"), verification=p.verification,
+        model=p.payload if p.kind == "lora" else p.payload.get("model"),
         merge_previous=any((x.prompt_hash, x.schema_hash) == (p.prompt_hash, p.schema_hash) for x in live))
 
 

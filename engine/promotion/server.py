@@ -112,6 +112,9 @@ class PromotionServer:
                 continue
             if status == "stale" or art.refused:
                 continue
+            if art.kind == "lora":  # an accepted adapter: the step's local-tier calls load it
+                call.adapters[art.tier or "local"] = art.path
+                continue
             result = answer(art.kind, art.table, art.code, art.normalize, call, art.model)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
