@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,8 +59,10 @@ def load_base(gguf_path: Path) -> tuple[Any, Any]:
     torch, _, auto_model, auto_tokenizer = _imports()
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = auto_tokenizer.from_pretrained(folder, gguf_file=name)
-        model = auto_model.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with warnings.catch_warnings():  # GGUF loading warns about tokenizer/config conversions
+            warnings.simplefilter("ignore")
+            tokenizer = auto_tokenizer.from_pretrained(folder, gguf_file=name)
+            model = auto_model.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"transformers cannot load {gguf_path} as a model: {e}") from None
     if getattr(model.config, "model_type", "") != "llama":
@@ -86,9 +89,12 @@ def train_lora(model: Any, tokenizer: Any, examples: Sequence[tuple[list[dict[st
     encoded = [e for e in (encode(tokenizer, m, c, settings.max_len) for m, c in examples) if e is not None]
     if not encoded:
         raise ConfigError(f"no example fits max_len {settings.max_len} tokens")
-    peft_model = get_peft_model(model, lora_config(r=settings.rank, lora_alpha=settings.alpha,
-                                                   target_modules=list(settings.targets), lora_dropout=0.0,
-                                                   bias="none", task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():  # peft calls transformers APIs it deprecates (FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        peft_model = get_peft_model(model, lora_config(r=settings.rank, lora_alpha=settings.alpha,
+                                                       target_modules=list(settings.targets), lora_dropout=0.0,
+                                                       bias="none", task_type="CAUSAL_LM"))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -123,3 +123,43 @@ def test_an_accepted_adapter_is_loaded_by_the_local_tier_only_after_review(proje
         assert local.requests[-1].options["lora_path"] == str(adapter)
     finally:
         register_provider("llamacpp", previous)
+
+
+class CharTokenizer:
+    """A chat tokenizer over characters, enough for `train_lora` (the real one comes from the GGUF)."""
+
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + ord(c) % 95 for c in text]}
+
+
+def test_train_lora_on_a_tiny_llama_and_map_every_tensor():
+    """peft on a tiny random Llama (a few steps): the loss on the answer tokens falls, and every adapter tensor
+    peft produces maps to a llama.cpp name (q and v projections by default)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.distill.lora import LoraSettings, encode, train_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(config)
+    tok = CharTokenizer()
+    examples = [([{"role": "system", "content": "label"}, {"role": "user", "content": f"item {i}"}],
+                 '{"label": "a"}' if i % 2 else '{"label": "b"}') for i in range(8)]
+    ids, labels = encode(tok, *examples[0], max_len=256)
+    answer = labels[labels.index(next(x for x in labels if x != -100)):]
+    assert answer == tok('{"label": "b"}')["input_ids"] and labels[0] == -100  # the prompt is masked
+    assert encode(tok, *examples[0], max_len=5) is None
+    trained = train_lora(model, tok, examples, LoraSettings(steps=6, rank=4, alpha=8, lr=5e-2, batch=4),
+                         progress=False)
+    assert len(trained.losses) == 6 and trained.losses[-1] < trained.losses[0] - 0.1
+    tensors = gguf_tensors(trained.state, trained.n_head, trained.n_head_kv)
+    assert set(tensors) == {f"blk.{i}.{m}.weight.lora_{p}" for i in range(2) for m in ("attn_q", "attn_v")
+                            for p in "ab"}
+    assert tensors["blk.0.attn_v.weight.lora_b"].shape == (16, 4)  # (out = kv heads x head dim, rank)
