@@ -40,6 +40,10 @@ def _summary(p: Promotion) -> str:
     if p.kind == "lookup":
         return (f"{len(p.payload.get('rows', []))} rows, min agreement {v.get('min_agreement', 0):.0%}; "
                 + _trust(v))
+    if p.kind == "lora":
+        b, a = v.get("before") or {}, v.get("after") or {}
+        return (f"LoRA for tier {v.get('tier')} ({v.get('base')}): validation {b.get('agree', 0)}/{b.get('pairs', 0)} "
+                f"-> {a.get('agree', 0)}/{a.get('pairs', 0)} with the adapter; {v.get('train_pairs', 0)} trusted pairs")
     if p.kind == "classifier":
         held = v.get("held_out") or {}
         if not v.get("passed"):
@@ -173,6 +177,12 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
             out_console.print(f"[dim]… {extra} more rows[/dim]")
     elif p.kind == "classifier":
         _render_classifier(p, rows)
+    elif p.kind == "lora":
+        v = p.verification
+        losses = v.get("losses") or [0.0]
+        out_console.print(f"adapter {p.payload.get('file')} ({p.payload.get('bytes', 0) / 1e6:.1f} MB), settings "
+                          f"{_short(p.payload.get('settings'), 120)}; loss {losses[0]:.3f} -> {losses[-1]:.3f} over "
+                          f"{len(losses)} steps; GGUF load {v.get('load_s')} s, training {v.get('train_s')} s")
     else:
         writer = p.payload.get("writer", {})
         out_console.print(f"written by {writer.get('model')} ({writer.get('tokens_in', 0)}/"

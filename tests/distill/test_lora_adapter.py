@@ -111,9 +111,17 @@ def test_an_accepted_adapter_is_loaded_by_the_local_tier_only_after_review(proje
         p = records.insert(store, Promotion(
             id="lo-test0001", workflow="lora", workflow_path=str(path), step_id="classify", kind="lora",
             status="proposed", prompt_hash=hashes[0], schema_hash=hashes[1], fingerprint="x",
-            payload={"file": adapter.name, "version": 1, "tier": "local"}, verification={"passed": True}))
+            payload={"file": adapter.name, "version": 1, "tier": "local", "bytes": adapter.stat().st_size},
+            verification={"passed": True, "tier": "local", "base": "llamacpp:smollm2", "losses": [2.0, 1.5],
+                          "before": {"agree": 1, "pairs": 4}, "after": {"agree": 3, "pairs": 4}}))
         run_workflow(path, {"text": "x"})
         assert "lora_path" not in local.requests[-1].options  # proposed: not served
+        from click.testing import CliRunner
+
+        from engine.cli import cli
+
+        shown = CliRunner().invoke(cli, ["promotions", "show", p.id])
+        assert shown.exit_code == 0 and "classify.lora.v1.gguf" in shown.output and "kind: lora" in shown.output
         detail = review.accept(store, p.id)
         assert detail.promotion.status == "accepted" and detail.promotion.version == 1
         manifest = (directory / "manifest.yaml").read_text()
