@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--zipf", type=float, default=1.1)
+    ap.add_argument("--intents", type=int, default=0, help="use only the first N intents (0: all 77)")
     ap.add_argument("--train-limit", type=int, default=0, help="use only this many train queries (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="use only this many test queries (0: all)")
     ap.add_argument("--parts", default="new,replay")
@@ -184,6 +185,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     train = read(args.data / "train.csv")
     test = read(args.data / "test.csv")
+    if args.intents:
+        keep = set(sorted({c for _, c in train})[:args.intents])
+        train = [r for r in train if r[1] in keep]
+        test = [r for r in test if r[1] in keep]
     if args.train_limit:
         train = random.Random(args.seed).sample(train, args.train_limit)
     if args.test_limit:
