@@ -90,6 +90,10 @@ def test_promoted_lookup_benchmark_runs(tmp_path):
 def test_static_embedder_benchmark_runs(tmp_path):
     """The comparison runs end to end (on a tiny random-vector static model over MiniLM's tokenizer)."""
     import numpy as np
+
+
+def test_distill_classifier_benchmark_runs(tmp_path):
+    """A small BANKING77 slice: the classifier row serves new phrasings that the lookups-only row cannot."""
     import pytest
 
     data = ROOT.parent / "shared" / "data" / "banking77"
@@ -111,3 +115,18 @@ def test_static_embedder_benchmark_runs(tmp_path):
     report = json.loads(out.read_text())
     assert [r["dims"] for r in report["rows"]] == [384, 16]
     assert all(0 <= r["tuned"]["hit_rate"] <= 1 for r in report["rows"]) and "verdict" in report
+
+
+    out = tmp_path / "distill.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/distill_classifier.py"), "--intents", "10",
+                           "--train-limit", "400", "--test-limit", "40", "--requests", "80", "--rounds", "2",
+                           "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    lookups, both = rows["lookups only"], rows["lookups + classifier"]
+    assert "classifier" not in lookups["new"]["served_by"] and lookups["new"]["cost_ratio"] > 0.9
+    assert both["classifier"]["pairs"] == 400 and both["new"]["served_by"].get("classifier", 0) > 0
+    assert both["new"]["zero_token_share"] > lookups["new"]["zero_token_share"]
+    assert both["new"]["cost_ratio"] < lookups["new"]["cost_ratio"]

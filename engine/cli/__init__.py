@@ -22,6 +22,7 @@ from engine.cli.cache import cache_group
 from engine.cli.serve import serve_cmd, ui_cmd
 from engine.cli.skills import skills_group
 from engine.cli.quality import feedback_cmd, quality_group
+from engine.cli.training import distill_cmd, export_cmd
 
 
 class EngineGroup(click.Group):
@@ -63,6 +64,8 @@ cli.add_command(serve_cmd)
 cli.add_command(ui_cmd)
 cli.add_command(feedback_cmd)
 cli.add_command(quality_group)
+cli.add_command(export_cmd)
+cli.add_command(distill_cmd)
 
 
 def main() -> None:

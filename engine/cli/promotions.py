@@ -40,6 +40,17 @@ def _summary(p: Promotion) -> str:
     if p.kind == "lookup":
         return (f"{len(p.payload.get('rows', []))} rows, min agreement {v.get('min_agreement', 0):.0%}; "
                 + _trust(v))
+    if p.kind == "lora":
+        b, a = v.get("before") or {}, v.get("after") or {}
+        return (f"LoRA for tier {v.get('tier')} ({v.get('base')}): validation {b.get('agree', 0)}/{b.get('pairs', 0)} "
+                f"-> {a.get('agree', 0)}/{a.get('pairs', 0)} with the adapter; {v.get('train_pairs', 0)} trusted pairs")
+    if p.kind == "classifier":
+        held = v.get("held_out") or {}
+        if not v.get("passed"):
+            return f"{v.get('pairs', 0)} pairs, {v.get('labels', 0)} labels; not calibrated; " + _trust(v)
+        return (f"held-out precision {held.get('precision', 0):.1%}, coverage {held.get('coverage', 0):.1%} "
+                f"(p >= {v.get('threshold', 0):.3f}); {v.get('pairs', 0)} pairs, {v.get('labels', 0)} labels; "
+                + _trust(v))
     return (f"agreement {v.get('agreement', 0):.1%}, coverage {v.get('coverage', 0):.1%}, "
             f"{v.get('failures', 0)} failures; " + _trust(v))
 
@@ -86,16 +97,20 @@ def promotions_group() -> None:
 @click.option("--step", help="Only this llm step.")
 @click.option("--scripts/--no-scripts", default=True, help="Ask the strong tier to write scripts.")
 @click.option("--script-tier", help="The tier that writes scripts (default: promote.script_tier, else premium).")
-def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_tier: str | None) -> None:
+@click.option("--classifiers/--no-classifiers", default=True,
+              help="Train classifiers for steps with closed outputs (promote.classifier).")
+def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_tier: str | None,
+                classifiers: bool) -> None:
     """Mine the log of WORKFLOW (default: every logged workflow) and record proposals."""
     store = review.open_review_store(workflow)
     if scripts:
         _sandbox_note()
-    for name, report in review.propose(store, workflow, step=step, scripts=scripts, script_tier=script_tier):
+    for name, report in review.propose(store, workflow, step=step, scripts=scripts, script_tier=script_tier,
+                                       classifiers=classifiers):
         if report.proposed:
             out_console.print(_table(report.proposed, f"{name}: proposed"))
         if report.unverified:
-            out_console.print(_table(report.unverified, f"{name}: scripts that failed verification (not proposed)"))
+            out_console.print(_table(report.unverified, f"{name}: failed verification (not proposed)"))
             for p in report.unverified:
                 out_console.print(f"  {p.id}: {p.reason}")
         for note in report.notes:
@@ -160,6 +175,14 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
         extra = len(p.payload.get("rows", [])) - rows
         if extra > 0:
             out_console.print(f"[dim]… {extra} more rows[/dim]")
+    elif p.kind == "classifier":
+        _render_classifier(p, rows)
+    elif p.kind == "lora":
+        v = p.verification
+        losses = v.get("losses") or [0.0]
+        out_console.print(f"adapter {p.payload.get('file')} ({p.payload.get('bytes', 0) / 1e6:.1f} MB), settings "
+                          f"{_short(p.payload.get('settings'), 120)}; loss {losses[0]:.3f} -> {losses[-1]:.3f} over "
+                          f"{len(losses)} steps; GGUF load {v.get('load_s')} s, training {v.get('train_s')} s")
     else:
         writer = p.payload.get("writer", {})
         out_console.print(f"written by {writer.get('model')} ({writer.get('tokens_in', 0)}/"
@@ -188,6 +211,46 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
         _render_changes(detail)
     if detail.events:
         out_console.print("history: " + " → ".join(f"{e['event']} ({e['created_at'][:19]})" for e in detail.events))
+
+
+def _render_classifier(p: Promotion, rows: int) -> None:
+    v = p.verification
+    model = p.payload.get("model") or {}
+    out_console.print(f"embedder {v.get('embedder')}, logistic regression C={v.get('C')}, trained on "
+                      f"{v.get('pairs', 0)} trusted pairs ({v.get('labels', 0)} labels); target precision "
+                      f"{v.get('target_precision', 0):.1%}; threshold "
+                      f"{model.get('threshold', v.get('threshold', 0)):.4f} (calibrated on "
+                      f"{v.get('calibration_pairs', 0)} held-out pairs)")
+    if p.payload.get("retrain_of"):
+        out_console.print(f"a new version of {p.payload['retrain_of']} (retrained on new trusted evidence)")
+    report = Table(title="held-out trusted pairs (not used to fit or calibrate)", title_justify="left",
+                   show_edge=False)
+    for col in ("set", "pairs", "served", "correct", "precision", "coverage", "accuracy, never abstaining"):
+        report.add_column(col, justify="left" if col == "set" else "right")
+    for name, s in (("report", v.get("held_out") or {}), ("calibration", v.get("calibration") or {})):
+        if s:
+            report.add_row(name, str(s.get("pairs", 0)), str(s.get("served", 0)), str(s.get("correct", 0)),
+                           f"{s.get('precision', 0):.1%}", f"{s.get('coverage', 0):.1%}",
+                           f"{s.get('accuracy_without_abstaining', 0):.1%}")
+    out_console.print(report)
+    held = v.get("held_out") or {}
+    per_label = held.get("per_label") or {}
+    if per_label:
+        table = Table(title="confusion summary (held-out, per expected answer)", title_justify="left",
+                      show_edge=False, pad_edge=False)
+        for col in ("answer", "support", "served", "correct", "served as it"):
+            table.add_column(col, justify="left" if col == "answer" else "right")
+        ranked = sorted(per_label.items(), key=lambda kv: (kv[1]["correct"] - kv[1]["served"], -kv[1]["support"]))
+        for label, r in ranked[:rows]:
+            table.add_row(_short(label, 50), str(r["support"]), str(r["served"]), str(r["correct"]),
+                          str(r["predicted_as"]))
+        out_console.print(table)
+        if len(ranked) > rows:
+            out_console.print(f"[dim]… {len(ranked) - rows} more answers[/dim]")
+    for c in held.get("confusions", [])[:5]:
+        out_console.print(f"  [red]confused[/red] {_short(c['expected'], 40)} served as {_short(c['got'], 40)}: {c['n']}")
+    if p.reason and not v.get("passed"):
+        out_console.print(f"[yellow]{p.reason}[/yellow]")
 
 
 @promotions_group.command("accept")

@@ -4,9 +4,11 @@
         manifest.yaml                 which artifact serves which step, under which prompt/schema hash
         <step>.lookup.v<N>.json       a lookup table: one {"input": ..., "output": ...} row per line
         <step>.script.v<N>.py         a generated script: `solve(inputs) -> output | None`
+        <step>.classifier.v<N>.json   a distilled classifier: labels, coefficients, threshold (plain JSON)
+        <step>.lora.v<N>.gguf         a LoRA adapter for the step's local tier (`engine distill`)
 
 The manifest links artifacts to steps: at run time a step is served by the artifacts listed for it
-(lookup first, then script) while their recorded hashes match the step's current prompt and schema.
+(lookup, then classifier, then script) while their recorded hashes match the step's current prompt and schema.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from engine.promotion.mining import input_key
 from engine.promotion.sandbox import check_script
 
 MANIFEST = "manifest.yaml"
+KIND_ORDER = {"lookup": 0, "classifier": 1, "script": 2, "lora": 3}
+"""The order a step's artifacts answer in: exact rows, then the calibrated classifier, then scripts
+(a `lora` adapter answers nothing itself: the step's local tier loads it)."""
+SUFFIX = {"lookup": "json", "classifier": "json", "script": "py", "lora": "gguf"}
 _HEADER = ("# Materialized promotions: written by `engine promotions accept`, read at run time.\n"
            "# Each entry serves one llm step while its prompt_hash/schema_hash match the step's.\n")
 
@@ -68,6 +74,17 @@ def script_text(promotion_id: str, step_id: str, version: int, code: str, verifi
             + code.strip() + "\n")
 
 
+def classifier_text(workflow: str, step_id: str, version: int, hashes: tuple[str, str],
+                    model: dict[str, Any]) -> str:
+    """A classifier file: plain JSON, one coefficient row per line (labels first, readable)."""
+    head = {"workflow": workflow, "step": step_id, "version": version, "prompt_hash": hashes[0],
+            "schema_hash": hashes[1], **{k: v for k, v in model.items() if k not in ("coef", "intercept")}}
+    meta = json.dumps(head, ensure_ascii=False)[1:-1]
+    rows = ",\n  ".join(json.dumps(r) for r in model.get("coef", []))
+    return ("{" + meta + ',\n "intercept": ' + json.dumps(model.get("intercept", [])) +
+            ',\n "coef": [\n  ' + rows + "\n ]}\n")
+
+
 @dataclass
 class FileChange:
     path: Path
@@ -97,6 +114,10 @@ class Artifact:
     code: str = ""
     refused: tuple[str, ...] = ()
     """Why the sandbox's static check refuses this script (never served then)."""
+    model: Any = None
+    """A classifier's `ClassifierModel` (parsed from plain JSON; nothing executable)."""
+    tier: str | None = None
+    """A LoRA adapter's tier (its llamacpp model loads the adapter)."""
 
 
 _cache: dict[tuple[Path, int], list[Artifact]] = {}
@@ -120,16 +141,26 @@ def load_artifacts(directory: Path) -> list[Artifact]:
             file = directory / entry["file"]
             art = Artifact(id=entry["id"], kind=entry["kind"], step_id=step_id, version=int(entry["version"]),
                            prompt_hash=entry["prompt_hash"], schema_hash=entry["schema_hash"], path=file,
-                           normalize=list(entry.get("normalize") or []))
+                           normalize=list(entry.get("normalize") or []), tier=entry.get("tier"))
             if art.kind == "lookup":
                 data = json.loads(file.read_text(encoding="utf-8"))
                 art.normalize = list(data.get("normalize") or art.normalize)
                 art.table = {input_key(r["input"], art.normalize): r["output"] for r in data["rows"]}
+            elif art.kind == "lora":
+                if not file.is_file():
+                    art.refused = (f"{file.name}: missing",)
+            elif art.kind == "classifier":
+                from engine.promotion.classifier import ClassifierFormatError, ClassifierModel
+
+                try:
+                    art.model = ClassifierModel.from_dict(json.loads(file.read_text(encoding="utf-8")))
+                except (ClassifierFormatError, ValueError) as e:
+                    art.refused = (f"{file.name}: {e}",)  # never served
             else:
                 art.code = file.read_text(encoding="utf-8")
                 art.refused = check_script(art.code)  # checked again on load: the file may have been edited
             out.append(art)
-    out.sort(key=lambda a: (a.step_id, 0 if a.kind == "lookup" else 1))
+    out.sort(key=lambda a: (a.step_id, KIND_ORDER.get(a.kind, 9)))
     with _cache_lock:
         _cache[(path, mtime)] = out
     return out
@@ -146,7 +177,7 @@ def lookup_rows(directory: Path, step_id: str) -> list[dict[str, Any]]:
 def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: str, kind: str,
                 hashes: tuple[str, str], normalize: list[str], rows: list[dict[str, Any]] | None = None,
                 code: str | None = None, verification: dict[str, Any] | None = None,
-                merge_previous: bool = True) -> tuple[int, Path, list[FileChange]]:
+                merge_previous: bool = True, model: dict[str, Any] | None = None) -> tuple[int, Path, list[FileChange]]:
     """What accepting writes: (version, artifact path, file changes). Nothing is written yet.
     A lookup's new version merges the step's current table with the new rows when that table is
     live under the same prompt/schema hashes (`merge_previous`); a stale or demoted one is not
@@ -155,25 +186,35 @@ def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: s
     entries = list(manifest["steps"].get(step_id) or [])
     previous = next((e for e in entries if e["kind"] == kind), None)
     version = int(previous["version"]) + 1 if previous else 1
-    suffix = "json" if kind == "lookup" else "py"
+    suffix = SUFFIX[kind]
     path = directory / f"{step_id}.{kind}.v{version}.{suffix}"
-    prev_text = (directory / previous["file"]).read_text(encoding="utf-8") if previous else ""
+    if kind == "lora":  # the adapter was written by `engine distill`, under its own version
+        path = directory / str((model or {}).get("file", path.name))
+        version = int((model or {}).get("version", version))
+    prev_text = (directory / previous["file"]).read_text(encoding="utf-8") if previous and kind != "lora" else ""
     if kind == "lookup":
         same_hashes = previous is not None and (previous["prompt_hash"], previous["schema_hash"]) == hashes
         carried = lookup_rows(directory, step_id) if merge_previous and same_hashes else []
         merged = {input_key(r["input"], normalize): r for r in carried}
         merged.update({input_key(r["input"], normalize): r for r in rows or []})
         text = table_text(workflow, step_id, version, hashes, normalize, list(merged.values()))
+    elif kind == "lora":
+        text = ""
+    elif kind == "classifier":
+        text = classifier_text(workflow, step_id, version, hashes, model or {})
     else:
         text = script_text(promotion_id, step_id, version, code or "", verification or {})
     entry = {"id": promotion_id, "kind": kind, "version": version, "file": path.name,
              "prompt_hash": hashes[0], "schema_hash": hashes[1], "normalize": normalize}
+    if kind == "lora":
+        entry["tier"] = str((model or {}).get("tier", "local"))
     entries = [e for e in entries if e["kind"] != kind] + [entry]
-    entries.sort(key=lambda e: 0 if e["kind"] == "lookup" else 1)
+    entries.sort(key=lambda e: KIND_ORDER.get(e["kind"], 9))
     new_manifest = {"workflow": workflow, "steps": {**manifest["steps"], step_id: entries}}
     old_manifest_text = (directory / MANIFEST).read_text(encoding="utf-8") if (directory / MANIFEST).is_file() else ""
-    changes = [FileChange(directory / MANIFEST, old_manifest_text, manifest_text(new_manifest)),
-               FileChange(path, prev_text, text)]
+    changes = [FileChange(directory / MANIFEST, old_manifest_text, manifest_text(new_manifest))]
+    if kind != "lora":
+        changes.append(FileChange(path, prev_text, text))
     return version, path, changes
 
 

@@ -3,6 +3,7 @@
 `propose_promotions(workflow, store, step=...)` mines every llm step (or one) and records:
 - a **lookup** proposal: the candidate groups not yet in the step's accepted table, one row each
   with its evidence; not made again when a proposal with the same rows was rejected;
+- a **classifier** proposal (closed outputs only; `engine.promotion.classifier_proposal`);
 - a **script** proposal: the strong tier (`promote.script_tier`, else `premium`) is shown k logged
   examples and writes `solve(inputs)`; the script is verified in the sandbox on every logged pair;
   below the agreement threshold it is kept as `unverified` (report kept), not proposed.
@@ -60,7 +61,7 @@ def llm_steps(wf: Workflow, step: str | None) -> list[tuple[str, LLMSpec]]:
 
 
 def propose_promotions(wf: Workflow, store: Any, *, step: str | None = None, scripts: bool = True,
-                       script_tier: str | None = None) -> ProposeReport:
+                       script_tier: str | None = None, classifiers: bool = True) -> ProposeReport:
     report = ProposeReport()
     for step_id, spec in llm_steps(wf, step):
         if not spec.promote.enabled:
@@ -80,6 +81,12 @@ def propose_promotions(wf: Workflow, store: Any, *, step: str | None = None, scr
         made = propose_lookup(wf, step_id, spec, log, store, report)
         if made is not None:
             report.proposed.append(made)
+        if classifiers:
+            from engine.promotion.classifier_proposal import propose_classifier
+
+            trained = propose_classifier(wf, step_id, spec, store, report.notes)
+            if trained is not None:
+                (report.proposed if trained.status == "proposed" else report.unverified).append(trained)
         if scripts:
             propose_script(wf, step_id, spec, log, store, report, tier=script_tier)
     return report

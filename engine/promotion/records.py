@@ -34,7 +34,7 @@ class Promotion:
     workflow_path: str | None
     step_id: str
     kind: str
-    """lookup | script"""
+    """lookup | classifier | script | lora"""
     status: str
     prompt_hash: str
     schema_hash: str

@@ -42,7 +42,8 @@ def open_review_store(workflow: str | Path | None = None) -> Any:
 
 
 def propose(store: Any, workflow: str | Path | None = None, *, step: str | None = None,
-            scripts: bool = True, script_tier: str | None = None) -> list[tuple[str, ProposeReport]]:
+            scripts: bool = True, script_tier: str | None = None,
+            classifiers: bool = True) -> list[tuple[str, ProposeReport]]:
     """Propose for one workflow, or for every workflow the store has runs of (by their paths)."""
     if workflow is not None:
         paths = [Path(workflow)]
@@ -54,7 +55,8 @@ def propose(store: Any, workflow: str | Path | None = None, *, step: str | None 
     out = []
     for path in paths:
         wf = load_workflow(path)
-        out.append((wf.name, propose_promotions(wf, store, step=step, scripts=scripts, script_tier=script_tier)))
+        out.append((wf.name, propose_promotions(wf, store, step=step, scripts=scripts, script_tier=script_tier,
+                                                classifiers=classifiers)))
     return out
 
 
@@ -96,6 +98,7 @@ def _plan(store: Any, p: Promotion, wf: Workflow) -> tuple[int, Path, list[FileC
                                                               _step_spec(wf, p.step_id).promote.normalize),
         rows=[{"input": r["input"], "output": r["output"]} for r in p.payload.get("rows", [])],
         code=p.payload.get("code"), verification=p.verification,
+        model=p.payload if p.kind == "lora" else p.payload.get("model"),
         merge_previous=any((x.prompt_hash, x.schema_hash) == (p.prompt_hash, p.schema_hash) for x in live))
 
 
@@ -171,8 +174,14 @@ def reverify(store: Any, promotion_id: str) -> dict[str, Any]:
     log = mine_step(store, wf.name, p.step_id, spec)
     groups = [g for g in log.groups.values() if g.answerable]  # trusted answers only (promote.evidence)
     normalize = art.normalize
-    answerer = (table_answerer(art.table, lambda v: input_key(v, normalize)) if art.kind == "lookup"
-                else script_answerer(art.code))
+    if art.kind == "classifier":
+        from engine.promotion.classifier_serving import classify
+
+        model = art.model
+        answerer = lambda inputs: [classify(model, v) for v in inputs]  # noqa: E731
+    else:
+        answerer = (table_answerer(art.table, lambda v: input_key(v, normalize)) if art.kind == "lookup"
+                    else script_answerer(art.code))
     report = verify(answerer, groups, spec, spec.promote.min_agreement)
     report.pop("agreeing_keys", None)
     if report["passed"]:

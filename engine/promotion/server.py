@@ -1,9 +1,10 @@
 """The promotion `Server`: accepted artifacts answer an llm step before its tiers, at zero tokens.
 
 serve:
-- for each artifact the manifest lists for the step (lookup, then script), unless it is demoted
-  or stale: a lookup hit, or a script answer that passes the step's schema, is served with
-  `served_by = "lookup" | "script"` and no tokens; a miss or an abstaining/failing script falls
+- for each artifact the manifest lists for the step (lookup, then classifier, then script), unless
+  it is demoted or stale: a lookup hit, a classifier answer above its calibrated threshold, or a
+  script answer that passes the step's schema, is served with `served_by = "lookup" | "classifier"
+  | "script"` and no tokens; a miss, an abstaining classifier or an abstaining/failing script falls
   through (the tiers answer and the call is logged, so the next mining round can extend the table);
 - an artifact recorded under another prompt/schema hash than the step's is marked `stale`;
 - a `promote.spot_check` share of hits is checked against trusted evidence, never against the
@@ -29,6 +30,7 @@ from engine.errors import EngineError
 from engine.hashing import canonical_json
 from engine.promotion import records
 from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
+from engine.promotion.classifier_serving import shadow_model
 from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult
 from engine.promotion.sandbox.worker import serve_one
@@ -71,10 +73,15 @@ def spot_sampled(ctx: StepContext, rate: float) -> bool:
     return bool(drawn)
 
 
-def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall) -> SandboxResult:
+def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], call: LLMCall,
+           model: Any = None) -> SandboxResult:
     if kind == "lookup":
         key = input_key(call.values, normalize)
         return SandboxResult(output=table[key]) if key in table else SandboxResult(abstained=True)
+    if kind == "classifier":
+        from engine.promotion.classifier_serving import classify
+
+        return validated(classify(model, call.values), call.spec, call.schema)
     return validated(serve_one(code, call.values), call.spec, call.schema)  # the script's long-lived worker
 
 
@@ -148,7 +155,10 @@ class PromotionServer:
                 continue
             if status == "stale" or art.refused:
                 continue
-            result = answer(art.kind, art.table, art.code, art.normalize, call)
+            if art.kind == "lora":  # an accepted adapter: the step's local-tier calls load it
+                call.adapters[art.tier or "local"] = art.path
+                continue
+            result = answer(art.kind, art.table, art.code, art.normalize, call, art.model)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
             if spot_sampled(ctx, call.spec.promote.spot_check):
@@ -218,7 +228,8 @@ class PromotionServer:
             if (p.prompt_hash, p.schema_hash) != (call.prompt_hash, call.schema_hash):
                 continue
             table = {r["key"]: r["output"] for r in p.payload.get("rows", [])}
-            result = answer(p.kind, table, p.payload.get("code", ""), p.payload.get("normalize", []), call)
+            result = answer(p.kind, table, p.payload.get("code", ""), p.payload.get("normalize", []), call,
+                            shadow_model(p))
             if result.answered:
                 agree = canonical_json(result.output) == canonical_json(outcome.output)
                 records.record_check(self.store, p.id, "shadow", call.input_hash, result.output,

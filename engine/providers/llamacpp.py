@@ -22,7 +22,8 @@
   over the allowed values (`engine.quality.confidence`).
 
 Options (tier config `options:`): `n_ctx` (4096), `n_gpu_layers` (auto), `n_threads` (all cores),
-`cache_bytes` (512 MiB; 0 disables the state cache), `seed` (0).
+`cache_bytes` (512 MiB; 0 disables the state cache), `seed` (0), `lora_path` (a LoRA adapter in GGUF,
+e.g. one written by `engine distill`; the same model file with another adapter is another instance).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class LlamaCppProvider:
         path = resolve_model_path(model)
         n_ctx = int(options.get("n_ctx", DEFAULT_N_CTX))
         n_gpu_layers = options.get("n_gpu_layers")
-        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"))
+        key = (str(path), n_ctx, n_gpu_layers, options.get("n_threads"), options.get("cache_bytes"),
+               options.get("lora_path"))
         with self._load_lock:
             loaded = self._models.get(key)
             if loaded is None:
@@ -160,6 +162,7 @@ class LlamaCppProvider:
                 n_threads=int(options.get("n_threads") or os.cpu_count() or 1),
                 seed=int(options.get("seed", 0)),
                 verbose=bool(options.get("verbose", False)),
+                lora_path=str(options["lora_path"]) if options.get("lora_path") else None,
             )
         except (ValueError, RuntimeError) as e:
             raise ProviderError(f"llamacpp: cannot load '{path}': {e}", provider="llamacpp") from e

@@ -78,6 +78,28 @@ class ScriptSpec(Strict):
         return v
 
 
+class ClassifierSpec(Strict):
+    """`promote.classifier:` a distilled classifier for a step whose output is a closed set (enums,
+    booleans): sentence embeddings plus a logistic regression trained on trusted pairs only,
+    serving only above a threshold calibrated on held-out trusted pairs."""
+
+    enabled: bool = Field(True, strict=True, description="propose classifiers for this step (closed outputs only)")
+    target_precision: float = Field(0.99, gt=0, le=1, strict=True,
+                                    description="precision the abstention threshold is calibrated for")
+    min_pairs: int = Field(100, ge=10, strict=True, description="distinct trusted input/answer pairs needed to train")
+    retrain_share: float = Field(0.2, gt=0, strict=True,
+                                 description="retrain (a new version) once new trusted pairs reach this share of "
+                                             "the pairs the accepted version was trained on")
+    embedder: str = Field("minilm", description="sentence embedder (the semantic cache's: minilm | hash | openai:M)")
+    input: str | None = Field(None, description="the step input to embed (default: every input)")
+    c: float = Field(10.0, gt=0, strict=True, allow_inf_nan=False, alias="C",
+                     description="inverse regularisation strength of the logistic regression")
+    held_out: float = Field(0.2, gt=0, lt=0.5, strict=True,
+                            description="share of trusted pairs held out for calibration (and again for the report)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class PromoteSpec(Strict):
     """`promote:` on an llm step: when its logged answers graduate to a lookup or a script."""
 
@@ -99,6 +121,8 @@ class PromoteSpec(Strict):
     demote_confidence: float = Field(
         0.95, ge=0, lt=1, strict=True, description="demote only when disagreement exceeds the threshold at this one-sided "
                                       "confidence (Wilson lower bound); 0 compares the raw rate")
+    classifier: ClassifierSpec = Field(default_factory=ClassifierSpec,  # type: ignore[arg-type]
+                                       description="a distilled classifier (closed outputs; see engine.promotion.classifier)")
 
 
 class LLMSpec(Strict):

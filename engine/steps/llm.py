@@ -23,7 +23,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import jsonschema
@@ -135,6 +135,8 @@ class LLMCall:
     input_hash: str
     schema: dict[str, Any] | None = None
     """The JSON Schema for this call (a templated schema rendered over the inputs)."""
+    adapters: dict[str, Any] = field(default_factory=dict)
+    """tier -> an accepted LoRA adapter (GGUF) its llamacpp models load (`engine distill`)."""
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -286,7 +288,9 @@ def ask_tiers_calls(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | N
                 request = CompletionRequest(
                     model=entry.model_name, messages=messages, max_tokens=spec.max_tokens,
                     schema=call.schema,
-                    temperature=spec.temperature, options=entry.options, logprobs=gated)
+                    temperature=spec.temperature, logprobs=gated,
+                    options=({**entry.options, "lora_path": str(call.adapters[tier])}
+                             if tier in call.adapters and entry.provider == "llamacpp" else entry.options))
                 started = time.perf_counter()
                 provider = get_provider(entry.provider)
                 route = (ctx.provider_batch.route(ctx, tier, entry)  # quality checks stay real-time

@@ -202,7 +202,7 @@ def run_scenario(stream: list[str], labels: dict[str, str], intents: list[str], 
             entry: dict[str, Any] = {"round": rnd + 1, "requests": len(chunk), "zero_token": zero,
                                      "zero_token_share": zero / len(chunk), "cost": cost, "baseline_cost": baseline}
             if rnd < args.rounds - 1:
-                reports = review.propose(store, wf_path, scripts=False)
+                reports = review.propose(store, wf_path, scripts=False, classifiers=False)  # lookups only
                 accepted = [p for _, rep in reports for p in rep.proposed]
                 for p in accepted:
                     review.accept(store, p.id)

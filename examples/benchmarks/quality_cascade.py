@@ -167,7 +167,7 @@ def run_row(name: str, queries: dict[str, str], *, tier: str, escalate: list[str
                "quality_check_cost": cost["q"], "served": served,
                "p50_ms": statistics.median(latencies) if latencies else None}
         if promote and rnd + 1 < rounds:
-            report = propose_promotions(load_workflow(path), store, scripts=False)
+            report = propose_promotions(load_workflow(path), store, scripts=False, classifiers=False)
             for p in report.proposed:
                 for r in p.payload["rows"]:
                     lookup_rows_checked += 1

@@ -1,0 +1,196 @@
+"""The `classifier` artifact kind: trained on trusted pairs only, calibrated abstention, review,
+shadow, spot checks and demotion, retraining as a new version, plain-JSON storage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from engine import load_workflow, run_workflow
+from engine.cli import cli
+from engine.promotion import records, review
+from engine.promotion.artifacts import load_artifacts, promotions_dir
+from engine.promotion.classifier import ClassifierModel, calibrate, closed_schema, train_classifier
+from engine.promotion.proposals import propose_promotions
+from engine.quality.feedback import give_feedback
+
+from classifier_helpers import phrasings, topic_of, topic_workflow
+
+
+@pytest.fixture
+def topics(fake):
+    fake.responder = topic_of
+    return fake
+
+
+def _log(path, texts):
+    for text in texts:
+        run_workflow(path, {"text": text})
+
+
+def _proposed_classifier(path, store):
+    report = propose_promotions(load_workflow(path), store, scripts=False)
+    found = [p for p in report.proposed + report.unverified if p.kind == "classifier"]
+    return found[0] if found else None, report
+
+
+def test_closed_schema():
+    assert closed_schema({"type": "object", "properties": {"a": {"enum": ["x", "y"]}, "b": {"type": "boolean"}}})
+    assert closed_schema({"enum": [1, 2]})
+    assert not closed_schema({"type": "object", "properties": {"a": {"type": "string"}}})
+    assert not closed_schema({"type": "string"})
+
+
+def test_calibrate_picks_the_lowest_threshold_meeting_precision():
+    probs = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 1, 1, 0, 1, 1], dtype=float)
+    assert calibrate(probs, correct, 1.0, min_served=1) == 0.9
+    assert calibrate(probs, correct, 0.8, min_served=1) == 0.6  # 5/6 = 0.83
+    assert calibrate(probs, correct, 1.0, min_served=4) is None  # 3 answers at 100% are too few
+    assert calibrate(np.array([0.9, 0.9]), np.array([1.0, 0.0]), 0.99, min_served=1) is None  # ties serve together
+    assert calibrate(np.array([0.9]), np.array([0.0]), 0.5, min_served=1) is None
+
+
+def test_trained_model_round_trips_through_plain_json():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8))
+    vectors = np.vstack([centers[i % 3] + 0.05 * rng.normal(size=8) for i in range(150)]).astype(np.float32)
+    answers = [{"k": "abc"[i % 3]} for i in range(150)]
+    lookup = {f"t{i}": vectors[i] for i in range(150)}
+    result = train_classifier([f"t{i}" for i in range(150)], answers, lambda ts: np.vstack([lookup[t] for t in ts]),
+                              embedder="test")
+    assert result.model is not None and result.report["held_out"]["precision"] == 1.0
+    text = json.dumps(result.model.to_dict())
+    again = ClassifierModel.from_dict(json.loads(text))
+    assert [a for a, _ in again.decide(vectors[:6])] == answers[:6]
+    bad = json.loads(text)
+    bad["coef"] = bad["coef"][:-1]
+    with pytest.raises(Exception, match="malformed"):
+        ClassifierModel.from_dict(bad)
+
+
+def test_classifier_serves_new_phrasings_after_review(project, topics, store):
+    path = topic_workflow(project)
+    history, new = phrasings(200, seed=1)[:120], phrasings(300, seed=2)[200:]
+    _log(path, history)
+    promotion, report = _proposed_classifier(path, store)
+    assert promotion is not None and promotion.status == "proposed", report.notes
+    v = promotion.verification
+    assert v["pairs"] == 120 and v["labels"] == 3 and v["evidence"] == "trusted"
+    assert v["held_out"]["precision"] >= 0.99 and v["held_out"]["coverage"] > 0.5
+    shown = CliRunner().invoke(cli, ["promotions", "show", promotion.id])
+    assert shown.exit_code == 0, shown.output
+    assert "held-out" in shown.output and "precision" in shown.output and "confusion summary" in shown.output
+    assert "classifier.v1.json" in shown.output  # the diff of accepting
+    review.accept(store, promotion.id)
+    art = next(a for a in load_artifacts(promotions_dir(path, "topics")) if a.kind == "classifier")
+    assert json.loads(art.path.read_text())["format"] == "engine.classifier/1"  # plain JSON, nothing pickled
+    before = len(topics.requests)
+    outs = [run_workflow(path, {"text": t}) for t in new]
+    served = [(o, t) for o, t in zip(outs, new) if o.step("classify").served_by == "classifier"]
+    assert len(served) >= 0.5 * len(new)
+    assert all(o.step("classify").tokens_in == 0 for o, _ in served)
+    right = sum(o.outputs["classify"] == topic_of_text(t) for o, t in served)
+    assert right >= 0.97 * len(served)
+    assert len(topics.requests) == before + len(new) - len(served)  # the rest fell through to the tiers
+
+
+def topic_of_text(text):
+    from engine.providers.base import CompletionRequest
+
+    return topic_of(CompletionRequest(model="x", messages=[{"role": "user", "content": "Topic of: " + text}],
+                                      max_tokens=1))
+
+
+def test_only_trusted_evidence_trains(project, topics, store):
+    """Without a reference tier the cheap tier's answers are unverified: no classifier; labels are."""
+    path = topic_workflow(project)
+    path.write_text(path.read_text().replace("quality: {reference: local}", "quality: {}"))
+    texts = phrasings(80, seed=3)
+    outs = [run_workflow(path, {"text": t}) for t in texts]
+    promotion, report = _proposed_classifier(path, store)
+    assert promotion is None
+    assert any("no trusted evidence" in n for n in report.notes)
+    for out, text in zip(outs[:70], texts):
+        give_feedback(store, out.run_id, "classify", output=topic_of_text(text))
+    promotion, report = _proposed_classifier(path, store)
+    assert promotion is not None and promotion.verification["pairs"] == 70
+    assert promotion.verification["trust"]["labelled"] == 70
+
+
+def test_too_few_pairs_and_uncalibratable_are_not_proposed(project, topics, store):
+    path = topic_workflow(project, min_pairs=100)
+    _log(path, phrasings(40, seed=4))
+    promotion, report = _proposed_classifier(path, store)
+    assert promotion is None and any("need promote.classifier.min_pairs = 100" in n for n in report.notes)
+    path2 = topic_workflow(project, min_pairs=30, extra=", target_precision: 1.0")
+    topics.responder = lambda r: {"topic": ["card", "transfer", "refund"][len(r.messages[-1]["content"]) % 3]}
+    _log(path2, phrasings(60, seed=5))  # labels that are noise: nothing reaches 100% precision
+    promotion, report = _proposed_classifier(path2, store)
+    assert promotion is not None and promotion.status == "unverified" and "no threshold" in promotion.reason
+    again, report = _proposed_classifier(path2, store)
+    assert again is None and any("failed calibration" in n for n in report.notes)
+
+
+def test_retrained_as_new_version_when_new_trusted_evidence_arrives(project, topics, store):
+    path = topic_workflow(project, extra=", retrain_share: 0.5")
+    _log(path, phrasings(80, seed=6))
+    first, _ = _proposed_classifier(path, store)
+    review.accept(store, first.id)
+    # new trusted evidence: the classifier's abstentions (the reference answers) and spot checks
+    path.write_text(path.read_text().replace("spot_check: 0", "spot_check: 1.0"))
+    _log(path, phrasings(110, seed=7)[80:])  # 30 new pairs < 50% of 80
+    again, report = _proposed_classifier(path, store)
+    assert again is None and any("is current" in n and "needs 40" in n for n in report.notes)
+    _log(path, phrasings(130, seed=8)[110:])  # 50 new pairs in all (minus any repeats)
+    second, report = _proposed_classifier(path, store)
+    assert second is not None and second.status == "proposed", report.notes
+    assert second.payload["retrain_of"] == first.id
+    review.accept(store, second.id)
+    assert records.get(store, first.id).status == "superseded"
+    assert records.get(store, second.id).version == 2
+    directory = promotions_dir(path, "topics")
+    assert (directory / "classify.classifier.v2.json").is_file()
+    (art,) = [a for a in load_artifacts(directory) if a.kind == "classifier"]
+    assert art.version == 2 and art.model.meta["trained_pairs"] == second.verification["pairs"]
+
+
+def test_shadow_and_spot_check_demotion(project, topics, store):
+    path = topic_workflow(project, spot=0)
+    _log(path, phrasings(100, seed=9))
+    promotion, _ = _proposed_classifier(path, store)
+    review.set_shadow(store, promotion.id)
+    new = phrasings(160, seed=10)[100:]
+    outs = [run_workflow(path, {"text": t}) for t in new[:20]]
+    assert all(o.step("classify").served_by == "llm" for o in outs)  # shadow changes nothing
+    shadow = records.check_stats(store, promotion.id)["shadow"]
+    assert shadow["checks"] >= 10 and shadow["agree"] >= shadow["checks"] - 1
+    review.accept(store, promotion.id)
+    path.write_text(path.read_text().replace("spot_check: 0", "spot_check: 1.0"))
+    topics.responder = lambda r: {"topic": "refund"}  # the reference drifts: every spot check disagrees
+    for text in new[20:]:
+        run_workflow(path, {"text": text})
+        if records.get(store, promotion.id).status == "demoted":
+            break
+    demoted = records.get(store, promotion.id)
+    assert demoted.status == "demoted" and "spot checks disagreed" in demoted.reason
+    before = len(topics.requests)
+    assert run_workflow(path, {"text": new[-1]}).step("classify").served_by == "llm"
+    assert len(topics.requests) == before + 1
+
+
+def test_an_edited_artifact_that_is_not_a_classifier_is_never_served(project, topics, store):
+    path = topic_workflow(project)
+    _log(path, phrasings(80, seed=11))
+    promotion, _ = _proposed_classifier(path, store)
+    review.accept(store, promotion.id)
+    file = promotions_dir(path, "topics") / "classify.classifier.v1.json"
+    data = json.loads(file.read_text())
+    data["coef"] = "__import__('os').system('true')"
+    file.write_text(json.dumps(data))
+    (art,) = [a for a in load_artifacts(promotions_dir(path, "topics")) if a.kind == "classifier"]
+    assert art.refused and art.model is None
+    assert run_workflow(path, {"text": phrasings(81, seed=11)[-1]}).step("classify").served_by == "llm"
