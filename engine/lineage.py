@@ -1,0 +1,22 @@
+"""Parent and child runs: a sub-workflow step (`workflow:`) runs its child as a run of its own,
+tagged `parent_run` and `parent_step`; `engine runs show` follows the links both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def child_runs(store: Any, run_id: str) -> list[dict[str, Any]]:
+    """The runs started by `run_id`'s sub-workflow steps, oldest first."""
+    rows = store.query("SELECT id, workflow, status, cost, tags, started_at FROM runs "
+                       "WHERE json_extract(tags, '$.parent_run') = ? ORDER BY started_at, id", [run_id])
+    return [{"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
+             "step": (r.get("tags") or {}).get("parent_step")} for r in rows]
+
+
+def with_links(store: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """`run` (as `store.run` gives it) with `parent` ({id, step} or None) and `children`."""
+    tags = run.get("tags") if isinstance(run.get("tags"), dict) else {}
+    parent = tags.get("parent_run")
+    return {**run, "parent": {"id": parent, "step": tags.get("parent_step")} if parent else None,
+            "children": child_runs(store, run["id"])}
