@@ -6,12 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 
-def child_runs(store: Any, run_id: str) -> list[dict[str, Any]]:
-    """The runs started by `run_id`'s sub-workflow steps, oldest first."""
+def child_runs(store: Any, run_id: str, step_order: list[str] | None = None) -> list[dict[str, Any]]:
+    """The runs started by `run_id`'s sub-workflow steps: in `step_order` (the parent's steps),
+    then item order, then start time."""
     rows = store.query("SELECT id, workflow, status, cost, tags, started_at FROM runs "
                        "WHERE json_extract(tags, '$.parent_run') = ? ORDER BY started_at, id", [run_id])
-    return [{"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
-             "step": (r.get("tags") or {}).get("parent_step")} for r in rows]
+    out = [{"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
+            "step": (r.get("tags") or {}).get("parent_step"), "item": (r.get("tags") or {}).get("parent_item")}
+           for r in rows]
+    rank = {s: i for i, s in enumerate(step_order or [])}
+    out.sort(key=lambda c: (rank.get(c["step"], len(rank)), c["item"] if c["item"] is not None else -1))
+    return out
 
 
 def with_links(store: Any, run: dict[str, Any]) -> dict[str, Any]:
@@ -19,4 +24,4 @@ def with_links(store: Any, run: dict[str, Any]) -> dict[str, Any]:
     tags = run.get("tags") if isinstance(run.get("tags"), dict) else {}
     parent = tags.get("parent_run")
     return {**run, "parent": {"id": parent, "step": tags.get("parent_step")} if parent else None,
-            "children": child_runs(store, run["id"])}
+            "children": child_runs(store, run["id"], [s["step_id"] for s in run.get("steps") or []])}

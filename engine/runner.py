@@ -158,27 +158,32 @@ class _ScriptCall:
         return run_script_step(self.ctx, self.spec, values)
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool) -> ProviderCalls[StepOutcome]:
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool,
+              item: int | None = None) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
     if step.decision is not None:
         return (yield from decision_step_calls(ctx, step.decision, values))
     if step.workflow is not None:
-        return (yield from _sub_workflow(ctx, step, values, concurrent))
+        return (yield from _sub_workflow(ctx, step, values, concurrent, item))
     assert step.llm is not None
     if step.llm.context is not None:
         return (yield from context_step_calls(ctx, step.llm, values, concurrent=concurrent))
     return (yield from llm_step_calls(ctx, step.llm, values))
 
 
-def _sub_workflow(ctx: StepContext, step: Step, values: dict[str, Any],
-                  concurrent: bool) -> ProviderCalls[StepOutcome]:
-    """A `workflow:` step: the child runs as a run of its own, tagged with its parent run and step."""
+def _sub_workflow(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool,
+                  item: int | None) -> ProviderCalls[StepOutcome]:
+    """A `workflow:` step: the child runs as a run of its own, tagged with its parent run and step
+    (and the item's index under for_each)."""
     child: Workflow = step._workflow
+    tags: dict[str, Any] = {"parent_run": ctx.run_id, "parent_step": ctx.step_id}
+    if item is not None:
+        tags["parent_item"] = item
     result: RunResult = yield from _run(
         child, values, config=ctx.config, store=ctx.store or False,
-        tags={"parent_run": ctx.run_id, "parent_step": ctx.step_id}, raise_on_error=False, servers=None,
+        tags=tags, raise_on_error=False, servers=None,
         tenant=ctx.tenant, inline_checks=ctx.inline_checks, provider_batch=ctx.provider_batch, parallel=concurrent)
     if not result.ok:
         raise StepError(step.id, f"sub-workflow '{child.name}' (run {result.run_id}) failed: {result.error}")
@@ -353,7 +358,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
             state["steps"][step.id] = {"output": None}
             return record, None
         if step.for_each is not None:
-            outcome = yield from for_each_calls(ctx, step, state, lambda values: _run_step(ctx, step, values, concurrent),
+            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: _run_step(ctx, step, values, concurrent, i),
                                                 concurrent=concurrent)
         else:
             values = render(step.inputs, state)

@@ -27,7 +27,8 @@ from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render
 
 DEFAULT_CONCURRENCY = 4
-RunOne = Callable[[dict[str, Any]], ProviderCalls[StepOutcome]]
+RunOne = Callable[[dict[str, Any], int], ProviderCalls[StepOutcome]]
+"""(the item's rendered inputs, its index) -> the step's computation for it."""
 
 
 def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one: RunOne, *,
@@ -44,17 +45,17 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
     mode = step.on_item_error or "fail"
     name = step.item_name
 
-    def item_calls(item: Any) -> ProviderCalls[tuple[StepOutcome | None, EngineError | None]]:
+    def item_calls(index: int, item: Any) -> ProviderCalls[tuple[StepOutcome | None, EngineError | None]]:
         try:
             values = render(step.inputs, {**state, name: item})
         except TemplateError as e:
             return None, StepError(step.id, str(e))
         try:
-            return (yield from run_one(values)), None
+            return (yield from run_one(values, index)), None
         except EngineError as e:
             return None, e
 
-    tasks = [(lambda item=item: item_calls(item)) for item in items]
+    tasks = [(lambda i=i, item=item: item_calls(i, item)) for i, item in enumerate(items)]
     results: list[tuple[StepOutcome | None, EngineError | None] | None] = yield from gather_calls(
         Fanout(tasks, limit=step.concurrency or DEFAULT_CONCURRENCY,
                stop=(lambda i, r: r[1] is not None) if mode == "fail" else None),
