@@ -439,7 +439,9 @@ def _resolve_context(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir:
         "promote": {"enabled": False}})
     if reduce.schema_ is None:
         reduce_spec._pydantic_model = spec._pydantic_model
-    shadow = Step.model_construct(id=step.id, inputs={**step.inputs, "results": None})
+    # the chunked input itself is too long for the reduce prompt: it reads the others and `results`
+    shadow = Step.model_construct(id=step.id, inputs={**{k: v for k, v in step.inputs.items() if k != context.input},
+                                                      "results": None})
     _resolve_llm(shadow, reduce_spec, path + ("reduce",), base_dir, config, problems)
     spec._reduce = reduce_spec
 

@@ -1,7 +1,8 @@
 """Long inputs on llm steps: `context: {max_input_tokens: N, strategy: truncate | chunk}`.
 
 The budget N (default: the smallest context window of the step's tiers, minus `max_tokens`, the
-static prefix and the rest of the prompt, minus a margin for the chat template) is what the
+static prefix and the rest of the prompt, a margin for the chat template, and room for each
+re-ask, which repeats the rejected reply and adds the error) is what the
 chosen input (`context.input`) may take. Tokens are counted with the first tier's model: exactly
 on the local tier (llama.cpp's tokenizer), approximately elsewhere (`engine.tokens`); the step
 record's `context` says which.
@@ -38,6 +39,8 @@ from engine.tokens import TokenCounter, counter_for
 log = logging.getLogger("engine.context")
 MARGIN = 32
 """Tokens kept free for the chat template's role markers."""
+REASK_TOKENS = 64
+"""Room for one re-ask's error message; each re-ask also repeats the rejected reply (max_tokens)."""
 _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCES = re.compile(r"(?<=[.!?。])\s+")
 
@@ -131,7 +134,8 @@ def _budget(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], name: str,
     empty = {**values, name: ""}
     best: tuple[int, str] | None = None
     for tier, counter in counters:
-        room = counter.context_window - spec.max_tokens - _static_tokens(counter, spec, empty, ctx) - MARGIN
+        room = (counter.context_window - spec.max_tokens - _static_tokens(counter, spec, empty, ctx) - MARGIN
+                - spec.retries * (spec.max_tokens + REASK_TOKENS))
         if best is None or room < best[0]:
             best = (room, tier)
     assert best is not None
@@ -157,8 +161,8 @@ def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> _Plan:
     info: dict[str, Any] = {"strategy": context.strategy, "input": name, "tokens": tokens, "max_input_tokens": n,
                             "counting": counter.how, "exact": counter.exact, "chunks": 0, "truncated": False}
     if tokens <= n:
-        return _Plan([text], info)
-    if context.strategy == "truncate":
+        pieces = [text]
+    elif context.strategy == "truncate":
         cut = counter.cut(text, n)
         space = cut.rfind(" ") if len(cut) < len(text) and not text[len(cut)].isspace() else -1
         if space > len(cut) // 2:
@@ -178,7 +182,8 @@ def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> _Plan:
         for tier_name, tier_counter in counters:
             total = _static_tokens(tier_counter, spec, {**values, name: piece}, ctx) + spec.max_tokens + MARGIN
             if total > tier_counter.context_window:
-                raise StepError(ctx.step_id, f"context: input '{name}' cut to {n} tokens still does not fit tier "
+                what = f"cut to {n} tokens" if len(pieces) > 1 or piece is not text else f"of {tokens} tokens"
+                raise StepError(ctx.step_id, f"context: input '{name}' {what} still does not fit tier "
                                              f"'{tier_name}': ~{total} tokens with max_tokens > window "
                                              f"{tier_counter.context_window} ({tier_counter.how}); lower "
                                              "max_input_tokens")
@@ -222,7 +227,7 @@ def _reduce_groups(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], resu
 
     def fits(group: list[Any]) -> bool:
         return all(_static_tokens(c, spec, {**values, "results": group}, ctx) + spec.max_tokens + MARGIN
-                   <= c.context_window for _, c in counters)
+                   + spec.retries * (spec.max_tokens + REASK_TOKENS) <= c.context_window for _, c in counters)
 
     if fits(results):
         return [results]
