@@ -11,9 +11,11 @@ def child_runs(store: Any, run_id: str, step_order: list[str] | None = None) -> 
     then item order, then start time."""
     rows = store.query("SELECT id, workflow, status, cost, tags, started_at FROM runs "
                        "WHERE json_extract(tags, '$.parent_run') = ? ORDER BY started_at, id", [run_id])
-    out = [{"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
-            "step": (r.get("tags") or {}).get("parent_step"), "item": (r.get("tags") or {}).get("parent_item")}
-           for r in rows]
+    out = []
+    for r in rows:
+        tags: dict[str, Any] = r["tags"] if isinstance(r.get("tags"), dict) else {}
+        out.append({"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
+                    "step": tags.get("parent_step"), "item": tags.get("parent_item")})
     rank = {s: i for i, s in enumerate(step_order or [])}
     out.sort(key=lambda c: (rank.get(c["step"], len(rank)), c["item"] if c["item"] is not None else -1))
     return out
@@ -21,7 +23,7 @@ def child_runs(store: Any, run_id: str, step_order: list[str] | None = None) -> 
 
 def with_links(store: Any, run: dict[str, Any]) -> dict[str, Any]:
     """`run` (as `store.run` gives it) with `parent` ({id, step} or None) and `children`."""
-    tags = run.get("tags") if isinstance(run.get("tags"), dict) else {}
+    tags: dict[str, Any] = run["tags"] if isinstance(run.get("tags"), dict) else {}
     parent = tags.get("parent_run")
     return {**run, "parent": {"id": parent, "step": tags.get("parent_step")} if parent else None,
             "children": child_runs(store, run["id"], [s["step_id"] for s in run.get("steps") or []])}

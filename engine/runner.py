@@ -158,7 +158,7 @@ class _ScriptCall:
         return run_script_step(self.ctx, self.spec, values)
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool,
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
               item: int | None = None) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
@@ -292,11 +292,14 @@ def _run(
                 failure = error
                 break
     else:
-        def task(i: int) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
+        def step_calls(i: int) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
             return _execute(contexts[i], wf.steps[i], state, concurrent)
 
+        def failed(i: int, result: tuple[StepRecord, EngineError | None]) -> bool:
+            return result[1] is not None
+
         done = yield from gather_calls(
-            Fanout([(lambda i=i: task(i)) for i in range(len(wf.steps))], after, stop=lambda i, r: r[1] is not None),
+            Fanout([(lambda i=i: step_calls(i)) for i in range(len(wf.steps))], after, stop=failed),
             concurrent=concurrent)
         for result in done:  # the workflow's order, whatever order the steps finished in
             if result is None:

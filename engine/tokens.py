@@ -47,7 +47,8 @@ def approximate_count(text: str) -> int:
 def _llama_counter(entry: Any) -> TokenCounter:
     from engine.providers.registry import get_provider
 
-    loaded = get_provider("llamacpp").load(entry.model_name, entry.options)
+    provider: Any = get_provider("llamacpp")
+    loaded = provider.load(entry.model_name, entry.options)
     llama, lock = loaded.llama, loaded.lock
 
     def tokens(text: str) -> list[int]:

@@ -46,7 +46,8 @@ class Fanout:
     the first error in task order is raised at the yield. `stop(i, result)` may end the group
     early the same way (no new task starts); the results of tasks never started are None."""
 
-    tasks: list[Callable[[], ProviderCalls[Any]]]
+    tasks: list[Callable[..., ProviderCalls[Any]]]
+    """Called with no arguments (a lambda's defaults bind the task's own values)."""
     after: list[set[int]] = field(default_factory=list)
     limit: int = 0
     """0: no limit."""
@@ -63,7 +64,8 @@ def drive(calls: ProviderCalls[T]) -> T:
         provider, request = next(calls)
         while True:
             try:
-                completion = provider.complete(request) if provider is not FANOUT else _drive_fanout(request)
+                completion: Any = (provider.complete(request) if provider is not FANOUT
+                                   else _drive_fanout(request))  # type: ignore[arg-type]
             except BaseException as e:  # noqa: BLE001 - thrown back in at the yield
                 provider, request = calls.throw(e)
             else:
@@ -78,8 +80,8 @@ async def adrive(calls: ProviderCalls[T]) -> T:
         provider, request = next(calls)
         while True:
             try:
-                completion = (await acomplete(provider, request) if provider is not FANOUT
-                              else await _adrive_fanout(request))
+                completion: Any = (await acomplete(provider, request) if provider is not FANOUT
+                                   else await _adrive_fanout(request))  # type: ignore[arg-type]
             except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - thrown back in at the yield
                 provider, request = calls.throw(e)
             else:
@@ -190,7 +192,7 @@ def gather_calls(group: Fanout, *, concurrent: bool = True) -> ProviderCalls[lis
     a limit of 1, inline on the caller's thread, one task at a time in index order among those
     ready (same results, same error rule)."""
     if concurrent and group.limit != 1 and len(group.tasks) > 1:
-        results: list[Any] = yield FANOUT, group  # type: ignore[misc]
+        results: list[Any] = yield FANOUT, group  # type: ignore[misc,assignment]
         return results
     out: list[Any] = [None] * len(group.tasks)
     done: set[int] = set()

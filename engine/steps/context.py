@@ -71,7 +71,7 @@ def context_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], 
 
     context = spec.context
     assert context is not None and context.input is not None
-    plan: _Plan = yield _Blocking(_plan), (ctx, spec, values)  # type: ignore[misc]
+    plan: _Plan = yield _Blocking(_plan), (ctx, spec, values)  # type: ignore[misc,assignment]
     name = context.input
     if len(plan.pieces) == 1:  # it fits (maybe truncated): one call
         outcome = yield from llm_step_calls(ctx, spec, {**values, name: plan.pieces[0]})
@@ -89,7 +89,7 @@ def context_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], 
         rctx = replace(ctx, step_id=f"{ctx.step_id}.reduce")
         rest = {k: v for k, v in values.items() if k != name}
         while True:
-            groups: list[list[Any]] = yield _Blocking(_reduce_groups), (ctx, reduce_spec, rest, outputs)  # type: ignore[misc]
+            groups: list[list[Any]] = yield _Blocking(_reduce_groups), (ctx, reduce_spec, rest, outputs)  # type: ignore[misc,assignment]
             rounds += 1
             tasks = [(lambda group=group: llm_step_calls(rctx, reduce_spec, {**rest, "results": group}))
                      for group in groups]
