@@ -148,3 +148,25 @@ def test_load_time_checks_name_file_line_and_field(project, change, fragment, wh
     assert hits, info.value.problems
     assert hits[0][1] == where
     assert hits[0][0].startswith(str(wf) + ":")
+
+
+def test_for_each_on_a_uses_skill_step(project, fake, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("ENGINE_SKILLS_PATH", str(Path(__file__).resolve().parents[2] / "skills"))
+    fake.responder = lambda request: {"label": "complaint" if "broken" in request.messages[1]["content"] else "praise"}
+    wf = project("""\
+        name: many
+        inputs: {reviews: {type: array}}
+        steps:
+          - id: labels
+            uses: classify@1
+            for_each: "{{ inputs.reviews }}"
+            as: review
+            concurrency: 2
+            inputs: {text: "{{ review }}"}
+            with: {labels: [praise, complaint]}
+        """)
+    result = run_workflow(wf, {"reviews": ["lovely", "broken lid", "great"]})
+    assert [o["label"] for o in result.outputs["labels"]] == ["praise", "complaint", "praise"]
+    assert len(fake.requests) == 3
