@@ -54,7 +54,9 @@ def show_cmd(run_id: str, as_json: bool) -> None:
     for child in run["children"]:
         out_console.print(f"  child run {child['id']} ({child['workflow']}, {child['status']}) "
                           f"from step {child['step']} {fmt_cost(child['cost'])}", soft_wrap=True)
-    for call in run["llm_calls"]:
+    order = {s["step_id"]: i for i, s in enumerate(run["steps"])}  # parallel steps: calls grouped by step
+    for call in sorted(run["llm_calls"], key=lambda c: (order.get(str(c["step_id"]).split(".")[0], len(order)),
+                                                        c["id"])):
         why = f" -> {call['reason']}" if call.get("reason") else ""
         trust = f" · {call['trust']}" + (f" by {call['verified_by']}" if call.get("verified_by") else "") if (
             call.get("trust")) else ""
