@@ -2,6 +2,12 @@
 
 State is `{"inputs": {...}, "steps": {id: {"output": ...}}}`; each step renders its declared
 inputs from it, runs, and adds its output. Every run, step and llm call is written to the store.
+
+Steps start as soon as the steps they read are done (`engine.spec.graph`): independent steps run
+at the same time, through a `Fanout` that `drive` runs on threads and `adrive` on the event loop.
+Step records keep the workflow's order whatever order the steps finish in. A workflow whose
+steps form a chain runs them in a plain loop. `for_each` (engine.steps.foreach), long inputs
+(engine.steps.context) and sub-workflows (`workflow:`, a child run of its own) are per-step.
 """
 
 from __future__ import annotations

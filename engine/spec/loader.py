@@ -1,9 +1,11 @@
 """Load a workflow file into `Workflow`, collecting every problem with file:line:column and field.
 
 `load_workflow(path)` parses YAML, validates the models (unknown keys forbidden), resolves files
-(prompts, schemas, tables, script callables) relative to the workflow, and checks references:
-unknown or forward step references, unknown inputs, duplicate ids, unknown tiers, invalid JSON
-Schemas, template syntax errors, prompts that read variables the step does not declare.
+(prompts, schemas, tables, script callables, sub-workflows) relative to the workflow, and checks
+references: unknown step references, steps reading each other in a cycle, unknown inputs and
+variables, duplicate ids, unknown tiers, invalid JSON Schemas, template syntax errors, prompts
+that read variables the step does not declare, `for_each` and `context:` settings, sub-workflows
+that fail to load, recurse or get the wrong inputs.
 """
 
 from __future__ import annotations
