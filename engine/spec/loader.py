@@ -602,6 +602,9 @@ def workflow_json_schema() -> dict[str, Any]:
     schema["$defs"]["Step"]["properties"]["script"] = {
         "anyOf": [{"type": "string", "pattern": ".+:.+"}, {"$ref": "#/$defs/ScriptSpec"}, {"type": "null"}],
         "default": None}
+    # `cache: true` / `cache: false` are shorthands the loader accepts (engine.spec.cache).
+    cache = schema["$defs"]["LLMSpec"]["properties"]["cache"]
+    cache["anyOf"] = [{"type": "boolean"}, *cache.get("anyOf", [])]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "engine workflow"
     return schema
