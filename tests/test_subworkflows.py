@@ -113,3 +113,12 @@ def test_a_missing_or_broken_child_is_a_load_error(project):
     project(CHILD.replace("max_tokens: 10", "max_tokens: 0"), name="child.yaml")
     with pytest.raises(SpecError, match=r"sub-workflow 'child.yaml' fails to load:\n.*child.yaml:\d+:\d+"):
         load_workflow(wf)
+
+
+def test_reading_an_output_the_child_does_not_have_is_a_load_error(project):
+    project(CHILD, name="child.yaml")
+    wf = project(PARENT.replace('one: "{{ steps.one.output.label }}"', 'one: "{{ steps.one.output.labels }}"'))
+    with pytest.raises(SpecError) as info:
+        load_workflow(wf)
+    (location, field, message), = info.value.problems
+    assert field == "outputs.one" and "sub-workflow 'label_one' has no output 'labels' (outputs: label)" in message

@@ -162,6 +162,7 @@ def _check(workflow: Workflow, data: dict[str, Any], problems: _Problems, config
             _resolve_subworkflow(step, where + ("workflow",), base_dir, config, problems)
     for name, template in workflow.outputs.items():
         _check_refs(template, ("outputs", name), workflow, problems)
+    _check_child_outputs(workflow, problems)
     from engine.spec.graph import dependencies, find_cycle
 
     cycle = find_cycle(dependencies(workflow.steps), workflow.step_ids)
@@ -172,6 +173,32 @@ def _check(workflow: Workflow, data: dict[str, Any], problems: _Problems, config
                       if t is not None and _reads_step(t, cycle[1], c)), "id")
         problems.add(("steps", seen[cycle[0]], field),
                      f"steps form a cycle: {' -> '.join(cycle)} (each reads the next's output)")
+
+
+def _check_child_outputs(workflow: Workflow, problems: _Problems) -> None:
+    """`steps.<sub>.output.<name>` must name an output of the sub-workflow (once it is loaded)."""
+    children = {s.id: s._workflow for s in workflow.steps if s._workflow is not None and s.for_each is None}
+    if not children:
+        return
+    places: list[tuple[Any, tuple[Any, ...], bool]] = []
+    for i, step in enumerate(workflow.steps):
+        places += [(step.inputs, ("steps", i, "inputs"), False), (step.for_each, ("steps", i, "for_each"), False),
+                   (step.when, ("steps", i, "when"), True)]
+    places += [(t, ("outputs", name), False) for name, t in workflow.outputs.items()]
+    for template, path, condition in places:
+        if template is None:
+            continue
+        try:
+            refs = references(template, condition=condition)
+        except TemplateError:
+            continue  # reported already
+        for ref in refs:
+            if len(ref.path) > 3 and ref.path[0] == "steps" and ref.path[2] == "output" and ref.path[1] in children:
+                child = children[ref.path[1]]
+                names = list(child.outputs) or [child.steps[-1].id]
+                if ref.path[3] not in names:
+                    problems.add(path, f"sub-workflow '{child.name}' has no output '{ref.path[3]}' "
+                                       f"(outputs: {', '.join(names)})")
 
 
 def _reads_step(template: Any, step_id: str, condition: bool) -> bool:

@@ -170,3 +170,39 @@ def test_for_each_on_a_uses_skill_step(project, fake, monkeypatch):
     result = run_workflow(wf, {"reviews": ["lovely", "broken lid", "great"]})
     assert [o["label"] for o in result.outputs["labels"]] == ["praise", "complaint", "praise"]
     assert len(fake.requests) == 3
+
+
+def test_items_overlap_on_the_event_loop_and_keep_order(project):
+    import asyncio
+
+    from engine import arun_workflow
+    from engine.providers.base import Completion
+    from engine.providers.registry import register_provider, unregister_provider
+
+    class AsyncSku:
+        name = "fake"
+
+        def __init__(self):
+            self.active = self.peak = 0
+
+        def complete(self, request):  # pragma: no cover - the async runner awaits acomplete
+            raise AssertionError("sync path used")
+
+        async def acomplete(self, request):
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            text = request.messages[-1]["content"].removeprefix("Line: ")
+            await asyncio.sleep(0.03 if text.endswith("0") else 0.0)  # the first item finishes last
+            self.active -= 1
+            return Completion(text=json.dumps({"sku": text.upper()}), finish_reason="stop", input_tokens=3,
+                              output_tokens=3, model=request.model)
+
+    provider = AsyncSku()
+    register_provider("fake", provider)
+    try:
+        wf = project(WF, files=OPS)
+        result = asyncio.run(arun_workflow(wf, {"lines": [f"l{i}" for i in range(6)]}))
+    finally:
+        unregister_provider("fake")
+    assert result.outputs["skus"] == [{"sku": f"L{i}"} for i in range(6)]
+    assert provider.peak == 3
