@@ -206,3 +206,14 @@ def test_items_overlap_on_the_event_loop_and_keep_order(project):
         unregister_provider("fake")
     assert result.outputs["skus"] == [{"sku": f"L{i}"} for i in range(6)]
     assert provider.peak == 3
+
+
+def test_the_cache_serves_items_one_by_one(project, fake):
+    fake.responder = sku_responder()
+    wf = project(WF.replace("      retries: 0\n", "      retries: 0\n      cache: true\n"), files=OPS)
+    run_workflow(wf, {"lines": ["a", "b"]})
+    assert len(fake.requests) == 2
+    result = run_workflow(wf, {"lines": ["b", "c", "a"]})
+    assert result.outputs["skus"] == [{"sku": "B"}, {"sku": "C"}, {"sku": "A"}]
+    assert len(fake.requests) == 3  # only the new item reached the tier
+    assert [i["served_by"] for i in result.step("parse").items] == ["cache", "llm", "cache"]
