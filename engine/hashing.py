@@ -11,8 +11,13 @@ from typing import Any
 _WS = re.compile(r"\s+")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Sorted keys, no spaces, non-ASCII kept (one encoder, built once: `json.dumps` with options
+    builds a new one per call)."""
+    return _CANONICAL.encode(value)
 
 
 def sha256(text: str) -> str:
@@ -20,7 +25,7 @@ def sha256(text: str) -> str:
 
 
 def normalize_text(text: str, *, case: bool = True, whitespace: bool = True, unicode: bool = True) -> str:
-    if unicode:
+    if unicode and not text.isascii():  # NFKC leaves ASCII as it is
         text = unicodedata.normalize("NFKC", text)
     if whitespace:
         text = _WS.sub(" ", text).strip()
@@ -31,6 +36,9 @@ def normalize_text(text: str, *, case: bool = True, whitespace: bool = True, uni
 
 def normalize_value(value: Any, **flags: bool) -> Any:
     """Normalise every string inside a JSON-like value."""
+    if not flags.get("case", True) and not flags.get("whitespace", True) and flags.get("unicode", True) and (
+            isinstance(value, dict) and all(isinstance(v, str) and v.isascii() for v in value.values())):
+        return value  # Unicode normalisation alone leaves ASCII text as it is
     if isinstance(value, str):
         return normalize_text(value, **flags)
     if isinstance(value, dict):

@@ -98,3 +98,29 @@ def test_workflow_language_benchmark_runs(tmp_path):
     # two 60 ms llm steps side by side: well under two latencies (a sequential run needs both)
     assert rows[("review_digest", "parallel")]["median_ms"] < rows[("review_digest", "sequential")]["median_ms"]
     assert rows[("invoice_lines", "concurrency 8")]["speedup"] > 1.5
+
+
+def test_static_embedder_benchmark_runs(tmp_path):
+    """The comparison runs end to end (on a tiny random-vector static model over MiniLM's tokenizer)."""
+    import numpy as np
+    import pytest
+
+    data = ROOT.parent / "shared" / "data" / "banking77"
+    if not (data / "test.csv").is_file():
+        pytest.skip("BANKING77 not at ../shared/data/banking77")
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    from engine.cache.embedders import minilm_path
+
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    vectors = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 16)).astype(np.float32)
+    StaticModel(vectors, tokenizer).save_pretrained(str(tmp_path / "static"))
+    out = tmp_path / "static.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/static_embedder.py"), "--limit", "300",
+                           "--static", str(tmp_path / "static"), "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["dims"] for r in report["rows"]] == [384, 16]
+    assert all(0 <= r["tuned"]["hit_rate"] <= 1 for r in report["rows"]) and "verdict" in report

@@ -42,14 +42,18 @@ class IVFIndex:
         sims, rows = self.index.search(query.reshape(1, -1), k)
         return sims[0], rows[0]
 
-    def nearest_among(self, query: np.ndarray, allowed: np.ndarray) -> tuple[float, int] | None:
+    def nearest_among(self, query: np.ndarray, allowed: np.ndarray, n_rows: int | None = None) -> tuple[float, int] | None:
         """(similarity, row) of the approximate nearest row where `allowed[row]` (a bool mask over
-        the rows), or None: e.g. the nearest row with another answer than the best one."""
+        the rows, or that mask already packed little-endian with `n_rows` given), or None: e.g. the
+        nearest row with another answer than the best one."""
         import faiss
 
-        bitmap = np.packbits(allowed, bitorder="little")
+        if n_rows is None:
+            n_rows, bitmap = len(allowed), np.packbits(allowed, bitorder="little")
+        else:
+            bitmap = allowed
         params = faiss.SearchParametersIVF()
-        params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params.sel = faiss.IDSelectorBitmap(n_rows, faiss.swig_ptr(bitmap))
         params.nprobe = self.index.nprobe
         sims, rows = self.index.search(query.reshape(1, -1), 1, params=params)
         return None if rows[0][0] < 0 else (float(sims[0][0]), int(rows[0][0]))

@@ -30,14 +30,16 @@ from engine.hashing import canonical_json
 from engine.promotion import records
 from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
 from engine.promotion.mining import input_key
-from engine.promotion.sandbox import SandboxResult, run_one
+from engine.promotion.sandbox import SandboxResult
+from engine.promotion.sandbox.worker import serve_one
 from engine.promotion.verify import validated
 from engine.quality import records as quality_records
 from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
 from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
 from engine.steps.base import StepContext, StepOutcome
-from engine.steps.llm import LLMCall, ask_tiers, compiled
+from engine.providers.calls import ProviderCalls, drive
+from engine.steps.llm import LLMCall, ask_tiers_calls, compiled
 
 _MISS = object()
 _rng = random.Random()
@@ -73,7 +75,7 @@ def answer(kind: str, table: dict[str, Any], code: str, normalize: list[str], ca
     if kind == "lookup":
         key = input_key(call.values, normalize)
         return SandboxResult(output=table[key]) if key in table else SandboxResult(abstained=True)
-    return validated(run_one(code, call.values), call.spec, call.schema)
+    return validated(serve_one(code, call.values), call.spec, call.schema)  # the script's long-lived worker
 
 
 class PromotionServer:
@@ -131,6 +133,11 @@ class PromotionServer:
         return None
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
+        return drive(self.serve_calls(ctx, call))
+
+    def serve_calls(self, ctx: StepContext, call: LLMCall) -> ProviderCalls[StepOutcome | None]:
+        """`serve` as a generator of provider calls (a spot check asks the reference tier): the
+        llm step drives it, so under `arun` the reference call is awaited, not blocking the loop."""
         for art in self.artifacts.get(call.step_id, []):
             status = self.statuses.get(art.id, "accepted")
             if status in ("demoted", "rejected", "superseded"):
@@ -145,12 +152,13 @@ class PromotionServer:
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
             if spot_sampled(ctx, call.spec.promote.spot_check):
-                return self._spot_check(ctx, call, art, result.output)
+                return (yield from self._spot_check(ctx, call, art, result.output))
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
                                model=f"{art.id} v{art.version}")
         return None
 
-    def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact, served: Any) -> StepOutcome:
+    def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact,
+                    served: Any) -> ProviderCalls[StepOutcome]:
         from engine.quality.cascade import policy_for
 
         artifact = StepOutcome(output=served, served_by=art.kind, provider="promotion",
@@ -163,7 +171,8 @@ class PromotionServer:
             return artifact  # nothing trusted to compare with: serve it, record no check
         else:
             try:
-                outcome = ask_tiers(ctx, call, tiers=[quality.reference], policy=quality, purpose="spot_check")
+                outcome = yield from ask_tiers_calls(ctx, call, tiers=[quality.reference], policy=quality,
+                                                     purpose="spot_check")
             except EngineError:  # the reference failed: serve the artifact, record no check
                 return artifact
             outcome.trust = REFERENCE

@@ -10,7 +10,7 @@
         threshold: 0.90               # cosine similarity needed to serve a near-duplicate
         margin: 0.12                  # every entry with another answer must be this much less similar
         input: text                   # which input to embed (default: all dynamic inputs)
-        embedder: minilm              # minilm | openai:text-embedding-3-small | hash
+        embedder: minilm              # minilm | static | static:PATH | openai:text-embedding-3-small | hash
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SemanticCacheSpec(BaseModel):
         "the nearest entry with a different answer must be at least this much less similar; 0 = plain "
         "nearest neighbour"))
     input: str | None = Field(None, description="the input to embed (default: every dynamic input)")
-    embedder: str = Field("minilm", description="minilm | hash | openai:<model>")
+    embedder: str = Field("minilm", description="minilm | static | static:<path> | hash | openai:<model>")
 
 
 class CacheSpec(BaseModel):

@@ -20,6 +20,7 @@ and the rendered prompt last, so provider and llama.cpp prefix caches hit.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from pydantic import ValidationError
 from engine import strict_json
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
 from engine.hashing import input_hash, prompt_hash, schema_hash
-from engine.pricing import PriceOverride, baseline_cost, completion_cost, premium_price, price_of
+from engine.pricing import (PriceOverride, baseline_cost, completion_cost, output_tokens_of, premium_price,
+                            price_of)
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.calls import ProviderCalls, drive
 from engine.providers.registry import get_provider
@@ -66,6 +68,8 @@ class CompiledStep:
     system: str | None
     """The static system message (None when the schema is templated: it depends on the inputs)."""
     validator: jsonschema.Draft202012Validator | None
+    system_tokens: int = 0
+    """The static system message's share of `estimate_tokens` (its own 4 framing tokens included)."""
 
 
 def compiled(spec: LLMSpec) -> CompiledStep:
@@ -77,7 +81,8 @@ def compiled(spec: LLMSpec) -> CompiledStep:
                                     spec.prompt if isinstance(spec.prompt, str) else None),
             schema_hash=schema_hash(spec.schema_),
             system=system_message(spec) if static else None,
-            validator=_validator(spec.schema_) if static else None)  # type: ignore[arg-type]
+            validator=_validator(spec.schema_) if static else None,  # type: ignore[arg-type]
+            system_tokens=math.ceil(len(system_message(spec)) / 3) + 4 if static else 0)
     return done  # type: ignore[no-any-return]
 
 
@@ -174,7 +179,8 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
         return early
     call = prepare_call(ctx, spec, values)
     for server in ctx.servers:
-        served = server.serve(ctx, call)
+        serve_calls = getattr(server, "serve_calls", None)  # a server that may call providers itself
+        served = (yield from serve_calls(ctx, call)) if serve_calls is not None else server.serve(ctx, call)
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
             return served
@@ -204,10 +210,25 @@ def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premiu
                 prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
             except TemplateError:
                 return None  # the full path reports it
-            messages = [{"role": "system", "content": static.system}, {"role": "user", "content": prompt}]
-            served.baseline_cost = baseline_cost(premium, messages, served.output, served.attempts)
+            # the same estimate as `baseline_cost` (two messages), the system's share computed once
+            tokens_in = static.system_tokens + math.ceil(len(prompt) / 3) + 4 + 3
+            out_tokens = _output_tokens(served.output)
+            served.baseline_cost = premium.cost(tokens_in, out_tokens)
             return served  # type: ignore[no-any-return]
     return None
+
+
+_out_tokens: dict[int, tuple[Any, int]] = {}
+
+
+def _output_tokens(output: Any) -> int:
+    """`output_tokens_of`, once per output object (a lookup serves the same row objects again)."""
+    hit = _out_tokens.get(id(output))
+    if hit is None or hit[0] is not output:
+        if len(_out_tokens) > 65536:
+            _out_tokens.clear()
+        hit = _out_tokens[id(output)] = (output, output_tokens_of(output))
+    return hit[1]
 
 
 _premiums: dict[int, tuple[Any, Any]] = {}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from typing import Callable
 
 import sqlite_utils
@@ -37,8 +39,6 @@ def migrate(db: sqlite_utils.Database) -> None:
 
 
 def _now() -> str:
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 

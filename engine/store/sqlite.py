@@ -33,7 +33,7 @@ JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "inp
 
 def clean_text(value: Any) -> Any:
     """Text SQLite can store: lone surrogates (from hostile replies or requests) become U+FFFD."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.isascii():  # ASCII (most text) is always storable
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

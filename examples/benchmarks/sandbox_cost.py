@@ -8,7 +8,9 @@ that machine noise hits both alike:
   the hardening); skipped, and said so, when git or that commit is not available;
 - **after**: static check + runtime layer + OS layer (user/mount/net/ipc/uts namespaces, a
   read-only root, chroot), as served;
-- **after, runtime layer only**: the same child without the OS layer, to show what isolation costs.
+- **after, runtime layer only**: the same child without the OS layer, to show what isolation costs;
+- **served**: how a promoted script answers a run: its long-lived worker (all three layers, started
+  once, then one request per line), so one call costs no process start.
 
 Reported per configuration: median and p90 wall time of one call with one input (what a script
 serve costs), and per input in a call with 50 inputs (what verification costs), plus the static
@@ -101,6 +103,10 @@ def main() -> None:
     else:
         console.print(f"[yellow]OS isolation unavailable here ({problem}): 'after' skipped[/yellow]")
     configs["after, runtime layer only"] = lambda items: sandbox.run_script(CODE, items, layers={"static", "runtime"})
+    if problem is None:  # how a promoted script is served: its long-lived worker, one request per input
+        from engine.promotion.sandbox.worker import serve_one
+
+        configs["served: long-lived worker (all layers)"] = lambda items: [serve_one(CODE, item) for item in items]
 
     one: dict[str, list[float]] = {name: [] for name in configs}
     many: dict[str, list[float]] = {name: [] for name in configs}

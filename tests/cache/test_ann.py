@@ -67,3 +67,28 @@ def test_without_faiss_the_exact_rule_serves(monkeypatch):
     index, x = filled(3000, ann_min=1000)
     assert index._ann is None and index._no_ann
     assert index.search(x[10], 0.99).match.entry_id == 11
+
+
+def test_the_nearest_other_answer_follows_removals_and_rewrites():
+    """When every near row shares the best answer, the nearest row with another answer comes from
+    a per-answer selector kept between lookups; removing or re-writing rows must refresh it."""
+    rng = np.random.default_rng(3)
+    dims = 32
+    a = rng.normal(size=dims).astype(np.float32)
+    b = a + rng.normal(scale=0.5, size=dims).astype(np.float32)
+    rows = np.concatenate([a + rng.normal(scale=0.02, size=(1500, dims)).astype(np.float32),
+                           b + rng.normal(scale=0.02, size=(1500, dims)).astype(np.float32)])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    index = VectorIndex(ann_min=1000)
+    index.add(list(range(1, 3001)), ["A"] * 1500 + ["B"] * 1500, rows)
+    index._ann.index.nprobe = index._ann.index.nlist  # every cell: this tests the selector, not recall
+    query = a / np.linalg.norm(a)
+    first = index.search(query, 0.5, 0.05)
+    assert first.match is not None and first.match.conflicting is not None  # found among the B rows
+    assert first.match.conflicting == pytest.approx(index.exact_search(query, 0.5, 0.05).match.conflicting, abs=0.05)
+    for entry in range(1501, 3001):  # every B row goes
+        index.remove(entry)
+    assert index.search(query, 0.5, 0.05).match.conflicting is None
+    index.add([1501], ["B"], query.reshape(1, -1))  # re-written in place: a B row right on the query
+    decision = index.search(query, 0.5, 0.05)
+    assert decision.match is None and decision.reason == "ambiguous"

@@ -94,3 +94,47 @@ def test_openai_embedder_without_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(AuthenticationError):
         OpenAIEmbedder().embed(["x"])
+
+
+def _tiny_static_model(folder):
+    """A real model2vec model on MiniLM's own tokenizer, with vectors made so that texts sharing
+    words are near each other (one random vector per token)."""
+    import numpy as np
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    from engine.cache.embedders import minilm_path
+
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    vectors = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 32)).astype(np.float32)
+    StaticModel(vectors, tokenizer).save_pretrained(str(folder))
+    return folder
+
+
+def test_static_embedder_loads_a_model2vec_folder_and_embeds_unit_rows(tmp_path, monkeypatch):
+    import numpy as np
+
+    from engine.cache.embedders import StaticEmbedder, get_embedder, unregister_embedder
+
+    folder = _tiny_static_model(tmp_path / "static")
+    embedder = get_embedder(f"static:{folder}")
+    assert isinstance(embedder, StaticEmbedder)
+    vectors = embedder.embed(["my card has not arrived", "my card has not arrived yet", "exchange rate"])
+    assert vectors.shape == (3, 32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    # `static` alone reads $ENGINE_STATIC_EMBEDDER (else $ENGINE_HOME/models/minilm-static)
+    unregister_embedder("static")
+    monkeypatch.setenv("ENGINE_STATIC_EMBEDDER", str(folder))
+    assert np.allclose(get_embedder("static").embed(["exchange rate"]), vectors[2:])
+    unregister_embedder("static")
+
+
+def test_static_embedder_without_a_model_says_how_to_build_one(tmp_path):
+    import pytest
+
+    from engine.cache.embedders import StaticEmbedder
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="examples/static_embedder/build.py"):
+        StaticEmbedder(tmp_path / "missing")

@@ -148,3 +148,28 @@ def test_new_table_after_demotion_does_not_carry_the_demoted_rows(label_wf, labe
     review.accept(store, fresh.id)
     rows = json.loads((path.parent / "promotions/label/classify.lookup.v2.json").read_text())["rows"]
     assert "hi" not in {r["input"]["text"] for r in rows}
+
+
+def test_spot_check_under_arun_awaits_the_reference_on_the_loop(label_wf, labeller, store):
+    """A spot check asks the reference tier through the step's provider-call generator: under
+    `arun_workflow` a sync-only provider runs on a worker thread, never on the event loop's own."""
+    import asyncio
+    import threading
+
+    from engine import arun_workflow
+
+    path = label_wf(", spot_check: 1.0")
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    threads: list[str] = []
+    respond = labeller.responder
+    labeller.responder = lambda r: (threads.append(threading.current_thread().name), respond(r))[1]
+
+    async def main() -> tuple[object, str]:
+        result = await arun_workflow(path, {"text": "hi"})
+        return result, threading.current_thread().name
+
+    result, loop_thread = asyncio.run(main())
+    assert result.step("classify").served_by == "llm" and threads  # the spot check asked the llm
+    assert loop_thread not in threads
+    assert records.check_stats(store, promotion.id)["spot"]["checks"] == 1

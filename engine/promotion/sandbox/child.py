@@ -111,8 +111,12 @@ def __sandbox_main():
         os._exit(0)
 
     # From here on, untrusted data exists in the process.
-    job = json.loads(sys.stdin.buffer.read())
-    os.close(0)
+    if @SERVE@:  # a worker: the job (code, limits) on its first line, then one request per line
+        requests = sys.stdin.buffer
+        job = json.loads(requests.readline())
+    else:
+        job = json.loads(sys.stdin.buffer.read())
+        os.close(0)
 
     if runtime:
         def plain(template):
@@ -203,6 +207,40 @@ def __sandbox_main():
         raise Timeout()
 
     signal.signal(signal.SIGALRM, alarm)
+    if @SERVE@:
+        def reply(payload):
+            data = (json.dumps(payload, ensure_ascii=True, allow_nan=False) + "\n").encode()
+            while data:
+                data = data[os.write(out, data):]
+
+        reply({"ready": True})
+        while True:
+            line = requests.readline()
+            if not line:
+                os._exit(0)
+            inputs = json.loads(line)
+            # every call gets a fresh module namespace: nothing a call leaves behind reaches the next
+            namespace = {"__builtins__": safe, "__name__": "promoted"} if runtime else {"__name__": "promoted"}
+            signal.setitimer(signal.ITIMER_REAL, job["per_item"])
+            try:
+                exec(code, namespace)
+                value = namespace["solve"](dict(inputs))
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+                if len(text) > job["max_output"]:
+                    reply({"error": "output larger than " + str(job["max_output"]) + " characters"})
+                else:
+                    reply({"output": json.loads(text)})
+            except Timeout:
+                reply({"error": "timeout"})
+                os._exit(0)  # the parent starts a new worker
+            except BaseException as e:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                try:
+                    message = type(e).__name__ + ": " + str(e)
+                except BaseException:
+                    message = "the script raised an unprintable error"
+                reply({"error": message[:300]})
     results = []
     timed_out = False
     for inputs in job["inputs"]:
@@ -235,9 +273,11 @@ sys.modules["__main__"].__dict__.pop("__sandbox_main")()
 '''
 
 
-def child_source(*, tmp: str, read_roots: tuple[str, ...], runtime: bool) -> str:
-    """The child's program with its policy written in as literals (see the module docstring)."""
+def child_source(*, tmp: str, read_roots: tuple[str, ...], runtime: bool, serve: bool = False) -> str:
+    """The child's program with its policy written in as literals (see the module docstring).
+    `serve`: a long-lived worker answering one request per line (see `sandbox.worker`)."""
     values = {
+        "@SERVE@": repr(serve),
         "@DENY_EVENTS@": repr(DENY_EVENTS), "@DENY_IMPORTS@": repr(DENY_IMPORTS),
         "@PATH_WRITE_EVENTS@": repr(PATH_WRITE_EVENTS), "@PATH_READ_EVENTS@": repr(PATH_READ_EVENTS),
         "@TMP@": repr(tmp), "@READ_ROOTS@": repr(tuple(read_roots)), "@RUNTIME@": repr(runtime),
