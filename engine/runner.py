@@ -2,6 +2,12 @@
 
 State is `{"inputs": {...}, "steps": {id: {"output": ...}}}`; each step renders its declared
 inputs from it, runs, and adds its output. Every run, step and llm call is written to the store.
+
+Steps start as soon as the steps they read are done (`engine.spec.graph`): independent steps run
+at the same time, through a `Fanout` that `drive` runs on threads and `adrive` on the event loop.
+Step records keep the workflow's order whatever order the steps finish in. A workflow whose
+steps form a chain runs them in a plain loop. `for_each` (engine.steps.foreach), long inputs
+(engine.steps.context) and sub-workflows (`workflow:`, a child run of its own) are per-step.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
 from engine.spec.models import Step, Workflow
-from engine.providers.calls import ProviderCalls, adrive, drive
+from engine.providers.calls import Fanout, ProviderCalls, adrive, drive, gather_calls
 from engine.steps import StepContext, StepOutcome, run_script_step
+from engine.steps.context import context_step_calls
 from engine.steps.decision import decision_step_calls
+from engine.steps.foreach import for_each_calls
 from engine.steps.llm import llm_step_calls
 from engine.store import SQLiteStore
 from engine.templating import TemplateError, evaluate_condition, render
@@ -90,6 +98,14 @@ class StepRecord:
     trust: str | None = None
     """For llm steps: reference | verified | labelled | unverified (see engine.quality.trust)."""
     confidence: float | None = None
+    context: dict[str, Any] | None = None
+    """Long inputs: tokens, how counted, truncation, chunks (see engine.steps.context)."""
+    items: list[dict[str, Any]] | None = None
+    """for_each: one summary per item, in order."""
+    errors: list[dict[str, Any]] | None = None
+    """for_each with on_item_error skip/collect: the failed items."""
+    child_runs: list[str] = field(default_factory=list)
+    """Sub-workflow steps: the child runs (tagged parent_run/parent_step in the log)."""
 
 
 @dataclass
@@ -148,14 +164,38 @@ class _ScriptCall:
         return run_script_step(self.ctx, self.spec, values)
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
+def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
+              item: int | None = None) -> ProviderCalls[StepOutcome]:
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
     if step.decision is not None:
         return (yield from decision_step_calls(ctx, step.decision, values))
+    if step.workflow is not None:
+        return (yield from _sub_workflow(ctx, step, values, concurrent, item))
     assert step.llm is not None
+    if step.llm.context is not None:
+        return (yield from context_step_calls(ctx, step.llm, values, concurrent=concurrent))
     return (yield from llm_step_calls(ctx, step.llm, values))
+
+
+def _sub_workflow(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool,
+                  item: int | None) -> ProviderCalls[StepOutcome]:
+    """A `workflow:` step: the child runs as a run of its own, tagged with its parent run and step
+    (and the item's index under for_each)."""
+    child: Workflow = step._workflow
+    tags: dict[str, Any] = {"parent_run": ctx.run_id, "parent_step": ctx.step_id}
+    if item is not None:
+        tags["parent_item"] = item
+    result: RunResult = yield from _run(
+        child, values, config=ctx.config, store=ctx.store or False,
+        tags=tags, raise_on_error=False, servers=None,
+        tenant=ctx.tenant, inline_checks=ctx.inline_checks, provider_batch=ctx.provider_batch, parallel=concurrent)
+    if not result.ok:
+        raise StepError(step.id, f"sub-workflow '{child.name}' (run {result.run_id}) failed: {result.error}")
+    return StepOutcome(output=result.outputs, served_by="workflow", tokens_in=result.tokens_in,
+                       tokens_out=result.tokens_out, cost=result.cost, baseline_cost=result.baseline_cost,
+                       child_runs=[result.run_id])
 
 
 def run_workflow(
@@ -170,6 +210,7 @@ def run_workflow(
     tenant: str | None = None,
     inline_checks: bool | None = None,
     provider_batch: Any = None,
+    parallel: bool = True,
 ) -> RunResult:
     """Run a workflow. With `raise_on_error` a failed step raises its `StepError`, whose
     `.result` holds the partial `RunResult`; otherwise the result comes back with status failed.
@@ -179,10 +220,13 @@ def run_workflow(
     (see `engine.quality`) run after the run, off the request path, unless `inline_checks` (the
     default for batch runs, tagged `batch`).
     `provider_batch` (an `engine.provider_batch.ProviderBatcher`) sends the calls it routes through
-    provider batch APIs."""
+    provider batch APIs.
+    `parallel`: steps that do not read each other run at the same time (on threads here), and
+    `for_each` items up to their `concurrency`; False runs everything one at a time. Results and
+    the log are the same either way (step records in the workflow's order)."""
     return drive(_run(workflow, inputs, config=config, store=store, tags=tags, raise_on_error=raise_on_error,
                       servers=servers, tenant=tenant, inline_checks=inline_checks,
-                      provider_batch=provider_batch))
+                      provider_batch=provider_batch, parallel=parallel))
 
 
 async def arun_workflow(
@@ -197,6 +241,7 @@ async def arun_workflow(
     tenant: str | None = None,
     inline_checks: bool | None = None,
     provider_batch: Any = None,
+    parallel: bool = True,
 ) -> RunResult:
     """`run_workflow` on the caller's event loop: each provider call is awaited (`acomplete`;
     a sync-only provider runs on a worker thread), so thousands of runs overlap on one loop.
@@ -204,7 +249,7 @@ async def arun_workflow(
     go to the store's write-behind queue, which never blocks on SQLite."""
     return await adrive(_run(workflow, inputs, config=config, store=store, tags=tags,
                              raise_on_error=raise_on_error, servers=servers, tenant=tenant,
-                             inline_checks=inline_checks, provider_batch=provider_batch))
+                             inline_checks=inline_checks, provider_batch=provider_batch, parallel=parallel))
 
 
 def _run(
@@ -219,6 +264,7 @@ def _run(
     tenant: str | None,
     inline_checks: bool | None,
     provider_batch: Any,
+    parallel: bool = True,
 ) -> ProviderCalls[RunResult]:
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
@@ -237,17 +283,39 @@ def _run(
     started = time.perf_counter()
     failure: EngineError | None = None
     outputs: dict[str, Any] = {}
-    for step in wf.steps:
-        ctx = StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant, inline_checks=inline,
-                          after_run=after_run, provider_batch=provider_batch)
-        record, error = yield from _execute(ctx, step, state)
-        records.append(record)
-        if db is not None:
-            _record_step(db, run_id, record)
-        if error is not None:
-            failure = error
-            break
-        state["steps"][step.id] = {"output": record.output}
+    # A provider-batch run parks its item's thread on each routed call: its steps run one at a time.
+    concurrent = parallel and provider_batch is None
+    chain, after = _schedule(wf)
+    contexts = [StepContext(run_id, wf, config, db, step.id, servers, tenant=tenant, inline_checks=inline,
+                            after_run=after_run, provider_batch=provider_batch) for step in wf.steps]
+    if chain:  # each step reads the one before: no fan-out machinery on the hot path
+        for i, step in enumerate(wf.steps):
+            record, error = yield from _execute(contexts[i], step, state, concurrent)
+            records.append(record)
+            if db is not None:
+                _record_step(db, run_id, record)
+            if error is not None:
+                failure = error
+                break
+    else:
+        def step_calls(i: int) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
+            return _execute(contexts[i], wf.steps[i], state, concurrent)
+
+        def failed(i: int, result: tuple[StepRecord, EngineError | None]) -> bool:
+            return result[1] is not None
+
+        done = yield from gather_calls(
+            Fanout([(lambda i=i: step_calls(i)) for i in range(len(wf.steps))], after, stop=failed),
+            concurrent=concurrent)
+        for result in done:  # the workflow's order, whatever order the steps finished in
+            if result is None:
+                continue
+            record, error = result
+            records.append(record)
+            if db is not None:
+                _record_step(db, run_id, record)
+            if error is not None and failure is None:
+                failure = error
     if failure is None:
         try:
             outputs = render(wf.outputs, state) if wf.outputs else {s.id: state["steps"][s.id]["output"]
@@ -273,16 +341,37 @@ def _run(
     return result
 
 
-def _execute(ctx: StepContext, step: Step,
-             state: dict[str, Any]) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
+def _schedule(wf: Workflow) -> tuple[bool, list[set[int]]]:
+    """(whether the steps form a chain, each in the workflow's order reading the one before; the
+    indices each step waits for). Computed once per loaded workflow."""
+    cached = wf.__pydantic_private__.get("_schedule")  # type: ignore[union-attr]
+    if cached is None:
+        from engine.spec.graph import dependencies
+
+        deps = dependencies(wf.steps)
+        index = {s.id: i for i, s in enumerate(wf.steps)}
+        after = [{index[d] for d in deps[s.id]} for s in wf.steps]
+        chain = (all(max(after[i], default=-1) < i for i in range(len(wf.steps)))
+                 and all(i - 1 in after[i] for i in range(1, len(wf.steps))))
+        cached = wf._schedule = (chain, after)
+    return cached  # type: ignore[no-any-return]
+
+
+def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
+             concurrent: bool = True) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
     record = StepRecord(step_id=step.id, kind=step.kind, status="ok")
     started = time.perf_counter()
     try:
         if step.when is not None and not evaluate_condition(step.when, state):
             record.status = "skipped"
+            state["steps"][step.id] = {"output": None}
             return record, None
-        values = render(step.inputs, state)
-        outcome = yield from _run_step(ctx, step, values)
+        if step.for_each is not None:
+            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: _run_step(ctx, step, values, concurrent, i),
+                                                concurrent=concurrent)
+        else:
+            values = render(step.inputs, state)
+            outcome = yield from _run_step(ctx, step, values, concurrent)
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
@@ -299,7 +388,15 @@ def _execute(ctx: StepContext, step: Step,
     record.cache = outcome.cache
     record.trust, record.confidence = outcome.trust, outcome.confidence
     _fill_attempts(record, outcome.attempts)
+    if step.kind == "workflow":  # the child runs' calls are theirs; their totals count here
+        record.tokens_in, record.tokens_out, record.cost = outcome.tokens_in, outcome.tokens_out, outcome.cost
     record.baseline_cost = outcome.baseline_cost
+    record.context, record.items, record.errors = outcome.context, outcome.items, outcome.errors
+    record.child_runs = outcome.child_runs
+    entry: dict[str, Any] = {"output": outcome.output}
+    if outcome.errors is not None:
+        entry["errors"] = outcome.errors
+    state["steps"][step.id] = entry
     return record, None
 
 

@@ -18,7 +18,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
-ENV = ImmutableSandboxedEnvironment(
+class _Environment(ImmutableSandboxedEnvironment):
+    """`a.b` on a mapping reads its key `b` first, so a step or field named like a dict method
+    (`steps.items.output`, `row.keys`) means the value, not the method."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+ENV = _Environment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     autoescape=False,

@@ -87,6 +87,19 @@ def test_promoted_lookup_benchmark_runs(tmp_path):
     assert json.loads((tmp_path / "lookup.json").read_text())["runs"] == 20
 
 
+def test_workflow_language_benchmark_runs(tmp_path):
+    out = tmp_path / "workflow_language.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/workflow_language.py"), "--rounds", "1",
+                           "--latency-ms", "60", "--skip-local", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {(r["workload"].split(",")[0], r["variant"]): r for r in json.loads(out.read_text())["cloud"]}
+    # two 60 ms llm steps side by side: well under two latencies (a sequential run needs both)
+    assert rows[("review_digest", "parallel")]["median_ms"] < rows[("review_digest", "sequential")]["median_ms"]
+    assert rows[("invoice_lines", "concurrency 8")]["speedup"] > 1.5
+
+
 def test_static_embedder_benchmark_runs(tmp_path):
     """The comparison runs end to end (on a tiny random-vector static model over MiniLM's tokenizer)."""
     import numpy as np

@@ -52,3 +52,42 @@ def test_extract_workflow_offline(fake):
     fake.enqueue({"name": "Dana", "email": None, "extra": 1})
     result = run_workflow(ROOT / "workflows/extract.yaml", {"text": "I'm Dana"}, config=FAKE)
     assert result.outputs == {"record": {"name": "Dana", "email": None}}
+
+
+def test_invoice_lines_offline(fake):
+    def extract(request):
+        line = request.messages[1]["content"].removeprefix("Invoice line: ")  # [-1] is a re-ask
+        if "Oven" in line:
+            return "I cannot read this"
+        qty = float(line.split()[0])
+        price = float(line.split("@")[-1].split()[0]) if "@" in line else 1.35
+        return {"description": line.split(" x ")[-1].split(" @")[0][:80], "quantity": qty, "unit_price": price}
+
+    fake.responder = extract
+    wf = ROOT / "examples/invoice_lines/workflow.yaml"
+    invoice = (wf.parent / "invoice.txt").read_text()
+    result = run_workflow(wf, {"invoice": invoice}, config=FAKE)
+    items = result.outputs["items"]
+    assert len(items) == 5 and items[4] is None  # the unreadable line is collected, not fatal
+    assert [i["quantity"] for i in items[:4]] == [2, 1, 25, 3]
+    assert result.outputs["unreadable"][0]["index"] == 4
+    assert result.outputs["total"] == {"amount": 96.25, "currency": "EUR", "lines": 4, "unreadable": 1}
+    assert len(result.step("items").items) == 5
+
+
+def test_long_document_offline_chunks_and_reduces(fake):
+    def respond(request):
+        prompt = request.messages[-1]["content"]
+        if prompt.startswith("Summaries of the parts"):
+            return {"summary": "Harbour Street floods more; repair drains and restore floodplain."}
+        return {"summary": "part " + prompt.split()[1]}
+
+    fake.responder = respond
+    config = EngineConfig(tiers={"local": [ModelEntry(model="fake:local", options={"context_window": 1024})]})
+    wf = ROOT / "examples/long_document/workflow.yaml"
+    result = run_workflow(wf, {"document": (wf.parent / "document.txt").read_text()}, config=config)
+    context = result.step("summary").context
+    assert context["chunks"] >= 2 and context["reduce_rounds"] == 1 and context["exact"] is False
+    assert result.outputs == {"summary": "Harbour Street floods more; repair drains and restore floodplain."}
+    reduce_prompt = fake.requests[-1].messages[-1]["content"]
+    assert reduce_prompt.count("- part ") == context["chunks"]

@@ -35,3 +35,11 @@ def test_conditions():
 def test_references_are_longest_chains():
     refs = {r.path for r in references("{{ steps.a.output.x }} {{ inputs['b'] }} {{ inputs.c | upper }}")}
     assert refs == {("steps", "a", "output", "x"), ("inputs", "b"), ("inputs", "c")}
+
+
+def test_a_key_named_like_a_dict_method_reads_the_value():
+    from engine.templating import render
+
+    state = {"steps": {"items": {"output": [1, 2]}, "keys": {"output": "k"}}}
+    assert render("{{ steps.items.output }}", state) == [1, 2]
+    assert render("{{ steps.items.output | length }} / {{ steps.keys.output }}", state) == "2 / k"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_table
+from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_notes, step_table
 from engine.inputs import parse_cli_inputs, parse_inputs_json, parse_tags
 from engine.errors import InputError, UserError
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
+from engine.spec.graph import mermaid
 
 
 @click.command("run")
@@ -61,6 +62,8 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
     if not quiet:
         err_console.print(step_table([asdict(s) for s in result.steps],
                                      title=f"{result.workflow} · run {result.run_id[:12]}"))
+        for note in step_notes([asdict(s) for s in result.steps]):
+            err_console.print(escape_control(note), soft_wrap=True)
         err_console.print(f"total: {result.tokens_in}/{result.tokens_out} tokens, {fmt_cost(result.cost)} "
                           f"(all-premium baseline {fmt_cost(result.baseline_cost)}), {result.latency_ms:.0f} ms")
     if not result.ok:
@@ -71,11 +74,15 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
 
 @click.command("validate")
 @click.argument("workflows", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def validate_cmd(workflows: tuple[Path, ...]) -> None:
+@click.option("--graph", is_flag=True, help="Print each workflow's step graph as Mermaid text instead.")
+def validate_cmd(workflows: tuple[Path, ...], graph: bool) -> None:
     """Check workflow files; print every problem with file:line:column."""
     for path in workflows:
         wf = load_workflow(path)
-        click.echo(escape_control(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)"))
+        if graph:
+            click.echo(escape_control(f"%% {path} ({wf.name} v{wf.version})\n{mermaid(wf)}"), nl=False)
+        else:
+            click.echo(escape_control(f"ok: {path} ({wf.name} v{wf.version}, {len(wf.steps)} steps)"))
 
 
 @click.command("schema")

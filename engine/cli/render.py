@@ -53,3 +53,25 @@ def step_table(steps: list[dict[str, Any]], title: str | None = None) -> Table:
             f"{s.get('latency_ms') or 0:.1f}",
         )
     return table
+
+
+def step_notes(steps: list[dict[str, Any]]) -> list[str]:
+    """One line per fan-out, long input or sub-workflow run, under the step table."""
+    notes = []
+    for s in steps:
+        items = s.get("items")
+        if items is not None:
+            failed = sum(1 for i in items if i.get("status") == "failed")
+            notes.append(f"{s['step_id']}: for_each over {len(items)} item(s)" + (f", {failed} failed" if failed else ""))
+        context = s.get("context")
+        if context:
+            how = f"{context['tokens']} tokens ({context['counting']})"
+            if context.get("truncated"):
+                notes.append(f"{s['step_id']}: input '{context['input']}' TRUNCATED from {how} to "
+                             f"{context.get('kept_tokens')}")
+            elif context.get("chunks"):
+                notes.append(f"{s['step_id']}: input '{context['input']}' {how} split into {context['chunks']} "
+                             f"chunks, reduced in {context.get('reduce_rounds', 0)} round(s)")
+        for child in s.get("child_runs") or []:
+            notes.append(f"{s['step_id']}: sub-workflow run {child}")
+    return notes

@@ -8,6 +8,7 @@ from rich.table import Table
 from engine.cli.render import dump_json, fmt_cost, out_console, step_table
 from engine.config import load_config
 from engine.errors import UserError
+from engine.lineage import with_links
 from engine.runner import open_store
 
 
@@ -37,16 +38,25 @@ def list_cmd(workflow: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
 def show_cmd(run_id: str, as_json: bool) -> None:
     """One run: inputs, outputs, steps and llm calls (a unique id prefix is enough)."""
-    run = open_store(load_config().store_path()).run(run_id)
+    store = open_store(load_config().store_path())
+    run = store.run(run_id)
     if run is None:
         raise UserError(f"no run matches '{run_id}'")
+    run = with_links(store, run)
     if as_json:
         click.echo(dump_json(run))
         return
     out_console.print(f"[bold]{run['workflow']}[/] run {run['id']} · {run['status']} · {run['started_at']}")
+    if run["parent"]:
+        out_console.print(f"parent: run {run['parent']['id']} step {run['parent']['step']}")
     out_console.print(f"inputs: {dump_json(run['inputs'])}")
     out_console.print(step_table(run["steps"]))
-    for call in run["llm_calls"]:
+    for child in run["children"]:
+        out_console.print(f"  child run {child['id']} ({child['workflow']}, {child['status']}) "
+                          f"from step {child['step']} {fmt_cost(child['cost'])}", soft_wrap=True)
+    order = {s["step_id"]: i for i, s in enumerate(run["steps"])}  # parallel steps: calls grouped by step
+    for call in sorted(run["llm_calls"], key=lambda c: (order.get(str(c["step_id"]).split(".")[0], len(order)),
+                                                        c["id"])):
         why = f" -> {call['reason']}" if call.get("reason") else ""
         trust = f" · {call['trust']}" + (f" by {call['verified_by']}" if call.get("verified_by") else "") if (
             call.get("trust")) else ""

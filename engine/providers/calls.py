@@ -12,15 +12,20 @@ provider call it needs, and driven either synchronously or on an event loop.
 `acomplete(provider, request)` is the one place a provider is awaited: a provider with
 `async def acomplete` is awaited directly; one with only `complete` (a sync-only plugin) runs on
 a worker thread, so the event loop never blocks on it.
+
+A computation may also yield `(FANOUT, Fanout(...))`: a group of sub-computations to run at the
+same time (independent steps, `for_each` items, chunks). `drive` runs them on threads, `adrive`
+as tasks on the loop; either way the list of their results comes back, in the group's order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from contextvars import ContextVar
-from typing import Any, Generator, TypeVar
+from typing import Any, Callable, Generator, TypeVar
 
 from engine.providers.base import Completion, CompletionRequest
 
@@ -29,13 +34,38 @@ ProviderCalls = Generator[tuple[Any, CompletionRequest], Completion, T]
 """A computation that yields (provider, request) and is sent back the provider's Completion."""
 
 
+FANOUT: Any = object()
+"""Yielded in place of a provider: the request is a `Fanout` and the answer the list of results."""
+
+
+@dataclass
+class Fanout:
+    """Sub-computations to run concurrently. `tasks[i]()` makes the i-th computation; it is
+    called (started) only once every index in `after[i]` has finished, and at most `limit` run
+    at once. A task that raises fails the group: no new task starts, the running ones finish, and
+    the first error in task order is raised at the yield. `stop(i, result)` may end the group
+    early the same way (no new task starts); the results of tasks never started are None."""
+
+    tasks: list[Callable[..., ProviderCalls[Any]]]
+    """Called with no arguments (a lambda's defaults bind the task's own values)."""
+    after: list[set[int]] = field(default_factory=list)
+    limit: int = 0
+    """0: no limit."""
+    stop: Callable[[int, Any], bool] | None = None
+
+    def ready(self, done: set[int], started: set[int]) -> list[int]:
+        after = self.after or [set()] * len(self.tasks)
+        return [i for i in range(len(self.tasks)) if i not in started and after[i] <= done]
+
+
 def drive(calls: ProviderCalls[T]) -> T:
     """Run `calls`, answering each request with the provider's blocking `complete`."""
     try:
         provider, request = next(calls)
         while True:
             try:
-                completion = provider.complete(request)
+                completion: Any = (provider.complete(request) if provider is not FANOUT
+                                   else _drive_fanout(request))  # type: ignore[arg-type]
             except BaseException as e:  # noqa: BLE001 - thrown back in at the yield
                 provider, request = calls.throw(e)
             else:
@@ -50,7 +80,8 @@ async def adrive(calls: ProviderCalls[T]) -> T:
         provider, request = next(calls)
         while True:
             try:
-                completion = await acomplete(provider, request)
+                completion: Any = (await acomplete(provider, request) if provider is not FANOUT
+                                   else await _adrive_fanout(request))  # type: ignore[arg-type]
             except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - thrown back in at the yield
                 provider, request = calls.throw(e)
             else:
@@ -80,3 +111,99 @@ async def acomplete(provider: Any, request: CompletionRequest) -> Completion:
     if has_acomplete(provider):
         return await provider.acomplete(request)  # type: ignore[no-any-return]
     return await asyncio.get_running_loop().run_in_executor(SYNC_EXECUTOR.get(), provider.complete, request)
+
+
+def _drive_fanout(group: Fanout) -> list[Any]:
+    """A `Fanout` on threads (one per running task); this thread only schedules."""
+    n = len(group.tasks)
+    results: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    done: set[int] = set()
+    started: set[int] = set()
+    running: dict[Future[Any], int] = {}
+    limit = group.limit or n
+    halted = False
+    with ThreadPoolExecutor(max_workers=max(1, min(limit, n)), thread_name_prefix="engine-fanout") as pool:
+        while True:
+            if not halted:
+                for i in group.ready(done, started)[: limit - len(running)]:
+                    started.add(i)
+                    running[pool.submit(drive, group.tasks[i]())] = i
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=running.__getitem__):
+                i = running.pop(future)
+                done.add(i)
+                try:
+                    results[i] = future.result()
+                except BaseException as e:  # noqa: BLE001 - raised below, in task order
+                    errors[i] = e
+                    halted = True
+                    continue
+                if group.stop is not None and group.stop(i, results[i]):
+                    halted = True
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
+async def _adrive_fanout(group: Fanout) -> list[Any]:
+    """A `Fanout` as tasks on the running loop."""
+    n = len(group.tasks)
+    results: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    done: set[int] = set()
+    started: set[int] = set()
+    running: dict[asyncio.Task[Any], int] = {}
+    limit = group.limit or n
+    halted = False
+    try:
+        while True:
+            if not halted:
+                for i in group.ready(done, started)[: limit - len(running)]:
+                    started.add(i)
+                    running[asyncio.ensure_future(adrive(group.tasks[i]()))] = i
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(finished, key=running.__getitem__):
+                i = running.pop(task)
+                done.add(i)
+                try:
+                    results[i] = task.result()
+                except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - raised below, in task order
+                    errors[i] = e
+                    halted = True
+                    continue
+                if group.stop is not None and group.stop(i, results[i]):
+                    halted = True
+    except asyncio.CancelledError:
+        for task in running:
+            task.cancel()
+        raise
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
+def gather_calls(group: Fanout, *, concurrent: bool = True) -> ProviderCalls[list[Any]]:
+    """Run a `Fanout`: concurrently through the driver (yielded), or, with `concurrent=False` or
+    a limit of 1, inline on the caller's thread, one task at a time in index order among those
+    ready (same results, same error rule)."""
+    if concurrent and group.limit != 1 and len(group.tasks) > 1:
+        results: list[Any] = yield FANOUT, group  # type: ignore[misc,assignment]
+        return results
+    out: list[Any] = [None] * len(group.tasks)
+    done: set[int] = set()
+    started: set[int] = set()
+    while True:
+        ready = group.ready(done, started)
+        if not ready:
+            return out
+        i = ready[0]
+        started.add(i)
+        out[i] = yield from group.tasks[i]()
+        done.add(i)
+        if group.stop is not None and group.stop(i, out[i]):
+            return out

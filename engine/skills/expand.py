@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from engine.config import EngineConfig
 
 AddProblem = Callable[[tuple[Any, ...], str], None]
-STEP_KEYS = ("id", "uses", "with", "inputs", "when")
+FAN_OUT_KEYS = ("for_each", "as", "concurrency", "on_item_error")
+STEP_KEYS = ("id", "uses", "with", "inputs", "when", *FAN_OUT_KEYS)
 _REF = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)(?:@(?P<version>\d+|latest))?$")
 _WHOLE = re.compile(r"^\s*\[\[(?P<expr>.*?)\]\]\s*$", re.DOTALL)
 
@@ -57,6 +58,10 @@ USES_STEP_SCHEMA: dict[str, Any] = {
         "with": {"type": "object", "description": "overrides: the skill's params; tier, max_tokens, "
                                                   "retries, escalate, temperature, quality for llm skills"},
         "when": {"type": ["string", "boolean"]},
+        "for_each": {"type": "string", "description": "run the skill once per item of this list"},
+        "as": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+        "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "on_item_error": {"enum": ["fail", "skip", "collect"]},
     },
     "required": ["id", "uses"],
     "additionalProperties": False,
@@ -215,6 +220,7 @@ def expand_uses(data: dict[str, Any], base_dir: Path, add: AddProblem,
             continue
         try:
             out["steps"][i] = skill_step(skill, str(step.get("id", "")), inputs, overrides, step.get("when"))
+            out["steps"][i].update({k: step[k] for k in FAN_OUT_KEYS if k in step})
         except ValueError as e:
             key = "with" if "parameter" in str(e) else "inputs" if "input" in str(e) else "uses"
             add(where + (key if key in step else "uses",), str(e))

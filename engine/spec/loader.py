@@ -1,9 +1,11 @@
 """Load a workflow file into `Workflow`, collecting every problem with file:line:column and field.
 
 `load_workflow(path)` parses YAML, validates the models (unknown keys forbidden), resolves files
-(prompts, schemas, tables, script callables) relative to the workflow, and checks references:
-unknown or forward step references, unknown inputs, duplicate ids, unknown tiers, invalid JSON
-Schemas, template syntax errors, prompts that read variables the step does not declare.
+(prompts, schemas, tables, script callables, sub-workflows) relative to the workflow, and checks
+references: unknown step references, steps reading each other in a cycle, unknown inputs and
+variables, duplicate ids, unknown tiers, invalid JSON Schemas, template syntax errors, prompts
+that read variables the step does not declare, `for_each` and `context:` settings, sub-workflows
+that fail to load, recurse or get the wrong inputs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.util
 import io
 import json
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +81,17 @@ def load_workflow_text(
 
 def _build(data: Any, positions: PositionMap, base_dir: Path, config: EngineConfig | None,
            path: Path | None) -> Workflow:
+    if path is None:
+        return _build_checked(data, positions, base_dir, config, path)
+    token = _LOADING.set((*_LOADING.get(), path.resolve()))
+    try:
+        return _build_checked(data, positions, base_dir, config, path)
+    finally:
+        _LOADING.reset(token)
+
+
+def _build_checked(data: Any, positions: PositionMap, base_dir: Path, config: EngineConfig | None,
+                   path: Path | None) -> Workflow:
     problems = _Problems(positions, data)
     if not isinstance(data, dict):
         problems.add((), "a workflow must be a mapping with name, steps, ...")
@@ -123,31 +137,89 @@ def _check(workflow: Workflow, data: dict[str, Any], problems: _Problems, config
         _check_schema(schema, ("inputs", name), problems)
     seen: dict[str, int] = {}
     for i, step in enumerate(workflow.steps):
-        where = ("steps", i)
         if step.id in seen:
-            problems.add(where + ("id",), f"duplicate step id '{step.id}' (first used by steps[{seen[step.id]}])")
-        earlier = set(seen)
+            problems.add(("steps", i, "id"), f"duplicate step id '{step.id}' (first used by steps[{seen[step.id]}])")
         seen.setdefault(step.id, i)
-        _check_refs(step.inputs, where + ("inputs",), workflow, earlier, problems)
+    for i, step in enumerate(workflow.steps):
+        where = ("steps", i)
+        item = step.item_name if step.for_each is not None else None
+        _check_refs(step.inputs, where + ("inputs",), workflow, problems, item=item)
         if step.when is not None:
-            _check_refs(step.when, where + ("when",), workflow, earlier, problems, condition=True)
+            _check_refs(step.when, where + ("when",), workflow, problems, condition=True)
+        if step.for_each is not None:
+            _check_refs(step.for_each, where + ("for_each",), workflow, problems)
+            if step.item_name in ("inputs", "steps"):
+                problems.add(where + ("as",), f"'{step.item_name}' is taken: name the item something else")
         if step.script is not None:
             _resolve_script(step, where + ("script",), base_dir, problems)
         elif step.decision is not None:
             _resolve_decision(step, step.decision, where + ("decision",), base_dir, config, problems)
         elif step.llm is not None:
             _resolve_llm(step, step.llm, where + ("llm",), base_dir, config, problems)
+            if step.llm.context is not None:
+                _resolve_context(step, step.llm, where + ("llm", "context"), base_dir, config, problems)
+        elif step.workflow is not None:
+            _resolve_subworkflow(step, where + ("workflow",), base_dir, config, problems)
     for name, template in workflow.outputs.items():
-        _check_refs(template, ("outputs", name), workflow, set(seen), problems)
+        _check_refs(template, ("outputs", name), workflow, problems)
+    _check_child_outputs(workflow, problems)
+    from engine.spec.graph import dependencies, find_cycle
+
+    cycle = find_cycle(dependencies(workflow.steps), workflow.step_ids)
+    if cycle is not None:
+        first = workflow.steps[seen[cycle[0]]]
+        field = next((f for f, t, c in (("inputs", first.inputs, False), ("for_each", first.for_each, False),
+                                        ("when", first.when, True))
+                      if t is not None and _reads_step(t, cycle[1], c)), "id")
+        problems.add(("steps", seen[cycle[0]], field),
+                     f"steps form a cycle: {' -> '.join(cycle)} (each reads the next's output)")
 
 
-def _check_refs(template: Any, path: tuple[Any, ...], workflow: Workflow, earlier: set[str],
-                problems: _Problems, condition: bool = False) -> None:
+def _check_child_outputs(workflow: Workflow, problems: _Problems) -> None:
+    """`steps.<sub>.output.<name>` must name an output of the sub-workflow (once it is loaded)."""
+    children = {s.id: s._workflow for s in workflow.steps if s._workflow is not None and s.for_each is None}
+    if not children:
+        return
+    places: list[tuple[Any, tuple[Any, ...], bool]] = []
+    for i, step in enumerate(workflow.steps):
+        places += [(step.inputs, ("steps", i, "inputs"), False), (step.for_each, ("steps", i, "for_each"), False),
+                   (step.when, ("steps", i, "when"), True)]
+    places += [(t, ("outputs", name), False) for name, t in workflow.outputs.items()]
+    for template, path, condition in places:
+        if template is None:
+            continue
+        try:
+            refs = references(template, condition=condition)
+        except TemplateError:
+            continue  # reported already
+        for ref in refs:
+            if len(ref.path) > 3 and ref.path[0] == "steps" and ref.path[2] == "output" and ref.path[1] in children:
+                child = children[ref.path[1]]
+                names = list(child.outputs) or [child.steps[-1].id]
+                if ref.path[3] not in names:
+                    problems.add(path, f"sub-workflow '{child.name}' has no output '{ref.path[3]}' "
+                                       f"(outputs: {', '.join(names)})")
+
+
+def _reads_step(template: Any, step_id: str, condition: bool) -> bool:
+    try:
+        return any(r.path[:2] == ("steps", step_id) for r in references(template, condition=condition))
+    except TemplateError:
+        return False
+
+
+_JINJA_GLOBALS = {"range", "dict", "lipsum", "cycler", "joiner", "namespace", "loop", "true", "false", "none",
+                  "True", "False", "None"}
+
+
+def _check_refs(template: Any, path: tuple[Any, ...], workflow: Workflow, problems: _Problems,
+                condition: bool = False, item: str | None = None) -> None:
     try:
         refs = references(template, condition=condition)
     except TemplateError as e:
         problems.add(path, str(e))
         return
+    reported: set[str] = set()
     for ref in refs:
         head = ref.path[0]
         if head == "inputs":
@@ -162,10 +234,63 @@ def _check_refs(template: Any, path: tuple[Any, ...], workflow: Workflow, earlie
             target = ref.path[1]
             if target not in workflow.step_ids:
                 problems.add(path, f"unknown step 'steps.{target}' (steps: {', '.join(workflow.step_ids)})")
-            elif target not in earlier:
-                problems.add(path, f"forward reference to 'steps.{target}': a step can only read earlier steps")
-            elif len(ref.path) > 2 and ref.path[2] != "output":
-                problems.add(path, f"'steps.{target}.{ref.path[2]}': a step exposes only '.output'")
+            elif len(ref.path) > 2 and ref.path[2] not in ("output", "errors"):
+                problems.add(path, f"'steps.{target}.{ref.path[2]}': a step exposes only '.output' "
+                                   "(and '.errors' with for_each)")
+            elif len(ref.path) > 2 and ref.path[2] == "errors" and workflow.step(target).for_each is None:
+                problems.add(path, f"'steps.{target}.errors': only a for_each step has errors")
+        elif head == item or head in _JINJA_GLOBALS or head in reported or condition:
+            continue
+        elif head == "item" or not isinstance(template, (str, dict, list)) or _reads_free(template, head):
+            reported.add(head)
+            hint = f", {item}" if item else (" (item: the step has no for_each)" if head == "item" else "")
+            problems.add(path, f"unknown variable '{head}' (templates read inputs.*, steps.*{hint})")
+
+
+def _reads_free(template: Any, name: str) -> bool:
+    """Whether `name` is a free variable of the template (not one it assigns, e.g. a loop variable)."""
+    if isinstance(template, dict):
+        return any(_reads_free(v, name) for v in template.values())
+    if isinstance(template, list):
+        return any(_reads_free(v, name) for v in template)
+    if not isinstance(template, str):
+        return False
+    try:
+        return name in free_variables(template)
+    except TemplateError:
+        return False
+
+
+_LOADING: ContextVar[tuple[Path, ...]] = ContextVar("engine_loading_workflows", default=())
+"""The workflow files being loaded, outermost first: a sub-workflow found here is recursion."""
+
+
+def _resolve_subworkflow(step: Step, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
+                         problems: _Problems) -> None:
+    assert step.workflow is not None
+    file = Path(step.workflow) if Path(step.workflow).is_absolute() else base_dir / step.workflow
+    if not file.is_file():
+        problems.add(path, f"no sub-workflow file '{file}'")
+        return
+    chain = _LOADING.get()
+    resolved = file.resolve()
+    if resolved in chain:
+        loop = [p.name for p in chain[chain.index(resolved):]] + [resolved.name]
+        problems.add(path, f"recursive sub-workflow: {' -> '.join(loop)}")
+        return
+    try:
+        child = load_workflow(file, config=config)
+    except SpecError as e:
+        problems.add(path, f"sub-workflow '{step.workflow}' fails to load:\n{e}")
+        return
+    step._workflow = child
+    missing = [n for n, s in child.inputs.items() if n not in step.inputs and "default" not in s]
+    extra = sorted(set(step.inputs) - set(child.inputs))
+    if missing or extra:
+        parts = ([f"missing input(s) {', '.join(missing)}"] if missing else []) + (
+            [f"unknown input(s) {', '.join(extra)}"] if extra else [])
+        problems.add(path, f"sub-workflow '{child.name}': {'; '.join(parts)} "
+                           f"(inputs: {', '.join(child.inputs) or 'none'})")
 
 
 def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems, echo: bool = True) -> bool:
@@ -309,6 +434,45 @@ def _resolve_llm(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Pat
         spec._templated_schema = True
     elif _check_schema(schema, path + ("schema",), problems):
         spec.schema_ = schema
+
+
+def _resolve_context(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
+                     problems: _Problems) -> None:
+    """`context:` names one of the step's inputs; its `reduce:` becomes an LLMSpec of its own, over
+    the step's inputs and `results`, defaulting to the step's system, schema and token cap."""
+    context = spec.context
+    assert context is not None
+    if context.input is None:
+        if len(step.inputs) == 1:
+            context.input = next(iter(step.inputs))
+        else:
+            problems.add(path, f"name the input to {context.strategy} with `input:` (step inputs: "
+                               f"{', '.join(step.inputs) or 'none'})")
+    elif context.input not in step.inputs:
+        problems.add(path + ("input",), f"unknown step input '{context.input}' (declared: "
+                                        f"{', '.join(step.inputs) or 'none'})")
+    reduce = context.reduce
+    if reduce is None:
+        return
+    if context.strategy != "chunk":
+        problems.add(path + ("reduce",), "reduce only applies with strategy: chunk")
+        return
+    if "results" in step.inputs:
+        problems.add(path + ("reduce",), "the step input 'results' would hide the chunk results: rename it")
+        return
+    reduce_spec = LLMSpec.model_validate({
+        "tier": spec.tier, "system": reduce.system if reduce.system is not None else spec.system,
+        "prompt": reduce.prompt, "schema": reduce.schema_ if reduce.schema_ is not None else spec.schema_,
+        "max_tokens": reduce.max_tokens or spec.max_tokens, "temperature": spec.temperature,
+        "retries": spec.retries, "escalate": list(spec.escalate), "quality": spec.quality,
+        "promote": {"enabled": False}})
+    if reduce.schema_ is None:
+        reduce_spec._pydantic_model = spec._pydantic_model
+    # the chunked input itself is too long for the reduce prompt: it reads the others and `results`
+    shadow = Step.model_construct(id=step.id, inputs={**{k: v for k, v in step.inputs.items() if k != context.input},
+                                                      "results": None})
+    _resolve_llm(shadow, reduce_spec, path + ("reduce",), base_dir, config, problems)
+    spec._reduce = reduce_spec
 
 
 def _has_templates(value: Any) -> bool:
@@ -465,6 +629,9 @@ def workflow_json_schema() -> dict[str, Any]:
     schema["$defs"]["Step"]["properties"]["script"] = {
         "anyOf": [{"type": "string", "pattern": ".+:.+"}, {"$ref": "#/$defs/ScriptSpec"}, {"type": "null"}],
         "default": None}
+    # `cache: true` / `cache: false` are shorthands the loader accepts (engine.spec.cache).
+    cache = schema["$defs"]["LLMSpec"]["properties"]["cache"]
+    cache["anyOf"] = [{"type": "boolean"}, *cache.get("anyOf", [])]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "engine workflow"
     return schema

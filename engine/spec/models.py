@@ -125,6 +125,35 @@ class PromoteSpec(Strict):
                                        description="a distilled classifier (closed outputs; see engine.promotion.classifier)")
 
 
+class ReduceSpec(Strict):
+    """`context.reduce:` the prompt that combines the per-chunk results into the step's output."""
+
+    system: str | FileRef | None = Field(None, description="static part (default: the step's system)")
+    prompt: str | FileRef = Field(description="jinja2 over the step's inputs and `results` (the chunk outputs, in order)")
+    schema_: FileRef | dict[str, Any] | str | None = Field(
+        None, alias="schema", union_mode="left_to_right", description="JSON Schema of the combined output "
+                                                                       "(default: the step's schema)")
+    max_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_CAP, strict=True,
+                                   description="token cap of the reduce call (default: the step's)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ContextSpec(Strict):
+    """`context:` on an llm step: what to do with an input too long for the model's context."""
+
+    strategy: Literal["truncate", "chunk"] = Field(
+        description="truncate: cut the input to fit (logged); chunk: split it on paragraph or sentence "
+                    "boundaries, run the step per chunk, then `reduce`")
+    max_input_tokens: int | None = Field(
+        None, gt=0, strict=True, description="tokens the input may take (default: the smallest context of "
+                                             "the step's tiers minus max_tokens and the static prompt)")
+    input: str | None = Field(None, description="the step input to cut or chunk (default: the only one)")
+    reduce: ReduceSpec | None = Field(None, description="chunk: combine the per-chunk outputs (without it "
+                                                        "the output is the list of per-chunk outputs)")
+    concurrency: int = Field(4, ge=1, le=256, strict=True, description="chunks run at once")
+
+
 class LLMSpec(Strict):
     """A prompt sent to a tier, validated against a schema, capped at `max_tokens`."""
 
@@ -144,8 +173,11 @@ class LLMSpec(Strict):
     cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
     quality: QualitySpec | None = Field(
         None, description="reference tier, sampling, confidence gating (over engine.yaml's quality:)")
+    context: ContextSpec | None = Field(None, description="long inputs: truncate or chunk (see engine.steps.context)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _reduce: Any = PrivateAttr(None)
+    """The `context.reduce` prompt as an LLMSpec of its own (filled by the loader)."""
     _pydantic_model: type[BaseModel] | None = PrivateAttr(None)
     _templated_schema: bool = PrivateAttr(False)
     _compiled: Any = PrivateAttr(None)
@@ -173,13 +205,31 @@ class DecisionSpec(Strict):
     _normalized_table: dict[str, Any] | None = PrivateAttr(None)
 
 
+KINDS = ("script", "decision", "llm", "workflow")
+
+
 class Step(Strict):
     id: str = Field(pattern=_ID)
     inputs: dict[str, Any] = Field(default_factory=dict, description="name -> template over inputs.* and steps.*")
     when: str | bool | None = Field(None, description="skip the step unless this is true")
+    for_each: str | None = Field(None, description="a template that yields a list: the step runs once per item "
+                                                   "and its output is the list of the items' outputs")
+    as_: str | None = Field(None, alias="as", pattern=_ID, description="for_each: the item's name in the step's "
+                                                                       "inputs (default: item)")
+    concurrency: int | None = Field(None, ge=1, le=1024, strict=True, description="for_each: items run at once "
+                                                                                  "(default: 4)")
+    on_item_error: Literal["fail", "skip", "collect"] | None = Field(
+        None, description="for_each: fail the step (default), skip the item, or collect the error "
+                          "(its output is null; `steps.<id>.errors` lists index, item and error)")
     script: ScriptSpec | None = None
     decision: DecisionSpec | None = None
     llm: LLMSpec | None = None
+    workflow: str | None = Field(None, description="a sub-workflow file (relative to this one): `inputs` are its "
+                                                   "inputs, its outputs are the step's output")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _workflow: Any = PrivateAttr(None)
+    """The loaded sub-workflow (filled by the loader)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -190,15 +240,24 @@ class Step(Strict):
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Step:
-        kinds = [k for k in ("script", "decision", "llm") if getattr(self, k) is not None]
+        kinds = [k for k in KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
-            raise ValueError(f"a step needs exactly one of script, decision, llm (found: {found})")
+            raise ValueError(f"a step needs exactly one of script, decision, llm, workflow (found: {found})")
+        if self.for_each is None:
+            given = [k for k, v in (("as", self.as_), ("concurrency", self.concurrency),
+                                    ("on_item_error", self.on_item_error)) if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only applies with for_each")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("script", "decision", "llm") if getattr(self, k) is not None)
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def item_name(self) -> str:
+        return self.as_ or "item"
 
 
 class Workflow(Strict):
@@ -215,6 +274,8 @@ class Workflow(Strict):
     _path: Path | None = PrivateAttr(None)
     _base_dir: Path | None = PrivateAttr(None)
     _config: Any = PrivateAttr(None)
+    _schedule: Any = PrivateAttr(None)
+    """(chain, waits-for indices), computed by the runner on first use."""
 
     @property
     def path(self) -> Path | None:

@@ -48,6 +48,14 @@ class StepOutcome:
     trust: str | None = None
     """reference | verified | labelled | unverified (see engine.quality.trust); None: not an llm answer."""
     confidence: float | None = None
+    context: dict[str, Any] | None = None
+    """Long inputs (`context:`): tokens, how they were counted, truncation, chunks (engine.steps.context)."""
+    items: list[dict[str, Any]] | None = None
+    """for_each: one summary per item (index, status, served_by, tier, model, tokens, cost, error)."""
+    errors: list[dict[str, Any]] | None = None
+    """for_each with on_item_error collect/skip: the failed items (index, item, error)."""
+    child_runs: list[str] = field(default_factory=list)
+    """Sub-workflow steps: the child runs' ids."""
     deferred: list[dict[str, Any]] = field(default_factory=list)
     """Valid answers escalated for low confidence (compared with the reference for calibration)."""
 

@@ -243,13 +243,15 @@ def test_review_digest_example_runs_on_the_starter_library(fake):
     config = EngineConfig.model_validate({"tiers": {"local": [{"model": "fake:small"}]}})
     wf = load_workflow(ROOT / "examples" / "review_digest" / "workflow.yaml", config=config)
     assert [s.kind for s in wf.steps] == ["script", "script", "llm", "llm"]
-    fake.enqueue({"label": "complaint"}, {"summary": "Broken on arrival; wants a refund."})
+    # sentiment and summary read only `redact`: they run at the same time, so answer by prompt
+    fake.responder = lambda request: ({"label": "complaint"} if "label" in request.messages[0]["content"]
+                                      else {"summary": "Broken on arrival; wants a refund."})
     result = run_workflow(wf, {"review": "  Arrived  BROKEN. Mail me at ada@example.org for the refund! "},
                           config=config, store=False)
     assert result.outputs == {"sentiment": "complaint", "summary": "Broken on arrival; wants a refund.",
                               "redacted": {"email": 1}}
-    assert "ada@example.org" not in fake.requests[0].messages[1]["content"]
-    assert "praise, complaint, question" in fake.requests[0].messages[0]["content"]
+    assert all("ada@example.org" not in r.messages[1]["content"] for r in fake.requests)
+    assert any("praise, complaint, question" in r.messages[0]["content"] for r in fake.requests)
 
 
 def test_editor_schema_knows_uses_steps():

@@ -66,7 +66,7 @@ def test_yaml_syntax_error_names_file_line_and_column(project):
         (("{{ steps.clean.output }}", "{{ steps.nope.output }}"), 10, "steps[1](label).inputs",
          "unknown step 'steps.nope'"),
         (("{{ inputs.text }}", "{{ steps.label.output }}"), 7, "steps[0](clean).inputs",
-         "forward reference to 'steps.label'"),
+         "steps form a cycle: clean -> label -> clean"),
         (("{{ inputs.text }}", "{{ inputs.missing }}"), 7, "steps[0](clean).inputs", "unknown input 'inputs.missing'"),
         (("id: label", "id: clean"), 9, "steps[1](clean).id", "duplicate step id 'clean'"),
         (("{enum: [a, b]}", "{type: bogus}"), 15, "steps[1](label).llm.schema", "invalid JSON Schema"),

@@ -1,0 +1,219 @@
+"""for_each: one call per item, in order, concurrency, on_item_error, load-time checks."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from engine import SpecError, StepError, load_workflow, run_workflow
+from engine.runner import open_store
+from engine.config import load_config
+
+WF = """\
+name: lines
+inputs:
+  lines: {type: array, items: {type: string}}
+steps:
+  - id: parse
+    for_each: "{{ inputs.lines }}"
+    as: line
+    concurrency: 3
+    inputs: {text: "{{ line }}"}
+    llm:
+      tier: local
+      prompt: "Line: {{ text }}"
+      schema: {type: object, properties: {sku: {type: string}}, required: [sku]}
+      max_tokens: 20
+      retries: 0
+  - id: count
+    inputs: {parsed: "{{ steps.parse.output }}"}
+    script: ops.py:count
+outputs:
+  skus: "{{ steps.parse.output }}"
+  n: "{{ steps.count.output }}"
+"""
+OPS = {"ops.py": "def count(parsed):\n    return len(parsed)\n\ndef upper(x):\n    return x.upper()\n"}
+
+
+def sku_responder(delay: float = 0.0, fail: str | None = None):
+    def respond(request):
+        text = request.messages[-1]["content"].removeprefix("Line: ")
+        if delay:
+            threading.Event().wait(delay)
+        if fail is not None and fail in text:
+            return "not json"
+        return json.dumps({"sku": text.upper()})
+    return respond
+
+
+def test_each_item_is_its_own_call_and_the_output_keeps_item_order(project, fake):
+    fake.responder = sku_responder()
+    wf = project(WF, files=OPS)
+    lines = [f"item {i}" for i in range(7)]
+    result = run_workflow(wf, {"lines": lines})
+    assert result.outputs["skus"] == [{"sku": f"ITEM {i}"} for i in range(7)]
+    assert result.outputs["n"] == 7
+    assert len(fake.requests) == 7
+    record = result.step("parse")
+    assert [i["index"] for i in record.items] == list(range(7))
+    assert record.attempts == 7
+    # cost is attributed per item, and sums to the step's
+    assert record.cost == pytest.approx(sum(i["cost"] for i in record.items)) and record.cost > 0
+    calls = open_store(load_config().store_path()).run(result.run_id)["llm_calls"]
+    assert sorted(c["input"]["text"] for c in calls) == sorted(lines)
+    assert all(c["step_execution_id"] is not None for c in calls)
+
+
+def test_items_run_up_to_concurrency_at_once(project, fake):
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def respond(request):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        threading.Event().wait(0.05)
+        with lock:
+            active[0] -= 1
+        return {"sku": "x"}
+
+    fake.responder = respond
+    wf = project(WF, files=OPS)
+    run_workflow(wf, {"lines": [str(i) for i in range(9)]})
+    assert peak[0] == 3
+    peak[0] = 0
+    run_workflow(wf, {"lines": [str(i) for i in range(9)]}, parallel=False)
+    assert peak[0] == 1
+
+
+def test_on_item_error_fail_skip_collect(project, fake):
+    fake.responder = sku_responder(fail="bad")
+    lines = ["a", "bad one", "c"]
+    wf = project(WF, files=OPS)
+    with pytest.raises(StepError) as info:
+        run_workflow(wf, {"lines": lines})
+    assert "item 1" in str(info.value)
+    for mode, skus in (("skip", [{"sku": "A"}, {"sku": "C"}]), ("collect", [{"sku": "A"}, None, {"sku": "C"}])):
+        wf = project(WF.replace("concurrency: 3", f"concurrency: 3\n    on_item_error: {mode}")
+                     + "  errors: \"{{ steps.parse.errors }}\"\n", files=OPS)
+        result = run_workflow(wf, {"lines": lines})
+        assert result.outputs["skus"] == skus
+        assert [(e["index"], e["item"]) for e in result.outputs["errors"]] == [(1, "bad one")]
+        assert "does not match" in result.outputs["errors"][0]["error"] or "JSON" in result.outputs["errors"][0]["error"]
+
+
+def test_for_each_on_a_script_and_an_empty_list(project, fake):
+    wf = project("""\
+        name: s
+        inputs: {xs: {type: array}}
+        steps:
+          - id: up
+            for_each: "{{ inputs.xs }}"
+            inputs: {x: "{{ item }}"}
+            script: ops.py:upper
+        """, files=OPS)
+    assert run_workflow(wf, {"xs": ["a", "b"]}).outputs == {"up": ["A", "B"]}
+    assert run_workflow(wf, {"xs": []}).outputs == {"up": []}
+
+
+def test_for_each_must_yield_a_list(project, fake):
+    wf = project(WF, files=OPS)
+    wf.write_text(wf.read_text().replace('inputs:\n  lines: {type: array, items: {type: string}}',
+                                         'inputs:\n  lines: {type: string}'))
+    with pytest.raises(StepError, match="for_each must yield a list, got str"):
+        run_workflow(wf, {"lines": "abc"})
+
+
+@pytest.mark.parametrize("change, fragment, where", [
+    (('for_each: "{{ inputs.lines }}"', 'for_each: "{{ inputs.nope }}"'), "unknown input 'inputs.nope'",
+     "steps[0](parse).for_each"),
+    (('for_each: "{{ inputs.lines }}"', 'for_each: "{{ inputs.lines "'), "template syntax error",
+     "steps[0](parse).for_each"),
+    (('inputs: {text: "{{ line }}"}', 'inputs: {text: "{{ item }}"}'), "unknown variable 'item'",
+     "steps[0](parse).inputs"),
+    (("    as: line\n", "    as: steps\n"), "'steps' is taken", "steps[0](parse).as"),
+    (("    concurrency: 3\n", "    concurrency: 0\n"), "greater than or equal to 1", "steps[0](parse).concurrency"),
+    (("    concurrency: 3\n", "    on_item_error: retry\n"), "'fail', 'skip' or 'collect'", "steps[0](parse).on_item_error"),
+    (('    for_each: "{{ inputs.lines }}"\n    as: line\n', ""), "concurrency only applies with for_each",
+     "steps[0](parse)"),
+])
+def test_load_time_checks_name_file_line_and_field(project, change, fragment, where):
+    text = WF.replace(*change)
+    assert text != WF
+    wf = project(text, files=OPS)
+    with pytest.raises(SpecError) as info:
+        load_workflow(wf)
+    hits = [p for p in info.value.problems if fragment in p[2]]
+    assert hits, info.value.problems
+    assert hits[0][1] == where
+    assert hits[0][0].startswith(str(wf) + ":")
+
+
+def test_for_each_on_a_uses_skill_step(project, fake, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("ENGINE_SKILLS_PATH", str(Path(__file__).resolve().parents[2] / "skills"))
+    fake.responder = lambda request: {"label": "complaint" if "broken" in request.messages[1]["content"] else "praise"}
+    wf = project("""\
+        name: many
+        inputs: {reviews: {type: array}}
+        steps:
+          - id: labels
+            uses: classify@1
+            for_each: "{{ inputs.reviews }}"
+            as: review
+            concurrency: 2
+            inputs: {text: "{{ review }}"}
+            with: {labels: [praise, complaint]}
+        """)
+    result = run_workflow(wf, {"reviews": ["lovely", "broken lid", "great"]})
+    assert [o["label"] for o in result.outputs["labels"]] == ["praise", "complaint", "praise"]
+    assert len(fake.requests) == 3
+
+
+def test_items_overlap_on_the_event_loop_and_keep_order(project):
+    import asyncio
+
+    from engine import arun_workflow
+    from engine.providers.base import Completion
+    from engine.providers.registry import register_provider, unregister_provider
+
+    class AsyncSku:
+        name = "fake"
+
+        def __init__(self):
+            self.active = self.peak = 0
+
+        def complete(self, request):  # pragma: no cover - the async runner awaits acomplete
+            raise AssertionError("sync path used")
+
+        async def acomplete(self, request):
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            text = request.messages[-1]["content"].removeprefix("Line: ")
+            await asyncio.sleep(0.03 if text.endswith("0") else 0.0)  # the first item finishes last
+            self.active -= 1
+            return Completion(text=json.dumps({"sku": text.upper()}), finish_reason="stop", input_tokens=3,
+                              output_tokens=3, model=request.model)
+
+    provider = AsyncSku()
+    register_provider("fake", provider)
+    try:
+        wf = project(WF, files=OPS)
+        result = asyncio.run(arun_workflow(wf, {"lines": [f"l{i}" for i in range(6)]}))
+    finally:
+        unregister_provider("fake")
+    assert result.outputs["skus"] == [{"sku": f"L{i}"} for i in range(6)]
+    assert provider.peak == 3
+
+
+def test_the_cache_serves_items_one_by_one(project, fake):
+    fake.responder = sku_responder()
+    wf = project(WF.replace("      retries: 0\n", "      retries: 0\n      cache: true\n"), files=OPS)
+    run_workflow(wf, {"lines": ["a", "b"]})
+    assert len(fake.requests) == 2
+    result = run_workflow(wf, {"lines": ["b", "c", "a"]})
+    assert result.outputs["skus"] == [{"sku": "B"}, {"sku": "C"}, {"sku": "A"}]
+    assert len(fake.requests) == 3  # only the new item reached the tier
+    assert [i["served_by"] for i in result.step("parse").items] == ["cache", "llm", "cache"]
