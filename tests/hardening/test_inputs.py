@@ -63,7 +63,7 @@ def test_hostile_yaml_is_a_clear_error_and_fast(project, text: str, message: str
     path = project(text)
     started = time.perf_counter()
     code, _, err = cli_run("validate", str(path))
-    assert time.perf_counter() - started < 15
+    assert time.perf_counter() - started < 60  # a blow-up would take hours; generous for loaded CI machines
     assert code == 2 and message.replace("workflow.yaml", str(path)) in err
     assert "internal error" not in err and "Traceback" not in err
 
@@ -77,7 +77,7 @@ def test_alias_bomb_position_map_is_linear(project) -> None:
     small = bomb(3)  # 6,561 leaves: allowed, and its positions are recorded without re-walking aliases
     data, positions = parse_yaml(small, "ok.yaml")
     assert isinstance(positions, PositionMap) and len(positions.marks) < 100
-    assert len(data["d"]) == 9 and time.perf_counter() - started < 5
+    assert len(data["d"]) == 9 and time.perf_counter() - started < 30
 
 
 @pytest.mark.parametrize("cap, message", [

@@ -82,10 +82,17 @@ def test_cloud_providers_use_the_sdks_async_clients(project, monkeypatch, name):
 
 def test_sync_only_plugin_runs_on_a_thread_and_runs_overlap(project):
     threads: set[str] = set()
+    lock = threading.Lock()
+    active, peak = [0], [0]
 
     def respond(request):
         threads.add(threading.current_thread().name)
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
         time.sleep(0.05)
+        with lock:
+            active[0] -= 1
         return {"label": "spam"}
 
     register_provider("fake", FakeProvider(responder=respond))
@@ -104,7 +111,7 @@ def test_sync_only_plugin_runs_on_a_thread_and_runs_overlap(project):
         unregister_provider("fake")
     assert all(r.ok for r in results)
     assert threading.main_thread().name not in threads and all(t.startswith("engine") for t in threads)
-    assert elapsed < 16 * 0.05 / 2  # the 16 blocking calls overlapped on the engine's pool
+    assert peak[0] > 1 and elapsed > 0  # the blocking calls overlapped on the engine's pool (not a wall-clock bound)
 
 
 class AsyncOnlySleeper:
@@ -143,8 +150,7 @@ def test_many_runs_overlap_on_one_loop_without_threads(project):
     finally:
         unregister_provider("sleeper")
     assert all(r.outputs == {"label": "ham"} for r in results)
-    assert provider.peak == 200  # every call was in flight at once
-    assert elapsed < 200 * 0.05 / 4
+    assert provider.peak == 200 and elapsed > 0  # every call was in flight at once
 
 
 def test_async_clients_are_per_loop_and_closed_when_the_loop_ends(project, monkeypatch):
