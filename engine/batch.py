@@ -40,7 +40,7 @@ from engine.api import Engine, failed_result
 from engine.errors import UserError
 from engine.runner import RunResult
 from engine.spec.models import Workflow
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.store.migrations import _now
 
 
@@ -166,17 +166,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _finished_runs(store: SQLiteStore, batch_id: str) -> dict[int, dict[str, Any]]:
+def _finished_runs(store: Store, batch_id: str) -> dict[int, dict[str, Any]]:
+    field_sql, field_params = store.json_field("tags", "batch")
     rows = store.query(
-        "SELECT id, status, outputs, error, tags, cost FROM runs WHERE json_extract(tags, '$.batch') = ? "
-        "AND status IN ('ok', 'failed') ORDER BY started_at", [batch_id])
+        f"SELECT id, status, outputs, error, tags, cost FROM runs WHERE {field_sql} = ? "
+        "AND status IN ('ok', 'failed') ORDER BY started_at", [*field_params, batch_id])
     done: dict[int, dict[str, Any]] = {}
     for row in rows:
         done.setdefault(int(row["tags"]["item"]), row)
     return done
 
 
-def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Path, total: int,
+def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, total: int,
                 batch_id: str | None, resume: str | bool) -> tuple[str, bool]:
     """(batch id, resuming?). `resume`: False, True (the latest batch of these files) or an id."""
     digest = _sha256(inputs)
@@ -195,19 +196,19 @@ def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Pa
             raise UserError(f"batch {row['id']}: {inputs} changed since the batch started; start a new batch")
         if row["workflow"] != workflow.name:
             raise UserError(f"batch {row['id']} ran workflow '{row['workflow']}', not '{workflow.name}'")
-        with store.lock:  # runs a crash cut short will never finish
-            store.db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' "
-                             "AND json_extract(tags, '$.batch') = ?", [row["id"]])
-            store.db["batches"].update(row["id"], {"status": "running", "updated_at": _now()})  # type: ignore[union-attr]
+        field_sql, field_params = store.json_field("tags", "batch")
+        with store.transaction() as tx:  # runs a crash cut short will never finish
+            tx.execute(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND {field_sql} = ?",
+                       [*field_params, row["id"]])
+            tx.execute("UPDATE batches SET status = 'running', updated_at = ? WHERE id = ?", [_now(), row["id"]])
         return str(row["id"]), True
     new_id = batch_id or uuid.uuid4().hex[:12]
     if store.query("SELECT id FROM batches WHERE id = ?", [new_id]):
         raise UserError(f"batch '{new_id}' exists: resume it with --resume {new_id}")
-    with store.lock:
-        store.db["batches"].insert({  # type: ignore[union-attr]
+    store.insert_now("batches", {
             "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
             "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
-            "status": "running", "created_at": _now(), "updated_at": _now()})
+            "status": "running", "created_at": _now(), "updated_at": _now()}, returning=False)
     return new_id, False
 
 
@@ -342,7 +343,5 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         writer.close()
         summary.elapsed_s = time.perf_counter() - started
         complete = summary.done == summary.total
-        with store.lock:
-            store.db["batches"].update(bid, {  # type: ignore[union-attr]
-                "status": "done" if complete else "interrupted", "updated_at": _now()})
+        store.update("batches", bid, {"status": "done" if complete else "interrupted", "updated_at": _now()})
     return summary

@@ -25,14 +25,15 @@ from engine.providers.calls import ProviderCalls, adrive, drive
 from engine.steps import StepContext, StepOutcome, run_script_step
 from engine.steps.decision import decision_step_calls
 from engine.steps.llm import llm_step_calls
-from engine.store import SQLiteStore
+from engine.store import SQLiteStore, Store
+from engine.store.base import is_postgres_url
 from engine.templating import TemplateError, evaluate_condition, render
 
-_stores: dict[Path, SQLiteStore] = {}
+_stores: dict[Path | str, Any] = {}
 _stores_lock = threading.Lock()
 
 
-_by_name: dict[tuple[str, str], SQLiteStore] = {}
+_by_name: dict[tuple[str, str], Any] = {}
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
 
@@ -43,13 +44,23 @@ def new_run_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
-def open_store(path: str | Path) -> SQLiteStore:
-    """The process-wide store for `path` (one connection, shared by every run)."""
+def open_store(path: str | Path) -> Store:
+    """The process-wide store for `path` (one connection, shared by every run), or for a
+    `postgresql://` URL (one connection pool)."""
     name = str(path)
     fast = ("", name) if os.path.isabs(name) else (os.getcwd(), name)  # no path resolution on the hot path
     store = _by_name.get(fast)
     if store is not None and not store._closed:
         return store
+    if is_postgres_url(name):
+        with _stores_lock:
+            store = _stores.get(name)
+            if store is None or store._closed:
+                from engine.store.postgres import PostgresStore
+
+                store = _stores[name] = PostgresStore(name)
+            _by_name[fast] = store
+            return store  # type: ignore[no-any-return]
     key = Path(path).resolve()
     with _stores_lock:
         store = _stores.get(key)
@@ -61,7 +72,7 @@ def open_store(path: str | Path) -> SQLiteStore:
                                   f"{e}") from None
             _stores[key] = store
         _by_name[fast] = store
-        return store
+        return store  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -163,7 +174,7 @@ def run_workflow(
     inputs: dict[str, Any] | None = None,
     *,
     config: EngineConfig | None = None,
-    store: SQLiteStore | None | bool = True,
+    store: Store | None | bool = True,
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
@@ -190,7 +201,7 @@ async def arun_workflow(
     inputs: dict[str, Any] | None = None,
     *,
     config: EngineConfig | None = None,
-    store: SQLiteStore | None | bool = True,
+    store: Store | None | bool = True,
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
@@ -212,7 +223,7 @@ def _run(
     inputs: dict[str, Any] | None,
     *,
     config: EngineConfig | None,
-    store: SQLiteStore | None | bool,
+    store: Store | None | bool,
     tags: dict[str, Any] | None,
     raise_on_error: bool,
     servers: list[Server] | None,
@@ -223,7 +234,7 @@ def _run(
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
-    db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
+    db: Store | None = open_store(config.store_url()) if store is True else (store or None)
     run_id = new_run_id()
     if db is not None:
         db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values,
@@ -313,7 +324,7 @@ def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
     record.validation_errors = [a["error"] for a in attempts if a.get("outcome") == "invalid"]
 
 
-def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
+def _record_step(db: Store, run_id: str, record: StepRecord) -> None:
     db.record_step({
         "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
         "served_by": record.served_by, "tier": record.tier, "provider": record.provider,
