@@ -17,6 +17,9 @@
 - Concurrency: up to N runs at once on one event loop (`Engine.arun`): cloud providers' async
   clients see up to N calls at once; llama.cpp (local tier) calls go to the model's dedicated
   worker thread, one at a time.
+- Executors: `threads` (above) or `ray` (`--executor ray [--address ...]`: items as Ray tasks,
+  workers writing to the shared store; see `engine.executors.ray`). Same output file, order and
+  resume semantics.
 - Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
   stage-wise, on N worker threads, and the calls that can wait go through the providers' batch
   APIs at the batch rate (see `engine.provider_batch`).
@@ -270,10 +273,20 @@ async def _run_items(engine: Engine, wf: Workflow, bid: str, todo: list[BatchIte
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
-              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None) -> BatchSummary:
+              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None,
+              executor: str = "threads", address: str | None = None, workers: int | None = None) -> BatchSummary:
     """Run `workflow` over every line of `inputs`, writing one result line per item to `output`.
     `provider_batch` (`engine.provider_batch.ProviderBatchOptions`) runs it stage-wise with
-    provider batch APIs."""
+    provider batch APIs. `executor`: "threads" or "ray" (`address`: an existing Ray cluster;
+    `workers`: CPUs of a local Ray)."""
+    from engine.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor '{executor}' (use {' or '.join(EXECUTORS)})")
+    if executor == "ray":
+        from engine.executors.ray import start
+
+        start(address, workers)  # a clear error before anything is written when Ray is missing
     wf = engine.load(workflow)
     store = engine.store_for(wf)
     if store is None:
@@ -312,7 +325,13 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         observer.start(summary)
 
     batcher = None
-    if provider_batch is not None or _resuming or _marks_batch(engine, wf):
+    if executor == "ray" and (provider_batch is not None or _marks_batch(engine, wf)):
+        from engine.provider_batch import batch_options
+
+        if batch_options(provider_batch, marked=_marks_batch(engine, wf), resumed=False) is not None:
+            raise UserError("provider batches (--provider-batch, batch: true) run with the threads executor, "
+                            "not --executor ray")
+    if executor != "ray" and (provider_batch is not None or _resuming or _marks_batch(engine, wf)):
         from engine.provider_batch import ProviderBatcher, batch_options
 
         options = batch_options(provider_batch, marked=_marks_batch(engine, wf),
@@ -333,7 +352,20 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         record(result_line(item, result), result.cost, served_labels(result))
 
     try:
-        if batcher is not None:
+        if executor == "ray":
+            from engine.executors.ray import run_items
+
+            if wf.path is None:
+                raise UserError("--executor ray runs workflows from files (workers load them by path)")
+            readable = [item for item in todo if item.error is None]
+            for item in todo:
+                if item.error is not None:
+                    record(result_line(item, failed_result(wf.name, item.error)), 0.0, [])
+            summary.interrupted = run_items(
+                workflow_path=str(wf.path), store_url=getattr(store, "url", None) or str(store.path),  # type: ignore[attr-defined]
+                batch_id=bid, todo=readable, record=record, concurrency=concurrency, should_stop=should_stop,
+                address=address, workers=workers)
+        elif batcher is not None:
             from engine.provider_batch import run_stages
 
             summary.interrupted = run_stages(batcher, todo, work, concurrency=concurrency, should_stop=should_stop)

