@@ -85,3 +85,18 @@ def test_promoted_lookup_benchmark_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["step_us_p50"] > 0
     assert json.loads((tmp_path / "lookup.json").read_text())["runs"] == 20
+
+
+def test_scale_out_benchmark_runs(tmp_path):
+    """A few items on the thread executor and the store-write rows on SQLite and PostgreSQL (the
+    Ray rows start Ray twice: the full benchmark's, and tests/batch/test_ray_executor.py's)."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/scale_out.py"), "--items", "16",
+                           "--no-ray", "--store-runs", "20", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["executors"][0]["ok"] == 16 and report["executors"][0]["failed"] == 0
+    assert {(w["backend"], w["mode"]) for w in report["store_write_cost"]} == {
+        ("sqlite", "write-behind"), ("sqlite", "synchronous"), ("postgresql", "write-behind"),
+        ("postgresql", "synchronous")}

@@ -20,7 +20,10 @@ from engine.http_guard import DEFAULT_MAX_BODY, TENANT_HEADER
 @click.option("--max-body", default=DEFAULT_MAX_BODY, show_default=True, type=click.IntRange(1),
               help="Largest request body in bytes (413 above).")
 @click.option("--tenant-header", default=TENANT_HEADER, show_default=True, help="The header naming the tenant.")
-def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes (uvicorn), all logging to the one configured store.")
+def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str,
+              workers: int = 1) -> None:
     """Serve WORKFLOWS: POST /workflows/NAME/run with JSON inputs; OpenAPI at /docs. Set
     ENGINE_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request."""
     try:
@@ -31,6 +34,14 @@ def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, 
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host} without ENGINE_SERVE_TOKEN: anyone who reaches the port "
                    f"can run these workflows (and spend on their models)", err=True)
+    if workers > 1:  # each worker process builds its app (and store connection) from the environment
+        for w in workflows:
+            if not w.is_file():
+                raise UserError(f"no workflow file '{w}'")
+        os.environ.update({"ENGINE_SERVE_WORKFLOWS": os.pathsep.join(str(w.resolve()) for w in workflows),
+                           "ENGINE_SERVE_MAX_BODY": str(max_body), "ENGINE_SERVE_TENANT_HEADER": tenant_header})
+        uvicorn.run("engine.http:app_from_env", factory=True, host=host, port=port, workers=workers)
+        return
     engine = Engine()
     app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header)
     uvicorn.run(app, host=host, port=port)
