@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.errors import ConfigError, EngineError, LLMStepError, StepError, UserError
+from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
@@ -25,15 +23,10 @@ from engine.providers.calls import ProviderCalls, adrive, drive
 from engine.steps import StepContext, StepOutcome, run_script_step
 from engine.steps.decision import decision_step_calls
 from engine.steps.llm import llm_step_calls
-from engine.store import SQLiteStore, Store
-from engine.store.base import is_postgres_url
+from engine.store import Store
+from engine.store.opening import open_store
 from engine.templating import TemplateError, evaluate_condition, render
 
-_stores: dict[Path | str, Any] = {}
-_stores_lock = threading.Lock()
-
-
-_by_name: dict[tuple[str, str], Any] = {}
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
 
@@ -42,37 +35,6 @@ def new_run_id() -> str:
     """32 random hex digits, like `uuid4().hex`, from a generator seeded once from os.urandom
     (uuid4 reads os.urandom on every call, which shows on the hot path)."""
     return f"{_ids.getrandbits(128):032x}"
-
-
-def open_store(path: str | Path) -> Store:
-    """The process-wide store for `path` (one connection, shared by every run), or for a
-    `postgresql://` URL (one connection pool)."""
-    name = str(path)
-    fast = ("", name) if os.path.isabs(name) else (os.getcwd(), name)  # no path resolution on the hot path
-    store = _by_name.get(fast)
-    if store is not None and not store._closed:
-        return store
-    if is_postgres_url(name):
-        with _stores_lock:
-            store = _stores.get(name)
-            if store is None or store._closed:
-                from engine.store.postgres import PostgresStore
-
-                store = _stores[name] = PostgresStore(name)
-            _by_name[fast] = store
-            return store  # type: ignore[no-any-return]
-    key = Path(path).resolve()
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None or store._closed:
-            try:
-                store = SQLiteStore(key)
-            except (sqlite3.DatabaseError, OSError) as e:  # not a database, unwritable, a directory
-                raise ConfigError(f"cannot open the store at '{key}' (ENGINE_DB or `store:` in engine.yaml): "
-                                  f"{e}") from None
-            _stores[key] = store
-        _by_name[fast] = store
-        return store  # type: ignore[no-any-return]
 
 
 @dataclass
