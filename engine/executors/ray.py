@@ -23,7 +23,6 @@ The workflow file, its scripts and engine.yaml must be readable at the same path
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable
 
 from engine.errors import UserError
@@ -161,11 +160,8 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
 
                     line, cost, served = result_line(item, failed_result("", f"ray task failed: {e}")), 0.0, []
                 record(line, cost, served)
-            if stopped and not queue:
-                queue = []
     except KeyboardInterrupt:  # Ctrl-C: cancel what is in flight; finished items are in the store
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    time.sleep(0)
     return stopped
