@@ -195,13 +195,18 @@ def main() -> None:
             if not args.no_ray and args.workers:
                 import ray
 
-                start_ray(ray, max(args.workers))
-                try:  # one local Ray with the most CPUs asked for; w workers = w tasks in flight
-                    for w in args.workers:
-                        rows.append(run_executor(f"ray ({w} workers)", wf, items, work / f"ray{w}.jsonl", progress,
-                                                 concurrency=w, executor="ray"))
-                finally:
-                    ray.shutdown()
+                try:
+                    start_ray(ray, max(args.workers))
+                except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
+                    report["ray_error"] = str(e)
+                    console.print(f"[red]Ray did not start: {e}[/]")
+                else:
+                    try:  # one local Ray with the most CPUs asked for; w workers = w tasks in flight
+                        for w in args.workers:
+                            rows.append(run_executor(f"ray ({w} workers)", wf, items, work / f"ray{w}.jsonl",
+                                                     progress, concurrency=w, executor="ray"))
+                    finally:
+                        ray.shutdown()
         base = rows[0]["items_per_s"]
         for r in rows:
             r["vs_threads"] = round(r["items_per_s"] / base, 2)
