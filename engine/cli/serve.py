@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,7 +41,12 @@ def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, 
                 raise UserError(f"no workflow file '{w}'")
         os.environ.update({"ENGINE_SERVE_WORKFLOWS": os.pathsep.join(str(w.resolve()) for w in workflows),
                            "ENGINE_SERVE_MAX_BODY": str(max_body), "ENGINE_SERVE_TENANT_HEADER": tenant_header})
-        uvicorn.run("engine.http:app_from_env", factory=True, host=host, port=port, workers=workers)
+        import inspect
+
+        extra: dict[str, Any] = {}  # a worker importing the engine on a busy host can miss uvicorn's 5 s health check
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+            extra["timeout_worker_healthcheck"] = 60
+        uvicorn.run("engine.http:app_from_env", factory=True, host=host, port=port, workers=workers, **extra)
         return
     engine = Engine()
     app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header)
