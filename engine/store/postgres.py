@@ -279,7 +279,8 @@ class PostgresStore:
                     return cur.rowcount
             except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
                 # retried only where it cannot apply twice: a read, or a statement never sent
-                if (read or not connected) and time.monotonic() < deadline:
+                unsent = not connected or str(e).startswith(("connection is bad", "connection failed"))
+                if (read or unsent) and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
                 raise _fail(e, self.url) from None
