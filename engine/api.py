@@ -34,7 +34,7 @@ from engine.runner import RunResult, arun_workflow, open_store, run_workflow
 from engine.serving import Server
 from engine.spec.loader import load_workflow
 from engine.spec.models import Workflow
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.store.writer import flush_all
 
 WorkflowRef = str | Path | Workflow | dict[str, Any]
@@ -48,16 +48,16 @@ def failed_result(workflow: str, error: BaseException | str) -> RunResult:
 class Engine:
     """A configured, reusable runner (see the module docstring)."""
 
-    def __init__(self, *, config: EngineConfig | None = None, store: str | Path | SQLiteStore | bool | None = True,
+    def __init__(self, *, config: EngineConfig | None = None, store: str | Path | Store | bool | None = True,
                  servers: list[Server] | None = None, max_workers: int = 64):
         """`config`: tiers and store for every workflow (default: looked up per workflow, as the
-        CLI does). `store`: True = the configured store, a path or a `SQLiteStore`, or
+        CLI does). `store`: True = the configured store, a path, a postgresql:// URL or a `Store`, or
         False/None to log nothing. `servers`: answer llm steps before the tiers (default: each
         workflow's `default_servers`). `max_workers`: the thread pool on which `arun` runs the
         calls of sync-only providers (async-native ones are awaited on the loop)."""
         self.config = config
         self.servers = servers
-        self._store: SQLiteStore | bool | None = (
+        self._store: Store | bool | None = (
             open_store(store) if isinstance(store, (str, Path)) else store)
         self._workflows: dict[Path, tuple[int, Workflow]] = {}
         self._by_name: dict[str, Path | Workflow] = {}
@@ -97,11 +97,11 @@ class Engine:
 
     workflow = load
 
-    def store_for(self, workflow: Workflow) -> SQLiteStore | None:
+    def store_for(self, workflow: Workflow) -> Store | None:
         """The store runs of `workflow` are logged to."""
         if self._store is True:
             config = self.config or workflow.config
-            return open_store(config.store_path())
+            return open_store(config.store_url())
         return self._store or None
 
     def warm(self, workflow: WorkflowRef) -> None:
@@ -194,18 +194,18 @@ class Engine:
 
         if workflow is not None:
             stores = [self.store_for(self.load(workflow))]
-        elif isinstance(self._store, SQLiteStore):
-            stores = [self._store]
+        elif self._store not in (True, False, None):
+            stores = [self._store]  # type: ignore[list-item]
         elif self._store is True:  # the run is in the store of one of the loaded workflows
             from engine.config import load_config
 
             with self._lock:
                 named = list(self._by_name.values())
             stores = [self.store_for(w if isinstance(w, Workflow) else self.load(w)) for w in named]
-            stores.append(open_store((self.config or load_config()).store_path()))
+            stores.append(open_store((self.config or load_config()).store_url()))
         else:
             stores = []
-        found: list[SQLiteStore] = [s for s in stores if s is not None]
+        found: list[Store] = [s for s in stores if s is not None]
         if not found:
             raise FeedbackError("this engine logs nothing (store=False): there are no runs to give feedback on")
         store = next((s for s in found if s.run(run_id) is not None), found[0])

@@ -17,6 +17,9 @@
 - Concurrency: up to N runs at once on one event loop (`Engine.arun`): cloud providers' async
   clients see up to N calls at once; llama.cpp (local tier) calls go to the model's dedicated
   worker thread, one at a time.
+- Executors: `threads` (above) or `ray` (`--executor ray [--address ...]`: items as Ray tasks,
+  workers writing to the shared store; see `engine.executors.ray`). Same output file, order and
+  resume semantics.
 - Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
   stage-wise, on N worker threads, and the calls that can wait go through the providers' batch
   APIs at the batch rate (see `engine.provider_batch`).
@@ -40,7 +43,7 @@ from engine.api import Engine, failed_result
 from engine.errors import UserError
 from engine.runner import RunResult
 from engine.spec.models import Workflow
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.store.migrations import _now
 
 
@@ -166,17 +169,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _finished_runs(store: SQLiteStore, batch_id: str) -> dict[int, dict[str, Any]]:
+def _finished_runs(store: Store, batch_id: str) -> dict[int, dict[str, Any]]:
+    field_sql, field_params = store.json_field("tags", "batch")
     rows = store.query(
-        "SELECT id, status, outputs, error, tags, cost FROM runs WHERE json_extract(tags, '$.batch') = ? "
-        "AND status IN ('ok', 'failed') ORDER BY started_at", [batch_id])
+        f"SELECT id, status, outputs, error, tags, cost FROM runs WHERE {field_sql} = ? "
+        "AND status IN ('ok', 'failed') ORDER BY started_at", [*field_params, batch_id])
     done: dict[int, dict[str, Any]] = {}
     for row in rows:
         done.setdefault(int(row["tags"]["item"]), row)
     return done
 
 
-def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Path, total: int,
+def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, total: int,
                 batch_id: str | None, resume: str | bool) -> tuple[str, bool]:
     """(batch id, resuming?). `resume`: False, True (the latest batch of these files) or an id."""
     digest = _sha256(inputs)
@@ -195,19 +199,19 @@ def _open_batch(store: SQLiteStore, workflow: Workflow, inputs: Path, output: Pa
             raise UserError(f"batch {row['id']}: {inputs} changed since the batch started; start a new batch")
         if row["workflow"] != workflow.name:
             raise UserError(f"batch {row['id']} ran workflow '{row['workflow']}', not '{workflow.name}'")
-        with store.lock:  # runs a crash cut short will never finish
-            store.db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' "
-                             "AND json_extract(tags, '$.batch') = ?", [row["id"]])
-            store.db["batches"].update(row["id"], {"status": "running", "updated_at": _now()})  # type: ignore[union-attr]
+        field_sql, field_params = store.json_field("tags", "batch")
+        with store.transaction() as tx:  # runs a crash cut short will never finish
+            tx.execute(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND {field_sql} = ?",
+                       [*field_params, row["id"]])
+            tx.execute("UPDATE batches SET status = 'running', updated_at = ? WHERE id = ?", [_now(), row["id"]])
         return str(row["id"]), True
     new_id = batch_id or uuid.uuid4().hex[:12]
     if store.query("SELECT id FROM batches WHERE id = ?", [new_id]):
         raise UserError(f"batch '{new_id}' exists: resume it with --resume {new_id}")
-    with store.lock:
-        store.db["batches"].insert({  # type: ignore[union-attr]
+    store.insert_now("batches", {
             "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
             "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
-            "status": "running", "created_at": _now(), "updated_at": _now()})
+            "status": "running", "created_at": _now(), "updated_at": _now()}, returning=False)
     return new_id, False
 
 
@@ -269,10 +273,20 @@ async def _run_items(engine: Engine, wf: Workflow, bid: str, todo: list[BatchIte
 def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, output: Path, *,
               concurrency: int = 8, batch_id: str | None = None, resume: str | bool = False,
               id_field: str = "id", observer: BatchObserver | None = None,
-              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None) -> BatchSummary:
+              should_stop: Callable[[], bool] | None = None, provider_batch: Any = None,
+              executor: str = "threads", address: str | None = None, workers: int | None = None) -> BatchSummary:
     """Run `workflow` over every line of `inputs`, writing one result line per item to `output`.
     `provider_batch` (`engine.provider_batch.ProviderBatchOptions`) runs it stage-wise with
-    provider batch APIs."""
+    provider batch APIs. `executor`: "threads" or "ray" (`address`: an existing Ray cluster;
+    `workers`: CPUs of a local Ray)."""
+    from engine.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor '{executor}' (use {' or '.join(EXECUTORS)})")
+    if executor == "ray":
+        from engine.executors.ray import start
+
+        start(address, workers)  # a clear error before anything is written when Ray is missing
     wf = engine.load(workflow)
     store = engine.store_for(wf)
     if store is None:
@@ -311,7 +325,13 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         observer.start(summary)
 
     batcher = None
-    if provider_batch is not None or _resuming or _marks_batch(engine, wf):
+    if executor == "ray" and (provider_batch is not None or _marks_batch(engine, wf)):
+        from engine.provider_batch import batch_options
+
+        if batch_options(provider_batch, marked=_marks_batch(engine, wf), resumed=False) is not None:
+            raise UserError("provider batches (--provider-batch, batch: true) run with the threads executor, "
+                            "not --executor ray")
+    if executor != "ray" and (provider_batch is not None or _resuming or _marks_batch(engine, wf)):
         from engine.provider_batch import ProviderBatcher, batch_options
 
         options = batch_options(provider_batch, marked=_marks_batch(engine, wf),
@@ -332,7 +352,20 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         record(result_line(item, result), result.cost, served_labels(result))
 
     try:
-        if batcher is not None:
+        if executor == "ray":
+            from engine.executors.ray import run_items
+
+            if wf.path is None:
+                raise UserError("--executor ray runs workflows from files (workers load them by path)")
+            readable = [item for item in todo if item.error is None]
+            for item in todo:
+                if item.error is not None:
+                    record(result_line(item, failed_result(wf.name, item.error)), 0.0, [])
+            summary.interrupted = run_items(
+                workflow_path=str(wf.path), store_url=getattr(store, "url", None) or str(store.path),  # type: ignore[attr-defined]
+                batch_id=bid, todo=readable, record=record, concurrency=concurrency, should_stop=should_stop,
+                address=address, workers=workers)
+        elif batcher is not None:
             from engine.provider_batch import run_stages
 
             summary.interrupted = run_stages(batcher, todo, work, concurrency=concurrency, should_stop=should_stop)
@@ -342,7 +375,5 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         writer.close()
         summary.elapsed_s = time.perf_counter() - started
         complete = summary.done == summary.total
-        with store.lock:
-            store.db["batches"].update(bid, {  # type: ignore[union-attr]
-                "status": "done" if complete else "interrupted", "updated_at": _now()})
+        store.update("batches", bid, {"status": "done" if complete else "interrupted", "updated_at": _now()})
     return summary

@@ -27,6 +27,7 @@ from engine.pricing import PriceOverride
 from engine.quality.spec import QualitySpec
 from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
+from engine.store.base import is_postgres_url
 from engine.spec.positions import YAMLSyntaxError, field_path, parse_yaml, pydantic_problems, read_text
 
 CONFIG_NAME = "engine.yaml"
@@ -36,7 +37,8 @@ DEFAULT_TIERS: dict[str, list[dict[str, Any]]] = {
 
 
 class EngineConfig(Strict):
-    store: str | None = Field(None, description="path of the SQLite store (default .engine/engine.db)")
+    store: str | None = Field(None, description="path of the SQLite store (default .engine/engine.db), or a "
+                                                "postgresql://user:pass@host/db URL")
     tiers: dict[str, TierChain] = Field(default_factory=dict)
     pricing: dict[str, PriceOverride] = Field(
         default_factory=dict, description="provider:model -> USD per million tokens (overrides the defaults)")
@@ -62,6 +64,13 @@ class EngineConfig(Strict):
 
     def store_path(self) -> Path:
         return Path(self.store or os.environ.get("ENGINE_DB") or Path(".engine") / "engine.db")
+
+    def store_url(self) -> str:
+        """Where the store lives: a postgresql:// URL, or the SQLite file's path."""
+        target = self.store or os.environ.get("ENGINE_DB")
+        if is_postgres_url(target):
+            return str(target)
+        return str(self.store_path())
 
 
 def user_config_path() -> Path:
@@ -100,7 +109,7 @@ def _read(path: Path) -> dict[str, Any]:
                 if entry.batch and batch_api(entry.provider) is None]
     if no_batch:
         raise ConfigError("\n".join(no_batch))
-    if data.get("store"):
+    if data.get("store") and not is_postgres_url(data["store"]):
         store = Path(data["store"])
         data["store"] = str(store if store.is_absolute() else path.parent / store)
     data["skills"] = [str(path.parent / p) for p in data.get("skills") or []]

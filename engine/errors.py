@@ -7,6 +7,7 @@
     │   ├── InputError            run inputs fail the workflow's input schemas
     │   └── ReportError           a report filter is malformed
     ├── RunError                  a run failed (CLI exit code 1)
+    │   ├── StoreError            the store (SQLite file, PostgreSQL server) cannot be reached
     │   └── StepError             one step failed; carries the step id
     │       └── LLMStepError      every tier was exhausted; carries every attempt
     │           └── BudgetExceededError   what was left was blocked by a spend cap; names the cap
@@ -86,6 +87,10 @@ class BudgetExceededError(LLMStepError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StoreError(RunError):
+    """The store could not be reached or refused a statement (e.g. PostgreSQL restarting)."""
 
 
 class ProviderError(EngineError):

@@ -19,6 +19,8 @@ Each workflow gets its own route, so the OpenAPI schema (/openapi.json, /docs) s
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,15 @@ def result_body(result: RunResult) -> dict[str, Any]:
         "served_by": {s.step_id: s.served_by for s in result.steps},
         "trust": {s.step_id: s.trust for s in result.steps if s.trust},
     }
+
+
+def app_from_env() -> Any:
+    """The app of one `engine serve --workers N` worker process: each builds its own Engine (its
+    own store connection or pool) from what the parent put in the environment."""
+    workflows: list[str | Path] = [w for w in os.environ["ENGINE_SERVE_WORKFLOWS"].split(os.pathsep) if w]
+    return create_app(Engine(), workflows, max_body=int(os.environ["ENGINE_SERVE_MAX_BODY"]),
+                      token=os.environ.get("ENGINE_SERVE_TOKEN") or None,
+                      tenant_header=os.environ["ENGINE_SERVE_TENANT_HEADER"])
 
 
 def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,

@@ -143,7 +143,8 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     if until:
         sql, params = sql + " AND s.started_at < ?", [*params, until]
     for tag, wanted in flt.tags.items():
-        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{tag}"', wanted]
+        field_sql, field_params = store.json_field("r.tags", tag)
+        sql, params = sql + f" AND {field_sql} = ?", [*params, *field_params, wanted]
     rows = store.query(sql + " ORDER BY s.started_at", params)
 
     totals: dict[str, float] = defaultdict(float)
@@ -207,7 +208,8 @@ def _quality_calls(store: Any, flt: ReportFilter, since: str | None, until: str 
     if until:
         sql, params = sql + " AND c.created_at < ?", [*params, until]
     for tag, wanted in flt.tags.items():
-        sql, params = sql + " AND json_extract(r.tags, ?) = ?", [*params, f'$."{tag}"', wanted]
+        field_sql, field_params = store.json_field("r.tags", tag)
+        sql, params = sql + f" AND {field_sql} = ?", [*params, *field_params, wanted]
     return store.query(sql, params)
 
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
-from engine.errors import ConfigError, EngineError, LLMStepError, StepError, UserError
+from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
 from engine.spec.loader import load_workflow
 from engine.serving import Server, default_servers
@@ -33,14 +31,10 @@ from engine.steps.context import context_step_calls
 from engine.steps.decision import decision_step_calls
 from engine.steps.foreach import for_each_calls
 from engine.steps.llm import llm_step_calls
-from engine.store import SQLiteStore
+from engine.store import Store
+from engine.store.opening import open_store
 from engine.templating import TemplateError, evaluate_condition, render
 
-_stores: dict[Path, SQLiteStore] = {}
-_stores_lock = threading.Lock()
-
-
-_by_name: dict[tuple[str, str], SQLiteStore] = {}
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
 
@@ -49,27 +43,6 @@ def new_run_id() -> str:
     """32 random hex digits, like `uuid4().hex`, from a generator seeded once from os.urandom
     (uuid4 reads os.urandom on every call, which shows on the hot path)."""
     return f"{_ids.getrandbits(128):032x}"
-
-
-def open_store(path: str | Path) -> SQLiteStore:
-    """The process-wide store for `path` (one connection, shared by every run)."""
-    name = str(path)
-    fast = ("", name) if os.path.isabs(name) else (os.getcwd(), name)  # no path resolution on the hot path
-    store = _by_name.get(fast)
-    if store is not None and not store._closed:
-        return store
-    key = Path(path).resolve()
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None or store._closed:
-            try:
-                store = SQLiteStore(key)
-            except (sqlite3.DatabaseError, OSError) as e:  # not a database, unwritable, a directory
-                raise ConfigError(f"cannot open the store at '{key}' (ENGINE_DB or `store:` in engine.yaml): "
-                                  f"{e}") from None
-            _stores[key] = store
-        _by_name[fast] = store
-        return store
 
 
 @dataclass
@@ -203,7 +176,7 @@ def run_workflow(
     inputs: dict[str, Any] | None = None,
     *,
     config: EngineConfig | None = None,
-    store: SQLiteStore | None | bool = True,
+    store: Store | None | bool = True,
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
@@ -234,7 +207,7 @@ async def arun_workflow(
     inputs: dict[str, Any] | None = None,
     *,
     config: EngineConfig | None = None,
-    store: SQLiteStore | None | bool = True,
+    store: Store | None | bool = True,
     tags: dict[str, Any] | None = None,
     raise_on_error: bool = True,
     servers: list[Server] | None = None,
@@ -257,7 +230,7 @@ def _run(
     inputs: dict[str, Any] | None,
     *,
     config: EngineConfig | None,
-    store: SQLiteStore | None | bool,
+    store: Store | None | bool,
     tags: dict[str, Any] | None,
     raise_on_error: bool,
     servers: list[Server] | None,
@@ -269,7 +242,7 @@ def _run(
     wf = load_workflow(workflow, config=config)
     config = wf.config if config is None else config.with_tiers(wf.tiers)
     values = validate_inputs(wf, inputs or {})
-    db: SQLiteStore | None = open_store(config.store_path()) if store is True else (store or None)
+    db: Store | None = open_store(config.store_url()) if store is True else (store or None)
     run_id = new_run_id()
     if db is not None:
         db.start_run(run_id, wf.name, str(wf.version), str(wf.path) if wf.path else None, values,
@@ -410,7 +383,7 @@ def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
     record.validation_errors = [a["error"] for a in attempts if a.get("outcome") == "invalid"]
 
 
-def _record_step(db: SQLiteStore, run_id: str, record: StepRecord) -> None:
+def _record_step(db: Store, run_id: str, record: StepRecord) -> None:
     db.record_step({
         "run_id": run_id, "step_id": record.step_id, "kind": record.kind, "status": record.status,
         "served_by": record.served_by, "tier": record.tier, "provider": record.provider,

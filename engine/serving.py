@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from engine.config import EngineConfig
     from engine.spec.models import Workflow
     from engine.steps.base import StepContext, StepOutcome
-    from engine.store import SQLiteStore
+    from engine.store import Store
     from engine.steps.llm import LLMCall
 
 
@@ -26,7 +26,7 @@ class Server(Protocol):
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None: ...
 
 
-def default_servers(workflow: Workflow, config: EngineConfig, store: SQLiteStore | None) -> list[Server]:
+def default_servers(workflow: Workflow, config: EngineConfig, store: Store | None) -> list[Server]:
     """The servers a run consults when the caller gives none. Features add theirs here, in
     serving order (materialized promotions first, then caches)."""
     from engine.promotion.server import promotion_server

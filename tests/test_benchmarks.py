@@ -143,3 +143,18 @@ def test_distill_classifier_benchmark_runs(tmp_path):
     assert both["classifier"]["pairs"] == 400 and both["new"]["served_by"].get("classifier", 0) > 0
     assert both["new"]["zero_token_share"] > lookups["new"]["zero_token_share"]
     assert both["new"]["cost_ratio"] < lookups["new"]["cost_ratio"]
+
+
+def test_scale_out_benchmark_runs(tmp_path):
+    """A few items on the thread executor and the store-write rows on SQLite and PostgreSQL (the
+    Ray rows start Ray twice: the full benchmark's, and tests/batch/test_ray_executor.py's)."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/scale_out.py"), "--items", "16",
+                           "--no-ray", "--store-runs", "20", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["executors"][0]["ok"] == 16 and report["executors"][0]["failed"] == 0
+    assert {(w["backend"], w["mode"]) for w in report["store_write_cost"]} == {
+        ("sqlite", "write-behind"), ("sqlite", "synchronous"), ("postgresql", "write-behind"),
+        ("postgresql", "synchronous")}

@@ -22,7 +22,7 @@ from engine.cache.store import CacheStore, cache_store
 
 if TYPE_CHECKING:
     from engine.spec.models import LLMSpec, Workflow
-    from engine.store import SQLiteStore
+    from engine.store import Store
 
 
 def _llm_specs(workflow: Workflow) -> list[LLMSpec]:
@@ -35,7 +35,7 @@ def _llm_specs(workflow: Workflow) -> list[LLMSpec]:
     return specs
 
 
-def cache_servers(workflow: Workflow, store: SQLiteStore) -> list[Any]:
+def cache_servers(workflow: Workflow, store: Store) -> list[Any]:
     """Exact first, then semantic (only when a step asks for it)."""
     specs = _llm_specs(workflow)
     servers: list[Any] = []

@@ -15,7 +15,7 @@ from engine.cache.store import CacheEntry, CacheStore, cache_store
 from engine.spec.cache import CacheSpec
 from engine.steps.base import StepContext, StepOutcome
 from engine.steps.llm import LLMCall, parse_and_validate
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.hashing import canonical_json
 
 
@@ -52,7 +52,7 @@ def entry_row(ctx: StepContext, call: LLMCall, spec: CacheSpec, outcome: StepOut
 class ExactCacheServer:
     """`engine.serving.Server` for exact repeats. On for every llm step unless `cache: false`."""
 
-    def __init__(self, store: SQLiteStore | CacheStore):
+    def __init__(self, store: Store | CacheStore):
         self.cache = store if isinstance(store, CacheStore) else cache_store(store)
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:

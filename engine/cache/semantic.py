@@ -22,13 +22,13 @@ from engine.cache.store import CacheStore, cache_store
 from engine.errors import ProviderError
 from engine.steps.base import StepContext, StepOutcome
 from engine.steps.llm import LLMCall
-from engine.store import SQLiteStore
+from engine.store import Store
 
 
 class SemanticCacheServer:
     """`engine.serving.Server` for near-duplicates, for steps with `cache: {semantic: ...}`."""
 
-    def __init__(self, store: SQLiteStore | CacheStore):
+    def __init__(self, store: Store | CacheStore):
         self.cache = store if isinstance(store, CacheStore) else cache_store(store)
 
     def _embed(self, ctx: StepContext, call: LLMCall) -> tuple[str, str, str, np.ndarray | None]:

@@ -1,7 +1,7 @@
-"""Cache entries and events in the engine's SQLite store (tables from migration 020).
+"""Cache entries and events in the engine's store (tables from migration 020), SQLite or Postgres.
 
 One row per (namespace, normalised input): the validated answer, what it cost, and for semantic
-caching the embedding as a float32 blob. Writes are upserts under the store's lock, so two
+caching the embedding as a float32 blob (and, on PostgreSQL, a pgvector column searched by HNSW). Writes are upserts under the store's lock, so two
 threads filling the same key leave one row. `cache_events` logs every lookup (hit, miss, expired,
 invalid) with the entry it served and, for semantic hits, the similarity.
 """
@@ -9,6 +9,7 @@ invalid) with the entry it served and, for semantic hits, the similarity.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from engine.cache.index import VectorIndex
-from engine.store import SQLiteStore
+from engine.cache.index import Decision, Match, VectorIndex
+from engine.store import Store
 from engine.store.migrations import _now
 
 
@@ -43,6 +44,37 @@ class CacheEntry:
         return time.time() - self.created
 
 
+class PgVectorIndex:
+    """The semantic index of one namespace on PostgreSQL: pgvector's HNSW index answers the
+    nearest entry (and the nearest one with another answer, for the margin); the decision rule is
+    `VectorIndex`'s. Entries are added and removed through their rows, so `add`/`remove` do nothing."""
+
+    def __init__(self, store: Any, sem_namespace: str):
+        self.store, self.namespace = store, sem_namespace
+        self.lock = threading.RLock()
+        self.max_id = 0
+
+    def add(self, ids: list[int], answer_keys: list[str], vectors: np.ndarray) -> None:
+        pass
+
+    def remove(self, entry_id: int) -> None:
+        pass
+
+    def search(self, query: np.ndarray, threshold: float, margin: float = 0.0) -> Decision:
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        top = self.store.nearest(self.namespace, query)
+        if not top:
+            return Decision(None, None, "empty")
+        best = float(top[0]["similarity"])
+        if best < threshold:
+            return Decision(None, best, "below_threshold")
+        other = self.store.nearest(self.namespace, query, other_than=top[0]["answer_key"])
+        conflicting = float(other[0]["similarity"]) if other else None
+        if margin > 0 and conflicting is not None and best - conflicting < margin:
+            return Decision(None, best, "ambiguous")
+        return Decision(Match(int(top[0]["id"]), best, conflicting), best, "hit")
+
+
 def _entry(row: dict[str, Any]) -> CacheEntry:
     return CacheEntry(
         id=row["id"], workflow=row["workflow"], step_id=row["step_id"], output=json.loads(row["output"]),
@@ -52,18 +84,22 @@ def _entry(row: dict[str, Any]) -> CacheEntry:
 
 
 class CacheStore:
-    """Reads and writes the cache tables of one `SQLiteStore` (shares its connection and lock)."""
+    """Reads and writes the cache tables of one store (on SQLite: its connection and lock)."""
 
-    def __init__(self, store: SQLiteStore):
+    def __init__(self, store: Store):
         self.store = store
-        self.lock = store.conn_lock
+        self.lock = threading.RLock()
+        self.pgvector = store.dialect == "postgresql"
         """The connection's lock without draining the log queue: cache entries are written at once;
         only lookup events and hit counters go through the queue (see `record`)."""
         self.indexes: dict[str, VectorIndex] = {}
         """In-memory vector matrices, one per semantic namespace (see `index`)."""
 
-    def index(self, sem_namespace: str) -> VectorIndex:
-        """The namespace's vector index, first loaded from SQLite, then topped up with newer rows."""
+    def index(self, sem_namespace: str) -> VectorIndex | PgVectorIndex:
+        """The namespace's vector index, first loaded from the store, then topped up with newer
+        rows; on PostgreSQL the pgvector HNSW index itself (nothing held in memory)."""
+        if self.pgvector:
+            return PgVectorIndex(self.store, sem_namespace)
         with self.lock:
             index = self.indexes.setdefault(sem_namespace, VectorIndex())
         with index.lock:
@@ -77,23 +113,23 @@ class CacheStore:
     # --- entries --------------------------------------------------------------------------------
 
     def get(self, namespace: str, input_key: str) -> CacheEntry | None:
-        with self.lock:
-            row = self.store.db.execute(
-                f"SELECT {_COLUMNS} FROM cache_entries WHERE namespace = ? AND input_key = ?",
-                [namespace, input_key]).fetchone()
-        return None if row is None else _entry(dict(zip(_COLUMN_NAMES, row)))
+        row = self.store.execute_returning(
+            f"SELECT {_COLUMNS} FROM cache_entries WHERE namespace = ? AND input_key = ?", [namespace, input_key])
+        return None if row is None else _entry(row)
 
     def get_by_id(self, entry_id: int) -> CacheEntry | None:
-        with self.lock:
-            row = self.store.db.execute(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?",
-                                        [entry_id]).fetchone()
-        return None if row is None else _entry(dict(zip(_COLUMN_NAMES, row)))
+        row = self.store.execute_returning(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?", [entry_id])
+        return None if row is None else _entry(row)
 
     def put(self, row: dict[str, Any], vector: np.ndarray | None = None) -> int:
         """Insert or replace the answer for (namespace, input_key); returns the entry id."""
         sql, params = self._upsert(row, vector)
-        with self.lock:
-            return int(self.store.db.execute(sql + " RETURNING id", params).fetchone()[0])
+        returned = self.store.execute_returning(sql + " RETURNING id", params)
+        assert returned is not None
+        entry_id = int(returned["id"])
+        if vector is not None and self.pgvector:
+            self.store.set_vector(entry_id, np.asarray(vector, dtype=np.float32))  # type: ignore[attr-defined]
+        return entry_id
 
     def _upsert(self, row: dict[str, Any], vector: np.ndarray | None) -> tuple[str, list[Any]]:
         data = dict(row)
@@ -111,15 +147,14 @@ class CacheStore:
         return sql, [data[c] for c in cols]
 
     def delete(self, entry_id: int) -> None:
-        with self.lock:
-            self.store.db.execute("DELETE FROM cache_entries WHERE id = ?", [entry_id])
+        self.store.execute("DELETE FROM cache_entries WHERE id = ?", [entry_id], flush=False)
 
     def vectors_after(self, sem_namespace: str, after_id: int) -> list[tuple[int, str, bytes]]:
         """(id, answer_key, vector blob) of the namespace's entries with id > after_id, by id."""
-        with self.lock:
-            return list(self.store.db.execute(
-                "SELECT id, answer_key, vector FROM cache_entries WHERE sem_namespace = ? AND id > ? "
-                "AND vector IS NOT NULL ORDER BY id", [sem_namespace, after_id]).fetchall())
+        rows = self.store.query(
+            "SELECT id, answer_key, vector FROM cache_entries WHERE sem_namespace = ? AND id > ? "
+            "AND vector IS NOT NULL ORDER BY id", [sem_namespace, after_id], flush=False)
+        return [(r["id"], r["answer_key"], r["vector"]) for r in rows]
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -141,12 +176,12 @@ class CacheStore:
     def stats(self, workflow: str | None = None) -> list[dict[str, Any]]:
         where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
         entries = {(r["workflow"], r["step_id"]): r for r in self.store.query(
-            f"SELECT workflow, step_id, COUNT(*) AS entries, SUM(vector IS NOT NULL) AS vectors "
+            f"SELECT workflow, step_id, COUNT(*) AS entries, SUM(CASE WHEN vector IS NOT NULL THEN 1 ELSE 0 END) AS vectors "
             f"FROM cache_entries {where} GROUP BY workflow, step_id", params)}
         events = {(r["workflow"], r["step_id"]): r for r in self.store.query(
-            f"SELECT workflow, step_id, SUM(kind = 'exact') AS lookups, "
-            f"SUM(outcome = 'hit' AND kind = 'exact') AS exact_hits, "
-            f"SUM(outcome = 'hit' AND kind = 'semantic') AS semantic_hits, "
+            f"SELECT workflow, step_id, SUM(CASE WHEN kind = 'exact' THEN 1 ELSE 0 END) AS lookups, "
+            f"SUM(CASE WHEN outcome = 'hit' AND kind = 'exact' THEN 1 ELSE 0 END) AS exact_hits, "
+            f"SUM(CASE WHEN outcome = 'hit' AND kind = 'semantic' THEN 1 ELSE 0 END) AS semantic_hits, "
             f"SUM(tokens_saved) AS tokens_saved, SUM(cost_saved) AS cost_saved "
             f"FROM cache_events {where} GROUP BY workflow, step_id", params)}
         rows = []
@@ -170,7 +205,7 @@ class CacheStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.lock:
             self.indexes.clear()
-            return int(self.store.db.execute(f"DELETE FROM cache_entries {where}", params).rowcount)
+            return self.store.execute(f"DELETE FROM cache_entries {where}", params, flush=False)
 
     def hits(self, *, run_id: str | None = None, workflow: str | None = None, step_id: str | None = None,
              limit: int = 20) -> list[dict[str, Any]]:
@@ -199,12 +234,13 @@ _COLUMN_NAMES = ["id", "workflow", "step_id", "output", "answer_key", "tier", "p
                  "tokens_out", "cost", "created", "text", "input"]
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 
-_cache_stores: WeakKeyDictionary[SQLiteStore, CacheStore] = WeakKeyDictionary()
+_cache_stores: WeakKeyDictionary[Store, CacheStore] = WeakKeyDictionary()
+_cache_stores_lock = threading.Lock()
 
 
-def cache_store(store: SQLiteStore) -> CacheStore:
+def cache_store(store: Store) -> CacheStore:
     """The `CacheStore` of `store` (one per store, so in-memory vector indexes are shared by runs)."""
-    with store.conn_lock:
+    with _cache_stores_lock:
         cs = _cache_stores.get(store)
         if cs is None:
             cs = _cache_stores[store] = CacheStore(store)

@@ -96,7 +96,8 @@ class ProgressObserver:
 
 def run_batch_cli(workflow: Path, inputs: Path, output: Path | None, concurrency: int, resume: str | None,
                   batch_id: str | None, id_field: str, quiet: bool,
-                  provider_batch: ProviderBatchOptions | None = None) -> None:
+                  provider_batch: ProviderBatchOptions | None = None, executor: str = "threads",
+                  address: str | None = None) -> None:
     output = output or inputs.with_name(inputs.stem + ".results.jsonl")
     progress = StagedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[cost]}"),
@@ -108,7 +109,7 @@ def run_batch_cli(workflow: Path, inputs: Path, output: Path | None, concurrency
         with progress:
             summary = run_batch(engine, workflow, inputs, output, concurrency=concurrency, batch_id=batch_id,
                                 resume=resume_arg, id_field=id_field, observer=ProgressObserver(progress),
-                                provider_batch=provider_batch)
+                                provider_batch=provider_batch, executor=executor, address=address)
     except KeyboardInterrupt:
         click.echo("interrupted: finished items are saved; continue with --resume", err=True)
         raise SystemExit(130) from None

@@ -15,7 +15,7 @@ from engine.runner import open_store
 
 
 def _cache() -> CacheStore:
-    return cache_store(open_store(load_config().store_path()))
+    return cache_store(open_store(load_config().store_url()))
 
 
 @click.group("cache")

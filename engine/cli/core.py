@@ -31,6 +31,10 @@ from engine.spec.graph import mermaid
               help="Batch: finish an interrupted batch (default: the latest over these files).")
 @click.option("--batch-id", help="Batch: name a new batch.")
 @click.option("--id-field", default="id", show_default=True, help="Batch: the input field that identifies an item.")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
+              help="Batch: run items on threads in this process, or as Ray tasks (pip install 'engine[ray]').")
+@click.option("--address", metavar="ADDRESS",
+              help="Batch with --executor ray: an existing Ray cluster (ray://host:10001 or auto); default a local Ray.")
 @click.option("--provider-batch", is_flag=True,
               help="Batch: send llm calls through the providers' batch APIs (OpenAI, Anthropic) at the batch rate.")
 @click.option("--realtime-retries", is_flag=True,
@@ -42,7 +46,8 @@ from engine.spec.graph import mermaid
 def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
             tenant: str | None, quiet: bool, batch_inputs: Path | None, output: Path | None, concurrency: int,
             resume: str | None, batch_id: str | None, id_field: str, provider_batch: bool, realtime_retries: bool,
-            max_wait: str | None, poll_interval: float) -> None:
+            max_wait: str | None, poll_interval: float, executor: str = "threads",
+            address: str | None = None) -> None:
     """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr. With --inputs, run it over
     every line of a JSONL file (see engine.batch); with --provider-batch, through the providers'
     batch APIs (see engine.provider_batch)."""
@@ -51,9 +56,11 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
 
         options = provider_batch_options(provider_batch, realtime_retries, max_wait, poll_interval)
         return run_batch_cli(workflow, batch_inputs, output, concurrency, resume, batch_id, id_field, quiet,
-                             options)
+                             options, executor=executor, address=address)
     if provider_batch or realtime_retries or max_wait:
         raise UserError("--provider-batch, --realtime-retries and --max-wait need a batch run (--inputs FILE)")
+    if executor != "threads" or address:
+        raise UserError("--executor and --address need a batch run (--inputs FILE)")
     wf = load_workflow(workflow)
     inputs = parse_inputs_json(inputs_json) if inputs_json else {}
     inputs.update(parse_cli_inputs(wf, list(pairs)))

@@ -36,7 +36,7 @@ def report_cmd(workflow: str | None, step: str | None, since: str | None, until:
             raise ReportError(f"--tag wants KEY=VALUE, got '{tag}'")
     flt = ReportFilter(workflow=workflow, step=step, since=since, until=until,
                        tags={key: value for key, value in pairs})
-    report = build_report(open_store(load_config().store_path()), flt, by or DIMENSIONS)
+    report = build_report(open_store(load_config().store_url()), flt, by or DIMENSIONS)
     if html_path is not None:
         html_path.write_text(render_html(report), encoding="utf-8")
     if as_json:

@@ -22,7 +22,7 @@ def runs_group() -> None:
 @click.option("--limit", "-n", default=20, show_default=True)
 def list_cmd(workflow: str | None, limit: int) -> None:
     """The latest runs."""
-    rows = open_store(load_config().store_path()).runs(workflow=workflow, limit=limit)
+    rows = open_store(load_config().store_url()).runs(workflow=workflow, limit=limit)
     table = Table(show_edge=False)
     for col in ("run", "workflow", "status", "started (UTC)", "tokens", "cost", "ms"):
         table.add_column(col, no_wrap=True, justify="right" if col in ("tokens", "cost", "ms") else "left")
@@ -38,7 +38,7 @@ def list_cmd(workflow: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
 def show_cmd(run_id: str, as_json: bool) -> None:
     """One run: inputs, outputs, steps and llm calls (a unique id prefix is enough)."""
-    store = open_store(load_config().store_path())
+    store = open_store(load_config().store_url())
     run = store.run(run_id)
     if run is None:
         raise UserError(f"no run matches '{run_id}'")

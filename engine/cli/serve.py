@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -46,8 +47,10 @@ def _needs_serve_extra() -> None:
 @click.option("--tenant-header", default=TENANT_HEADER, show_default=True, help="The header naming the tenant.")
 @click.option("--ui", is_flag=True, help="Also serve the review console under /ui.")
 @click.option("--read-only", is_flag=True, help="The console shows everything and changes nothing.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes (uvicorn), all logging to the one configured store.")
 def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, tenant_header: str, ui: bool,
-              read_only: bool) -> None:
+              read_only: bool, workers: int = 1) -> None:
     """Serve WORKFLOWS: POST /workflows/NAME/run with JSON inputs; OpenAPI at /docs. Set
     ENGINE_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request (the console
     asks for the same token once and keeps a session cookie)."""
@@ -56,6 +59,23 @@ def serve_cmd(workflows: tuple[Path, ...], host: str, port: int, max_body: int, 
     from engine.promotion.review import open_review_store
 
     token = _token(host, "run these workflows (and spend on their models)")
+    if workers > 1 and ui:
+        raise UserError("--ui serves the console from one process: drop --workers, or run `engine ui` beside it")
+    if workers > 1:  # each worker process builds its app (and store connection) from the environment
+        for w in workflows:
+            if not w.is_file():
+                raise UserError(f"no workflow file '{w}'")
+        os.environ.update({"ENGINE_SERVE_WORKFLOWS": os.pathsep.join(str(w.resolve()) for w in workflows),
+                           "ENGINE_SERVE_MAX_BODY": str(max_body), "ENGINE_SERVE_TENANT_HEADER": tenant_header})
+        import inspect
+
+        import uvicorn
+
+        extra: dict[str, Any] = {}  # a worker importing the engine on a busy host can miss uvicorn's 5 s health check
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+            extra["timeout_worker_healthcheck"] = 60
+        uvicorn.run("engine.http:app_from_env", factory=True, host=host, port=port, workers=workers, **extra)
+        return
     engine = Engine()
     store = open_review_store(workflows[0]) if ui else None
     app = create_app(engine, list(workflows), max_body=max_body, token=token, tenant_header=tenant_header,

@@ -71,8 +71,7 @@ GENERATION = [0]
 def insert(store: Any, promotion: Promotion) -> Promotion:
     GENERATION[0] += 1
     promotion.created_at = promotion.created_at or _now()
-    with store.lock:
-        store.db["promotions"].insert(promotion.row())
+    store.insert_now("promotions", promotion.row(), returning=False)
     add_event(store, promotion.id, promotion.status, promotion.reason)
     return promotion
 
@@ -83,8 +82,7 @@ def update(store: Any, promotion_id: str, *, event: str | None = None, detail: s
     for key in JSON_FIELDS:
         if key in fields:
             fields[key] = json.dumps(fields[key], ensure_ascii=False, default=str)
-    with store.lock:
-        store.db["promotions"].update(promotion_id, fields)
+    store.update("promotions", promotion_id, fields)
     if event:
         add_event(store, promotion_id, event, detail)
 
@@ -116,9 +114,8 @@ def find(store: Any, *, workflow: str | None = None, step_id: str | None = None,
 
 
 def add_event(store: Any, promotion_id: str, event: str, detail: str | None = None) -> None:
-    with store.lock:
-        store.db["promotion_events"].insert(
-            {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": _now()})
+    store.insert_now("promotion_events",
+                     {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": _now()})
 
 
 def events(store: Any, promotion_id: str) -> list[dict[str, Any]]:
@@ -128,11 +125,10 @@ def events(store: Any, promotion_id: str) -> list[dict[str, Any]]:
 
 def record_check(store: Any, promotion_id: str, mode: str, input_hash: str, served: Any, llm: Any,
                  agree: bool) -> None:
-    with store.lock:
-        store.db["promotion_checks"].insert({
-            "promotion_id": promotion_id, "mode": mode, "input_hash": input_hash,
-            "served_output": json.dumps(served, ensure_ascii=False),
-            "llm_output": json.dumps(llm, ensure_ascii=False), "agree": int(agree), "created_at": _now()})
+    store.insert_now("promotion_checks", {
+        "promotion_id": promotion_id, "mode": mode, "input_hash": input_hash,
+        "served_output": json.dumps(served, ensure_ascii=False),
+        "llm_output": json.dumps(llm, ensure_ascii=False), "agree": int(agree), "created_at": _now()})
 
 
 def recent_checks(store: Any, promotion_id: str, mode: str, window: int) -> list[int]:

@@ -38,7 +38,7 @@ def open_review_store(workflow: str | Path | None = None) -> Any:
     from engine.runner import open_store
 
     config = load_workflow(workflow).config if workflow is not None else load_config()
-    return open_store(config.store_path())
+    return open_store(config.store_url())
 
 
 def propose(store: Any, workflow: str | Path | None = None, *, step: str | None = None,

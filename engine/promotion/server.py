@@ -240,7 +240,7 @@ _built: dict[tuple[int, str, str], tuple[tuple[Any, ...], Any, PromotionServer |
 _dirs: dict[tuple[str, str], Any] = {}
 RECHECK_S = 1.0
 """How often a built server re-checks what another process may have changed (the manifest's
-mtime, the store's `PRAGMA data_version`); this process's own promotion writes count at once."""
+mtime, the store's `data_version()`); this process's own promotion writes count at once."""
 
 
 def _signature(workflow: Any, store: Any) -> tuple[Any, ...]:
@@ -254,15 +254,14 @@ def _signature(workflow: Any, store: Any) -> tuple[Any, ...]:
             mtime = (directory / MANIFEST).stat().st_mtime_ns
         except OSError:
             pass
-    with store.conn_lock:
-        version = store.db.conn.execute("PRAGMA data_version").fetchone()[0]
+    version = store.data_version()
     return (mtime, version, records.GENERATION[0])
 
 
 def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
     """The workflow's server, rebuilt only when its manifest or the promotions may have changed,
     so a run neither reads the manifest nor queries the promotions table (see `RECHECK_S`)."""
-    if store is None or not hasattr(store, "conn_lock"):
+    if store is None or not hasattr(store, "data_version"):
         return PromotionServer.for_workflow(workflow, store)
     key = (id(store), workflow.name, str(workflow._path))
     hit = _built.get(key)

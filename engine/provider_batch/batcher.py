@@ -50,7 +50,7 @@ from engine.providers.registry import get_provider
 from engine.provider_batch.apis import BatchAPI, JobStatus, batch_api
 from engine.provider_batch.ledger import Job, Ledger
 from engine.spec.models import ModelEntry
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.store.migrations import _now
 
 log = logging.getLogger("engine.provider_batch")
@@ -170,7 +170,7 @@ class ProviderBatcher:
     """See the module docstring. The scheduler (`engine.provider_batch.stages`) owns the threads;
     this owns the parked requests, the rounds and the ledger."""
 
-    def __init__(self, store: SQLiteStore, batch_id: str, options: ProviderBatchOptions | None = None, *,
+    def __init__(self, store: Store, batch_id: str, options: ProviderBatchOptions | None = None, *,
                  on_state: Callable[[BatchState], None] | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
         self.options = options or ProviderBatchOptions()

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from engine.store import SQLiteStore
+from engine.store import Store
 from engine.store.migrations import _now
 
 JOB_OPEN = ("submitting", "submitted", "ended")
@@ -62,15 +62,14 @@ def _job(row: dict[str, Any]) -> Job:
 
 
 class Ledger:
-    """Reads and writes the provider-batch tables of one `SQLiteStore` (its connection and lock)."""
+    """Reads and writes the provider-batch tables of one `Store` (through its protocol)."""
 
-    def __init__(self, store: SQLiteStore, batch_id: str):
+    def __init__(self, store: Store, batch_id: str):
         self.store = store
         self.batch_id = batch_id
 
     def _execute(self, sql: str, params: list[Any]) -> None:
-        with self.store.lock:
-            self.store.db.conn.execute(sql, params)
+        self.store.execute(sql, params)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -93,27 +92,20 @@ class Ledger:
         job = Job(id=uuid.uuid4().hex[:16], batch_id=self.batch_id, round=round_no, provider=provider,
                   model=model, route_key=route_key, state="submitting", requests=len(requests))
         now = _now()
-        with self.store.lock:
-            conn = self.store.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "INSERT INTO provider_batch_jobs (id, batch_id, round, provider, model, route_key, state, "
-                    "requests, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [job.id, self.batch_id, round_no, provider, model, route_key, job.state, len(requests), now, now])
-                conn.executemany(
-                    "INSERT INTO provider_batch_requests (custom_id, batch_id, job_id, item, run_id, step_id, tier, "
-                    "fingerprint, leader, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
-                    "ON CONFLICT(custom_id) DO UPDATE SET job_id = excluded.job_id, run_id = excluded.run_id, "
-                    "leader = excluded.leader, state = 'pending', result = NULL, error = NULL, "
-                    "updated_at = excluded.updated_at",
-                    [[cid, self.batch_id, job.id, row["item"], row["run_id"], row["step_id"], row["tier"],
-                      row["fingerprint"], row.get("leader"), now, now] for cid, row in requests])
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.store.transaction() as tx:
+            tx.execute(
+                "INSERT INTO provider_batch_jobs (id, batch_id, round, provider, model, route_key, state, "
+                "requests, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [job.id, self.batch_id, round_no, provider, model, route_key, job.state, len(requests), now, now])
+            tx.execute_many(
+                "INSERT INTO provider_batch_requests (custom_id, batch_id, job_id, item, run_id, step_id, tier, "
+                "fingerprint, leader, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) "
+                "ON CONFLICT(custom_id) DO UPDATE SET job_id = excluded.job_id, run_id = excluded.run_id, "
+                "leader = excluded.leader, state = 'pending', result = NULL, error = NULL, "
+                "updated_at = excluded.updated_at",
+                [[cid, self.batch_id, job.id, row["item"], row["run_id"], row["step_id"], row["tier"],
+                  row["fingerprint"], row.get("leader"), now, now] for cid, row in requests])
         return job
 
     def update_job(self, job: Job, **values: Any) -> None:
@@ -147,27 +139,20 @@ class Ledger:
         """Write each `(custom_id, state, result line, error)` of `job`, and mark the job collected,
         in one transaction. Requests of the job with no line get `rest` (state, error)."""
         now = _now()
-        with self.store.lock:
-            conn = self.store.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "UPDATE provider_batch_requests SET state = ?, result = ?, error = ?, updated_at = ? "
-                    "WHERE custom_id = ? AND job_id = ?",
-                    [[state, None if line is None else json.dumps(line), error, now, cid, job.id]
-                     for cid, state, line, error in results])
-                conn.execute(  # followers share their leader's line
-                    "UPDATE provider_batch_requests SET (state, result, error) = (SELECT l.state, l.result, l.error "
-                    "FROM provider_batch_requests l WHERE l.custom_id = provider_batch_requests.leader), "
-                    "updated_at = ? WHERE job_id = ? AND leader IS NOT NULL", [now, job.id])
-                conn.execute("UPDATE provider_batch_requests SET state = ?, error = ?, updated_at = ? "
-                             "WHERE job_id = ? AND state = 'pending'", [*rest, now, job.id])
-                conn.execute("UPDATE provider_batch_jobs SET state = 'collected', updated_at = ? WHERE id = ?",
-                             [now, job.id])
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.store.transaction() as tx:
+            tx.execute_many(
+                "UPDATE provider_batch_requests SET state = ?, result = ?, error = ?, updated_at = ? "
+                "WHERE custom_id = ? AND job_id = ?",
+                [[state, None if line is None else json.dumps(line), error, now, cid, job.id]
+                 for cid, state, line, error in results])
+            tx.execute(  # followers share their leader's line
+                "UPDATE provider_batch_requests SET (state, result, error) = (SELECT l.state, l.result, l.error "
+                "FROM provider_batch_requests l WHERE l.custom_id = provider_batch_requests.leader), "
+                "updated_at = ? WHERE job_id = ? AND leader IS NOT NULL", [now, job.id])
+            tx.execute("UPDATE provider_batch_requests SET state = ?, error = ?, updated_at = ? "
+                         "WHERE job_id = ? AND state = 'pending'", [*rest, now, job.id])
+            tx.execute("UPDATE provider_batch_jobs SET state = 'collected', updated_at = ? WHERE id = ?",
+                       [now, job.id])
         job.state = "collected"
 
     def mark_fallback(self, custom_id: str, why: str) -> None:

@@ -2,13 +2,15 @@
 
 Replies come from a queue (`enqueue`), or from a `responder(request) -> str | Completion`
 callable when the queue is empty. Every request is kept in `requests` for assertions.
-Tier config may seed replies: `{model: "fake:x", options: {replies: ['{"a": 1}']}}`.
+Tier config may seed replies: `{model: "fake:x", options: {replies: ['{"a": 1}']}}`, and
+simulate a cloud call's latency: `options: {delay_ms: 50}` (each call sleeps that long).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -40,6 +42,9 @@ class FakeProvider:
             if reply is None and request.options.get("replies"):
                 seeded = request.options["replies"]
                 reply = seeded[(len(self.requests) - 1) % len(seeded)]
+        delay = request.options.get("delay_ms")
+        if delay:
+            time.sleep(float(delay) / 1000)
         if reply is None and self.responder is not None:
             reply = self.responder(request)
         if reply is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.store.migrations import _now
-from engine.store.sqlite import _dump, clean_text
+from engine.store.base import clean_text, dump as _dump
 
 ACTIVE, ESCALATED, PROBATION = "active", "escalated", "probation"
 
@@ -44,7 +44,7 @@ def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int 
 
 def served_counts(store: Any, workflow: str, step_id: str, tier: str, after_id: int) -> tuple[int, int]:
     """(served checks that ran, of which disagreed) after `after_id`: what decides a tier's state."""
-    rows = store.query("SELECT COUNT(*) AS n, COALESCE(SUM(status = 'disagree'), 0) AS k FROM quality_checks "
+    rows = store.query("SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN status = 'disagree' THEN 1 ELSE 0 END), 0) AS k FROM quality_checks "
                        "WHERE workflow = ? AND step_id = ? AND tier = ? AND id > ? AND served = 1 "
                        "AND status != 'skipped'", [workflow, step_id, tier, after_id])
     return int(rows[0]["n"]), int(rows[0]["k"])
@@ -86,10 +86,10 @@ def all_states(store: Any) -> list[dict[str, Any]]:
 def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
     """Move a tier to `state`; checks before this moment no longer count (a new epoch)."""
     now = _now()
-    with store.lock:
-        row = store.db.conn.execute("SELECT COALESCE(MAX(id), 0) FROM quality_checks").fetchone()
-        epoch = int(row[0]) if row else 0
-        store.db.conn.execute(
+    with store.transaction() as tx:
+        rows = tx.query("SELECT COALESCE(MAX(id), 0) AS m FROM quality_checks")
+        epoch = int(rows[0]["m"]) if rows else 0
+        tx.execute(
             "INSERT INTO quality_state (workflow, step_id, tier, state, since, epoch_check_id, reason, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, step_id, tier) DO UPDATE SET "
             "state = excluded.state, since = excluded.since, epoch_check_id = excluded.epoch_check_id, "
@@ -118,12 +118,12 @@ def step_runs_since(store: Any, workflow: str, step_id: str, since: str) -> int:
 
 def mark_verified(store: Any, run_id: str, step_id: str, verified_by: str) -> None:
     """The valid answer a run's step served was confirmed (by the reference or a person)."""
-    with store.lock:
-        store.db.conn.execute(
+    with store.transaction() as tx:
+        tx.execute(
             "UPDATE llm_calls SET trust = 'verified', verified_by = ? WHERE run_id = ? AND step_id = ? "
             "AND outcome = 'valid' AND purpose IS NULL AND trust = 'unverified' "
             "AND COALESCE(reason, '') != 'low_confidence'", [verified_by, run_id, step_id])
-        store.db.conn.execute(
+        tx.execute(
             "UPDATE steps SET trust = 'verified' WHERE run_id = ? AND step_id = ? AND trust = 'unverified'",
             [run_id, step_id])
 
@@ -133,19 +133,12 @@ def mark_verified(store: Any, run_id: str, step_id: str, verified_by: str) -> No
 def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
     """Insert feedback rows in one transaction (all or nothing)."""
     now = _now()
-    with store.lock:
-        conn = store.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                full = {**row, "input": _dump(row["input"]), "output": _dump(row["output"]),
-                        "created_at": row.get("created_at") or now}
-                conn.execute(f"INSERT INTO feedback ({', '.join(full)}) VALUES ({', '.join('?' * len(full))})",
-                             [clean_text(v) for v in full.values()])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    with store.transaction() as tx:
+        for row in rows:
+            full = {**row, "input": _dump(row["input"]), "output": _dump(row["output"]),
+                    "created_at": row.get("created_at") or now}
+            tx.execute(f"INSERT INTO feedback ({', '.join(full)}) VALUES ({', '.join('?' * len(full))})",
+                       [clean_text(v) for v in full.values()])
     return len(rows)
 
 

@@ -14,7 +14,7 @@ class StepContext:
     run_id: str
     workflow: Workflow
     config: EngineConfig
-    store: Any  # SQLiteStore | None
+    store: Any  # engine.store.Store | None
     step_id: str
     servers: list[Any] = field(default_factory=list)
     """`engine.serving.Server`s consulted before an llm step asks its tiers."""

@@ -232,3 +232,13 @@ def m060(db: sqlite_utils.Database) -> None:
     db.table("provider_batch_requests").create_index(["batch_id", "item"])
     db.table("llm_calls").add_column("provider_batch", str)
     db.table("llm_calls").create_index(["provider_batch"])
+
+
+@migration("070_pgvector")
+def m070(db: sqlite_utils.Database) -> None:
+    """Issue 13: on PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
+    through an HNSW index per dimension (created with the first vector of that size; see
+    engine.store.postgres). SQLite keeps the float32 blob and the in-memory index."""
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        db.execute("ALTER TABLE cache_entries ADD COLUMN embedding vector")

@@ -12,40 +12,24 @@ backpressure, flushing and what a hard kill may lose). Reads see every write mad
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
 import sqlite3
 import time
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import sqlite_utils
 
+from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, run_of, runs_of
 from engine.store.migrations import _now, migrate
 from engine.store.writer import WriteBehind
 
-JSON_COLUMNS = {"inputs", "outputs", "tags", "output", "validation_errors", "input", "cheap_output",
-                "reference_output"}
-
-
-def clean_text(value: Any) -> Any:
-    """Text SQLite can store: lone surrogates (from hostile replies or requests) become U+FFFD."""
-    if isinstance(value, str) and not value.isascii():  # ASCII (most text) is always storable
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return _SURROGATES.sub("\ufffd", value)
-    return value
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else clean_text(json.dumps(value, ensure_ascii=False, default=str))
+_dump = dump
+_LINK_SQL = LINK_SQL
+__all__ = ["SQLiteStore", "clean_text", "JSON_COLUMNS"]
 
 
 class _FlushingLock:
@@ -80,6 +64,8 @@ class _FlushingLock:
 
 
 class SQLiteStore:
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
                  batch_rows: int = 512, max_pending: int = 10_000):
         """`write_behind`: queue log rows for the writer thread (default; `ENGINE_STORE_SYNC=1`
@@ -161,12 +147,53 @@ class SQLiteStore:
         row.setdefault("created_at", _now())
         self._queue_insert("llm_calls", row)
 
-    def insert_now(self, table: str, row: dict[str, Any]) -> int:
+    def insert_now(self, table: str, row: dict[str, Any], *, returning: bool = True) -> int:
         """Write one row at once (after the queued ones) and return its rowid: for the few rows
-        whose id is needed (quality checks and events), not for the per-run log."""
+        whose id is needed (quality checks and events), not for the per-run log. `returning`:
+        False for tables whose key is not an integer id (then 0 is returned)."""
         sql = self._statement(table, tuple(row))
         with self.lock:
             return int(self.db.conn.execute(sql, [clean_text(v) for v in row.values()]).lastrowid or 0)
+
+    def update(self, table: str, key: Any, fields: dict[str, Any], *, key_column: str = "id") -> int:
+        """UPDATE one row's `fields` at once; returns the rows changed."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        return self.execute(f"UPDATE {table} SET {sets} WHERE {key_column} = ?",
+                            [*(clean_text(v) for v in fields.values()), key])
+
+    def execute(self, sql: str, params: Any = (), *, flush: bool = True) -> int:
+        """One statement at once (after the queued ones unless `flush` is False); its rowcount."""
+        with (self.lock if flush else self.conn_lock):
+            return int(self.db.conn.execute(sql, params or []).rowcount)
+
+    def execute_returning(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
+        """One statement with a RETURNING clause (or a SELECT); its first row, without the queue."""
+        with self.conn_lock:
+            cur = self.db.conn.execute(sql, params or [])
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description or ()]
+        return None if row is None else plain(dict(zip(names, row)))
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        """Statements committed together, or not at all (BEGIN IMMEDIATE: the write lock first)."""
+        with self.lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def json_field(self, column: str, key: str) -> tuple[str, list[Any]]:
+        return f"json_extract({column}, ?)", [f'$."{key}"']
+
+    def data_version(self) -> Any:
+        """Changes whenever another connection commits (SQLite's `PRAGMA data_version`)."""
+        with self.conn_lock:
+            return self.db.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def enqueue(self, sql: str, params: Any = ()) -> None:
         """Queue any write for the writer thread (log rows that nothing reads back at once)."""
@@ -201,18 +228,10 @@ class SQLiteStore:
         return [_decode(r) for r in rows]
 
     def runs(self, *, workflow: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
-        return self.query(f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT ?", [*params, limit])
+        return runs_of(self, workflow, limit)
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY started_at DESC LIMIT 2",
-                          [run_id, run_id + "%"])
-        if len(rows) != 1:
-            return None
-        run = rows[0]
-        run["steps"] = self.query("SELECT * FROM steps WHERE run_id = ? ORDER BY id", [run["id"]])
-        run["llm_calls"] = self.query("SELECT * FROM llm_calls WHERE run_id = ? ORDER BY id", [run["id"]])
-        return run
+        return run_of(self, run_id)
 
     def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
         yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
@@ -221,6 +240,22 @@ class SQLiteStore:
 
 _LINK_SQL = ("UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
              "AND step_execution_id IS NULL AND purpose IS NULL")
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> int:
+        return int(self.conn.execute(sql, params or []).rowcount)
+
+    def execute_many(self, sql: str, rows: list[Any]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, params or [])
+        names = [d[0] for d in cur.description or ()]
+        return [decode(dict(zip(names, row))) for row in cur.fetchall()]
 
 
 def _retry_locked(fn: Any, attempts: int = 100) -> Any:
@@ -235,12 +270,4 @@ def _retry_locked(fn: Any, attempts: int = 100) -> Any:
             time.sleep(0.02 + random.random() * 0.05)
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in JSON_COLUMNS & out.keys():
-        if isinstance(out[key], str):
-            try:
-                out[key] = json.loads(out[key])
-            except ValueError:
-                pass
-    return out
+_decode = decode

