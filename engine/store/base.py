@@ -153,5 +153,19 @@ def runs_of(store: Store, workflow: str | None, limit: int) -> list[dict[str, An
     return store.query(f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT ?", [*params, limit])
 
 
+class StoreReads:
+    """The run-log reads every backend shares (each backend supplies `query`)."""
+
+    def runs(self, *, workflow: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return runs_of(self, workflow, limit)  # type: ignore[arg-type]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return run_of(self, run_id)  # type: ignore[arg-type]
+
+    def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
+        yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",  # type: ignore[attr-defined]
+                              [workflow, step_id])
+
+
 LINK_SQL = ("UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
             "AND step_execution_id IS NULL AND purpose IS NULL")

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from engine.errors import ConfigError, StoreError
-from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, run_of, runs_of
+from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
 from engine.store.migrations import MIGRATIONS, _now
 from engine.store.writer import WriteBehind
 
@@ -135,7 +135,7 @@ class _FlushFirst:
         self.raw.release()
 
 
-class PostgresStore:
+class PostgresStore(StoreReads):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
@@ -318,15 +318,6 @@ class PostgresStore:
     def query(self, sql: str, params: Any = None, *, flush: bool = True) -> list[dict[str, Any]]:
         return [decode(r) for r in self._run(sql, params, flush=flush, fetch=True)]
 
-    def runs(self, *, workflow: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return runs_of(self, workflow, limit)
-
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        return run_of(self, run_id)
-
-    def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
-        yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
-                              [workflow, step_id])
 
     # --- dialect --------------------------------------------------------------------------------
 

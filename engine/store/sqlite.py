@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, run_of, runs_of
+from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
 from engine.store.migrations import _now, migrate
 from engine.store.writer import WriteBehind
 
@@ -63,7 +63,7 @@ class _FlushingLock:
         self.raw.release()
 
 
-class SQLiteStore:
+class SQLiteStore(StoreReads):
     dialect = "sqlite"
 
     def __init__(self, path: str | Path, *, write_behind: bool | None = None, flush_interval_s: float = 0.05,
@@ -227,19 +227,8 @@ class SQLiteStore:
             rows = list(self.db.query(sql, params or []))
         return [_decode(r) for r in rows]
 
-    def runs(self, *, workflow: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return runs_of(self, workflow, limit)
-
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        return run_of(self, run_id)
-
-    def iter_llm_calls(self, workflow: str, step_id: str) -> Iterator[dict[str, Any]]:
-        yield from self.query("SELECT * FROM llm_calls WHERE workflow = ? AND step_id = ? ORDER BY id",
-                              [workflow, step_id])
 
 
-_LINK_SQL = ("UPDATE llm_calls SET step_execution_id = ? WHERE run_id = ? AND step_id = ? "
-             "AND step_execution_id IS NULL AND purpose IS NULL")
 
 
 class _Tx:
