@@ -30,7 +30,7 @@ from engine.steps import StepContext, StepOutcome, run_script_step
 from engine.steps.context import context_step_calls
 from engine.steps.decision import decision_step_calls
 from engine.steps.foreach import for_each_calls
-from engine.steps.llm import llm_step_calls
+from engine.steps.llm import llm_step_calls, serve_early
 from engine.store import Store
 from engine.store.opening import open_store
 from engine.templating import TemplateError, evaluate_condition, render
@@ -138,7 +138,8 @@ class _ScriptCall:
 
 
 def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
-              item: int | None = None) -> ProviderCalls[StepOutcome]:
+              item: int | None = None, *, early: bool = True) -> ProviderCalls[StepOutcome]:
+    """One execution of a step. `early=False`: `serve_early` was already asked (llm steps)."""
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
@@ -149,7 +150,7 @@ def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: 
     assert step.llm is not None
     if step.llm.context is not None:
         return (yield from context_step_calls(ctx, step.llm, values, concurrent=concurrent))
-    return (yield from llm_step_calls(ctx, step.llm, values))
+    return (yield from llm_step_calls(ctx, step.llm, values, early=early))
 
 
 def _sub_workflow(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool,
@@ -332,7 +333,8 @@ def _schedule(wf: Workflow) -> tuple[bool, list[set[int]]]:
 
 def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
              concurrent: bool = True) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
-    record = StepRecord(step_id=step.id, kind=step.kind, status="ok")
+    kind = step.kind
+    record = StepRecord(step_id=step.id, kind=kind, status="ok")
     started = time.perf_counter()
     try:
         if step.when is not None and not evaluate_condition(step.when, state):
@@ -344,7 +346,11 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
                                                 concurrent=concurrent)
         else:
             values = render(step.inputs, state)
-            outcome = yield from _run_step(ctx, step, values, concurrent)
+            llm = step.llm
+            tried = llm is not None and llm.context is None  # a promoted lookup, before any generator
+            early = serve_early(ctx, llm, values) if llm is not None and tried else None
+            outcome = early if early is not None else (
+                yield from _run_step(ctx, step, values, concurrent, early=not tried))
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
@@ -361,7 +367,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
     record.cache = outcome.cache
     record.trust, record.confidence = outcome.trust, outcome.confidence
     _fill_attempts(record, outcome.attempts)
-    if step.kind == "workflow":  # the child runs' calls are theirs; their totals count here
+    if kind == "workflow":  # the child runs' calls are theirs; their totals count here
         record.tokens_in, record.tokens_out, record.cost = outcome.tokens_in, outcome.tokens_out, outcome.cost
     record.baseline_cost = outcome.baseline_cost
     record.context, record.items, record.errors = outcome.context, outcome.items, outcome.errors
@@ -374,6 +380,8 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
 
 
 def _fill_attempts(record: StepRecord, attempts: list[dict[str, Any]]) -> None:
+    if not attempts:  # served without a call (a lookup, a script, a cache hit): the defaults hold
+        return
     attempts = [a for a in attempts if not a.get("purpose")]
     record.calls = attempts
     record.attempts = sum(1 for a in attempts if a.get("outcome") != "skipped")

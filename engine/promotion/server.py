@@ -67,6 +67,8 @@ __all__ = ["PromotionServer", "disagreement_bound", "promotion_server", "seed"]
 def spot_sampled(ctx: StepContext, rate: float) -> bool:
     """Whether this step execution is a spot check: drawn once per execution, so the early and
     the full serving paths agree."""
+    if rate <= 0:  # nothing to draw (the common case of a served lookup)
+        return False
     drawn = ctx.__dict__.get("_spot_check")
     if drawn is None:
         drawn = ctx.__dict__["_spot_check"] = _sample(rate)
@@ -95,6 +97,8 @@ class PromotionServer:
         for art in artifacts:
             self.artifacts.setdefault(art.step_id, []).append(art)
         self.statuses = statuses
+        self._keys: dict[tuple[Any, ...], str] = {}
+        """(normalize flags, raw input items) -> lookup key, for inputs of plain strings"""
         self.shadows: dict[str, list[records.Promotion]] = {}
         for p in shadows:
             self.shadows.setdefault(p.step_id, []).append(p)
@@ -130,7 +134,7 @@ class PromotionServer:
                 continue
             if art.prompt_hash != static.prompt_hash or art.schema_hash != static.schema_hash:
                 return None  # `serve` marks it stale
-            output = art.table.get(input_key(values, art.normalize), _MISS)
+            output = art.table.get(self._key(values, art.normalize), _MISS)
             if output is _MISS:
                 continue
             if spot_sampled(ctx, spec.promote.spot_check):
@@ -138,6 +142,22 @@ class PromotionServer:
             return StepOutcome(output=output, served_by="lookup", provider="promotion",
                                model=f"{art.id} v{art.version}")
         return None
+
+    def _key(self, values: dict[str, Any], normalize: list[str]) -> str:
+        """`input_key`, remembered for inputs whose values are all strings (a repeated input is
+        looked up without normalising and encoding it again; bounded, cleared when full)."""
+        raw = (*normalize, None, *values.items())
+        try:
+            key = self._keys.get(raw)
+        except TypeError:  # a list or dict value: not hashable, computed each time
+            return input_key(values, normalize)
+        if key is None:
+            key = input_key(values, normalize)
+            if all(type(v) is str for v in values.values()):
+                if len(self._keys) >= 65536:
+                    self._keys.clear()
+                self._keys[raw] = key
+        return key
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:
         return drive(self.serve_calls(ctx, call))

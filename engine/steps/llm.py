@@ -172,13 +172,16 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
     return drive(llm_step_calls(ctx, spec, values))
 
 
-def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> ProviderCalls[StepOutcome]:
+def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], *,
+                   early: bool = True) -> ProviderCalls[StepOutcome]:
     """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
-    synchronously by `run_llm_step`, on an event loop by the async runner."""
+    synchronously by `run_llm_step`, on an event loop by the async runner. `early=False`: the
+    caller has already asked `serve_early` (and it did not answer)."""
     premium = _premium(ctx.config)
-    early = _serve_early(ctx, spec, values, premium)
-    if early is not None:
-        return early
+    if early:
+        served = _serve_early(ctx, spec, values, premium)
+        if served is not None:
+            return served
     call = prepare_call(ctx, spec, values)
     for server in ctx.servers:
         serve_calls = getattr(server, "serve_calls", None)  # a server that may call providers itself
@@ -195,6 +198,14 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> P
     return outcome
 
 
+def serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> StepOutcome | None:
+    """A promoted lookup's answer from the step's inputs alone, or None: a plain call, so the
+    runner tries it before it builds the step's generators (the in-process fast path)."""
+    if not ctx.servers:
+        return None
+    return _serve_early(ctx, spec, values, _premium(ctx.config))
+
+
 def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premium: Any) -> StepOutcome | None:
     """Servers that answer from the inputs alone (`serve_early`: promoted lookups), before the
     call is prepared. Only for steps whose system text is static (the baseline needs it)."""
@@ -208,16 +219,41 @@ def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premiu
             return None
         served = early(ctx, spec, values)
         if served is not None:
-            try:
-                prompt = render_text(spec.prompt if isinstance(spec.prompt, str) else "", values)
-            except TemplateError:
-                return None  # the full path reports it
+            prompt_tokens = _prompt_tokens(spec, values)
+            if prompt_tokens is None:
+                return None  # the full path reports the template error
             # the same estimate as `baseline_cost` (two messages), the system's share computed once
-            tokens_in = static.system_tokens + math.ceil(len(prompt) / 3) + 4 + 3
+            tokens_in = static.system_tokens + prompt_tokens + 4 + 3
             out_tokens = _output_tokens(served.output)
             served.baseline_cost = premium.cost(tokens_in, out_tokens)
             return served  # type: ignore[no-any-return]
     return None
+
+
+_prompt_lengths: dict[tuple[Any, ...], int] = {}
+
+
+def _prompt_tokens(spec: LLMSpec, values: dict[str, Any]) -> int | None:
+    """The prompt's share of the baseline estimate (its rendered length / 3), remembered per
+    prompt template and input of plain strings (a served lookup sees the same inputs again);
+    None when the prompt does not render."""
+    source = spec.prompt if isinstance(spec.prompt, str) else ""
+    key = (source, *values.items())
+    try:
+        hit = _prompt_lengths.get(key)
+    except TypeError:  # a list or dict value
+        hit, key = None, ()
+    if hit is not None:
+        return hit
+    try:
+        tokens = math.ceil(len(render_text(source, values)) / 3)
+    except TemplateError:
+        return None
+    if key and all(type(v) is str for v in values.values()):
+        if len(_prompt_lengths) >= 65536:
+            _prompt_lengths.clear()
+        _prompt_lengths[key] = tokens
+    return tokens
 
 
 _out_tokens: dict[int, tuple[Any, int]] = {}

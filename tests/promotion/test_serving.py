@@ -8,6 +8,7 @@ from engine import load_workflow, run_workflow
 from engine.cli import cli
 from engine.promotion import records, review
 from engine.promotion.proposals import propose_promotions
+from engine.steps import llm as llm_module
 
 
 def _accepted_lookup(path, store, texts=("hi", "hello there")):
@@ -173,3 +174,27 @@ def test_spot_check_under_arun_awaits_the_reference_on_the_loop(label_wf, labell
     assert result.step("classify").served_by == "llm" and threads  # the spot check asked the llm
     assert loop_thread not in threads
     assert records.check_stats(store, promotion.id)["spot"]["checks"] == 1
+
+
+def test_served_lookup_repeats_give_the_same_answer_and_baseline(label_wf, labeller, store):
+    """The in-process fast path remembers keys and prompt lengths per raw input: a repeat, a
+    normalised variant and the llm's own run must agree on the answer and on the baseline."""
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    llm_run = run_workflow(path, {"text": "hello there"})  # not accepted yet: the llm answers
+    review.accept(store, promotion.id)
+    before = len(labeller.requests)
+    served = [run_workflow(path, {"text": t}) for t in ("hello there", "hello there", "  HELLO   there ", "hi")]
+    assert [r.step("classify").served_by for r in served] == ["lookup"] * 4
+    assert [r.outputs["classify"]["label"] for r in served] == ["long", "long", "long", "short"]
+    assert len(labeller.requests) == before
+    baseline = served[0].step("classify").baseline_cost
+    assert baseline > 0 and llm_run.step("classify").baseline_cost > 0
+    assert served[1].step("classify").baseline_cost == baseline  # remembered
+    llm_module._prompt_lengths.clear()
+    recomputed = run_workflow(path, {"text": "hello there"}).step("classify")
+    assert recomputed.served_by == "lookup" and recomputed.baseline_cost == baseline
+    # a longer prompt is a larger baseline, even for the same row
+    assert served[2].step("classify").baseline_cost > baseline
+    miss = run_workflow(path, {"text": "unseen text"})
+    assert miss.step("classify").served_by == "llm" and len(labeller.requests) == before + 1
