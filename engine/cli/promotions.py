@@ -220,10 +220,11 @@ def _render_classifier(p: Promotion, rows: int) -> None:
                       f"{v.get('pairs', 0)} trusted pairs ({v.get('labels', 0)} labels); target precision "
                       f"{v.get('target_precision', 0):.1%}; threshold "
                       f"{model.get('threshold', v.get('threshold', 0)):.4f} (calibrated on "
-                      f"{v.get('calibration_pairs', 0)} held-out pairs)")
+                      f"{v.get('calibration_pairs', 0)} out-of-fold answers, {v.get('folds', 0)} folds)")
     if p.payload.get("retrain_of"):
         out_console.print(f"a new version of {p.payload['retrain_of']} (retrained on new trusted evidence)")
-    report = Table(title="held-out trusted pairs (not used to fit or calibrate)", title_justify="left",
+    report = Table(title="held-out trusted pairs (each fold judged by a model and a threshold that never saw it)",
+                   title_justify="left",
                    show_edge=False)
     for col in ("set", "pairs", "served", "correct", "precision", "coverage", "accuracy, never abstaining"):
         report.add_column(col, justify="left" if col == "set" else "right")

@@ -6,14 +6,20 @@ which lookups cannot. It serves only when its top probability clears a threshold
 held-out trusted pairs so that precision there is at least `target_precision`; below it the
 request falls through to the cache and the tiers.
 
-Training (`train_classifier`), with a seeded shuffle of the pairs:
-    calibration   `held_out` of the pairs: chooses the threshold (the lowest probability at which
-                  the answers at or above it are still `target_precision` precise)
-    report        the same procedure run once more with another `held_out` share of the rest kept
-                  out of both fitting and calibration: held-out precision, coverage and a
-                  confusion summary for review (an estimate of the procedure, not of the exact
-                  weights served)
-    served model  fitted on every pair but the calibration ones, with the calibrated threshold
+Training (`train_classifier`): cross-fitting over k folds (k = round(1 / `held_out`): 5 folds at
+the default 0.2), dealt per answer from a seeded shuffle so every fold holds each answer's share:
+    out-of-fold   each fold's pairs are scored by a model fitted on the other folds, so every pair
+                  gets a probability from a model that never saw it
+    threshold     calibrated on every pair's out-of-fold probability: the lowest probability at
+                  which the answers at or above it are still `target_precision` precise
+    report        each fold judged at the threshold calibrated on the *other* folds' out-of-fold
+                  probabilities (so neither its fit nor its threshold saw it): held-out precision,
+                  coverage and a confusion summary for review (an estimate of the procedure, not
+                  of the exact weights served)
+    served model  fitted on every pair, with the calibrated threshold
+Calibrating on every pair (not on one held-out fifth) and serving a model fitted on every pair
+gave 75.0% coverage at 99.05% precision on BANKING77's test split, against 69.9% at 99.16% with a
+single 80/20 split (`examples/benchmarks/distill_classifier.py`).
 
 Stored as plain JSON (`ClassifierModel.to_dict`): labels (the answers), coefficients, intercepts,
 threshold, embedder name. Loading parses numbers and checks shapes; nothing executable is loaded
@@ -69,10 +75,7 @@ class ClassifierModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        logits = np.asarray(vectors, dtype=np.float32) @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+        return _softmax(np.asarray(vectors, dtype=np.float32) @ self.coef.T + self.intercept)
 
     def decide(self, vectors: np.ndarray) -> list[tuple[Any, float]]:
         """(answer or None when it abstains, top probability) per row."""
@@ -132,14 +135,19 @@ def calibrate(top_prob: np.ndarray, correct: np.ndarray, target: float, min_serv
     return float(probs[ok[-1]]) if len(ok) else None
 
 
-def evaluate(model: ClassifierModel, vectors: np.ndarray, expected: Sequence[str]) -> dict[str, Any]:
-    """Held-out report: precision on what it served, coverage, accuracy had it never abstained, and
-    a confusion summary (per label, and the most frequent confusions)."""
-    probs = model.probabilities(vectors)
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def _judge(probs: np.ndarray, keys: list[str], expected: list[str], thresholds: np.ndarray) -> dict[str, Any]:
+    """Precision on what was served (top probability at or above the row's threshold), coverage,
+    accuracy had it never abstained, and a confusion summary (per label, and the most frequent
+    confusions). `keys`: the canonical answer of each probability column."""
     top = probs.argmax(axis=1)
-    keys = [canonical_json(x) for x in model.labels]
     predicted = [keys[int(i)] for i in top]
-    served = probs[np.arange(len(top)), top] >= model.threshold if len(top) else np.zeros(0, dtype=bool)
+    served = probs[np.arange(len(top)), top] >= thresholds if len(top) else np.zeros(0, dtype=bool)
     n = len(expected)
     n_served = int(served.sum())
     correct_served = sum(1 for i in range(n) if served[i] and predicted[i] == expected[i])
@@ -160,7 +168,6 @@ def evaluate(model: ClassifierModel, vectors: np.ndarray, expected: Sequence[str
             "precision": correct_served / n_served if n_served else 0.0,
             "coverage": n_served / n if n else 0.0,
             "accuracy_without_abstaining": sum(1 for i in range(n) if predicted[i] == expected[i]) / n if n else 0.0,
-            "threshold": model.threshold,
             "per_label": {k: per_label[k] for k in sorted(per_label)},
             "confusions": [{"expected": e, "got": g, "n": c} for (e, g), c in confusions.most_common(10)]}
 
@@ -192,52 +199,67 @@ def _fit(vectors: np.ndarray, labels: list[str], c: float, seed: int) -> tuple[l
     return classes, coef, intercept
 
 
+def _folds(keys: list[str], k: int, seed: int) -> list[list[int]]:
+    """k folds dealt answer by answer from a seeded shuffle (each fold holds each answer's share)."""
+    order = list(range(len(keys)))
+    random.Random(seed).shuffle(order)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0
+    for _, idx in sorted(((keys[i], i) for i in order), key=lambda t: t[0]):
+        folds[dealt % k].append(idx)
+        dealt += 1
+    return [sorted(f) for f in folds if f]
+
+
 def train_classifier(texts: Sequence[str], answers: Sequence[Any], embed: Callable[[list[str]], np.ndarray],
                      *, embedder: str, input_field: str | None = None, target_precision: float = 0.99,
                      c: float = 10.0, held_out: float = 0.2, seed: int = 0) -> TrainResult:
-    """Train on (text, answer) pairs; see the module docstring for the splits."""
+    """Train on (text, answer) pairs; see the module docstring for the folds."""
     keys = [canonical_json(a) for a in answers]
     by_key = {k: a for k, a in zip(keys, answers)}
     if len(by_key) < 2:
         return TrainResult(None, {"pairs": len(keys)}, "fewer than two distinct answers: nothing to classify")
     vectors = np.asarray(embed(list(texts)), dtype=np.float32)
-    order = list(range(len(keys)))
-    random.Random(seed).shuffle(order)
-    n_cal = max(1, int(math.ceil(held_out * len(order))))
-    calibration, rest = order[:n_cal], order[n_cal:]
-    n_test = max(1, int(math.ceil(held_out * len(rest))))
-    test, fit_part = rest[:n_test], rest[n_test:]
-
-    def fitted(fit_idx: list[int]) -> ClassifierModel | None:
-        if len({keys[i] for i in fit_idx}) < 2:
-            return None
-        classes, coef, intercept = _fit(vectors[fit_idx], [keys[i] for i in fit_idx], c, seed)
-        model = ClassifierModel(labels=[by_key[k] for k in classes], coef=coef, intercept=intercept, threshold=1.0,
-                                embedder=embedder, input=input_field, target_precision=target_precision)
-        probs = model.probabilities(vectors[calibration])
-        top = probs.argmax(axis=1)
-        correct = np.array([classes[int(j)] == keys[i] for j, i in zip(top, calibration)], dtype=np.float64)
-        threshold = calibrate(probs[np.arange(len(top)), top], correct, target_precision)
-        if threshold is None:
-            return None
-        model.threshold = threshold
-        return model
-
-    estimate = fitted(fit_part)
-    report: dict[str, Any] = {"pairs": len(keys), "labels": len(by_key), "calibration_pairs": len(calibration),
-                              "report_pairs": len(test), "target_precision": target_precision, "C": c,
+    classes = sorted(by_key)
+    column = {k: j for j, k in enumerate(classes)}
+    k = max(2, min(round(1 / held_out), len(keys)))
+    folds = _folds(keys, k, seed)
+    # out-of-fold probabilities over every answer (an answer a fold's fit never saw scores 0)
+    oof = np.zeros((len(keys), len(classes)), dtype=np.float64)
+    for j, fold in enumerate(folds):
+        fit_idx = [i for f, other in enumerate(folds) if f != j for i in other]
+        fit_keys = [keys[i] for i in fit_idx]
+        if len(set(fit_keys)) < 2:
+            oof[fold, column[fit_keys[0]] if fit_keys else 0] = 1.0
+            continue
+        fold_classes, coef, intercept = _fit(vectors[fit_idx], fit_keys, c, seed)
+        probs = _softmax(vectors[fold] @ coef.T + intercept)
+        oof[np.ix_(fold, [column[x] for x in fold_classes])] = probs
+    top = oof.argmax(axis=1)
+    top_prob = oof[np.arange(len(keys)), top]
+    correct = np.array([classes[int(t)] == key for t, key in zip(top, keys)], dtype=np.float64)
+    report: dict[str, Any] = {"pairs": len(keys), "labels": len(by_key), "folds": len(folds),
+                              "calibration_pairs": len(keys), "target_precision": target_precision, "C": c,
                               "embedder": embedder, "seed": seed,
                               "label_counts": dict(sorted(Counter(keys).items()))}
-    if estimate is None:
+    threshold = calibrate(top_prob, correct, target_precision)
+    if threshold is None:
         return TrainResult(None, report, f"no threshold reaches {target_precision:.1%} precision on the "
-                                         f"{len(calibration)} calibration pairs")
-    report["held_out"] = evaluate(estimate, vectors[test], [keys[i] for i in test])
-    final = fitted(fit_part + test)
-    if final is None:
-        return TrainResult(None, report, f"no threshold reaches {target_precision:.1%} precision on the "
-                                         f"{len(calibration)} calibration pairs")
-    report["threshold"] = final.threshold
-    report["calibration"] = evaluate(final, vectors[calibration], [keys[i] for i in calibration])
-    final.meta = {"trained_pairs": len(keys), "fit_pairs": len(fit_part) + len(test),
-                  "held_out": {k: report["held_out"][k] for k in ("precision", "coverage", "pairs")}}
+                                         f"{len(keys)} pairs' out-of-fold answers")
+    # the report: each fold at the threshold the other folds' out-of-fold answers calibrate
+    thresholds = np.ones(len(keys))
+    for j, fold in enumerate(folds):
+        rest = np.array([i for f, other in enumerate(folds) if f != j for i in other], dtype=np.int64)
+        t = calibrate(top_prob[rest], correct[rest], target_precision)
+        thresholds[fold] = np.inf if t is None else t
+    report["held_out"] = _judge(oof, classes, keys, thresholds)
+    report["report_pairs"] = len(keys)
+    report["threshold"] = threshold
+    report["calibration"] = _judge(oof, classes, keys, np.full(len(keys), threshold))
+    fitted_classes, coef, intercept = _fit(vectors, keys, c, seed)
+    final = ClassifierModel(labels=[by_key[x] for x in fitted_classes], coef=coef, intercept=intercept,
+                            threshold=threshold, embedder=embedder, input=input_field,
+                            target_precision=target_precision)
+    final.meta = {"trained_pairs": len(keys), "fit_pairs": len(keys), "folds": len(folds),
+                  "held_out": {x: report["held_out"][x] for x in ("precision", "coverage", "pairs")}}
     return TrainResult(final, report)

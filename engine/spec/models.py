@@ -95,7 +95,8 @@ class ClassifierSpec(Strict):
     c: float = Field(10.0, gt=0, strict=True, allow_inf_nan=False, alias="C",
                      description="inverse regularisation strength of the logistic regression")
     held_out: float = Field(0.2, gt=0, lt=0.5, strict=True,
-                            description="share of trusted pairs held out for calibration (and again for the report)")
+                            description="share of trusted pairs in each cross-fitting fold (0.2: five folds; each "
+                                        "fold is scored by a model fitted on the others)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -92,3 +92,18 @@ def test_the_nearest_other_answer_follows_removals_and_rewrites():
     index.add([1501], ["B"], query.reshape(1, -1))  # re-written in place: a B row right on the query
     decision = index.search(query, 0.5, 0.05)
     assert decision.match is None and decision.reason == "ambiguous"
+
+
+def test_one_query_searches_on_one_thread_and_builds_use_them_all():
+    """faiss's OpenMP team costs more than it saves on one vector: searches run on the calling
+    thread alone, training and adding get every thread back (the setting is per thread)."""
+    import faiss
+
+    full = faiss.omp_get_max_threads()
+    index, x = filled(3000, ann_min=1000)
+    index.search(x[0], threshold=0.9, margin=0.1)
+    assert faiss.omp_get_max_threads() == 1
+    more, answers = clustered(200, seed=1)
+    index.add(list(range(3001, 3201)), answers, more)
+    assert faiss.omp_get_max_threads() == max(full, ann._threads[0])
+    assert index.search(more[0], threshold=0.9, margin=0.1).match is not None
