@@ -82,7 +82,8 @@ def setup(train: list[tuple[str, str]], labels: dict[str, str], intents: list[st
     work = Path(tempfile.mkdtemp(prefix="distill-classifier-"))
     (work / "engine.yaml").write_text(CONFIG)
     wf_path = work / "workflow.yaml"
-    wf_path.write_text(WORKFLOW % {"tier": "premium", "intents": json.dumps(intents)})
+    text = WORKFLOW % {"tier": "premium", "intents": json.dumps(intents)}
+    wf_path.write_text(text.replace("min_calls: 3", f"min_calls: {args.min_calls}"))
     register_provider("replay", ReplayProvider(labels, intents, 0.0, args.seed))
     seed(args.seed)
     store = open_store(work / "engine.db")
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-limit", type=int, default=0, help="use only this many train queries (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="use only this many test queries (0: all)")
     ap.add_argument("--parts", default="new,replay")
+    ap.add_argument("--min-calls", type=int, default=3,
+                    help="promote.min_calls: sightings an input with a trusted answer needs to become a lookup row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "distill_classifier.json")
     args = ap.parse_args(argv)
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "simulated_premium": "replay provider answering the labelled intent (no real model), USD 2.50/10.00 per M "
                              "tokens, tokens = chars/4",
         "history": f"BANKING77 train split, {len(train)} queries, imported as labels (trusted)",
+        "min_calls": args.min_calls,
         "rows": []}
     for classifier in (False, True):
         row_name = "lookups + classifier" if classifier else "lookups only"

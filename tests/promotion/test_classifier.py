@@ -72,6 +72,41 @@ def test_trained_model_round_trips_through_plain_json():
         ClassifierModel.from_dict(bad)
 
 
+def test_calibration_is_cross_fitted_and_the_served_model_sees_every_pair(monkeypatch):
+    """Five folds dealt per answer: every pair gets an out-of-fold probability (the threshold is
+    calibrated on all of them, the report judges each fold with a threshold from the others) and
+    the served model is fitted on every pair."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(4, 8))
+    n = 200
+    which = [i % 4 for i in range(n)]
+    vectors = np.vstack([centers[c] + 0.6 * rng.normal(size=8) for c in which]).astype(np.float32)
+    lookup = {f"t{i}": vectors[i] for i in range(n)}
+    fits: list[int] = []
+
+    def embed(ts):
+        return np.vstack([lookup[t] for t in ts])
+
+    import engine.promotion.classifier as classifier_module
+
+    real_fit = classifier_module._fit
+
+    def counting_fit(x, labels, c, seed):
+        fits.append(len(labels))
+        return real_fit(x, labels, c, seed)
+
+    monkeypatch.setattr(classifier_module, "_fit", counting_fit)
+    result = train_classifier([f"t{i}" for i in range(n)], ["abcd"[c] for c in which], embed, embedder="test")
+    assert fits == [160] * 5 + [200]  # five fold fits on 4/5 of the pairs, then the served model on all
+    report = result.report
+    assert report["folds"] == 5 and report["calibration_pairs"] == n
+    assert report["held_out"]["pairs"] == n and report["calibration"]["pairs"] == n
+    assert result.model is not None and result.model.meta["fit_pairs"] == n
+    assert report["calibration"]["precision"] >= 0.99
+    # the held-out figures are what the cross-fitted procedure served, fold by fold
+    assert 0 < report["held_out"]["coverage"] <= 1 and report["held_out"]["served"] > 0
+
+
 def test_classifier_serves_new_phrasings_after_review(project, topics, store):
     path = topic_workflow(project)
     history, new = phrasings(200, seed=1)[:120], phrasings(300, seed=2)[200:]
