@@ -63,7 +63,12 @@ def sql_literals(source: str) -> list[tuple[int, str]]:
     skip = _docstrings(tree)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+        if isinstance(node, ast.JoinedStr):  # an f-string: read whole, each {...} as a name
+            text = "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+            skip.update(id(v) for v in node.values)
+            if is_sql(text):
+                found.append((node.lineno, text))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
             if is_sql(node.value):
                 found.append((node.lineno, node.value))
     return found
@@ -114,3 +119,4 @@ def test_docstrings_are_left_out():
     assert sql_literals(source) == []
     assert [line for line, _ in sql_literals('q = "DELETE FROM runs WHERE id = ?"\n')] == [1]
     assert [line for line, _ in sql_literals('q = f"SELECT id FROM {table} WHERE a = ?"\n')] == [1]
+    assert [line for line, _ in sql_literals('q = f" AND {column} = ?"\n')] == [1]  # read whole
