@@ -1,5 +1,5 @@
 """The provider-batch ledger: durable state of provider batches (`engine.provider_batch`), in the
-engine's store (tables from migration 050).
+engine's store (tables from migration 060).
 
 `provider_batch_jobs`: one row per provider batch a batch run submitted: its round, provider and
 model, the provider's batch id, its state (`submitting` -> `submitted` -> `ended` -> `collected`),
