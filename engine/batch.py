@@ -43,8 +43,8 @@ from engine.api import Engine, failed_result
 from engine.errors import UserError
 from engine.runner import RunResult
 from engine.spec.models import Workflow
-from engine.store import Store
-from engine.store.migrations import _now
+from engine.store import Store, checkpoints
+from engine.store.ledger import Ledger
 
 
 @dataclass
@@ -170,12 +170,8 @@ def _sha256(path: Path) -> str:
 
 
 def _finished_runs(store: Store, batch_id: str) -> dict[int, dict[str, Any]]:
-    field_sql, field_params = store.json_field("tags", "batch")
-    rows = store.query(
-        f"SELECT id, status, outputs, error, tags, cost FROM runs WHERE {field_sql} = ? "
-        "AND status IN ('ok', 'failed') ORDER BY started_at", [*field_params, batch_id])
     done: dict[int, dict[str, Any]] = {}
-    for row in rows:
+    for row in checkpoints.finished_runs(store, batch_id):
         done.setdefault(int(row["tags"]["item"]), row)
     return done
 
@@ -186,32 +182,28 @@ def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, to
     digest = _sha256(inputs)
     if resume:
         if isinstance(resume, str):
-            rows = store.query("SELECT * FROM batches WHERE id = ? OR id LIKE ?", [resume, resume + "%"])
+            rows = checkpoints.by_id_or_prefix(store, resume)
             if len(rows) != 1:
                 raise UserError(f"no batch matches '{resume}'")
+            row = rows[0]
         else:
-            rows = store.query("SELECT * FROM batches WHERE inputs_path = ? AND output_path = ? "
-                               "ORDER BY created_at DESC LIMIT 1", [str(inputs), str(output)])
-            if not rows:
+            latest = checkpoints.latest(store, str(inputs), str(output))
+            if latest is None:
                 raise UserError(f"no earlier batch over {inputs} -> {output} to resume; run without --resume")
-        row = rows[0]
+            row = latest
         if row["inputs_sha256"] != digest:
             raise UserError(f"batch {row['id']}: {inputs} changed since the batch started; start a new batch")
         if row["workflow"] != workflow.name:
             raise UserError(f"batch {row['id']} ran workflow '{row['workflow']}', not '{workflow.name}'")
-        field_sql, field_params = store.json_field("tags", "batch")
-        with store.transaction() as tx:  # runs a crash cut short will never finish
-            tx.execute(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND {field_sql} = ?",
-                       [*field_params, row["id"]])
-            tx.execute("UPDATE batches SET status = 'running', updated_at = ? WHERE id = ?", [_now(), row["id"]])
+        checkpoints.reopen(store, row["id"])  # runs a crash cut short will never finish: interrupted
         return str(row["id"]), True
     new_id = batch_id or uuid.uuid4().hex[:12]
-    if store.query("SELECT id FROM batches WHERE id = ?", [new_id]):
+    if checkpoints.exists(store, new_id):
         raise UserError(f"batch '{new_id}' exists: resume it with --resume {new_id}")
-    store.insert_now("batches", {
-            "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
-            "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
-            "status": "running", "created_at": _now(), "updated_at": _now()}, returning=False)
+    checkpoints.create(store, {
+        "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
+        "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
+        "status": "running"})
     return new_id, False
 
 
@@ -335,8 +327,7 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         from engine.provider_batch import ProviderBatcher, batch_options
 
         options = batch_options(provider_batch, marked=_marks_batch(engine, wf),
-                                resumed=_resuming and bool(store.query(
-                                    "SELECT 1 FROM provider_batch_jobs WHERE batch_id = ? LIMIT 1", [bid])))
+                                resumed=_resuming and Ledger(store, bid).any_jobs())
         if options is not None:
             on_state = getattr(observer, "status", None)
             batcher = ProviderBatcher(store, bid, options,
@@ -375,5 +366,5 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         writer.close()
         summary.elapsed_s = time.perf_counter() - started
         complete = summary.done == summary.total
-        store.update("batches", bid, {"status": "done" if complete else "interrupted", "updated_at": _now()})
+        checkpoints.finish(store, bid, "done" if complete else "interrupted")
     return summary

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import Field
 
 from engine.spec.models import ModelEntry, Strict
+from engine.store import reports
 
 
 class BudgetConfig(Strict):
@@ -127,20 +128,14 @@ class Budgets:
     def _read(self, cap: Cap, flush: bool = True) -> float:
         kind = cap.scope[0]
         if kind == "run":
-            sql, params = "SELECT SUM(cost) AS s FROM llm_calls WHERE run_id = ?", [cap.scope[1]]
-        else:
-            day = cap.scope[1]
-            sql = "SELECT SUM(cost) AS s FROM llm_calls WHERE created_at >= ? AND created_at < ?"
-            params = [day, day + "T99"]
-            if kind == "workflow":
-                sql, params = sql + " AND workflow = ?", [*params, cap.scope[2]]
-            elif kind == "model":
-                provider, model = cap.scope[2].split(":", 1)
-                sql, params = sql + " AND provider = ? AND model = ?", [*params, provider, model]
-            else:
-                sql, params = sql + " AND tier = ?", [*params, cap.scope[2]]
-        rows = self.store.query(sql, params) if flush else self.store.query(sql, params, flush=False)
-        return float(rows[0]["s"] or 0.0) if rows else 0.0
+            return reports.run_spend(self.store, cap.scope[1], flush=flush)
+        day = cap.scope[1]
+        if kind == "workflow":
+            return reports.day_spend(self.store, day, workflow=cap.scope[2], flush=flush)
+        if kind == "model":
+            provider, model = cap.scope[2].split(":", 1)
+            return reports.day_spend(self.store, day, provider=provider, model=model, flush=flush)
+        return reports.day_spend(self.store, day, tier=cap.scope[2], flush=flush)
 
     def reserve(self, tier: str, entry: ModelEntry, worst_case: float) -> Reservation | str:
         """Hold `worst_case` against every cap, or say which cap it would cross."""

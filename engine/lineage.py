@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.store import reports
+
 
 def child_runs(store: Any, run_id: str, step_order: list[str] | None = None) -> list[dict[str, Any]]:
     """The runs started by `run_id`'s sub-workflow steps: in `step_order` (the parent's steps),
     then item order, then start time."""
-    rows = store.query("SELECT id, workflow, status, cost, tags, started_at FROM runs "
-                       "WHERE json_extract(tags, '$.parent_run') = ? ORDER BY started_at, id", [run_id])
     out = []
-    for r in rows:
+    for r in reports.child_runs(store, run_id):
         tags: dict[str, Any] = r["tags"] if isinstance(r.get("tags"), dict) else {}
         out.append({"id": r["id"], "workflow": r["workflow"], "status": r["status"], "cost": r["cost"],
                     "step": tags.get("parent_step"), "item": tags.get("parent_item")})

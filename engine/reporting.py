@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from engine.errors import ReportError
+from engine.store import reports
 
 DIMENSIONS = ("workflow", "step", "tier", "model", "source", "trust")
 QUALITY_SOURCE = "quality checks"
@@ -85,24 +86,6 @@ class Report:
                 "timeline": self.timeline, "bucket": self.bucket, "quality": self.quality}
 
 
-_SQL = """
-WITH c AS (
-  SELECT step_execution_id AS sid,
-         SUM(CASE WHEN outcome != 'skipped' THEN 1 ELSE 0 END) AS calls,
-         SUM(COALESCE(cached_tokens, 0)) AS cached_tokens,
-         SUM(CASE WHEN reason IN ('fallback', 'cooldown', 'budget') THEN 1 ELSE 0 END) AS fallbacks,
-         COUNT(DISTINCT tier) - 1 AS escalations,
-         MAX(CASE WHEN outcome = 'valid' AND provider_batch IS NOT NULL THEN 1 ELSE 0 END) AS batched
-  FROM llm_calls WHERE step_execution_id IS NOT NULL GROUP BY step_execution_id
-)
-SELECT s.id, s.run_id, s.step_id, s.status, s.served_by, s.tier, s.provider, s.model, s.cost, s.trust,
-       s.baseline_cost, s.tokens_in, s.tokens_out, s.started_at, r.workflow, r.tags,
-       c.calls, c.cached_tokens, c.fallbacks, c.escalations, c.batched
-FROM steps s JOIN runs r ON r.id = s.run_id LEFT JOIN c ON c.sid = s.id
-WHERE (s.kind = 'llm' OR s.served_by = 'llm')
-"""
-
-
 def _source(row: dict[str, Any]) -> str:
     served = row.get("served_by")
     if served == "llm":
@@ -132,20 +115,8 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     for dim in by:
         if dim not in DIMENSIONS and not (dim.startswith("tag:") and len(dim) > 4):
             raise ReportError(f"cannot group by '{dim}' (use {', '.join(DIMENSIONS)} or tag:NAME)")
-    sql, params = _SQL, list[Any]()
-    if flt.workflow:
-        sql, params = sql + " AND r.workflow = ?", [*params, flt.workflow]
-    if flt.step:
-        sql, params = sql + " AND s.step_id = ?", [*params, flt.step]
     since, until = parse_time(flt.since), parse_time(flt.until)
-    if since:
-        sql, params = sql + " AND s.started_at >= ?", [*params, since]
-    if until:
-        sql, params = sql + " AND s.started_at < ?", [*params, until]
-    for tag, wanted in flt.tags.items():
-        field_sql, field_params = store.json_field("r.tags", tag)
-        sql, params = sql + f" AND {field_sql} = ?", [*params, *field_params, wanted]
-    rows = store.query(sql + " ORDER BY s.started_at", params)
+    rows = reports.llm_steps(store, workflow=flt.workflow, step_id=flt.step, since=since, until=until, tags=flt.tags)
 
     totals: dict[str, float] = defaultdict(float)
     groups: dict[str, dict[str, dict[str, float]]] = {dim: defaultdict(lambda: defaultdict(float)) for dim in by}
@@ -162,7 +133,8 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
             for name, value in metrics.items():
                 group[name] += value
     totals["runs"] = len({r["run_id"] for r in rows})
-    checks = _quality_calls(store, flt, since, until)
+    checks = reports.check_calls(store, workflow=flt.workflow, step_id=flt.step, since=since, until=until,
+                                 tags=flt.tags)
     totals["quality_checks"] = len(checks)
     totals["quality_checks_cost"] = sum(c["cost"] or 0.0 for c in checks)
     totals["savings"] = totals["baseline_cost"] - totals["cost"] - totals["quality_checks_cost"]
@@ -192,25 +164,6 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     return Report(flt, dict(totals), out_groups,
                   [{"bucket": b, "source": s, "cost": c} for (b, s), c in sorted(timeline.items())], bucket,
                   quality)
-
-
-def _quality_calls(store: Any, flt: ReportFilter, since: str | None, until: str | None) -> list[dict[str, Any]]:
-    """The reference checks, spot checks and judge calls matching the filter."""
-    sql = ("SELECT c.cost, c.tokens_in, c.tokens_out, c.created_at FROM llm_calls c LEFT JOIN runs r "
-           "ON r.id = c.run_id WHERE c.purpose IS NOT NULL AND c.outcome != 'skipped'")
-    params: list[Any] = []
-    if flt.workflow:
-        sql, params = sql + " AND c.workflow = ?", [*params, flt.workflow]
-    if flt.step:
-        sql, params = sql + " AND c.step_id = ?", [*params, flt.step]
-    if since:
-        sql, params = sql + " AND c.created_at >= ?", [*params, since]
-    if until:
-        sql, params = sql + " AND c.created_at < ?", [*params, until]
-    for tag, wanted in flt.tags.items():
-        field_sql, field_params = store.json_field("r.tags", tag)
-        sql, params = sql + f" AND {field_sql} = ?", [*params, *field_params, wanted]
-    return store.query(sql, params)
 
 
 def _parse(stamp: str) -> datetime:

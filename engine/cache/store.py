@@ -1,9 +1,10 @@
-"""Cache entries and events in the engine's store (tables from migration 020), SQLite or Postgres.
+"""Cache entries and events in the engine's store (tables from migration 020, read and written
+through `engine.store.cache`), SQLite or Postgres.
 
 One row per (namespace, normalised input): the validated answer, what it cost, and for semantic
-caching the embedding as a float32 blob (and, on PostgreSQL, a pgvector column searched by HNSW). Writes are upserts under the store's lock, so two
-threads filling the same key leave one row. `cache_events` logs every lookup (hit, miss, expired,
-invalid) with the entry it served and, for semantic hits, the similarity.
+caching the embedding as a float32 blob (and, on PostgreSQL, a pgvector column searched by HNSW).
+Writes are upserts, so two threads filling the same key leave one row. `cache_events` logs every
+lookup (hit, miss, expired, invalid) with the entry it served and, for semantic hits, the similarity.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from engine.cache.index import Decision, Match, VectorIndex
 from engine.store import Store
+from engine.store import cache as cache_tables
 from engine.store.migrations import _now
 
 
@@ -62,13 +64,13 @@ class PgVectorIndex:
 
     def search(self, query: np.ndarray, threshold: float, margin: float = 0.0) -> Decision:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        top = self.store.nearest(self.namespace, query)
+        top = cache_tables.nearest(self.store, self.namespace, query)
         if not top:
             return Decision(None, None, "empty")
         best = float(top[0]["similarity"])
         if best < threshold:
             return Decision(None, best, "below_threshold")
-        other = self.store.nearest(self.namespace, query, other_than=top[0]["answer_key"])
+        other = cache_tables.nearest(self.store, self.namespace, query, other_than=top[0]["answer_key"])
         conflicting = float(other[0]["similarity"]) if other else None
         if margin > 0 and conflicting is not None and best - conflicting < margin:
             return Decision(None, best, "ambiguous")
@@ -89,9 +91,8 @@ class CacheStore:
     def __init__(self, store: Store):
         self.store = store
         self.lock = threading.RLock()
-        self.pgvector = store.dialect == "postgresql"
-        """The connection's lock without draining the log queue: cache entries are written at once;
-        only lookup events and hit counters go through the queue (see `record`)."""
+        self.pgvector = cache_tables.searches_vectors(store)
+        """The store searches vectors itself (pgvector): nothing held in memory."""
         self.indexes: dict[str, VectorIndex] = {}
         """In-memory vector matrices, one per semantic namespace (see `index`)."""
 
@@ -113,48 +114,24 @@ class CacheStore:
     # --- entries --------------------------------------------------------------------------------
 
     def get(self, namespace: str, input_key: str) -> CacheEntry | None:
-        row = self.store.execute_returning(
-            f"SELECT {_COLUMNS} FROM cache_entries WHERE namespace = ? AND input_key = ?", [namespace, input_key])
+        row = cache_tables.entry(self.store, namespace, input_key)
         return None if row is None else _entry(row)
 
     def get_by_id(self, entry_id: int) -> CacheEntry | None:
-        row = self.store.execute_returning(f"SELECT {_COLUMNS} FROM cache_entries WHERE id = ?", [entry_id])
+        row = cache_tables.entry_by_id(self.store, entry_id)
         return None if row is None else _entry(row)
 
     def put(self, row: dict[str, Any], vector: np.ndarray | None = None) -> int:
         """Insert or replace the answer for (namespace, input_key); returns the entry id."""
-        sql, params = self._upsert(row, vector)
-        returned = self.store.execute_returning(sql + " RETURNING id", params)
-        assert returned is not None
-        entry_id = int(returned["id"])
-        if vector is not None and self.pgvector:
-            self.store.set_vector(entry_id, np.asarray(vector, dtype=np.float32))  # type: ignore[attr-defined]
-        return entry_id
-
-    def _upsert(self, row: dict[str, Any], vector: np.ndarray | None) -> tuple[str, list[Any]]:
-        data = dict(row)
-        data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
-        data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
-        data.setdefault("created", time.time())
-        data.setdefault("created_at", _now())
-        data.setdefault("hits", 0)
-        if vector is not None:
-            data["vector"] = np.asarray(vector, dtype=np.float32).tobytes()
-        cols = list(data)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("namespace", "input_key", "hits"))
-        sql = (f"INSERT INTO cache_entries ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-               f"ON CONFLICT(namespace, input_key) DO UPDATE SET {updates}")
-        return sql, [data[c] for c in cols]
+        vector = None if vector is None else np.asarray(vector, dtype=np.float32)
+        return cache_tables.put_entry(self.store, _stored(row, vector), vector)
 
     def delete(self, entry_id: int) -> None:
-        self.store.execute("DELETE FROM cache_entries WHERE id = ?", [entry_id], flush=False)
+        cache_tables.delete_entry(self.store, entry_id)
 
     def vectors_after(self, sem_namespace: str, after_id: int) -> list[tuple[int, str, bytes]]:
         """(id, answer_key, vector blob) of the namespace's entries with id > after_id, by id."""
-        rows = self.store.query(
-            "SELECT id, answer_key, vector FROM cache_entries WHERE sem_namespace = ? AND id > ? "
-            "AND vector IS NOT NULL ORDER BY id", [sem_namespace, after_id], flush=False)
-        return [(r["id"], r["answer_key"], r["vector"]) for r in rows]
+        return cache_tables.vectors_after(self.store, sem_namespace, after_id)
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -162,28 +139,17 @@ class CacheStore:
                outcome: str, entry: CacheEntry | None = None, similarity: float | None = None) -> None:
         """Queue the lookup event (and a hit's counter update) for the store's writer thread."""
         hit = outcome == "hit" and entry is not None
-        now = _now()
-        self.store.enqueue(_EVENT_SQL, [
-            run_id, workflow, step_id, tenant, kind, outcome, entry.id if entry else None, similarity,
-            (entry.tokens_in + entry.tokens_out) if hit and entry else 0,
-            entry.cost if hit and entry else 0.0, now])
-        if hit and entry is not None:
-            self.store.enqueue("UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?",
-                               [now, entry.id])
+        cache_tables.record_lookup(
+            self.store, run_id=run_id, workflow=workflow, step_id=step_id, tenant=tenant, kind=kind,
+            outcome=outcome, entry_id=entry.id if entry else None, similarity=similarity,
+            tokens_saved=(entry.tokens_in + entry.tokens_out) if hit and entry else 0,
+            cost_saved=entry.cost if hit and entry else 0.0, hit=hit)
 
     # --- tools (engine cache stats / clear / inspect) -------------------------------------------
 
     def stats(self, workflow: str | None = None) -> list[dict[str, Any]]:
-        where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
-        entries = {(r["workflow"], r["step_id"]): r for r in self.store.query(
-            f"SELECT workflow, step_id, COUNT(*) AS entries, SUM(CASE WHEN vector IS NOT NULL THEN 1 ELSE 0 END) AS vectors "
-            f"FROM cache_entries {where} GROUP BY workflow, step_id", params)}
-        events = {(r["workflow"], r["step_id"]): r for r in self.store.query(
-            f"SELECT workflow, step_id, SUM(CASE WHEN kind = 'exact' THEN 1 ELSE 0 END) AS lookups, "
-            f"SUM(CASE WHEN outcome = 'hit' AND kind = 'exact' THEN 1 ELSE 0 END) AS exact_hits, "
-            f"SUM(CASE WHEN outcome = 'hit' AND kind = 'semantic' THEN 1 ELSE 0 END) AS semantic_hits, "
-            f"SUM(tokens_saved) AS tokens_saved, SUM(cost_saved) AS cost_saved "
-            f"FROM cache_events {where} GROUP BY workflow, step_id", params)}
+        entries = {(r["workflow"], r["step_id"]): r for r in cache_tables.entry_counts(self.store, workflow)}
+        events = {(r["workflow"], r["step_id"]): r for r in cache_tables.event_counts(self.store, workflow)}
         rows = []
         for key in sorted(entries.keys() | events.keys()):
             e, v = entries.get(key, {}), events.get(key, {})
@@ -197,42 +163,27 @@ class CacheStore:
         return rows
 
     def clear(self, workflow: str | None = None, step_id: str | None = None) -> int:
-        clauses, params = [], []
-        for col, val in (("workflow", workflow), ("step_id", step_id)):
-            if val is not None:
-                clauses.append(f"{col} = ?")
-                params.append(val)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.lock:
             self.indexes.clear()
-            return self.store.execute(f"DELETE FROM cache_entries {where}", params, flush=False)
+            return cache_tables.delete_entries(self.store, workflow, step_id)
 
     def hits(self, *, run_id: str | None = None, workflow: str | None = None, step_id: str | None = None,
              limit: int = 20) -> list[dict[str, Any]]:
         """Recent hits joined with the entry each was served from (the entry may be gone since)."""
-        clauses, params = ["ev.outcome = 'hit'"], []
-        for col, val in (("ev.run_id", run_id), ("ev.workflow", workflow), ("ev.step_id", step_id)):
-            if val is not None:
-                clauses.append(f"{col} LIKE ?" if col == "ev.run_id" else f"{col} = ?")
-                params.append(val + "%" if col == "ev.run_id" else val)
-        rows = self.store.query(
-            "SELECT ev.id AS event_id, ev.run_id, ev.workflow, ev.step_id, ev.tenant, ev.kind, ev.similarity, "
-            "ev.tokens_saved, ev.cost_saved, ev.created_at, ev.entry_id, e.text AS entry_text, "
-            "e.input AS entry_input, e.output AS entry_output, e.run_id AS entry_run_id, "
-            "e.created_at AS entry_created_at, e.hits AS entry_hits "
-            "FROM cache_events ev LEFT JOIN cache_entries e ON e.id = ev.entry_id "
-            f"WHERE {' AND '.join(clauses)} ORDER BY ev.id DESC LIMIT ?", [*params, limit])
-        for row in rows:
-            for key in ("entry_input", "entry_output"):
-                row[key] = json.loads(row[key]) if row[key] is not None else None
-        return rows
+        return cache_tables.hits(self.store, run_id=run_id, workflow=workflow, step_id=step_id, limit=limit)
 
 
-_EVENT_SQL = ("INSERT INTO cache_events (run_id, workflow, step_id, tenant, kind, outcome, entry_id, similarity, "
-              "tokens_saved, cost_saved, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_COLUMN_NAMES = ["id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",
-                 "tokens_out", "cost", "created", "text", "input"]
-_COLUMNS = ", ".join(_COLUMN_NAMES)
+def _stored(row: dict[str, Any], vector: np.ndarray | None) -> dict[str, Any]:
+    """An entry's row as stored: output and input as JSON text, the vector as a float32 blob."""
+    data = dict(row)
+    data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
+    data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
+    data.setdefault("created", time.time())
+    data.setdefault("created_at", _now())
+    data.setdefault("hits", 0)
+    if vector is not None:
+        data["vector"] = vector.tobytes()
+    return data
 
 _cache_stores: WeakKeyDictionary[Store, CacheStore] = WeakKeyDictionary()
 _cache_stores_lock = threading.Lock()

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 from engine.hashing import canonical_json, normalize_value, prompt_hash, schema_hash
 from engine.quality.trust import LABELLED, LEVELS, REFERENCE, UNVERIFIED, VERIFIED
 from engine.spec.models import LLMSpec, PromoteSpec
+from engine.store import promotions as promotion_store
+from engine.store import quality as quality_store
 
 
 def input_key(values: dict[str, Any], normalize: Sequence[str]) -> str:
@@ -175,10 +177,7 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
     current = step_hashes(spec)
     normalize = list(spec.promote.normalize)
     mode = spec.promote.evidence
-    rows = store.query(
-        "SELECT prompt_hash, schema_hash, input, outcome, output, tokens_in, tokens_out, cost, created_at, "
-        "trust, purpose, reason FROM llm_calls WHERE workflow = ? AND step_id = ? "
-        "AND COALESCE(purpose, '') != 'judge' ORDER BY id", [workflow, step_id])  # a judge's verdict is no answer
+    rows = promotion_store.step_calls(store, workflow, step_id)  # no judge calls: a verdict is no answer
     groups: dict[str, Group] = {}
     other_hash_times: dict[str, list[str]] = {}
     stale = executions = tokens = 0
@@ -217,9 +216,7 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
         group = groups.get(key)
         if group is not None:
             group.prompt_changed = any(group.first_seen <= t <= group.last_seen for t in times)
-    from engine.quality import records as quality_records
-
-    for label in quality_records.labels(store, workflow, step_id, current[1]):
+    for label in quality_store.labels(store, workflow, step_id, current[1]):
         if not isinstance(label["input"], dict):
             continue
         key = input_key(label["input"], normalize)
@@ -229,9 +226,7 @@ def mine_step(store: Any, workflow: str, step_id: str, spec: LLMSpec) -> StepLog
                                         last_seen=label["created_at"], mode=mode)
         group.labels.append(canonical_json(label["output"]))
         group.by_trust[LABELLED] += 1
-    skipped = [r["reason"] for r in store.query(
-        "SELECT reason FROM quality_checks WHERE workflow = ? AND step_id = ? AND status = 'skipped' "
-        "ORDER BY id DESC LIMIT 3", [workflow, step_id]) if r["reason"]]
+    skipped = quality_store.skipped_reasons(store, workflow, step_id, limit=3)
     return StepLog(workflow=workflow, step_id=step_id, prompt_hash=current[0], schema_hash=current[1],
                    groups=groups, executions=executions, tokens=tokens, cost=cost, first_seen=first,
                    last_seen=last, stale_calls=stale, mode=mode, skipped_checks=skipped)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import UserError
+from engine.store import promotions as promotion_store
 from engine.store.migrations import _now
 
 JSON_FIELDS = ("payload", "verification", "savings")
@@ -71,8 +72,8 @@ GENERATION = [0]
 def insert(store: Any, promotion: Promotion) -> Promotion:
     GENERATION[0] += 1
     promotion.created_at = promotion.created_at or _now()
-    store.insert_now("promotions", promotion.row(), returning=False)
-    add_event(store, promotion.id, promotion.status, promotion.reason)
+    promotion_store.insert(store, promotion.row())
+    promotion_store.add_event(store, promotion.id, promotion.status, promotion.reason)
     return promotion
 
 
@@ -82,14 +83,13 @@ def update(store: Any, promotion_id: str, *, event: str | None = None, detail: s
     for key in JSON_FIELDS:
         if key in fields:
             fields[key] = json.dumps(fields[key], ensure_ascii=False, default=str)
-    store.update("promotions", promotion_id, fields)
+    promotion_store.update(store, promotion_id, fields)
     if event:
-        add_event(store, promotion_id, event, detail)
+        promotion_store.add_event(store, promotion_id, event, detail)
 
 
 def get(store: Any, promotion_id: str) -> Promotion:
-    rows = store.query("SELECT * FROM promotions WHERE id = ? OR id LIKE ? LIMIT 2",
-                       [promotion_id, promotion_id + "%"])
+    rows = promotion_store.by_id_or_prefix(store, promotion_id)
     if len(rows) != 1:
         raise PromotionNotFoundError(
             f"no promotion '{promotion_id}'" if not rows else f"'{promotion_id}' is ambiguous")
@@ -99,52 +99,12 @@ def get(store: Any, promotion_id: str) -> Promotion:
 def find(store: Any, *, workflow: str | None = None, step_id: str | None = None,
          status: str | tuple[str, ...] | None = None, kind: str | None = None,
          fingerprint: str | None = None) -> list[Promotion]:
-    where, params = [], []
-    for column, value in (("workflow", workflow), ("step_id", step_id), ("kind", kind),
-                          ("fingerprint", fingerprint)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if status is not None:
-        statuses = (status,) if isinstance(status, str) else status
-        where.append(f"status IN ({', '.join('?' for _ in statuses)})")
-        params.extend(statuses)
-    sql = "SELECT * FROM promotions" + (" WHERE " + " AND ".join(where) if where else "")
-    return [_from_row(r) for r in store.query(sql + " ORDER BY created_at", params)]
-
-
-def add_event(store: Any, promotion_id: str, event: str, detail: str | None = None) -> None:
-    store.insert_now("promotion_events",
-                     {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": _now()})
-
-
-def events(store: Any, promotion_id: str) -> list[dict[str, Any]]:
-    return store.query("SELECT event, detail, created_at FROM promotion_events WHERE promotion_id = ? "
-                       "ORDER BY id", [promotion_id])
+    statuses = (status,) if isinstance(status, str) else status
+    return [_from_row(r) for r in promotion_store.find(store, workflow=workflow, step_id=step_id, statuses=statuses,
+                                                       kind=kind, fingerprint=fingerprint)]
 
 
 def record_check(store: Any, promotion_id: str, mode: str, input_hash: str, served: Any, llm: Any,
                  agree: bool) -> None:
-    store.insert_now("promotion_checks", {
-        "promotion_id": promotion_id, "mode": mode, "input_hash": input_hash,
-        "served_output": json.dumps(served, ensure_ascii=False),
-        "llm_output": json.dumps(llm, ensure_ascii=False), "agree": int(agree), "created_at": _now()})
-
-
-def recent_checks(store: Any, promotion_id: str, mode: str, window: int) -> list[int]:
-    rows = store.query("SELECT agree FROM promotion_checks WHERE promotion_id = ? AND mode = ? "
-                       "ORDER BY id DESC LIMIT ?", [promotion_id, mode, window])
-    return [int(r["agree"]) for r in rows]
-
-
-def check_stats(store: Any, promotion_id: str) -> dict[str, dict[str, int]]:
-    rows = store.query("SELECT mode, COUNT(*) AS n, SUM(agree) AS agree FROM promotion_checks "
-                       "WHERE promotion_id = ? GROUP BY mode", [promotion_id])
-    return {r["mode"]: {"checks": int(r["n"]), "agree": int(r["agree"] or 0)} for r in rows}
-
-
-def serve_counts(store: Any, workflow: str, step_id: str) -> dict[str, int]:
-    rows = store.query("SELECT s.served_by AS by, COUNT(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id "
-                       "WHERE r.workflow = ? AND s.step_id = ? AND s.status = 'ok' GROUP BY s.served_by",
-                       [workflow, step_id])
-    return {r["by"]: int(r["n"]) for r in rows}
+    promotion_store.add_check(store, promotion_id, mode, input_hash, json.dumps(served, ensure_ascii=False),
+                              json.dumps(llm, ensure_ascii=False), agree)

@@ -27,6 +27,7 @@ from engine.promotion.records import Promotion
 from engine.promotion.verify import script_answerer, table_answerer, verify
 from engine.spec.loader import load_workflow
 from engine.spec.models import LLMSpec, Workflow
+from engine.store import promotions as promotion_store
 from engine.store.migrations import _now
 
 
@@ -48,8 +49,7 @@ def propose(store: Any, workflow: str | Path | None = None, *, step: str | None 
     if workflow is not None:
         paths = [Path(workflow)]
     else:
-        rows = store.query("SELECT DISTINCT workflow_path FROM runs WHERE workflow_path IS NOT NULL")
-        paths = [Path(r["workflow_path"]) for r in rows if Path(r["workflow_path"]).is_file()]
+        paths = [Path(p) for p in promotion_store.workflow_paths(store) if Path(p).is_file()]
         if not paths:
             raise UserError("no logged runs with a workflow file to mine; name a workflow")
     out = []
@@ -104,7 +104,7 @@ def _plan(store: Any, p: Promotion, wf: Workflow) -> tuple[int, Path, list[FileC
 
 def show(store: Any, promotion_id: str) -> Detail:
     p = records.get(store, promotion_id)
-    detail = Detail(p, records.events(store, p.id), records.check_stats(store, p.id))
+    detail = Detail(p, promotion_store.events(store, p.id), promotion_store.check_stats(store, p.id))
     if p.status == "proposed":
         wf = _workflow_of(p)
         _, _, detail.changes = _plan(store, p, wf)
@@ -123,7 +123,8 @@ def accept(store: Any, promotion_id: str, *, dry_run: bool = False) -> Detail:
         if not dry_run:
             records.update(store, p.id, status="accepted", reason=None, decided_at=_now(), event="accepted",
                            detail="re-activated after demotion")
-        return Detail(records.get(store, p.id), records.events(store, p.id), records.check_stats(store, p.id))
+        return Detail(records.get(store, p.id), promotion_store.events(store, p.id),
+                      promotion_store.check_stats(store, p.id))
     if p.status != "proposed":
         raise PromotionStateError(f"{p.id} is {p.status}; only proposed (or demoted) promotions can be accepted")
     if step_hashes(_step_spec(wf, p.step_id)) != (p.prompt_hash, p.schema_hash):
@@ -137,8 +138,8 @@ def accept(store: Any, promotion_id: str, *, dry_run: bool = False) -> Detail:
             records.update(store, old.id, status="superseded", event="superseded", detail=f"replaced by {p.id}")
         records.update(store, p.id, status="accepted", artifact=str(path.relative_to(root)), version=version,
                        decided_at=_now(), event="accepted", detail=str(path.relative_to(root)), shadow=0)
-    return Detail(records.get(store, p.id), records.events(store, p.id), records.check_stats(store, p.id),
-                  changes, root)
+    return Detail(records.get(store, p.id), promotion_store.events(store, p.id),
+                  promotion_store.check_stats(store, p.id), changes, root)
 
 
 def reject(store: Any, promotion_id: str, reason: str) -> Promotion:
@@ -192,7 +193,7 @@ def reverify(store: Any, promotion_id: str) -> dict[str, Any]:
                        schema_hash=log.schema_hash, event="re-verified",
                        detail=f"agreement {report['agreement']:.1%} on {report['answered']} inputs")
     else:
-        records.add_event(store, p.id, "re-verify failed",
+        promotion_store.add_event(store, p.id, "re-verify failed",
                           f"agreement {report['agreement']:.1%} on {report['answered']} of {report['pairs']} inputs")
     return report
 
@@ -216,15 +217,13 @@ def status(store: Any, *, workflow: str | None = None) -> list[StatusRow]:
     rows: list[StatusRow] = []
     shown = ("accepted", "stale", "demoted", "proposed")
     for p in records.find(store, workflow=workflow, status=shown):
-        if p.status == "proposed" and not p.shadow and not records.check_stats(store, p.id):
+        if p.status == "proposed" and not p.shadow and not promotion_store.check_stats(store, p.id):
             continue
-        stats = records.check_stats(store, p.id)
-        served = store.query("SELECT COUNT(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id WHERE "
-                             "r.workflow = ? AND s.step_id = ? AND s.served_by = ? AND s.model LIKE ?",
-                             [p.workflow, p.step_id, p.kind, p.id + " %"])[0]["n"]
+        stats = promotion_store.check_stats(store, p.id)
+        served = promotion_store.served_by_promotion(store, p.workflow, p.step_id, p.kind, p.id)
         rows.append(StatusRow(p, int(served), stats.get("spot", {"checks": 0, "agree": 0}),
                               stats.get("shadow", {"checks": 0, "agree": 0}),
                               p.reason if p.status in ("demoted", "stale") else None,
-                              sum(records.serve_counts(store, p.workflow, p.step_id).values())))
+                              sum(promotion_store.serve_counts(store, p.workflow, p.step_id).values())))
     return rows
 

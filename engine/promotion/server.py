@@ -35,13 +35,14 @@ from engine.promotion.mining import input_key
 from engine.promotion.sandbox import SandboxResult
 from engine.promotion.sandbox.worker import serve_one
 from engine.promotion.verify import validated
-from engine.quality import records as quality_records
 from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
 from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
 from engine.steps.llm import LLMCall, ask_tiers_calls, compiled
+from engine.store import promotions as promotion_store
+from engine.store import quality as quality_store
 
 _MISS = object()
 _rng = random.Random()
@@ -109,7 +110,7 @@ class PromotionServer:
         if store is None:
             return None
         artifacts = load_artifacts(promotions_dir(workflow.path, workflow.name)) if workflow.path else []
-        rows = store.query("SELECT id, status, shadow FROM promotions WHERE workflow = ?", [workflow.name])
+        rows = promotion_store.statuses(store, workflow.name)
         statuses = {r["id"]: r["status"] for r in rows}
         shadow_ids = [r["id"] for r in rows if r["shadow"] and r["status"] == "proposed"]
         shadows = [records.get(store, pid) for pid in shadow_ids]
@@ -209,7 +210,7 @@ class PromotionServer:
         agree = answers_agree(quality, served, outcome.output)
         records.record_check(self.store, art.id, "spot", call.input_hash, served, outcome.output, agree)
         policy = call.spec.promote
-        recent = records.recent_checks(self.store, art.id, "spot", policy.demote_window)
+        recent = promotion_store.recent_checks(self.store, art.id, "spot", policy.demote_window)
         n, k = len(recent), len(recent) - sum(recent)
         if n >= policy.demote_min_checks and k:
             bound = disagreement_bound(k, n, policy.demote_confidence)
@@ -227,13 +228,13 @@ class PromotionServer:
 
     def _label(self, call: LLMCall) -> Any:
         """The latest person's label for this input under the step's schema, if any."""
-        rows = [r for r in quality_records.labels(self.store, self.workflow, call.step_id, call.schema_hash)
+        rows = [r for r in quality_store.labels(self.store, self.workflow, call.step_id, call.schema_hash)
                 if r["input_hash"] == call.input_hash]
         return rows[-1]["output"] if rows else None
 
     def _mark(self, art: Artifact, status: str, reason: str) -> None:
         self.statuses[art.id] = status
-        if not self.store.query("SELECT id FROM promotions WHERE id = ?", [art.id]):
+        if not promotion_store.exists(self.store, art.id):
             # An artifact from git whose proposal this store never saw: adopt it, so its state persists.
             records.insert(self.store, records.Promotion(
                 id=art.id, workflow=self.workflow, workflow_path=self.workflow_path, step_id=art.step_id,

@@ -20,7 +20,7 @@ the parked items. Each then gets:
   or could not be submitted: the same request in real time, at the real-time price. Each such
   fallback is logged (warning), counted (`fallbacks`) and marked in the ledger.
 
-Durability (see `engine.provider_batch.ledger`): custom ids are derived from the batch run, the
+Durability (see `engine.store.ledger`): custom ids are derived from the batch run, the
 item and the request, so a resumed run finds each request where a killed one left it; results
 already stored are replayed without a call, and, when the killed run had logged them already,
 at no cost (`Completion.prepaid`); batches still open are polled again, never submitted twice.
@@ -48,9 +48,9 @@ from engine.errors import (AuthenticationError, ProviderError, ProviderTimeoutEr
 from engine.providers.base import Completion, CompletionRequest
 from engine.providers.registry import get_provider
 from engine.provider_batch.apis import BatchAPI, JobStatus, batch_api
-from engine.provider_batch.ledger import Job, Ledger
 from engine.spec.models import ModelEntry
 from engine.store import Store
+from engine.store.ledger import Job, Ledger
 from engine.store.migrations import _now
 
 log = logging.getLogger("engine.provider_batch")

@@ -18,7 +18,6 @@ import threading
 from typing import Any
 
 from engine.errors import EngineError, StepError
-from engine.quality import records
 from engine.quality.compare import answers_agree
 from engine.quality.monitor import Monitor, monitor_for, sampled
 from engine.quality.spec import QualityPolicy, resolve_policy
@@ -26,6 +25,7 @@ from engine.quality.trust import REFERENCE, VERIFIED
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
 from engine.steps.llm import LLMCall, ask_tiers_calls
+from engine.store import quality as quality_store
 
 _policies: dict[tuple[int, int], tuple[Any, Any, QualityPolicy]] = {}
 _policies_lock = threading.Lock()
@@ -116,7 +116,7 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
                    cost=ref.cost, **common)  # type: ignore[arg-type]
     if agree:
         if ctx.store is not None:
-            records.mark_verified(ctx.store, ctx.run_id, step, f"reference:{policy.reference}")
+            quality_store.mark_verified(ctx.store, ctx.run_id, step, f"reference:{policy.reference}")
         outcome.trust = VERIFIED
         return outcome
     if not inline:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, UserError
+from engine.store import quality as quality_store
 from engine.hashing import input_hash, schema_hash
-from engine.quality import records
 from engine.templating import TemplateError, render
 
 
@@ -95,9 +95,9 @@ def give_feedback(store: Any, run_id: str, step_id: str, *, ok: bool = False, ou
     else:
         output = check_output(step, values, output)
     row = _row(wf, step, values, output, kind="confirm" if ok else "label", source=source, run_id=run["id"])
-    records.record_feedback(store, [row])
+    quality_store.record_feedback(store, [row])
     if ok:
-        records.mark_verified(store, run["id"], step_id, "person")
+        quality_store.mark_verified(store, run["id"], step_id, "person")
     return row
 
 
@@ -154,7 +154,7 @@ def import_labels(wf: Any, store: Any, path: Path, *, step: str | None = None, f
         rows.append(_row(wf, target, values, output, kind="label", source=source, run_id=None))
     if not rows:
         raise FeedbackError(f"{path}: no labels")
-    return records.record_feedback(store, rows)
+    return quality_store.record_feedback(store, rows)
 
 
 def _wrap(step: Any, expected: Any) -> Any:

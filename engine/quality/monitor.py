@@ -26,11 +26,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from engine.quality import records
 from engine.quality.confidence import calibrate
-from engine.quality.records import ACTIVE, ESCALATED, PROBATION
 from engine.quality.spec import AUTO, QualityPolicy
 from engine.quality.stats import wilson_bounds
+from engine.store import quality as quality_store
+from engine.store.quality import ACTIVE, ESCALATED, PROBATION
 
 _rng = random.Random()
 _rng_lock = threading.Lock()
@@ -71,7 +71,7 @@ class Monitor:
         if cached is not None and now - cached[0] < _STATE_TTL:
             row = cached[1]
         else:
-            row = records.get_state(self.store, workflow, step_id, tier)
+            row = quality_store.get_state(self.store, workflow, step_id, tier)
             with self._lock:
                 self._states[key] = (now, row)
         if row["state"] == ESCALATED and self._cooled_off(row, policy):
@@ -86,10 +86,10 @@ class Monitor:
         elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds()
         if elapsed >= policy.cooloff:
             return True
-        return records.step_runs_since(self.store, row["workflow"], row["step_id"], since) >= policy.cooloff_runs
+        return quality_store.step_runs_since(self.store, row["workflow"], row["step_id"], since) >= policy.cooloff_runs
 
     def _move(self, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
-        records.set_state(self.store, workflow, step_id, tier, state, reason)
+        quality_store.set_state(self.store, workflow, step_id, tier, state, reason)
         with self._lock:
             self._states.pop((workflow, step_id, tier), None)
             self._thresholds.pop((workflow, step_id, tier), None)
@@ -114,13 +114,13 @@ class Monitor:
 
     def record(self, policy: QualityPolicy, *, workflow: str, step_id: str, tier: str, **check: Any) -> None:
         """Store a check, then move the tier if its served answers now disagree too often."""
-        records.record_check(self.store, workflow=workflow, step_id=step_id, tier=tier, **check)
+        quality_store.record_check(self.store, workflow=workflow, step_id=step_id, tier=tier, **check)
         with self._lock:
             self._thresholds.pop((workflow, step_id, tier), None)
         if check["status"] == "skipped" or not check.get("served", True):
             return
-        row = records.get_state(self.store, workflow, step_id, tier)
-        n, disagree = records.served_counts(self.store, workflow, step_id, tier, row["epoch_check_id"] or 0)
+        row = quality_store.get_state(self.store, workflow, step_id, tier)
+        n, disagree = quality_store.served_counts(self.store, workflow, step_id, tier, row["epoch_check_id"] or 0)
         lower, _ = wilson_bounds(disagree, n, policy.confidence)
         if row["state"] != ESCALATED and n >= policy.min_checks and lower > policy.max_disagreement:
             self._move(workflow, step_id, tier, ESCALATED,
@@ -133,7 +133,7 @@ class Monitor:
     def reset(self, workflow: str | None = None, step_id: str | None = None, tier: str | None = None) -> int:
         """Put escalated tiers (matching the filter) on probation now."""
         moved = 0
-        for row in records.all_states(self.store):
+        for row in quality_store.all_states(self.store):
             if (workflow and row["workflow"] != workflow) or (step_id and row["step_id"] != step_id) or (
                     tier and row["tier"] != tier) or row["state"] == PROBATION:
                 continue
@@ -157,7 +157,7 @@ class Monitor:
         if cached is not None:
             return cached[1]
         pairs = [(c["confidence"], c["status"] == "agree")
-                 for c in records.checks(self.store, workflow, step_id, tier, limit=2000)
+                 for c in quality_store.checks(self.store, workflow, step_id, tier, limit=2000)
                  if c["status"] != "skipped" and c["confidence"] is not None]
         value = calibrate(pairs, policy.target_agreement, minimum=policy.calibration_min)
         with self._lock:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.quality.trust import LABELLED, UNVERIFIED, VERIFIED
+from engine.store import quality as quality_store
 
 REASONS = ("disagreement", "low_confidence", "sample")
 LOW_CONFIDENCE = 0.5
@@ -51,32 +52,15 @@ class QueueItem:
 
 
 def _labelled(store: Any) -> tuple[set[tuple[str, str]], set[tuple[str, str, str]]]:
-    rows = store.query("SELECT workflow, step_id, run_id, input_hash FROM feedback")
+    rows = quality_store.feedback_keys(store)
     by_run = {(r["run_id"], r["step_id"]) for r in rows if r["run_id"]}
     by_input = {(r["workflow"], r["step_id"], r["input_hash"]) for r in rows}
     return by_run, by_input
 
 
 def _candidates(store: Any, workflow: str | None, low_confidence: float) -> list[tuple[str, dict[str, Any]]]:
-    where, params = "", []
-    if workflow:
-        where, params = " AND r.workflow = ?", [workflow]
-    columns = ("SELECT s.run_id, s.step_id, r.workflow, r.workflow_path, s.output, s.served_by, s.trust, "
-               "s.confidence, s.id AS step_row, (SELECT c.input_hash FROM llm_calls c WHERE c.run_id = s.run_id "
-               "AND c.step_id = s.step_id AND c.purpose IS NULL ORDER BY c.id LIMIT 1) AS input_hash ")
-    llm_ok = " s.kind = 'llm' AND s.status = 'ok'" + where
-    base = columns + "FROM steps s JOIN runs r ON r.id = s.run_id WHERE" + llm_ok
-    # from the (few) disagreeing checks to their steps, not a check lookup per step
-    disagreements = store.query(
-        columns + "FROM (SELECT DISTINCT run_id, step_id FROM quality_checks WHERE status = 'disagree') q "
-                  "JOIN steps s ON s.run_id = q.run_id AND s.step_id = q.step_id JOIN runs r ON r.id = s.run_id "
-                  "WHERE" + llm_ok + " ORDER BY s.id DESC LIMIT ?", [*params, _SCAN])
-    low = store.query(
-        base + " AND s.served_by = 'llm' AND (s.confidence < ? OR EXISTS (SELECT 1 FROM llm_calls c WHERE "
-               "c.run_id = s.run_id AND c.step_id = s.step_id AND c.reason = 'low_confidence')) "
-               "ORDER BY s.id DESC LIMIT ?", [*params, low_confidence, _SCAN])
-    rest = store.query(base + " AND s.served_by = 'llm' AND COALESCE(s.trust, ?) = ? ORDER BY s.id DESC LIMIT ?",
-                       [*params, UNVERIFIED, UNVERIFIED, _SCAN])
+    disagreements, low, rest = quality_store.queue_candidates(store, workflow, low_confidence=low_confidence,
+                                                              unverified=UNVERIFIED, scan=_SCAN)
     random.Random(0).shuffle(rest)  # a stable sample: the queue does not reshuffle on every page load
     return ([("disagreement", r) for r in disagreements] + [("low_confidence", r) for r in low]
             + [("sample", r) for r in rest])
@@ -108,9 +92,7 @@ def review_queue(store: Any, *, workflow: str | None = None, limit: int = 20,
     checks: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if chosen:  # the reference's answers of every chosen item, in one pass over the checks
         runs = sorted({row["run_id"] for _, row in chosen})
-        for q in store.query("SELECT run_id, step_id, tier, reference_tier, reference_output, status FROM "
-                             f"quality_checks WHERE status != 'skipped' AND run_id IN ({', '.join('?' * len(runs))}) "
-                             "ORDER BY id", runs):
+        for q in quality_store.checks_of_runs(store, runs):
             checks.setdefault((q["run_id"], q["step_id"]), []).append(q)
     workflows: dict[str, Any] = {}
     return [_item(store, reason, row, checks.get((row["run_id"], row["step_id"]), []), workflows)
@@ -119,9 +101,7 @@ def review_queue(store: Any, *, workflow: str | None = None, limit: int = 20,
 
 def _item(store: Any, reason: str, row: dict[str, Any], checks: list[dict[str, Any]],
           workflows: dict[str, Any]) -> QueueItem:
-    calls = store.query("SELECT tier, model, output, trust, confidence, purpose, reason, outcome, input "
-                        "FROM llm_calls WHERE run_id = ? AND step_id = ? AND outcome = 'valid' ORDER BY id",
-                        [row["run_id"], row["step_id"]])
+    calls = quality_store.valid_answers(store, row["run_id"], row["step_id"])
     answers = []
     for c in calls:
         role = ({"quality_check": "reference check", "spot_check": "spot check", "judge": "judge"}.get(c["purpose"])
@@ -189,9 +169,7 @@ def choices(schema: Any) -> tuple[list[Any] | None, str | None]:
 
 def recent_labels(store: Any, limit: int = 8) -> list[dict[str, Any]]:
     """The latest feedback, with the trust its run's answer carries now."""
-    rows = store.query("SELECT f.id, f.workflow, f.step_id, f.run_id, f.kind, f.output, f.source, f.created_at, "
-                       "s.trust AS step_trust, s.output AS served FROM feedback f LEFT JOIN steps s ON "
-                       "s.run_id = f.run_id AND s.step_id = f.step_id ORDER BY f.id DESC LIMIT ?", [limit])
+    rows = quality_store.recent_feedback(store, limit)
     for r in rows:  # a confirmation verifies the run's answer; a corrected answer is a label
         r["evidence"] = LABELLED if r["kind"] == "label" else (r["step_trust"] or VERIFIED)
     return rows

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.quality import records
 from engine.quality.stats import wilson_bounds
+from engine.store import quality as quality_store
 
 
 def quality_rows(store: Any, *, workflow: str | None = None, step_id: str | None = None,
                  confidence: float = 0.95) -> list[dict[str, Any]]:
-    states = {(s["workflow"], s["step_id"], s["tier"]): s for s in records.all_states(store)}
+    states = {(s["workflow"], s["step_id"], s["tier"]): s for s in quality_store.all_states(store)}
     out = []
     seen = set()
-    for r in records.summary(store, workflow, step_id):
+    for r in quality_store.summary(store, workflow, step_id):
         key = (r["workflow"], r["step_id"], r["tier"])
         seen.add(key)
         sampled, agreed = int(r["sampled"] or 0), int(r["agreed"] or 0)
@@ -24,7 +24,7 @@ def quality_rows(store: Any, *, workflow: str | None = None, step_id: str | None
                     "agreed": agreed, "agreement": agreed / sampled if sampled else 0.0,
                     "disagreement_low": low, "disagreement_high": high, "skipped": int(r["skipped"] or 0),
                     "escalation_checks": int(r["escalation_checks"] or 0), "cost": float(r["cost"] or 0.0),
-                    "state": state.get("state", records.ACTIVE), "reason": state.get("reason"),
+                    "state": state.get("state", quality_store.ACTIVE), "reason": state.get("reason"),
                     "since": state.get("since")})
     for key, state in states.items():
         if key in seen or (workflow and key[0] != workflow) or (step_id and key[1] != step_id):

@@ -16,6 +16,7 @@ from engine.promotion.artifacts import load_artifacts, promotions_dir
 from engine.promotion.classifier import ClassifierModel, calibrate, closed_schema, train_classifier
 from engine.promotion.proposals import propose_promotions
 from engine.quality.feedback import give_feedback
+from engine.store import promotions as promotion_store
 
 from classifier_helpers import phrasings, topic_of, topic_workflow
 
@@ -201,7 +202,7 @@ def test_shadow_and_spot_check_demotion(project, topics, store):
     new = phrasings(160, seed=10)[100:]
     outs = [run_workflow(path, {"text": t}) for t in new[:20]]
     assert all(o.step("classify").served_by == "llm" for o in outs)  # shadow changes nothing
-    shadow = records.check_stats(store, promotion.id)["shadow"]
+    shadow = promotion_store.check_stats(store, promotion.id)["shadow"]
     assert shadow["checks"] >= 10 and shadow["agree"] >= shadow["checks"] - 1
     review.accept(store, promotion.id)
     path.write_text(path.read_text().replace("spot_check: 0", "spot_check: 1.0"))

@@ -9,6 +9,7 @@ from engine.cli import cli
 from engine.promotion import records, review
 from engine.promotion.proposals import propose_promotions
 from engine.steps import llm as llm_module
+from engine.store import promotions as promotion_store
 
 
 def _accepted_lookup(path, store, texts=("hi", "hello there")):
@@ -30,7 +31,7 @@ def test_shadow_records_agreement_without_changing_outputs(label_wf, labeller, s
     assert [o.step("classify").served_by for o in outs] == ["llm", "llm", "llm"]
     assert [o.outputs["classify"]["label"] for o in outs] == ["long", "long", "long"]
     assert len(labeller.requests) == before + 3
-    assert records.check_stats(store, promotion.id) == {"shadow": {"checks": 2, "agree": 1}}
+    assert promotion_store.check_stats(store, promotion.id) == {"shadow": {"checks": 2, "agree": 1}}
     status = CliRunner().invoke(cli, ["promotions", "status"]).output
     assert promotion.id in status and "1/2" in status
 
@@ -87,7 +88,7 @@ def test_spot_check_sample_rate(label_wf, labeller, store):
     review.accept(store, promotion.id)
     seed(7)
     served = [run_workflow(path, {"text": "hi"}).step("classify").served_by for _ in range(200)]
-    checks = records.check_stats(store, promotion.id)["spot"]["checks"]
+    checks = promotion_store.check_stats(store, promotion.id)["spot"]["checks"]
     assert served.count("llm") == checks and 30 <= checks <= 70
 
 
@@ -131,7 +132,7 @@ def test_spot_check_llm_failure_serves_the_artifact(label_wf, labeller, store):
     labeller.responder = lambda r: ProviderUnavailableError("down")
     result = run_workflow(path, {"text": "hi"})
     assert result.ok and result.step("classify").served_by == "lookup"
-    assert records.check_stats(store, promotion.id) == {}
+    assert promotion_store.check_stats(store, promotion.id) == {}
 
 
 def test_new_table_after_demotion_does_not_carry_the_demoted_rows(label_wf, labeller, store):
@@ -173,7 +174,7 @@ def test_spot_check_under_arun_awaits_the_reference_on_the_loop(label_wf, labell
     result, loop_thread = asyncio.run(main())
     assert result.step("classify").served_by == "llm" and threads  # the spot check asked the llm
     assert loop_thread not in threads
-    assert records.check_stats(store, promotion.id)["spot"]["checks"] == 1
+    assert promotion_store.check_stats(store, promotion.id)["spot"]["checks"] == 1
 
 
 def test_served_lookup_repeats_give_the_same_answer_and_baseline(label_wf, labeller, store):

@@ -15,7 +15,7 @@ from batch_helpers import TEXTS, fast
 
 from engine.pricing import price_of
 from engine.provider_batch.fakes import Scenario
-from engine.provider_batch.ledger import Ledger
+from engine.store.ledger import Ledger
 from engine.reporting import build_report
 from engine.runner import open_store
 from engine.spec.models import ModelEntry

@@ -14,10 +14,10 @@ from engine import load_workflow, run_workflow
 from engine.cli import cli
 from engine.errors import SpecError
 from engine.quality import monitor
-from engine.quality import records as qrecords
 from engine.quality.confidence import answer_confidence, calibrate, leaf_spans
 from engine.quality.spec import resolve_policy
 from engine.quality.stats import wilson_bounds
+from engine.store import quality as quality_store
 
 from quality_helpers import TRUTH
 
@@ -167,26 +167,26 @@ def test_cool_off_then_probation_then_active(triage_wf, tiers, store, monkeypatc
     path = triage_wf("      quality: {sample: 1.0, cooloff_runs: 3, probation_checks: 4}")
     for text in ["hello", "refund please", "hello", "refund please", "hello"]:
         run_workflow(path, {"text": text}, inline_checks=True)
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "escalated"
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "escalated"
     tiers.cheap = lambda text: {"intent": TRUTH.get(text, "other")}  # the cheap tier got better
     monkeypatch.setattr(monitor, "_STATE_TTL", 0.0)
     for _ in range(4):  # 3 runs of the step past the cheap tier, then it is tried again
         run_workflow(path, {"text": "hello"}, inline_checks=True)
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] in ("probation", "active")
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] in ("probation", "active")
     for text in ["hello", "refund please", "card never came", "hello"]:
         run_workflow(path, {"text": text}, inline_checks=True)
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "active"
-    assert [e["event"] for e in qrecords.events(store)] == ["escalated", "probation", "active"]
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "active"
+    assert [e["event"] for e in quality_store.events(store)] == ["escalated", "probation", "active"]
 
 
 def test_quality_reset(triage_wf, tiers, store):
     path = triage_wf("      quality: {sample: 1.0}")
     for text in ["hello", "refund please"] * 3:
         run_workflow(path, {"text": text}, inline_checks=True)
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "escalated"
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "escalated"
     out = CliRunner().invoke(cli, ["quality", "reset", "-w", "triage"])
     assert out.exit_code == 0 and "1 tier(s) on probation" in out.output
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "probation"
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "probation"
 
 
 # --- comparisons -----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from engine.cli import cli
 from engine.promotion import records, review
 from engine.promotion.proposals import propose_promotions
 from engine.quality import monitor
-from engine.quality import records as qrecords
+from engine.store import promotions as promotion_store
+from engine.store import quality as quality_store
 
 from quality_helpers import TRUTH, WORKFLOW
 
@@ -70,7 +71,7 @@ def test_sample_one_escalates_past_the_cheap_tier_and_returns_the_reference(tria
         result = run_workflow(path, {"text": text}, inline_checks=True)
         seen.append(result)
         assert result.outputs["classify"]["intent"] == TRUTH[text]  # inline: the reference's answer wins
-    state = qrecords.get_state(store, "triage", "classify", "local")
+    state = quality_store.get_state(store, "triage", "classify", "local")
     assert state["state"] == "escalated", state
     assert "Wilson lower bound" in state["reason"]
     cheap_before = tiers.calls["small"]
@@ -78,7 +79,7 @@ def test_sample_one_escalates_past_the_cheap_tier_and_returns_the_reference(tria
     assert tiers.calls["small"] == cheap_before  # straight past the cheap tier
     assert result.step("classify").tier == "premium" and result.step("classify").trust == "reference"
     assert any(c["reason"] == "quality" and c["outcome"] == "skipped" for c in result.step("classify").calls)
-    events = qrecords.events(store, "triage")
+    events = quality_store.events(store, "triage")
     assert [e["event"] for e in events] == ["escalated"]
     # engine quality shows it
     out = CliRunner().invoke(cli, ["quality"]).output
@@ -92,7 +93,7 @@ def test_a_good_cheap_tier_stays_active_and_its_answers_become_verified(triage_w
     tiers.cheap = lambda text: {"intent": TRUTH.get(text, "other")}
     path = triage_wf("      quality: {sample: 1.0}")
     _run_all(path, times=2, inline_checks=True)
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "active"
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "active"
     trust = {r["trust"] for r in store.query("SELECT trust FROM llm_calls WHERE model = 'small'")}
     assert trust == {"verified"}
     steps = {r["trust"] for r in store.query("SELECT trust FROM steps WHERE step_id = 'classify'")}
@@ -136,7 +137,7 @@ def test_reference_that_cannot_answer_returns_the_cheap_answer_and_explains(tria
     checks = store.query("SELECT status, reason FROM quality_checks")
     assert checks and {c["status"] for c in checks} == {"skipped"}
     assert "premium is down" in checks[0]["reason"]
-    assert qrecords.get_state(store, "triage", "classify", "local")["state"] == "active"
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "active"
     out = CliRunner().invoke(cli, ["promotions", "propose", str(path), "--no-scripts"]).output
     assert "no trusted evidence" in out and "configure a reference tier" in out.replace("\n", " ")
     assert "reference checks were skipped: the reference could not answer" in " ".join(out.split())
@@ -197,4 +198,4 @@ def test_spot_check_demotes_a_wrong_artifact_even_though_the_cheap_tier_agrees(t
         assert result.outputs["classify"]["intent"] == "other"  # the reference's answer is served
     assert tiers.calls["small"] == cheap_before  # never asked the cheap tier
     assert records.get(store, p.id).status == "demoted"
-    assert records.check_stats(store, p.id) == {"spot": {"checks": 3, "agree": 0}}
+    assert promotion_store.check_stats(store, p.id) == {"spot": {"checks": 3, "agree": 0}}

@@ -19,8 +19,9 @@ from engine.cache import cache_store
 from engine.errors import StoreError
 from engine.promotion import records as promotion_records
 from engine.promotion.records import Promotion
-from engine.quality import records as quality_records
 from engine.store import Store
+from engine.store import promotions as promotion_store
+from engine.store import quality as quality_store
 from engine.store.migrations import MIGRATIONS
 
 
@@ -124,20 +125,20 @@ def test_promotions_and_quality_tables(store):
     promotion_records.record_check(store, "p1", "shadow", "ih", {"a": 1}, {"a": 2}, False)
     got = promotion_records.get(store, "p")
     assert got.status == "active" and got.payload == {"table": {"a": 1}}
-    assert promotion_records.check_stats(store, "p1") == {"shadow": {"checks": 2, "agree": 1}}
-    assert [e["event"] for e in promotion_records.events(store, "p1")] == ["proposed", "approved"]
+    assert promotion_store.check_stats(store, "p1") == {"shadow": {"checks": 2, "agree": 1}}
+    assert [e["event"] for e in promotion_store.events(store, "p1")] == ["proposed", "approved"]
     if store.dialect == "postgresql":  # SQLite's data_version moves only for other connections' writes
         assert store.data_version() != before
 
-    quality_records.record_check(store, workflow="wf", step_id="s", tier="local", model="m", run_id=None,
+    quality_store.record_check(store, workflow="wf", step_id="s", tier="local", model="m", run_id=None,
                                  input_hash="i", mode="sample", status="disagree", served=True, confidence=None,
                                  cheap_output={"a": 1}, reference_output={"a": 2}, reference_tier="premium",
                                  cost=0.1)
-    quality_records.set_state(store, "wf", "s", "local", quality_records.ESCALATED, "too many disagreements")
-    quality_records.set_state(store, "wf", "s", "local", quality_records.PROBATION, "again")
-    state = quality_records.get_state(store, "wf", "s", "local")
+    quality_store.set_state(store, "wf", "s", "local", quality_store.ESCALATED, "too many disagreements")
+    quality_store.set_state(store, "wf", "s", "local", quality_store.PROBATION, "again")
+    state = quality_store.get_state(store, "wf", "s", "local")
     assert state["state"] == "probation" and state["epoch_check_id"] >= 1
-    assert quality_records.record_feedback(store, [{"workflow": "wf", "step_id": "s", "input": {"x": 1},
+    assert quality_store.record_feedback(store, [{"workflow": "wf", "step_id": "s", "input": {"x": 1},
                                                     "output": {"a": 1}, "kind": "label"}]) == 1
 
 

@@ -1,5 +1,8 @@
-"""The quality tables in the store: checks, tier states, decisions, people's feedback, and the
-trust column of logged answers."""
+"""The quality tables in the store: checks, tier states, decisions, people's feedback, the trust
+column of logged answers, and the reads behind the labelling queue (`engine.quality.queue`).
+
+`quality_state.state` is one of ACTIVE, ESCALATED, PROBATION (what each means, and when a tier
+moves between them, is `engine.quality.monitor`'s); a tier without a row is ACTIVE."""
 
 from __future__ import annotations
 
@@ -146,3 +149,70 @@ def labels(store: Any, workflow: str, step_id: str, schema_hash: str) -> list[di
     """People's labels for a step under its current schema, oldest first."""
     return store.query("SELECT * FROM feedback WHERE workflow = ? AND step_id = ? AND schema_hash = ? ORDER BY id",
                        [workflow, step_id, schema_hash])
+
+
+# --- the labelling queue ------------------------------------------------------------------------
+
+def feedback_keys(store: Any) -> list[dict[str, Any]]:
+    """(workflow, step_id, run_id, input_hash) of every feedback row: what people labelled."""
+    return store.query("SELECT workflow, step_id, run_id, input_hash FROM feedback")
+
+
+_CANDIDATE_COLUMNS = (
+    "SELECT s.run_id, s.step_id, r.workflow, r.workflow_path, s.output, s.served_by, s.trust, "
+    "s.confidence, s.id AS step_row, (SELECT c.input_hash FROM llm_calls c WHERE c.run_id = s.run_id "
+    "AND c.step_id = s.step_id AND c.purpose IS NULL ORDER BY c.id LIMIT 1) AS input_hash ")
+
+
+def queue_candidates(store: Any, workflow: str | None, *, low_confidence: float, unverified: str,
+                     scan: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ok llm steps worth a person's look, newest first, at most `scan` of each kind:
+    (those a reference check disagreed with, those answered or escalated below `low_confidence`,
+    those whose trust is `unverified`). Each with its run's workflow and the input hash of its call."""
+    where, params = "", []
+    if workflow:
+        where, params = " AND r.workflow = ?", [workflow]
+    llm_ok = " s.kind = 'llm' AND s.status = 'ok'" + where
+    base = _CANDIDATE_COLUMNS + "FROM steps s JOIN runs r ON r.id = s.run_id WHERE" + llm_ok
+    # from the (few) disagreeing checks to their steps, not a check lookup per step
+    disagreements = store.query(
+        _CANDIDATE_COLUMNS + "FROM (SELECT DISTINCT run_id, step_id FROM quality_checks WHERE status = 'disagree') q "
+        "JOIN steps s ON s.run_id = q.run_id AND s.step_id = q.step_id JOIN runs r ON r.id = s.run_id "
+        "WHERE" + llm_ok + " ORDER BY s.id DESC LIMIT ?", [*params, scan])
+    low = store.query(
+        base + " AND s.served_by = 'llm' AND (s.confidence < ? OR EXISTS (SELECT 1 FROM llm_calls c WHERE "
+               "c.run_id = s.run_id AND c.step_id = s.step_id AND c.reason = 'low_confidence')) "
+               "ORDER BY s.id DESC LIMIT ?", [*params, low_confidence, scan])
+    rest = store.query(base + " AND s.served_by = 'llm' AND COALESCE(s.trust, ?) = ? ORDER BY s.id DESC LIMIT ?",
+                       [*params, unverified, unverified, scan])
+    return disagreements, low, rest
+
+
+def checks_of_runs(store: Any, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The checks that ran (not skipped) for these runs, oldest first: the reference's answers."""
+    if not run_ids:
+        return []
+    return store.query("SELECT run_id, step_id, tier, reference_tier, reference_output, status FROM "
+                       f"quality_checks WHERE status != 'skipped' AND run_id IN ({', '.join('?' * len(run_ids))}) "
+                       "ORDER BY id", run_ids)
+
+
+def valid_answers(store: Any, run_id: str, step_id: str) -> list[dict[str, Any]]:
+    """Every valid answer logged for a run's step (served, escalated, checks), oldest first."""
+    return store.query("SELECT tier, model, output, trust, confidence, purpose, reason, outcome, input "
+                       "FROM llm_calls WHERE run_id = ? AND step_id = ? AND outcome = 'valid' ORDER BY id",
+                       [run_id, step_id])
+
+
+def recent_feedback(store: Any, limit: int) -> list[dict[str, Any]]:
+    """The latest feedback rows, newest first, with the trust and output of the step they are about."""
+    return store.query("SELECT f.id, f.workflow, f.step_id, f.run_id, f.kind, f.output, f.source, f.created_at, "
+                       "s.trust AS step_trust, s.output AS served FROM feedback f LEFT JOIN steps s ON "
+                       "s.run_id = f.run_id AND s.step_id = f.step_id ORDER BY f.id DESC LIMIT ?", [limit])
+
+
+def skipped_reasons(store: Any, workflow: str, step_id: str, limit: int = 3) -> list[str]:
+    """Why the step's latest skipped checks were skipped (the reference could not answer), newest first."""
+    rows = store.query("SELECT reason FROM quality_checks WHERE workflow = ? AND step_id = ? AND status = 'skipped' "
+                       "ORDER BY id DESC LIMIT ?", [workflow, step_id, limit])
+    return [r["reason"] for r in rows if r["reason"]]

@@ -1,4 +1,5 @@
-"""Durable state of provider batches, in the engine's store (tables from migration 050).
+"""The provider-batch ledger: durable state of provider batches (`engine.provider_batch`), in the
+engine's store (tables from migration 060).
 
 `provider_batch_jobs`: one row per provider batch a batch run submitted: its round, provider and
 model, the provider's batch id, its state (`submitting` -> `submitted` -> `ended` -> `collected`),
@@ -169,6 +170,10 @@ class Ledger:
         rows = self.store.query(
             "SELECT 1 FROM llm_calls WHERE provider_batch = ? AND run_id != ? AND cost > 0 LIMIT 1", [ref, run_id])
         return bool(rows)
+
+    def any_jobs(self) -> bool:
+        """Whether this batch run submitted any provider batch (so a resume has some to find)."""
+        return bool(self.store.query("SELECT 1 FROM provider_batch_jobs WHERE batch_id = ? LIMIT 1", [self.batch_id]))
 
     def counts(self) -> dict[str, int]:
         rows = self.store.query("SELECT COALESCE(fallback, state) AS k, COUNT(*) AS n FROM provider_batch_requests "
