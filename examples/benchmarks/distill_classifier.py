@@ -154,7 +154,11 @@ def run_stream(wf: Any, wf_path: Path, store: Any, stream: list[str], labels: di
     cost = sum(r["cost"] for r in per_round)
     base = sum(r["baseline_cost"] for r in per_round)
     status = review.status(store)
+    later = per_round[1:]  # the promotion replay's "after the first accept" (its lookups-only 80%)
+    after_first = (sum(r["zero_token_share"] * r["requests"] for r in later) / sum(r["requests"] for r in later)
+                   if later else None)
     return {"requests": total, "rounds": per_round, "zero_token_share": zero_total / total,
+            "zero_token_share_after_first_accept": after_first,
             "served_by": {k: v / total for k, v in served.items()},
             "agreement": sum(agree.values()) / zero_total if zero_total else None,
             "agreement_by": {k: agree[k] / served[k] for k in served},
@@ -231,15 +235,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _print(r: dict[str, Any]) -> None:
     console = Console(width=130)
     table = Table(title="BANKING77: lookups vs lookups + distilled classifier (premium tier SIMULATED)")
-    for col in ("row", "traffic", "zero-token", "lookup", "classifier", "agreement (served)", "cost vs all-premium",
-                "spot checks"):
+    for col in ("row", "traffic", "zero-token", "after 1st accept", "lookup", "classifier", "agreement (served)",
+                "cost vs all-premium", "spot checks"):
         table.add_column(col, justify="left" if col in ("row", "traffic") else "right")
     for row in r["rows"]:
         for part, name in (("new", "test split, all new"), ("replay", "replay stream")):
             s = row.get(part)
             if not s:
                 continue
-            table.add_row(row["row"], name, f"{s['zero_token_share']:.1%}", f"{s['served_by'].get('lookup', 0):.1%}",
+            after = s.get("zero_token_share_after_first_accept")
+            table.add_row(row["row"], name, f"{s['zero_token_share']:.1%}", "-" if after is None else f"{after:.1%}",
+                          f"{s['served_by'].get('lookup', 0):.1%}",
                           f"{s['served_by'].get('classifier', 0):.1%}",
                           "-" if s["agreement"] is None else f"{s['agreement']:.2%}",
                           f"{s['cost_ratio']:.3f}x", f"{s['spot_checks']['agree']}/{s['spot_checks']['checks']}")
