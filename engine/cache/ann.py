@@ -38,13 +38,24 @@ class IVFIndex:
         self.index.remove_ids(ids)
         self.index.add_with_ids(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32), ids)
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def coarse(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The query's `nprobe` nearest cells (distances, cell ids): computed once and shared by a
+        lookup's two searches (about 0.2 ms of 1.5 at 1M rows)."""
+        _one_thread()
+        return self.quantizer.search(_row(query), self.index.nprobe)  # type: ignore[no-any-return]
+
+    def search(self, query: np.ndarray, k: int,
+               coarse: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, rows) of the approximate k nearest, best first; rows -1 past the end."""
         _one_thread()
-        sims, rows = self.index.search(query.reshape(1, -1), k)
+        if coarse is None:
+            sims, rows = self.index.search(_row(query), k)
+        else:
+            sims, rows = self.index.search_preassigned(_row(query), k, coarse[1], coarse[0])
         return sims[0], rows[0]
 
-    def nearest_among(self, query: np.ndarray, allowed: np.ndarray, n_rows: int | None = None) -> tuple[float, int] | None:
+    def nearest_among(self, query: np.ndarray, allowed: np.ndarray, n_rows: int | None = None,
+                      coarse: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, int] | None:
         """(similarity, row) of the approximate nearest row where `allowed[row]` (a bool mask over
         the rows, or that mask already packed little-endian with `n_rows` given), or None: e.g. the
         nearest row with another answer than the best one."""
@@ -58,8 +69,20 @@ class IVFIndex:
         params.sel = faiss.IDSelectorBitmap(n_rows, faiss.swig_ptr(bitmap))
         params.nprobe = self.index.nprobe
         _one_thread()
-        sims, rows = self.index.search(query.reshape(1, -1), 1, params=params)
+        x = _row(query)
+        raw = getattr(self.index, "search_preassigned_c", None)  # faiss's own call, which takes params
+        if coarse is None or raw is None:
+            sims, rows = self.index.search(x, 1, params=params)
+        else:
+            cell_dist, cells = (np.ascontiguousarray(a) for a in coarse)
+            sims, rows = np.empty((1, 1), dtype=np.float32), np.empty((1, 1), dtype=np.int64)
+            raw(1, faiss.swig_ptr(x), 1, faiss.swig_ptr(cells), faiss.swig_ptr(cell_dist), faiss.swig_ptr(sims),
+                faiss.swig_ptr(rows), False, params, None)
         return None if rows[0][0] < 0 else (float(sims[0][0]), int(rows[0][0]))
+
+
+def _row(query: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
 
 
 _threads: list[int] = []

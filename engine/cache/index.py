@@ -147,7 +147,8 @@ class VectorIndex:
 
     def _ann_search(self, query: np.ndarray, threshold: float, margin: float) -> Decision | None:
         """The rule over the approximate nearest rows, or None to leave it to the exact product."""
-        sims, rows = self._ann.search(query, min(32, self.n))
+        coarse = self._ann.coarse(query)
+        sims, rows = self._ann.search(query, min(32, self.n), coarse)
         keep = rows >= 0
         sims, rows = sims[keep], rows[keep]
         codes = self._codes[rows]
@@ -163,7 +164,7 @@ class VectorIndex:
         if conflicting is None and margin > 0 and float(sims[-1]) >= best - margin:
             # every near row has the best one's answer: ask for the nearest row with another answer
             bitmap = self._others_bitmap(int(codes[top]))
-            found = self._ann.nearest_among(query, bitmap, self.n) if bitmap is not None else None
+            found = self._ann.nearest_among(query, bitmap, self.n, coarse) if bitmap is not None else None
             conflicting = None if found is None else found[0]
         match = Match(int(self._ids[rows[top]]), best, conflicting)
         if margin > 0 and conflicting is not None and best - conflicting < margin:

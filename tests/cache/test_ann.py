@@ -107,3 +107,18 @@ def test_one_query_searches_on_one_thread_and_builds_use_them_all():
     index.add(list(range(3001, 3201)), answers, more)
     assert faiss.omp_get_max_threads() == max(full, ann._threads[0])
     assert index.search(more[0], threshold=0.9, margin=0.1).match is not None
+
+
+def test_shared_coarse_cells_give_the_same_rows_as_separate_searches():
+    """A lookup's two searches share the query's coarse cells; the rows found must not change."""
+    index, x = filled(4000, ann_min=1000)
+    ivf = index._ann
+    assert hasattr(ivf.index, "search_preassigned_c")  # the shared-cells path runs (not the fallback)
+    codes = index._codes[: index.n]
+    for q in x[:40]:
+        coarse = ivf.coarse(q)
+        plain_sims, plain_rows = ivf.search(q, 32)
+        sims, rows = ivf.search(q, 32, coarse)
+        assert list(rows) == list(plain_rows) and np.allclose(sims, plain_sims)
+        allowed = codes != codes[rows[0]]
+        assert ivf.nearest_among(q, allowed, coarse=coarse) == ivf.nearest_among(q, allowed)
