@@ -38,16 +38,8 @@ def llm_steps(store: Any, *, workflow: str | None = None, step_id: str | None = 
     """The llm steps (run by an llm, or served in place of one) of the matching runs, by start
     time, each with its run's workflow and tags and, from its llm calls: calls made, cached
     tokens, fallbacks, escalations (tiers climbed) and whether a provider batch answered it."""
-    sql, params = _STEPS_SQL, list[Any]()
-    if workflow:
-        sql, params = sql + " AND r.workflow = ?", [*params, workflow]
-    if step_id:
-        sql, params = sql + " AND s.step_id = ?", [*params, step_id]
-    if since:
-        sql, params = sql + " AND s.started_at >= ?", [*params, since]
-    if until:
-        sql, params = sql + " AND s.started_at < ?", [*params, until]
-    sql, params = _tag_filters(store, sql, params, tags or {})
+    sql, params = _filtered(store, _STEPS_SQL, ("r.workflow", "s.step_id", "s.started_at"),
+                            workflow, step_id, since, until, tags)
     return store.query(sql + " ORDER BY s.started_at", params)
 
 
@@ -57,17 +49,22 @@ def check_calls(store: Any, *, workflow: str | None = None, step_id: str | None 
     cost, tokens_in, tokens_out, created_at."""
     sql = ("SELECT c.cost, c.tokens_in, c.tokens_out, c.created_at FROM llm_calls c LEFT JOIN runs r "
            "ON r.id = c.run_id WHERE c.purpose IS NOT NULL AND c.outcome != 'skipped'")
-    params: list[Any] = []
-    if workflow:
-        sql, params = sql + " AND c.workflow = ?", [*params, workflow]
-    if step_id:
-        sql, params = sql + " AND c.step_id = ?", [*params, step_id]
-    if since:
-        sql, params = sql + " AND c.created_at >= ?", [*params, since]
-    if until:
-        sql, params = sql + " AND c.created_at < ?", [*params, until]
-    sql, params = _tag_filters(store, sql, params, tags or {})
+    sql, params = _filtered(store, sql, ("c.workflow", "c.step_id", "c.created_at"),
+                            workflow, step_id, since, until, tags)
     return store.query(sql, params)
+
+
+def _filtered(store: Any, sql: str, columns: tuple[str, str, str], workflow: str | None, step_id: str | None,
+              since: str | None, until: str | None, tags: dict[str, str] | None) -> tuple[str, list[Any]]:
+    """`sql` narrowed to a workflow, a step, a time window and tags; `columns`: the workflow, step
+    id and time columns to filter on."""
+    workflow_col, step_col, time_col = columns
+    params: list[Any] = []
+    for clause, value in ((f" AND {workflow_col} = ?", workflow), (f" AND {step_col} = ?", step_id),
+                          (f" AND {time_col} >= ?", since), (f" AND {time_col} < ?", until)):
+        if value:
+            sql, params = sql + clause, [*params, value]
+    return _tag_filters(store, sql, params, tags or {})
 
 
 # --- spending (budgets) -------------------------------------------------------------------------
