@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 _WS = re.compile(r"\s+")
 
@@ -59,3 +59,33 @@ def schema_hash(schema: Any) -> str:
 
 def prompt_hash(*templates: str | None) -> str:
     return sha256("\x00".join(t or "" for t in templates))[:16]
+
+
+T = TypeVar("T")
+
+
+class StringInputMemo(Generic[T]):
+    """Values computed from a step's inputs, remembered per (scope, raw input items) when every
+    input is a string (a served lookup sees the same inputs again); other inputs are computed
+    each time. A computed None is not remembered. Bounded: cleared when full."""
+
+    def __init__(self, limit: int = 65536):
+        self.limit = limit
+        self._memo: dict[tuple[Any, ...], T] = {}
+
+    def get(self, scope: Any, values: dict[str, Any], compute: Callable[[], T | None]) -> T | None:
+        key = (scope, *values.items())
+        try:
+            hit = self._memo.get(key)
+        except TypeError:  # a list or dict value: not hashable
+            return compute()
+        if hit is None:
+            hit = compute()
+            if hit is not None and all(type(v) is str for v in values.values()):
+                if len(self._memo) >= self.limit:
+                    self._memo.clear()
+                self._memo[key] = hit
+        return hit
+
+    def clear(self) -> None:
+        self._memo.clear()

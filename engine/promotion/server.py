@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from engine.errors import EngineError
-from engine.hashing import canonical_json
+from engine.hashing import StringInputMemo, canonical_json
 from engine.promotion import records
 from engine.promotion.artifacts import MANIFEST, Artifact, load_artifacts, promotions_dir
 from engine.promotion.classifier_serving import shadow_model
@@ -98,8 +98,8 @@ class PromotionServer:
         for art in artifacts:
             self.artifacts.setdefault(art.step_id, []).append(art)
         self.statuses = statuses
-        self._keys: dict[tuple[Any, ...], str] = {}
-        """(normalize flags, raw input items) -> lookup key, for inputs of plain strings"""
+        self._keys: StringInputMemo[str] = StringInputMemo()
+        """lookup keys per (normalize flags, raw input items)"""
         self.shadows: dict[str, list[records.Promotion]] = {}
         for p in shadows:
             self.shadows.setdefault(p.step_id, []).append(p)
@@ -146,18 +146,9 @@ class PromotionServer:
 
     def _key(self, values: dict[str, Any], normalize: list[str]) -> str:
         """`input_key`, remembered for inputs whose values are all strings (a repeated input is
-        looked up without normalising and encoding it again; bounded, cleared when full)."""
-        raw = (*normalize, None, *values.items())
-        try:
-            key = self._keys.get(raw)
-        except TypeError:  # a list or dict value: not hashable, computed each time
-            return input_key(values, normalize)
-        if key is None:
-            key = input_key(values, normalize)
-            if all(type(v) is str for v in values.values()):
-                if len(self._keys) >= 65536:
-                    self._keys.clear()
-                self._keys[raw] = key
+        looked up without normalising and encoding it again)."""
+        key = self._keys.get(tuple(normalize), values, lambda: input_key(values, normalize))
+        assert key is not None
         return key
 
     def serve(self, ctx: StepContext, call: LLMCall) -> StepOutcome | None:

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from engine import strict_json
 from engine.errors import AuthenticationError, BudgetExceededError, LLMStepError, ProviderError, StepError
-from engine.hashing import input_hash, prompt_hash, schema_hash
+from engine.hashing import StringInputMemo, input_hash, prompt_hash, schema_hash
 from engine.pricing import (PriceOverride, baseline_cost, completion_cost, output_tokens_of, premium_price,
                             price_of)
 from engine.providers.base import Completion, CompletionRequest
@@ -230,30 +230,21 @@ def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premiu
     return None
 
 
-_prompt_lengths: dict[tuple[Any, ...], int] = {}
+_prompt_lengths: StringInputMemo[int] = StringInputMemo()
 
 
 def _prompt_tokens(spec: LLMSpec, values: dict[str, Any]) -> int | None:
     """The prompt's share of the baseline estimate (its rendered length / 3), remembered per
-    prompt template and input of plain strings (a served lookup sees the same inputs again);
-    None when the prompt does not render."""
+    prompt template and input; None when the prompt does not render."""
     source = spec.prompt if isinstance(spec.prompt, str) else ""
-    key = (source, *values.items())
-    try:
-        hit = _prompt_lengths.get(key)
-    except TypeError:  # a list or dict value
-        hit, key = None, ()
-    if hit is not None:
-        return hit
-    try:
-        tokens = math.ceil(len(render_text(source, values)) / 3)
-    except TemplateError:
-        return None
-    if key and all(type(v) is str for v in values.values()):
-        if len(_prompt_lengths) >= 65536:
-            _prompt_lengths.clear()
-        _prompt_lengths[key] = tokens
-    return tokens
+
+    def compute() -> int | None:
+        try:
+            return math.ceil(len(render_text(source, values)) / 3)
+        except TemplateError:
+            return None
+
+    return _prompt_lengths.get(source, values, compute)
 
 
 _out_tokens: dict[int, tuple[Any, int]] = {}
