@@ -204,10 +204,8 @@ def _folds(keys: list[str], k: int, seed: int) -> list[list[int]]:
     order = list(range(len(keys)))
     random.Random(seed).shuffle(order)
     folds: list[list[int]] = [[] for _ in range(k)]
-    dealt = 0
-    for _, idx in sorted(((keys[i], i) for i in order), key=lambda t: t[0]):
+    for dealt, (_, idx) in enumerate(sorted(((keys[i], i) for i in order), key=lambda t: t[0])):
         folds[dealt % k].append(idx)
-        dealt += 1
     return [sorted(f) for f in folds if f]
 
 
@@ -224,10 +222,10 @@ def train_classifier(texts: Sequence[str], answers: Sequence[Any], embed: Callab
     column = {k: j for j, k in enumerate(classes)}
     k = max(2, min(round(1 / held_out), len(keys)))
     folds = _folds(keys, k, seed)
+    others = [[i for f, other in enumerate(folds) if f != j for i in other] for j in range(len(folds))]
     # out-of-fold probabilities over every answer (an answer a fold's fit never saw scores 0)
     oof = np.zeros((len(keys), len(classes)), dtype=np.float64)
-    for j, fold in enumerate(folds):
-        fit_idx = [i for f, other in enumerate(folds) if f != j for i in other]
+    for fold, fit_idx in zip(folds, others):
         fit_keys = [keys[i] for i in fit_idx]
         if len(set(fit_keys)) < 2:
             oof[fold, column[fit_keys[0]] if fit_keys else 0] = 1.0
@@ -248,8 +246,8 @@ def train_classifier(texts: Sequence[str], answers: Sequence[Any], embed: Callab
                                          f"{len(keys)} pairs' out-of-fold answers")
     # the report: each fold at the threshold the other folds' out-of-fold answers calibrate
     thresholds = np.ones(len(keys))
-    for j, fold in enumerate(folds):
-        rest = np.array([i for f, other in enumerate(folds) if f != j for i in other], dtype=np.int64)
+    for fold, rest_idx in zip(folds, others):
+        rest = np.array(rest_idx, dtype=np.int64)
         t = calibrate(top_prob[rest], correct[rest], target_precision)
         thresholds[fold] = np.inf if t is None else t
     report["held_out"] = _judge(oof, classes, keys, thresholds)
