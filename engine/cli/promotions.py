@@ -213,14 +213,19 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
         out_console.print("history: " + " → ".join(f"{e['event']} ({e['created_at'][:19]})" for e in detail.events))
 
 
+_SCORE_NAMES = {"margin": "top probability's lead over the runner-up", "top": "top probability"}
+
+
 def _render_classifier(p: Promotion, rows: int) -> None:
     v = p.verification
     model = p.payload.get("model") or {}
     out_console.print(f"embedder {v.get('embedder')}, logistic regression C={v.get('C')}, trained on "
                       f"{v.get('pairs', 0)} trusted pairs ({v.get('labels', 0)} labels); target precision "
                       f"{v.get('target_precision', 0):.1%}; threshold "
-                      f"{model.get('threshold', v.get('threshold', 0)):.4f} (calibrated on "
-                      f"{v.get('calibration_pairs', 0)} out-of-fold answers, {v.get('folds', 0)} folds)")
+                      f"{model.get('threshold', v.get('threshold', 0)):.4f} on the "
+                      f"{_SCORE_NAMES.get(model.get('score', 'top'), model.get('score'))} (calibrated on "
+                      f"{v.get('calibration_pairs', 0)} out-of-fold answers: {v.get('folds', 0)} folds, "
+                      f"{v.get('repeats', 1)} deal(s))")
     if p.payload.get("retrain_of"):
         out_console.print(f"a new version of {p.payload['retrain_of']} (retrained on new trusted evidence)")
     report = Table(title="held-out trusted pairs (each fold judged by a model and a threshold that never saw it)",

@@ -84,7 +84,8 @@ def propose_classifier(wf: Workflow, step_id: str, spec: LLMSpec, store: Any, no
     texts = [input_text(p.values, cfg.input) for p in pairs]
     result = train_classifier(texts, [p.output for p in pairs], lambda t: embed(cfg.embedder, t),
                               embedder=cfg.embedder, input_field=cfg.input, target_precision=cfg.target_precision,
-                              c=cfg.c, held_out=cfg.held_out)
+                              c=cfg.c, held_out=cfg.held_out, score=cfg.score,
+                              repeats=cfg.repeats)
     trust: dict[str, int] = {}
     for pair in pairs:
         for level, n in pair.evidence.items():

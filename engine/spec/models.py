@@ -81,7 +81,7 @@ class ScriptSpec(Strict):
 class ClassifierSpec(Strict):
     """`promote.classifier:` a distilled classifier for a step whose output is a closed set (enums,
     booleans): sentence embeddings plus a logistic regression trained on trusted pairs only,
-    serving only above a threshold calibrated on held-out trusted pairs."""
+    serving only when its confidence clears a threshold calibrated on held-out trusted pairs."""
 
     enabled: bool = Field(True, strict=True, description="propose classifiers for this step (closed outputs only)")
     target_precision: float = Field(0.99, gt=0, le=1, strict=True,
@@ -97,6 +97,12 @@ class ClassifierSpec(Strict):
     held_out: float = Field(0.2, gt=0, lt=0.5, strict=True,
                             description="share of trusted pairs in each cross-fitting fold (0.2: five folds; each "
                                         "fold is scored by a model fitted on the others)")
+    score: Literal["margin", "top"] = Field(
+        "margin", description="confidence the threshold applies to: margin (top probability minus the runner-up's) "
+                              "or top (the top probability)")
+    repeats: int = Field(3, ge=1, le=10, strict=True,
+                         description="cross-fitting repeats, each with a new deal of the folds; the threshold is "
+                                     "calibrated on all of them together")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

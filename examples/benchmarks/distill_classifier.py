@@ -101,7 +101,8 @@ def setup(train: list[tuple[str, str]], labels: dict[str, str], intents: list[st
             if p.kind == "classifier":
                 v = p.verification
                 info["classifier"] = {"id": p.id, "pairs": v["pairs"], "labels": v["labels"],
-                                      "threshold": v["threshold"], "held_out": {
+                                      "threshold": v["threshold"], "score": v.get("score", "top"),
+                                      "repeats": v.get("repeats", 1), "held_out": {
                                           k: v["held_out"][k] for k in ("pairs", "precision", "coverage",
                                                                         "accuracy_without_abstaining")}}
             else:
@@ -255,7 +256,7 @@ def _print(r: dict[str, Any]) -> None:
         if c:
             h = c["held_out"]
             console.print(f"classifier: {c['pairs']} trusted pairs, {c['labels']} labels, threshold "
-                          f"{c['threshold']:.3f}; held-out (train split) precision {h['precision']:.1%}, coverage "
+                          f"{c['threshold']:.3f} on the {c.get('score', 'top')} ({c.get('repeats', 1)} deals); held-out (train split) precision {h['precision']:.1%}, coverage "
                           f"{h['coverage']:.1%}, accuracy never abstaining {h['accuracy_without_abstaining']:.1%}; "
                           f"propose took {row['propose_s']} s")
 

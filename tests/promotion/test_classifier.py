@@ -74,9 +74,9 @@ def test_trained_model_round_trips_through_plain_json():
 
 
 def test_calibration_is_cross_fitted_and_the_served_model_sees_every_pair(monkeypatch):
-    """Five folds dealt per answer: every pair gets an out-of-fold probability (the threshold is
-    calibrated on all of them, the report judges each fold with a threshold from the others) and
-    the served model is fitted on every pair."""
+    """Five folds dealt per answer, three deals: every pair gets an out-of-fold confidence per deal
+    (the threshold is calibrated on all of them together, the report judges each fold of the first
+    deal with a threshold from its other folds) and the served model is fitted on every pair."""
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(4, 8))
     n = 200
@@ -96,16 +96,59 @@ def test_calibration_is_cross_fitted_and_the_served_model_sees_every_pair(monkey
         fits.append(len(labels))
         return real_fit(x, labels, c, seed)
 
+    real_calibrate = classifier_module.calibrate
+    calibrated: list[int] = []
+
+    def counting_calibrate(conf, correct, target, min_served=classifier_module.MIN_SERVED):
+        calibrated.append(len(conf))
+        return real_calibrate(conf, correct, target, min_served)
+
+    deals: list[list[list[int]]] = []
+    real_folds = classifier_module._folds
+
+    def recording_folds(keys, k, seed):
+        deals.append(real_folds(keys, k, seed))
+        return deals[-1]
+
     monkeypatch.setattr(classifier_module, "_fit", counting_fit)
+    monkeypatch.setattr(classifier_module, "calibrate", counting_calibrate)
+    monkeypatch.setattr(classifier_module, "_folds", recording_folds)
     result = train_classifier([f"t{i}" for i in range(n)], ["abcd"[c] for c in which], embed, embedder="test")
-    assert fits == [160] * 5 + [200]  # five fold fits on 4/5 of the pairs, then the served model on all
+    # three deals of five fold fits on 4/5 of the pairs, then the served model on all
+    assert fits == [160] * 15 + [200]
+    assert len(deals) == 3 and deals[0] != deals[1] != deals[2]
+    assert all(sorted(i for f in deal for i in f) == list(range(n)) for deal in deals)
+    # the served threshold pools the three deals; the report's five use the first deal's other folds
+    assert calibrated == [3 * n] + [4 * n // 5] * 5
     report = result.report
-    assert report["folds"] == 5 and report["calibration_pairs"] == n
+    assert report["folds"] == 5 and report["repeats"] == 3 and report["calibration_pairs"] == 3 * n
     assert report["held_out"]["pairs"] == n and report["calibration"]["pairs"] == n
     assert result.model is not None and result.model.meta["fit_pairs"] == n
     assert report["calibration"]["precision"] >= 0.99
     # the held-out figures are what the cross-fitted procedure served, fold by fold
     assert 0 < report["held_out"]["coverage"] <= 1 and report["held_out"]["served"] > 0
+
+
+def test_margin_score_abstains_on_a_close_runner_up_and_old_files_read_as_top():
+    """The threshold applies to the top probability's lead over the runner-up (the default score):
+    a top answer at 0.50 with the runner-up at 0.45 abstains where a top-probability rule serves it."""
+    coef = np.eye(3, dtype=np.float32)
+    close = np.log(np.array([[0.50, 0.45, 0.05]], dtype=np.float32))  # softmax of these logits: the same row
+    clear = np.log(np.array([[0.50, 0.10, 0.40]], dtype=np.float32))
+    margin = ClassifierModel(labels=["a", "b", "c"], coef=coef, intercept=np.zeros(3, dtype=np.float32),
+                             threshold=0.08, embedder="test", score="margin")
+    assert margin.decide(close)[0][0] is None
+    answer, prob = margin.decide(clear)[0]
+    assert answer == "a" and prob == pytest.approx(0.5, abs=1e-5)
+    top = ClassifierModel(labels=["a", "b", "c"], coef=coef, intercept=np.zeros(3, dtype=np.float32),
+                          threshold=0.08, embedder="test", score="top")
+    assert top.decide(close)[0][0] == "a"
+    old = margin.to_dict()
+    assert old["score"] == "margin" and ClassifierModel.from_dict(old).score == "margin"
+    del old["score"]
+    assert ClassifierModel.from_dict(old).score == "top"
+    with pytest.raises(Exception, match="score 'entropy'"):
+        ClassifierModel.from_dict({**old, "score": "entropy"})
 
 
 def test_classifier_serves_new_phrasings_after_review(project, topics, store):
