@@ -122,6 +122,14 @@ def test_an_accepted_adapter_is_loaded_by_the_local_tier_only_after_review(proje
 
         shown = CliRunner().invoke(cli, ["promotions", "show", p.id])
         assert shown.exit_code == 0 and "classify.lora.v1.gguf" in shown.output and "kind: lora" in shown.output
+        from fastapi.testclient import TestClient
+
+        from engine import Engine
+        from engine.http import create_app
+
+        page = TestClient(create_app(Engine(), [path], console_store=store)).get(f"/ui/proposals/{p.id}").text
+        assert "validation 1/4 without the adapter, 3/4 with it" in page and 'id="lora"' in page
+        assert "2.000 → 1.500 over 2 steps" in page and "<h2>Code</h2>" not in page  # not shown as a script
         detail = review.accept(store, p.id)
         assert detail.promotion.status == "accepted" and detail.promotion.version == 1
         manifest = (directory / "manifest.yaml").read_text()

@@ -164,6 +164,7 @@ def test_classifier_serves_new_phrasings_after_review(project, topics, store):
     assert shown.exit_code == 0, shown.output
     assert "held-out" in shown.output and "precision" in shown.output and "confusion summary" in shown.output
     assert "classifier.v1.json" in shown.output  # the diff of accepting
+    _review_console_shows(path, store, promotion)
     review.accept(store, promotion.id)
     art = next(a for a in load_artifacts(promotions_dir(path, "topics")) if a.kind == "classifier")
     assert json.loads(art.path.read_text())["format"] == "engine.classifier/1"  # plain JSON, nothing pickled
@@ -175,6 +176,28 @@ def test_classifier_serves_new_phrasings_after_review(project, topics, store):
     right = sum(o.outputs["classify"] == topic_of_text(t) for o, t in served)
     assert right >= 0.97 * len(served)
     assert len(topics.requests) == before + len(new) - len(served)  # the rest fell through to the tiers
+
+
+def _review_console_shows(path, store, promotion):
+    """The review console's list and detail pages give the classifier's own figures (not a script's)."""
+    from fastapi.testclient import TestClient
+
+    from engine import Engine
+    from engine.http import create_app
+
+    client = TestClient(create_app(Engine(), [path], console_store=store), follow_redirects=False)
+    v = promotion.verification
+    held = f"held-out precision {v['held_out']['precision']:.1%}"
+    listing = client.get("/ui/proposals?kind=classifier")
+    assert listing.status_code == 200 and promotion.id in listing.text and held in listing.text
+    page = client.get(f"/ui/proposals/{promotion.id}")
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert held in text and 'id="held-out"' in text and 'id="confusion"' in text
+    assert f"{promotion.payload['model']['threshold']:.4f}" in text and "lead over the runner-up" in text
+    assert "3 deals" in text and "<h2>Code</h2>" not in text and "examples shown to the writer" not in text.lower()
+    for topic in ("card", "transfer", "refund"):
+        assert f"&#34;{topic}&#34;" in text or f'"{topic}"' in text  # each answer's confusion row
 
 
 def topic_of_text(text):
