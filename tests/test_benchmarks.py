@@ -148,6 +148,30 @@ def test_distill_classifier_benchmark_runs(tmp_path):
     assert both["new"]["cost_ratio"] < lookups["new"]["cost_ratio"]
 
 
+def test_classifier_calibration_benchmark_runs(tmp_path):
+    """A small BANKING77 slice through the engine's folds and calibration: every (score, deals) row,
+    a run per seed, and no calibrated share above the labels-in-hand ceiling at the target."""
+    import pytest
+
+    data = ROOT.parent / "shared" / "data" / "banking77"
+    if not (data / "test.csv").is_file():
+        pytest.skip("BANKING77 not at ../shared/data/banking77")
+    out = tmp_path / "calibration.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/classifier_calibration.py"), "--intents",
+                           "6", "--train-limit", "240", "--test-limit", "80", "--seeds", "0,1", "--repeats", "2",
+                           "--vectors", str(tmp_path / "v.npz"), "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {(r["score"], r["deals"]) for r in report["rows"]} == {("margin", 1), ("margin", 2), ("top", 1), ("top", 2)}
+    assert report["pairs"] == 240 and report["test"] == 80 and (tmp_path / "v.npz").is_file()
+    for row in report["rows"]:
+        assert [r["seed"] for r in row["runs"]] == [0, 1]
+        for r in row["runs"]:
+            assert r["precision"] is None or r["precision"] < 0.99 or r["share"] <= row["ceiling"]
+
+
 def test_scale_out_benchmark_runs(tmp_path):
     """A few items on the thread executor and the store-write rows on SQLite and PostgreSQL (the
     Ray rows start Ray twice: the full benchmark's, and tests/batch/test_ray_executor.py's)."""

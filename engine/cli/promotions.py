@@ -49,7 +49,8 @@ def _summary(p: Promotion) -> str:
         if not v.get("passed"):
             return f"{v.get('pairs', 0)} pairs, {v.get('labels', 0)} labels; not calibrated; " + _trust(v)
         return (f"held-out precision {held.get('precision', 0):.1%}, coverage {held.get('coverage', 0):.1%} "
-                f"({'margin' if v.get('score') == 'margin' else 'p'} >= {v.get('threshold', 0):.3f}); {v.get('pairs', 0)} pairs, {v.get('labels', 0)} labels; "
+                f"({'margin' if v.get('score') == 'margin' else 'p'} >= {v.get('threshold', 0):.3f}); "
+                f"{v.get('pairs', 0)} pairs, {v.get('labels', 0)} labels; "
                 + _trust(v))
     return (f"agreement {v.get('agreement', 0):.1%}, coverage {v.get('coverage', 0):.1%}, "
             f"{v.get('failures', 0)} failures; " + _trust(v))
