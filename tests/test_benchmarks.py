@@ -146,6 +146,9 @@ def test_distill_classifier_benchmark_runs(tmp_path):
     assert both["classifier"]["pairs"] == 400 and both["new"]["served_by"].get("classifier", 0) > 0
     assert both["new"]["zero_token_share"] > lookups["new"]["zero_token_share"]
     assert both["new"]["cost_ratio"] < lookups["new"]["cost_ratio"]
+    answered = both["new"]["answered_by_classifier"]  # served at zero tokens, plus the spot-checked ones
+    assert answered["served"] == round(both["new"]["served_by"]["classifier"] * both["new"]["requests"])
+    assert answered["share"] * both["new"]["requests"] == answered["served"] + answered["spot_checked"]
 
 
 def test_classifier_calibration_benchmark_runs(tmp_path):

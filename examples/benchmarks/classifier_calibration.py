@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "classifier_calibration.json")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     seeds = [int(s) for s in args.seeds.split(",")]
     train, test = load(args)
     keys = [canonical_json(c) for _, c in train]

@@ -166,6 +166,7 @@ def run_stream(wf: Any, wf_path: Path, store: Any, stream: list[str], labels: di
             "cost": cost, "baseline_cost": base, "cost_ratio": cost / base if base else None,
             "spot_checks": {"checks": sum(r.spot["checks"] for r in status),
                             "agree": sum(r.spot["agree"] for r in status)},
+            "answered_by_classifier": _answered(served, agree, status, total),
             "demoted": [r.promotion.id for r in status if r.promotion.status == "demoted"]}
 
 
@@ -233,6 +234,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _answered(served: dict[str, int], agree: dict[str, int], status: list[Any], total: int) -> dict[str, Any]:
+    """What the classifier answered: served at zero tokens, plus the answers the spot-check policy
+    sent to the reference instead (the request then costs tokens, the classifier was not wrong or
+    right for free), with the agreement of both with the labels / the reference."""
+    checks = [r.spot for r in status if r.promotion.kind == "classifier"]
+    n_checks, n_agree = sum(c["checks"] for c in checks), sum(c["agree"] for c in checks)
+    n = served.get("classifier", 0) + n_checks
+    return {"share": n / total if total else 0.0, "served": served.get("classifier", 0), "spot_checked": n_checks,
+            "agreement": (agree.get("classifier", 0) + n_agree) / n if n else None}
+
+
 def _print(r: dict[str, Any]) -> None:
     console = Console(width=130)
     table = Table(title="BANKING77: lookups vs lookups + distilled classifier (premium tier SIMULATED)")
@@ -256,9 +268,16 @@ def _print(r: dict[str, Any]) -> None:
         if c:
             h = c["held_out"]
             console.print(f"classifier: {c['pairs']} trusted pairs, {c['labels']} labels, threshold "
-                          f"{c['threshold']:.3f} on the {c.get('score', 'top')} ({c.get('repeats', 1)} deals); held-out (train split) precision {h['precision']:.1%}, coverage "
-                          f"{h['coverage']:.1%}, accuracy never abstaining {h['accuracy_without_abstaining']:.1%}; "
+                          f"{c['threshold']:.3f} on the {c.get('score', 'top')} ({c.get('repeats', 1)} deals); "
+                          f"held-out (train split) precision {h['precision']:.1%}, coverage {h['coverage']:.1%}, "
+                          f"accuracy never abstaining {h['accuracy_without_abstaining']:.1%}; "
                           f"propose took {row['propose_s']} s")
+        for part in ("new", "replay"):
+            a = (row.get(part) or {}).get("answered_by_classifier")
+            if a and a["share"]:
+                console.print(f"{row['row']}, {part}: the classifier answered {a['share']:.1%} "
+                              f"({a['served']} served at zero tokens + {a['spot_checked']} sent to the reference as "
+                              f"spot checks) at {a['agreement']:.2%} agreement")
 
 
 if __name__ == "__main__":
