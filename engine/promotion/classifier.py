@@ -12,8 +12,9 @@ Confidence (`score`):
 On BANKING77 (all-MiniLM-L6-v2, C = 10) the margin ranks right answers above wrong ones better: with
 the test labels in hand, the best threshold at 99% precision serves 77.0% of the test split by
 margin against 75.4% by top probability. Calibrated as below (4 seeds, 3 deals each), the margin
-served 75.6 to 76.4% of the test split at 99.06 to 99.10% precision; the top probability served
-75.2 to 75.9% at 98.97 to 99.01%, and with one deal 75.9 to 76.9% at 98.86 to 98.97%.
+served 75.7 to 76.2% of the test split at 99.10 to 99.11% precision; the top probability served
+75.2 to 75.6% at 98.97 to 99.01%, and with one deal 74.4 to 76.9% at 98.85 to 99.13%
+(`examples/benchmarks/classifier_calibration.py`).
 
 Training (`train_classifier`): cross-fitting over k folds (k = round(1 / `held_out`): 5 folds at
 the default 0.2), dealt per answer from a seeded shuffle so every fold holds each answer's share,
@@ -22,8 +23,8 @@ repeated `repeats` times with a different deal each time:
                   gets a confidence from a model that never saw it, once per repeat
     threshold     calibrated on every repeat's out-of-fold confidences together: the lowest
                   confidence at which the answers at or above it are still `target_precision`
-                  precise (pooling repeats steadies it: one deal alone moved the served share on
-                  BANKING77's test split between 72.5% and 76.9%)
+                  precise (pooling repeats steadies it: with one deal the served share on
+                  BANKING77's test split moved between 74.4% and 76.9% with the seed)
     report        the first repeat's folds, each judged at the threshold calibrated on the *other*
                   folds' out-of-fold confidences (so neither its fit nor its threshold saw it):
                   held-out precision, coverage and a confusion summary for review (an estimate of
