@@ -1,5 +1,7 @@
 """A classifier answering at run time: embed the step's input, serve the top answer only when its
-probability clears the calibrated threshold, else abstain (the cache and the tiers answer).
+confidence (the model's `score`: margin or top probability) clears the calibrated threshold, else
+abstain (the cache and the tiers answer). A served answer carries its top probability as the
+step's confidence, kept in the run log.
 
 An embedder that cannot load (extra not installed, no key for `openai:`) is a failure of this
 artifact for this call, never of the run: the request falls through like an abstention.
@@ -28,8 +30,8 @@ def classify(model: ClassifierModel | None, values: dict[str, Any]) -> SandboxRe
         vectors = get_embedder(model.embedder).embed([input_text(values, model.input)])
     except EngineError as e:
         return SandboxResult(error=f"embedder '{model.embedder}': {e}")
-    ((output, _prob),) = model.decide(vectors)
-    return SandboxResult(output=output) if output is not None else SandboxResult(abstained=True)
+    ((output, prob),) = model.decide(vectors)
+    return SandboxResult(output=output, confidence=prob) if output is not None else SandboxResult(abstained=True)
 
 
 def shadow_model(promotion: Any) -> ClassifierModel | None:

@@ -176,7 +176,7 @@ class PromotionServer:
             if spot_sampled(ctx, call.spec.promote.spot_check):
                 return (yield from self._spot_check(ctx, call, art, result.output))
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
-                               model=f"{art.id} v{art.version}")
+                               model=f"{art.id} v{art.version}", confidence=result.confidence)
         return None
 
     def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact,

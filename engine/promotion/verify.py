@@ -43,7 +43,8 @@ def validated(result: SandboxResult, spec: LLMSpec, schema: dict[str, Any] | Non
     if schema is None and spec._templated_schema:
         return result
     try:
-        return SandboxResult(output=parse_and_validate(json.dumps(result.output), spec, schema))
+        return SandboxResult(output=parse_and_validate(json.dumps(result.output), spec, schema),
+                             confidence=result.confidence)
     except ValueError as e:
         return SandboxResult(error=f"invalid output: {e}")
 

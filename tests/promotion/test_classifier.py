@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine import load_workflow, run_workflow
+from engine.cache.embedders import get_embedder
 from engine.cli import cli
 from engine.promotion import records, review
 from engine.promotion.artifacts import load_artifacts, promotions_dir
@@ -173,6 +174,11 @@ def test_classifier_serves_new_phrasings_after_review(project, topics, store):
     served = [(o, t) for o, t in zip(outs, new) if o.step("classify").served_by == "classifier"]
     assert len(served) >= 0.5 * len(new)
     assert all(o.step("classify").tokens_in == 0 for o, _ in served)
+    # the classifier's top probability is the served step's confidence (kept in the run log)
+    model = ClassifierModel.from_dict(promotion.payload["model"])
+    for o, text in served[:5]:
+        (prob,) = model.probabilities(get_embedder("hash").embed([text])).max(axis=1)
+        assert o.step("classify").confidence == pytest.approx(float(prob), abs=1e-6)
     right = sum(o.outputs["classify"] == topic_of_text(t) for o, t in served)
     assert right >= 0.97 * len(served)
     assert len(topics.requests) == before + len(new) - len(served)  # the rest fell through to the tiers

@@ -50,6 +50,8 @@ class SandboxResult:
     output: Any = None
     abstained: bool = False
     error: str | None = None
+    confidence: float | None = None
+    """A classifier's top probability for the answer it gave (scripts and lookups: None)."""
 
     @property
     def answered(self) -> bool:
