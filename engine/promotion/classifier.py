@@ -156,7 +156,7 @@ def confidence(probs: np.ndarray, score: str) -> np.ndarray:
     """Each row's confidence in its top answer: its probability (`top`) or its lead over the
     runner-up (`margin`)."""
     if score == "top" or probs.shape[1] < 2:
-        return probs.max(axis=1) if len(probs) else np.zeros(0)
+        return probs.max(axis=1)  # type: ignore[no-any-return]
     if score != "margin":
         raise ValueError(f"unknown classifier score '{score}' (one of {', '.join(SCORES)})")
     two = np.partition(probs, -2, axis=1)[:, -2:]
@@ -238,14 +238,18 @@ def _folds(keys: list[str], k: int, seed: int) -> list[list[int]]:
     return [sorted(f) for f in folds if f]
 
 
+def _complements(folds: list[list[int]]) -> list[list[int]]:
+    """Each fold's complement: the pairs of the other folds."""
+    return [[i for f, other in enumerate(folds) if f != j for i in other] for j in range(len(folds))]
+
+
 def _out_of_fold(vectors: np.ndarray, keys: list[str], classes: list[str], folds: list[list[int]],
-                 c: float, seed: int) -> np.ndarray:
-    """Every pair's probabilities over every answer from a model fitted on the other folds (an
-    answer a fold's fit never saw scores 0)."""
+                 others: list[list[int]], c: float, seed: int) -> np.ndarray:
+    """Every pair's probabilities over every answer from a model fitted on the other folds
+    (`others`: each fold's complement; an answer a fold's fit never saw scores 0)."""
     column = {k: j for j, k in enumerate(classes)}
     oof = np.zeros((len(keys), len(classes)), dtype=np.float64)
-    for j, fold in enumerate(folds):
-        fit_idx = [i for f, other in enumerate(folds) if f != j for i in other]
+    for fold, fit_idx in zip(folds, others):
         fit_keys = [keys[i] for i in fit_idx]
         if len(set(fit_keys)) < 2:
             oof[fold, column[fit_keys[0]] if fit_keys else 0] = 1.0
@@ -270,7 +274,9 @@ def train_classifier(texts: Sequence[str], answers: Sequence[Any], embed: Callab
     classes = sorted(by_key)
     k = max(2, min(round(1 / held_out), len(keys)))
     deals = [_folds(keys, k, seed + r) for r in range(max(1, repeats))]
-    oofs = [_out_of_fold(vectors, keys, classes, folds, c, seed) for folds in deals]
+    complements = [_complements(folds) for folds in deals]
+    oofs = [_out_of_fold(vectors, keys, classes, folds, others, c, seed)
+            for folds, others in zip(deals, complements)]
     conf = [confidence(oof, score) for oof in oofs]
     correct = [np.array([classes[int(t)] == key for t, key in zip(oof.argmax(axis=1), keys)], dtype=np.float64)
                for oof in oofs]
@@ -286,8 +292,8 @@ def train_classifier(texts: Sequence[str], answers: Sequence[Any], embed: Callab
     # the report: the first deal's folds, each at the threshold its other folds calibrate
     folds, first, ok = deals[0], conf[0], correct[0]
     thresholds = np.ones(len(keys))
-    for j, fold in enumerate(folds):
-        rest = np.array([i for f, other in enumerate(folds) if f != j for i in other], dtype=np.int64)
+    for fold, rest_idx in zip(folds, complements[0]):
+        rest = np.array(rest_idx, dtype=np.int64)
         t = calibrate(first[rest], ok[rest], target_precision)
         thresholds[fold] = np.inf if t is None else t
     report["held_out"] = _judge(oofs[0], classes, keys, thresholds, score)

@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 from engine.hashing import canonical_json  # noqa: E402
 from engine.promotion.classifier import (  # noqa: E402
-    SCORES, _fit, _folds, _out_of_fold, _softmax, calibrate, confidence)
+    SCORES, _complements, _fit, _folds, _out_of_fold, _softmax, calibrate, confidence)
 from engine.promotion.classifier_proposal import embed_all  # noqa: E402
 
 
@@ -114,7 +114,8 @@ def main() -> None:
             oofs = []
             for r in range(args.repeats):
                 status.update(f"seed {seed}: deal {r + 1}/{args.repeats} ({args.folds} fold fits)")
-                oofs.append(_out_of_fold(x_train, keys, classes, _folds(keys, args.folds, seed + r), args.C, 0))
+                folds = _folds(keys, args.folds, seed + r)
+                oofs.append(_out_of_fold(x_train, keys, classes, folds, _complements(folds), args.C, 0))
             correct = [np.array([classes[int(t)] == k for t, k in zip(o.argmax(axis=1), keys)], dtype=np.float64)
                        for o in oofs]
             for score in SCORES:
