@@ -120,6 +120,14 @@ class VectorIndex:
         else:
             self._ann.add(self._matrix[first: self.n], first)
 
+    def relabel(self, entry_id: int, answer_key: str) -> None:
+        """An entry's answer changed (a check or label corrected it): its row keeps its vector."""
+        with self.lock:
+            row = self._row_of.get(entry_id)
+            if row is not None:
+                self._codes[row] = self._code(answer_key)
+                self._version += 1
+
     def remove(self, entry_id: int) -> None:
         with self.lock:
             row = self._row_of.pop(entry_id, None)

@@ -3,6 +3,13 @@ dynamic input is at least `threshold` similar to a cached one (and, with the mar
 entry with a different answer comes within `margin` of it). Every hit records its similarity and
 the entry it came from; every miss records the best similarity seen.
 
+Entries carry provenance and are served under the exact cache's trust rule (`servable`); a hit
+reports the trust level of the entry it came from. A reference check of a semantic hit settles
+the exact copy the hit left for its own text; when the check disagrees, the unverified entry that
+served the hit is evicted too (its near-duplicate proved its answer unsafe to share), and the
+reference's answer joins the index under the query's own vector, so the margin rule sees the
+conflict next time.
+
 Namespaced like the exact cache (workflow, step, prompt hash, schema hash, model chain, tenant)
 plus the embedder and the exact value of the inputs that are not embedded. A failing embedder
 (e.g. the OpenAI endpoint is down) never fails the step: the lookup counts as an error and the
@@ -17,9 +24,10 @@ import numpy as np
 
 from engine.cache import keys
 from engine.cache.embedders import get_embedder
-from engine.cache.exact import entry_row, expired, revalidate, served
+from engine.cache.exact import entry_row, expired, revalidate, servable, served, settle_call
 from engine.cache.store import CacheStore, cache_store
 from engine.errors import ProviderError
+from engine.quality.trust import REFERENCE, UNVERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.steps.llm import LLMCall
 from engine.store import Store
@@ -68,6 +76,12 @@ class SemanticCacheServer:
             index.remove(decision.match.entry_id)
             self.cache.record(**event, outcome="miss", similarity=decision.best)
             return None
+        if not servable(ctx, call, spec, entry):
+            if spec.trust != "verified":  # its tier was escalated past: it never comes back unchecked
+                self.cache.delete(entry.id)
+                index.remove(entry.id)
+            self.cache.record(**event, outcome="untrusted", entry=entry, similarity=decision.match.similarity)
+            return None
         if expired(entry, spec) or (output := revalidate(call, entry)) is None:
             outcome = "expired" if expired(entry, spec) else "invalid"
             self.cache.delete(entry.id)
@@ -90,7 +104,8 @@ class SemanticCacheServer:
             "model_key": keys.model_key(ctx, call), "input_key": input_key, "input": call.values, "output": output,
             "answer_key": keys.answer_key(output), "tier": entry.tier, "provider": entry.provider,
             "model": entry.model, "tokens_in": entry.tokens_in, "tokens_out": entry.tokens_out, "cost": entry.cost,
-            "run_id": ctx.run_id,
+            "run_id": ctx.run_id, "trust": entry.trust, "settled_by": entry.settled_by,
+            "input_hash": call.input_hash, "source_entry": entry.id,
         })
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
@@ -104,3 +119,29 @@ class SemanticCacheServer:
         if vector is not None:
             index = self.cache.index(sem_ns)
             index.add([entry_id], [row["answer_key"]], vector[None, :])  # a re-written entry, in place
+
+    def settle(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome, verdict: Verdict) -> None:
+        """A reference check's verdict on `outcome`: the entries of this very input settle as in the
+        exact cache; after a semantic hit that disagreed, the unverified entry that served it is
+        evicted and the reference's answer is indexed under the query's vector."""
+        spec = keys.settings(call)
+        if not spec.enabled or spec.semantic is None:
+            return
+        settle_call(self.cache, ctx, call, outcome, verdict)
+        hit = outcome.cache or {}
+        if verdict.agree or hit.get("kind") != "semantic":
+            return
+        source = self.cache.get_by_id(int(hit["entry_id"]))
+        text, sem_ns, embedder, vector = self._embed(ctx, call)
+        if source is not None and source.trust == UNVERIFIED:
+            self.cache.evict(source.id, sem_ns)
+        if vector is None:
+            return
+        row = entry_row(ctx, call, spec, outcome)
+        row.update(output=verdict.answer, answer_key=keys.answer_key(verdict.answer), tier=verdict.tier,
+                   provider=verdict.provider, model=verdict.model, tokens_in=0, tokens_out=0, cost=0.0,
+                   trust=REFERENCE, settled_by=verdict.settled_by, sem_namespace=sem_ns, text=text,
+                   embedder=embedder)
+        entry_id = self.cache.put(row, vector)
+        index = self.cache.index(sem_ns)
+        index.add([entry_id], [row["answer_key"]], vector[None, :])

@@ -40,6 +40,12 @@ class CacheEntry:
     created: float
     text: str | None
     input: Any
+    trust: str = "unverified"
+    """reference | verified | labelled | unverified (see engine.quality.trust)."""
+    settled_by: str | None = None
+    """What settled it: `check:<id>` (a reference check), `label:<id>` (a person), None."""
+    source_entry: int | None = None
+    """An exact copy left by a semantic hit: the entry whose answer it copied."""
 
     @property
     def age_s(self) -> float:
@@ -82,7 +88,11 @@ def _entry(row: dict[str, Any]) -> CacheEntry:
         id=row["id"], workflow=row["workflow"], step_id=row["step_id"], output=json.loads(row["output"]),
         answer_key=row["answer_key"], tier=row["tier"], provider=row["provider"], model=row["model"],
         tokens_in=row["tokens_in"] or 0, tokens_out=row["tokens_out"] or 0, cost=row["cost"] or 0.0,
-        created=row["created"], text=row["text"], input=json.loads(row["input"]) if row["input"] else None)
+        created=row["created"], text=row["text"], input=json.loads(row["input"]) if row["input"] else None,
+        trust=row.get("trust") or "unverified", settled_by=row.get("settled_by"), source_entry=row.get("source_entry"))
+
+
+_UNSET: Any = object()
 
 
 class CacheStore:
@@ -129,6 +139,63 @@ class CacheStore:
     def delete(self, entry_id: int) -> None:
         cache_tables.delete_entry(self.store, entry_id)
 
+    def settle(self, *, workflow: str, step_id: str, prompt_hash: str | None, schema_hash: str, input_hash: str,
+               answer: Any, trust: str, settled_by: str, checked: Any = _UNSET, tier: str | None = None,
+               provider: str | None = None, model: str | None = None) -> list[int]:
+        """Apply a verdict to every entry written for this call (every tenant and model chain).
+
+        A check (`checked`: the answer it judged): entries holding that answer become `trust`
+        (verified) when `answer` agrees, else take `answer` (the reference's) as trusted; entries
+        already trusted are left alone. A label (`checked` unset, `prompt_hash` None: any prompt
+        under the schema): every entry takes the label. Exact copies that semantic hits made of a
+        corrected entry are deleted. Returns the ids whose answer changed."""
+        from engine.cache.keys import answer_key  # keys imports nothing of the store
+
+        new_key = answer_key(answer)
+        text = json.dumps(answer, ensure_ascii=False, sort_keys=True)
+        changed: list[int] = []
+        label = checked is _UNSET
+        checked_key = None if label else answer_key(checked)
+        for row in cache_tables.entries_for(self.store, workflow, step_id, prompt_hash, schema_hash, input_hash):
+            if not label and (row["answer_key"] != checked_key or (row["trust"] or "unverified") != "unverified"):
+                continue  # another answer, or one already settled
+            if row["answer_key"] == new_key:
+                cache_tables.settle_entry(self.store, row["id"], trust=trust, settled_by=settled_by,
+                                          only_unverified=not label)
+            elif cache_tables.settle_entry(self.store, row["id"], trust=trust, settled_by=settled_by, output=text,
+                                           answer_key=new_key, tier=tier, provider=provider, model=model,
+                                           only_unverified=not label):
+                changed.append(row["id"])
+                if row["sem_namespace"]:
+                    self._reindex(row["sem_namespace"], row["id"], new_key)
+        for gone in cache_tables.delete_copies_of(self.store, changed):
+            if gone["sem_namespace"]:
+                self._unindex(gone["sem_namespace"], gone["id"])
+        return changed
+
+    def evict(self, entry_id: int, sem_namespace: str | None = None) -> None:
+        """Delete an entry and the exact copies semantic hits made of it, and drop them from the
+        in-memory index."""
+        self.delete(entry_id)
+        if sem_namespace:
+            self._unindex(sem_namespace, entry_id)
+        for gone in cache_tables.delete_copies_of(self.store, [entry_id]):
+            if gone["sem_namespace"]:
+                self._unindex(gone["sem_namespace"], gone["id"])
+
+    def _reindex(self, sem_namespace: str, entry_id: int, new_key: str) -> None:
+        """An entry's answer changed: its in-memory vector row takes the new answer key."""
+        with self.lock:
+            index = self.indexes.get(sem_namespace)
+        if index is not None:
+            index.relabel(entry_id, new_key)
+
+    def _unindex(self, sem_namespace: str, entry_id: int) -> None:
+        with self.lock:
+            index = self.indexes.get(sem_namespace)
+        if index is not None:
+            index.remove(entry_id)
+
     def vectors_after(self, sem_namespace: str, after_id: int) -> list[tuple[int, str, bytes]]:
         """(id, answer_key, vector blob) of the namespace's entries with id > after_id, by id."""
         return cache_tables.vectors_after(self.store, sem_namespace, after_id)
@@ -143,13 +210,16 @@ class CacheStore:
             self.store, run_id=run_id, workflow=workflow, step_id=step_id, tenant=tenant, kind=kind,
             outcome=outcome, entry_id=entry.id if entry else None, similarity=similarity,
             tokens_saved=(entry.tokens_in + entry.tokens_out) if hit and entry else 0,
-            cost_saved=entry.cost if hit and entry else 0.0, hit=hit)
+            cost_saved=entry.cost if hit and entry else 0.0, hit=hit, trust=entry.trust if entry else None)
 
     # --- tools (engine cache stats / clear / inspect) -------------------------------------------
 
     def stats(self, workflow: str | None = None) -> list[dict[str, Any]]:
         entries = {(r["workflow"], r["step_id"]): r for r in cache_tables.entry_counts(self.store, workflow)}
         events = {(r["workflow"], r["step_id"]): r for r in cache_tables.event_counts(self.store, workflow)}
+        trust: dict[tuple[str, str], dict[str, int]] = {}
+        for r in cache_tables.trust_counts(self.store, workflow):
+            trust.setdefault((r["workflow"], r["step_id"]), {})[r["trust"]] = int(r["n"])
         rows = []
         for key in sorted(entries.keys() | events.keys()):
             e, v = entries.get(key, {}), events.get(key, {})
@@ -159,7 +229,9 @@ class CacheStore:
                          "vectors": e.get("vectors") or 0, "lookups": lookups,
                          "exact_hits": v.get("exact_hits") or 0, "semantic_hits": v.get("semantic_hits") or 0,
                          "hit_rate": hits / lookups if lookups else 0.0,
-                         "tokens_saved": v.get("tokens_saved") or 0, "cost_saved": v.get("cost_saved") or 0.0})
+                         "tokens_saved": v.get("tokens_saved") or 0, "cost_saved": v.get("cost_saved") or 0.0,
+                         "unverified_hits": v.get("unverified_hits") or 0, "bypassed": v.get("bypassed") or 0,
+                         "entries_by_trust": trust.get(key, {})})
         return rows
 
     def clear(self, workflow: str | None = None, step_id: str | None = None) -> int:
@@ -181,6 +253,7 @@ def _stored(row: dict[str, Any], vector: np.ndarray | None) -> dict[str, Any]:
     data.setdefault("created", time.time())
     data.setdefault("created_at", _now())
     data.setdefault("hits", 0)
+    data.setdefault("trust", "unverified")
     if vector is not None:
         data["vector"] = vector.tobytes()
     return data

@@ -27,19 +27,21 @@ def cache_group() -> None:
 @click.option("--workflow", "-w", help="Only this workflow.")
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 def stats_cmd(workflow: str | None, as_json: bool) -> None:
-    """Entries, hits, hit rate, tokens and dollars saved, by step."""
+    """Entries (by trust level), hits (of them unverified), entries bypassed as untrusted, hit rate,
+    tokens and dollars saved, by step."""
     rows = _cache().stats(workflow)
     if as_json:
         click.echo(dump_json(rows))
         return
     table = Table(show_edge=False)
-    for col in ("workflow", "step", "entries", "lookups", "exact hits", "semantic hits", "hit rate",
-                "tokens saved", "saved"):
-        table.add_column(col, justify="left" if col in ("workflow", "step") else "right")
+    for col in ("workflow", "step", "entries", "by trust", "lookups", "exact hits", "semantic hits",
+                "unverified hits", "bypassed", "hit rate", "tokens saved", "saved"):
+        table.add_column(col, justify="left" if col in ("workflow", "step", "by trust") else "right")
     for r in rows:
-        table.add_row(r["workflow"], r["step_id"], str(r["entries"]), str(r["lookups"]), str(r["exact_hits"]),
-                      str(r["semantic_hits"]), f"{r['hit_rate']:.1%}", str(r["tokens_saved"]),
-                      fmt_cost(r["cost_saved"]))
+        by_trust = ", ".join(f"{k} {v}" for k, v in sorted(r["entries_by_trust"].items())) or "-"
+        table.add_row(r["workflow"], r["step_id"], str(r["entries"]), by_trust, str(r["lookups"]),
+                      str(r["exact_hits"]), str(r["semantic_hits"]), str(r["unverified_hits"]), str(r["bypassed"]),
+                      f"{r['hit_rate']:.1%}", str(r["tokens_saved"]), fmt_cost(r["cost_saved"]))
     out_console.print(table if rows else "the cache is empty")
 
 
@@ -69,12 +71,15 @@ def inspect_cmd(run_id: str | None, workflow: str | None, step: str | None, limi
     for r in rows:
         similarity = "" if r["similarity"] is None else f" similarity {r['similarity']:.3f}"
         out_console.print(f"[bold]{r['workflow']}.{r['step_id']}[/] run {r['run_id'][:12]} · {r['kind']} hit"
-                          f"{similarity} · {r['created_at'][:19]}", soft_wrap=True)
+                          f"{similarity} · served {r['trust'] or 'unverified'} · {r['created_at'][:19]}",
+                          soft_wrap=True)
         if r["entry_output"] is None:
             out_console.print(f"  entry {r['entry_id']}: (cleared since)")
             continue
         cached_input = r["entry_text"] or json.dumps(r["entry_input"], ensure_ascii=False)
-        out_console.print(f"  entry {r['entry_id']} (from run {(r['entry_run_id'] or '-')[:12]}, "
+        settled = f", settled by {r['entry_settled_by']}" if r["entry_settled_by"] else ""
+        out_console.print(f"  entry {r['entry_id']} (tier {r['entry_tier'] or '-'}, now {r['entry_trust'] or 'unverified'}"
+                          f"{settled}; from run {(r['entry_run_id'] or '-')[:12]}, "
                           f"{r['entry_created_at'][:19]}, {r['entry_hits']} hits)", soft_wrap=True)
         out_console.print(f"  input:  {cached_input}", soft_wrap=True, markup=False)
         out_console.print(f"  output: {json.dumps(r['entry_output'], ensure_ascii=False)}", soft_wrap=True,

@@ -7,26 +7,32 @@ tier's answer against the reference.
     4. low-confidence answers that the reference then answered are compared for free (calibration);
     5. a share of a monitored tier's served answers is re-asked of the reference: inline in batch
        runs (a disagreement returns the reference's answer), else after the run, off the request
-       path. Agreement marks the answer `verified`; a reference that cannot answer (no key,
-       offline, outage) is counted as a skipped check and the answer stays `unverified`.
+       path (`engine.quality.checkqueue`). Agreement marks the answer `verified`; a reference that
+       cannot answer (no key, offline, outage) is counted as a skipped check and the answer stays
+       `unverified`. Unverified answers a cache serves are sampled the same way
+       (`sample_served_calls`), and every verdict settles the cache entries holding the answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from typing import Any
 
 from engine.errors import EngineError, StepError
 from engine.quality.compare import answers_agree
+from engine.quality.checkqueue import CheckJob
 from engine.quality.monitor import Monitor, monitor_for, sampled
 from engine.quality.spec import QualityPolicy, resolve_policy
-from engine.quality.trust import REFERENCE, VERIFIED
+from engine.quality.trust import REFERENCE, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
 from engine.steps.llm import LLMCall, ask_tiers_calls
 from engine.store import quality as quality_store
 
+log = logging.getLogger("engine.quality")
 _policies: dict[tuple[int, int], tuple[Any, Any, QualityPolicy]] = {}
 _policies_lock = threading.Lock()
 
@@ -75,14 +81,39 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
                            status="agree" if agree else "disagree", served=False, confidence=low.get("confidence"),
                            cheap_output=low["output"], reference_output=outcome.output,
                            reference_tier=policy.reference, cost=0.0)
+    return (yield from _maybe_check(ctx, call, policy, monitor, outcome))
+
+
+def sample_served_calls(ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
+    """An unverified answer a server gave (a cache entry a cheap tier wrote) is sampled for a
+    reference check at its tier's current rate, exactly like a live answer of that tier, and the
+    check counts toward the tier's agreement."""
+    if ctx.store is None or outcome.tier is None:
+        return outcome
+    policy = policy_for(call.spec, ctx.config)
+    return (yield from _maybe_check(ctx, call, policy, monitor_for(ctx.store), outcome))
+
+
+def _maybe_check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor,
+                 outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
+    """Sample a monitored tier's served answer: check it inline (batch runs: a disagreement serves
+    the reference's answer) or queue the check for after the run (`engine.quality.checkqueue`)."""
+    wf, step = ctx.workflow.name, ctx.step_id
     if outcome.tier is None or not policy.monitored(outcome.tier):
         return outcome
     if not sampled(monitor.sample_rate(wf, step, outcome.tier, policy)):
         return outcome
+    settlers = [s for s in ctx.servers if hasattr(s, "settle")]
+    answered = time.time()
     if ctx.inline_checks:
-        return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True))
+        return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True, settlers=settlers,
+                                       answered_at=answered))
     background_ctx = dataclasses.replace(ctx, servers=[], after_run=[])
-    ctx.after_run.append(lambda: check(background_ctx, call, policy, monitor, outcome, inline=False))
+    ctx.after_run.append(CheckJob(
+        store=ctx.store, workflow=wf, step_id=step, concurrency=policy.check_concurrency,
+        max_pending=policy.max_pending,
+        calls=lambda: check_calls(background_ctx, call, policy, monitor, outcome, inline=False, settlers=settlers,
+                                  answered_at=answered)))
     return outcome
 
 
@@ -92,14 +123,17 @@ def _skip_note(tier: str) -> dict[str, Any]:
 
 
 def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
-          *, inline: bool) -> StepOutcome:
-    """`check_calls`, its provider calls made synchronously (background checks)."""
-    return drive(check_calls(ctx, call, policy, monitor, outcome, inline=inline))
+          *, inline: bool, settlers: list[Any] | None = None) -> StepOutcome:
+    """`check_calls`, its provider calls made synchronously."""
+    return drive(check_calls(ctx, call, policy, monitor, outcome, inline=inline, settlers=settlers))
 
 
 def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
-                *, inline: bool) -> ProviderCalls[StepOutcome]:
-    """Re-ask the reference; record the verdict; inline, a disagreement serves the reference's answer."""
+                *, inline: bool, settlers: list[Any] | None = None,
+                answered_at: float | None = None) -> ProviderCalls[StepOutcome]:
+    """Re-ask the reference; record the verdict (with the time from the answer to it); let every
+    `settler` (the caches that stored the answer) settle it; inline, a disagreement serves the
+    reference's answer."""
     assert policy.reference is not None and outcome.tier is not None
     wf, step = ctx.workflow.name, ctx.step_id
     common = dict(workflow=wf, step_id=step, tier=outcome.tier, model=outcome.model, run_id=ctx.run_id,
@@ -112,8 +146,16 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
                        reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]
         return outcome
     agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy, call))
-    monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output,
-                   cost=ref.cost, **common)  # type: ignore[arg-type]
+    verdict_ms = (time.time() - answered_at) * 1000 if answered_at is not None else None
+    check_id = monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output,
+                              cost=ref.cost, verdict_ms=verdict_ms, **common)  # type: ignore[arg-type]
+    verdict = Verdict(agree=agree, answer=ref.output, tier=ref.tier, provider=ref.provider, model=ref.model,
+                      settled_by=f"check:{check_id}")
+    for settler in settlers or ():
+        try:
+            settler.settle(ctx, call, outcome, verdict)
+        except Exception:  # noqa: BLE001 - the verdict is recorded; a cache that cannot take it is logged
+            log.warning("could not settle the cached answer of %s/%s", wf, step, exc_info=True)
     if agree:
         if ctx.store is not None:
             quality_store.mark_verified(ctx.store, ctx.run_id, step, f"reference:{policy.reference}")

@@ -11,9 +11,15 @@ States per (workflow, step, tier), kept in the store so every process sees them:
 Only checks of answers that were served count toward disagreement (answers escalated for low
 confidence are compared too, for calibration, but were never returned).
 
-Interactive runs check off the request path, on one background worker per process (`drain()`
-waits for it; the CLI and `Engine.close()` do, and so does interpreter exit); batch runs check
-inline, and a disagreeing inline check returns the reference's answer.
+Interactive runs check off the request path, concurrently and from a bounded queue
+(`engine.quality.checkqueue`; `drain()` waits for it, as the CLI, `Engine.close()` and
+interpreter exit do); batch runs check inline, and a disagreeing inline check returns the
+reference's answer. An escalation takes effect at once in the process that decided it (its state
+cache is dropped) and within `_STATE_TTL` seconds in every other process.
+
+Cache entries a monitored tier wrote are `unverified` until a check settles them; they are served
+only while `serves_unverified` holds: the tier is not escalated past, and was not escalated past
+since the entry was written (an escalated tier's entries never return on probation unchecked).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import atexit
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
+from engine.quality import checkqueue
+from engine.quality.checkqueue import CheckJob
 from engine.quality.confidence import calibrate
 from engine.quality.spec import AUTO, QualityPolicy
 from engine.quality.stats import wilson_bounds
@@ -104,6 +111,18 @@ class Monitor:
                 use.append(tier)
         return use, skipped
 
+    def serves_unverified(self, workflow: str, step_id: str, tier: str, policy: QualityPolicy,
+                          written: float) -> bool:
+        """Whether an unverified answer `tier` wrote at `written` (epoch seconds) may still be served:
+        not while the tier is escalated past, and never after an escalation that came later."""
+        if not policy.monitored(tier):
+            return True
+        row = self.state(workflow, step_id, tier, policy)
+        if row["state"] == ESCALATED:
+            return False
+        escalated = row.get("escalated_at")
+        return not escalated or datetime.fromisoformat(escalated).timestamp() < written
+
     def sample_rate(self, workflow: str, step_id: str, tier: str, policy: QualityPolicy) -> float:
         if not policy.monitored(tier):
             return 0.0
@@ -112,13 +131,14 @@ class Monitor:
 
     # --- verdicts -------------------------------------------------------------------------------
 
-    def record(self, policy: QualityPolicy, *, workflow: str, step_id: str, tier: str, **check: Any) -> None:
-        """Store a check, then move the tier if its served answers now disagree too often."""
-        quality_store.record_check(self.store, workflow=workflow, step_id=step_id, tier=tier, **check)
+    def record(self, policy: QualityPolicy, *, workflow: str, step_id: str, tier: str, **check: Any) -> int:
+        """Store a check, then move the tier if its served answers now disagree too often; returns
+        the check's id."""
+        check_id = quality_store.record_check(self.store, workflow=workflow, step_id=step_id, tier=tier, **check)
         with self._lock:
             self._thresholds.pop((workflow, step_id, tier), None)
         if check["status"] == "skipped" or not check.get("served", True):
-            return
+            return check_id
         row = quality_store.get_state(self.store, workflow, step_id, tier)
         n, disagree = quality_store.served_counts(self.store, workflow, step_id, tier, row["epoch_check_id"] or 0)
         lower, _ = wilson_bounds(disagree, n, policy.confidence)
@@ -129,6 +149,7 @@ class Monitor:
         elif row["state"] == PROBATION and n >= policy.probation_checks:
             self._move(workflow, step_id, tier, ACTIVE,
                        f"probation passed: {disagree}/{n} disagreements (Wilson lower bound {lower:.1%})")
+        return check_id
 
     def reset(self, workflow: str | None = None, step_id: str | None = None, tier: str | None = None) -> int:
         """Put escalated tiers (matching the filter) on probation now."""
@@ -179,44 +200,14 @@ def monitor_for(store: Any) -> Monitor:
 
 # --- background checks ----------------------------------------------------------------------------
 
-_executor: ThreadPoolExecutor | None = None
-_pending: set[Future[Any]] = set()
-_pending_lock = threading.Lock()
-
-
-def submit(fn: Callable[[], Any]) -> Future[Any]:
-    """Run a check off the request path (one worker per process, in order)."""
-    global _executor
-    with _pending_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-quality")
-        future = _executor.submit(fn)
-        _pending.add(future)
-    future.add_done_callback(lambda f: _discard(f))
-    return future
-
-
-def _discard(future: Future[Any]) -> None:
-    with _pending_lock:
-        _pending.discard(future)
+def submit(job: CheckJob) -> bool:
+    """Queue a check off the request path (`engine.quality.checkqueue`); False when it was dropped."""
+    return checkqueue.submit(job)
 
 
 def drain(timeout: float | None = 120.0) -> int:
     """Wait for queued background checks; returns how many were still pending."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        with _pending_lock:
-            pending = list(_pending)
-        if not pending:
-            return 0
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if left == 0.0:
-            return len(pending)
-        for future in pending:
-            try:
-                future.result(timeout=left)
-            except Exception:  # noqa: BLE001 - a failed check is logged as skipped by the check itself
-                pass
+    return checkqueue.drain(timeout)
 
 
 atexit.register(drain, 60.0)

@@ -12,6 +12,8 @@ Set once for every step in `engine.yaml` (top-level `quality:`) and per llm step
       min_confidence: auto        # a number in [0, 1], or auto (calibrated to target_agreement)
       target_agreement: 0.98
       compare: [intent]           # fields that must match; or {fields, semantic: 0.9, judge: TIER}
+      check_concurrency: 8        # background checks running at once (async, per process)
+      max_pending: 1000           # checks queued at most; past it one is dropped (counted), never waited for
 
 `QualityPolicy` is the resolved, defaulted form the llm step and the monitor use.
 """
@@ -62,6 +64,10 @@ class QualitySpec(BaseModel):
     calibration_min: int | None = Field(None, ge=1, description="checks needed before min_confidence: auto "
                                                                 "lets low-confidence answers through")
     compare: list[str] | CompareSpec | None = Field(None, description="how answers are compared")
+    check_concurrency: int | None = Field(None, ge=1, le=1024, description="background reference checks "
+                                                                          "running at once (per process)")
+    max_pending: int | None = Field(None, ge=1, description="background checks queued or running at most; "
+                                                            "past it a check is dropped and counted, never waited for")
 
     @field_validator("min_confidence", mode="before")
     @classmethod
@@ -94,7 +100,7 @@ class QualitySpec(BaseModel):
 DEFAULTS: dict[str, Any] = {
     "sample": 0.05, "max_disagreement": 0.03, "target_agreement": 0.98, "min_checks": 5,
     "confidence": 0.95, "cooloff": 3600.0, "cooloff_runs": 1000, "probation_sample": 0.5,
-    "probation_checks": 20, "calibration_min": 30,
+    "probation_checks": 20, "calibration_min": 30, "check_concurrency": 8, "max_pending": 1000,
 }
 
 
@@ -117,6 +123,8 @@ class QualityPolicy:
     probation_sample: float = DEFAULTS["probation_sample"]
     probation_checks: int = DEFAULTS["probation_checks"]
     calibration_min: int = DEFAULTS["calibration_min"]
+    check_concurrency: int = DEFAULTS["check_concurrency"]
+    max_pending: int = DEFAULTS["max_pending"]
     compare_fields: tuple[str, ...] | None = None
     semantic: float | None = None
     embedder: str = "minilm"

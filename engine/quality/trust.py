@@ -11,6 +11,9 @@ measure a cheap tier's error rate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 REFERENCE = "reference"
 VERIFIED = "verified"
 LABELLED = "labelled"
@@ -21,3 +24,18 @@ TRUSTED = (REFERENCE, VERIFIED, LABELLED)
 
 def is_trusted(level: str | None) -> bool:
     return level in TRUSTED
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reference check decided about a served answer, for whatever stored that answer
+    (a cache entry) to settle it: `agree`, else the reference's `answer` replaces it."""
+
+    agree: bool
+    answer: Any
+    """The reference's answer."""
+    tier: str | None
+    provider: str | None
+    model: str | None
+    settled_by: str
+    """`check:<id>` (the quality check's row)."""

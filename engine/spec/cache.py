@@ -6,6 +6,7 @@
       ttl: 7d                         # seconds, or 30m / 12h / 7d; none = no expiry
       normalize: [whitespace, unicode, case]
       tenant: true                    # namespace entries by the run's tenant (default true)
+      trust: active                   # or verified: serve only trusted entries (see engine.cache.exact)
       semantic:
         threshold: 0.90               # cosine similarity needed to serve a near-duplicate
         margin: 0.12                  # every entry with another answer must be this much less similar
@@ -71,6 +72,10 @@ class CacheSpec(BaseModel):
         description="how the dynamic input is normalised for the exact key")
     tenant: bool = Field(True, description="namespace entries by the run's tenant key")
     semantic: SemanticCacheSpec | None = Field(None, description="near-duplicate serving (off unless given)")
+    trust: Literal["active", "verified"] = Field("active", description=(
+        "which entries are served: verified = only trusted ones (the reference's answers, answers it "
+        "confirmed, people's labels); active = also a cheap tier's unchecked answers while that tier is "
+        "in use, sampled for reference checks like live answers"))
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,7 @@ and the rendered prompt last, so provider and llama.cpp prefix caches hit.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -38,12 +39,28 @@ from engine.providers.base import Completion, CompletionRequest
 from engine.providers.calls import ProviderCalls, drive
 from engine.providers.registry import get_provider
 from engine.quality.confidence import answer_confidence
+from engine.quality.trust import UNVERIFIED
 from engine.quality.spec import QualityPolicy
 from engine.routing import CallGate
 from engine.spec.models import LLMSpec, ModelEntry
 from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render, render_text
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-shaped value (dicts, lists, scalars), cheaper than `copy.deepcopy`:
+    what a server answers from a table or a cache is handed out as a copy, so a caller that
+    changes its result changes nothing stored."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _SCALARS else copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -188,6 +205,11 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], *,
         served = (yield from serve_calls(ctx, call)) if serve_calls is not None else server.serve(ctx, call)
         if served is not None:
             served.baseline_cost = baseline_cost(premium, call.messages, served.output, served.attempts)
+            if served.trust == UNVERIFIED and served.served_by == "cache":
+                from engine.quality.cascade import sample_served_calls
+
+                served = yield from sample_served_calls(ctx, call, served)
+            served.output = copy_json(served.output)  # the caller's to change: never the table's object
             return served
     from engine.quality.cascade import ask_with_quality_calls
 
@@ -226,6 +248,7 @@ def _serve_early(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], premiu
             tokens_in = static.system_tokens + prompt_tokens + 4 + 3
             out_tokens = _output_tokens(served.output)
             served.baseline_cost = premium.cost(tokens_in, out_tokens)
+            served.output = copy_json(served.output)  # the caller's to change: never the table's object
             return served  # type: ignore[no-any-return]
     return None
 

@@ -16,11 +16,11 @@ from typing import Any
 from engine.store.migrations import _now
 
 COLUMNS = ("id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",
-           "tokens_out", "cost", "created", "text", "input")
+           "tokens_out", "cost", "created", "text", "input", "trust", "settled_by", "source_entry")
 """The columns of an entry that `entry` and `entry_by_id` read."""
 _COLUMNS = ", ".join(COLUMNS)
 _EVENT_SQL = ("INSERT INTO cache_events (run_id, workflow, step_id, tenant, kind, outcome, entry_id, similarity, "
-              "tokens_saved, cost_saved, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+              "tokens_saved, cost_saved, created_at, trust) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _HIT_SQL = "UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?"
 
 
@@ -63,6 +63,57 @@ def delete_entry(store: Any, entry_id: int) -> None:
     store.execute("DELETE FROM cache_entries WHERE id = ?", [entry_id], flush=False)
 
 
+# --- settling entries: checks and labels ---------------------------------------------------------
+
+_SAME_CALL = "workflow = ? AND step_id = ? AND prompt_hash = ? AND schema_hash = ? AND input_hash = ?"
+
+
+def entries_for(store: Any, workflow: str, step_id: str, prompt_hash: str | None, schema_hash: str | None,
+                input_hash: str) -> list[dict[str, Any]]:
+    """Every entry (any tenant, any model chain) written for this call: id, answer_key, trust, tier,
+    sem_namespace. `prompt_hash` None: any prompt (labels are about the input and schema)."""
+    where = _SAME_CALL if prompt_hash is not None else _SAME_CALL.replace("prompt_hash = ? AND ", "")
+    params = [workflow, step_id, *([prompt_hash] if prompt_hash is not None else []), schema_hash, input_hash]
+    return store.query(f"SELECT id, answer_key, trust, tier, sem_namespace FROM cache_entries WHERE {where}", params)
+
+
+def settle_entry(store: Any, entry_id: int, *, trust: str, settled_by: str, output: str | None = None,
+                 answer_key: str | None = None, tier: str | None = None, provider: str | None = None,
+                 model: str | None = None, only_unverified: bool = True) -> bool:
+    """Give an entry its verdict: `trust` and what settled it, and with `output` (JSON text) the
+    trusted answer in place of its own. `only_unverified` (checks): leave entries that are already
+    trusted alone, so a check never overwrites a label; labels pass False (the latest label wins).
+    True when the row changed."""
+    sets, params = ["trust = ?", "settled_by = ?"], [trust, settled_by]
+    if output is not None:
+        sets += ["output = ?", "answer_key = ?", "tier = ?", "provider = ?", "model = ?"]
+        params += [output, answer_key, tier, provider, model]
+    guard = " AND COALESCE(trust, 'unverified') = 'unverified'" if only_unverified else ""
+    return bool(store.execute(f"UPDATE cache_entries SET {', '.join(sets)} WHERE id = ?{guard}",
+                              [*params, entry_id], flush=False))
+
+
+def delete_copies_of(store: Any, entry_ids: list[int]) -> list[dict[str, Any]]:
+    """Delete the exact copies that semantic hits made of these entries (their answers were served
+    on similarity alone); returns the deleted rows' id and sem_namespace."""
+    if not entry_ids:
+        return []
+    marks = ", ".join("?" for _ in entry_ids)
+    rows = store.query(f"SELECT id, sem_namespace FROM cache_entries WHERE source_entry IN ({marks})", entry_ids,
+                       flush=False)
+    if rows:
+        store.execute(f"DELETE FROM cache_entries WHERE source_entry IN ({marks})", entry_ids, flush=False)
+    return rows
+
+
+def trust_counts(store: Any, workflow: str | None = None) -> list[dict[str, Any]]:
+    """Per (workflow, step_id, trust): entries."""
+    where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
+    return store.query(
+        "SELECT workflow, step_id, COALESCE(trust, 'unverified') AS trust, COUNT(*) AS n FROM cache_entries "
+        f"{where} GROUP BY workflow, step_id, COALESCE(trust, 'unverified')", params)
+
+
 def delete_entries(store: Any, workflow: str | None = None, step_id: str | None = None) -> int:
     """Delete the entries of a workflow and/or step (all, with neither); returns how many."""
     clauses, params = [], []
@@ -92,11 +143,12 @@ def nearest(store: Any, sem_namespace: str, vector: Any, *, other_than: str | No
 
 def record_lookup(store: Any, *, run_id: str, workflow: str, step_id: str, tenant: str | None, kind: str,
                   outcome: str, entry_id: int | None, similarity: float | None, tokens_saved: int,
-                  cost_saved: float, hit: bool) -> None:
-    """Queue one lookup event, and for a hit the entry's counter update, for the writer thread."""
+                  cost_saved: float, hit: bool, trust: str | None = None) -> None:
+    """Queue one lookup event (with the trust level of the entry a hit served), and for a hit the
+    entry's counter update, for the writer thread."""
     now = _now()
     store.enqueue(_EVENT_SQL, [run_id, workflow, step_id, tenant, kind, outcome, entry_id, similarity,
-                               tokens_saved, cost_saved, now])
+                               tokens_saved, cost_saved, now, trust])
     if hit and entry_id is not None:
         store.enqueue(_HIT_SQL, [now, entry_id])
 
@@ -118,6 +170,8 @@ def event_counts(store: Any, workflow: str | None = None) -> list[dict[str, Any]
         "SELECT workflow, step_id, SUM(CASE WHEN kind = 'exact' THEN 1 ELSE 0 END) AS lookups, "
         "SUM(CASE WHEN outcome = 'hit' AND kind = 'exact' THEN 1 ELSE 0 END) AS exact_hits, "
         "SUM(CASE WHEN outcome = 'hit' AND kind = 'semantic' THEN 1 ELSE 0 END) AS semantic_hits, "
+        "SUM(CASE WHEN outcome = 'hit' AND COALESCE(trust, 'unverified') = 'unverified' THEN 1 ELSE 0 END) "
+        "AS unverified_hits, SUM(CASE WHEN outcome = 'untrusted' THEN 1 ELSE 0 END) AS bypassed, "
         "SUM(tokens_saved) AS tokens_saved, SUM(cost_saved) AS cost_saved "
         f"FROM cache_events {where} GROUP BY workflow, step_id", params)
 
@@ -133,7 +187,8 @@ def hits(store: Any, *, run_id: str | None = None, workflow: str | None = None, 
             params.append(val + "%" if col == "ev.run_id" else val)
     rows = store.query(
         "SELECT ev.id AS event_id, ev.run_id, ev.workflow, ev.step_id, ev.tenant, ev.kind, ev.similarity, "
-        "ev.tokens_saved, ev.cost_saved, ev.created_at, ev.entry_id, e.text AS entry_text, "
+        "ev.tokens_saved, ev.cost_saved, ev.created_at, ev.entry_id, e.text AS entry_text, ev.trust, "
+        "e.trust AS entry_trust, e.settled_by AS entry_settled_by, e.tier AS entry_tier, "
         "e.input AS entry_input, e.output AS entry_output, e.run_id AS entry_run_id, "
         "e.created_at AS entry_created_at, e.hits AS entry_hits "
         "FROM cache_events ev LEFT JOIN cache_entries e ON e.id = ev.entry_id "

@@ -242,3 +242,30 @@ def m070(db: sqlite_utils.Database) -> None:
     if getattr(db, "dialect", "sqlite") == "postgresql":
         db.execute("CREATE EXTENSION IF NOT EXISTS vector")
         db.execute("ALTER TABLE cache_entries ADD COLUMN embedding vector")
+
+
+@migration("080_trusted_caches")
+def m080(db: sqlite_utils.Database) -> None:
+    """Provenance on cache entries and the check queue's figures (see engine.cache, engine.quality).
+
+    `cache_entries`: the entry's trust level (reference | verified | labelled | unverified), what
+    settled it (`check:<id>`, `label:<id>`), the input hash of the call that wrote it (labels and
+    checks find entries by it), and for an exact copy left by a semantic hit the entry it copied.
+    `quality_checks.verdict_ms`: time from the answer to its verdict. `quality_state.escalated_at`:
+    when the tier was last escalated past (its unverified cache entries from before are not served).
+    `check_queue`: per process and step, checks queued, dropped and the queue's peak."""
+    entries = db.table("cache_entries")
+    entries.add_column("trust", str)
+    entries.add_column("settled_by", str)
+    entries.add_column("input_hash", str)
+    entries.add_column("source_entry", int)
+    entries.create_index(["workflow", "step_id", "input_hash"])
+    entries.create_index(["source_entry"])
+    db.table("cache_events").add_column("trust", str)
+    db.table("quality_checks").add_column("verdict_ms", float)
+    db.table("quality_state").add_column("escalated_at", str)
+    db.table("check_queue").create(
+        {"process": str, "workflow": str, "step_id": str, "submitted": int, "dropped": int, "pending": int,
+         "peak": int, "updated_at": str},
+        pk=("process", "workflow", "step_id"),
+    )

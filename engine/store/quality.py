@@ -23,15 +23,17 @@ def _insert(store: Any, table: str, row: dict[str, Any]) -> int:
 def record_check(store: Any, *, workflow: str, step_id: str, tier: str, model: str | None, run_id: str | None,
                  input_hash: str, mode: str, status: str, served: bool, confidence: float | None,
                  cheap_output: Any, reference_output: Any, reference_tier: str | None, cost: float,
-                 reason: str | None = None) -> int:
+                 reason: str | None = None, verdict_ms: float | None = None) -> int:
     """One comparison of a cheap tier's answer with the reference's. `status`: agree | disagree |
     skipped (the reference could not answer). `served`: the cheap answer was (or would have been)
-    returned; answers escalated for low confidence are recorded with served=0 (free calibration)."""
+    returned; answers escalated for low confidence are recorded with served=0 (free calibration).
+    `verdict_ms`: time from the answer to this verdict."""
     return _insert(store, "quality_checks", {
         "workflow": workflow, "step_id": step_id, "tier": tier, "model": model, "run_id": run_id,
         "input_hash": input_hash, "mode": mode, "status": status, "served": int(served),
         "confidence": confidence, "cheap_output": _dump(cheap_output), "reference_output": _dump(reference_output),
-        "reference_tier": reference_tier, "cost": cost, "reason": reason, "created_at": _now()})
+        "reference_tier": reference_tier, "cost": cost, "reason": reason, "verdict_ms": verdict_ms,
+        "created_at": _now()})
 
 
 def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int = 0,
@@ -73,13 +75,42 @@ def summary(store: Any, workflow: str | None = None, step_id: str | None = None)
     return store.query(sql, params)
 
 
+def verdict_times(store: Any, workflow: str | None = None, limit: int = 2000) -> list[dict[str, Any]]:
+    """Per (workflow, step): the answer-to-verdict times (ms) of the latest `limit` checks that ran."""
+    where, params = ("AND workflow = ?", [workflow]) if workflow else ("", [])
+    return store.query(
+        "SELECT workflow, step_id, verdict_ms FROM quality_checks WHERE verdict_ms IS NOT NULL "
+        f"AND status != 'skipped' {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+
+
+# --- the check queue ----------------------------------------------------------------------------
+
+def save_queue(store: Any, rows: list[dict[str, Any]]) -> None:
+    """Upsert the check queue's figures of one process (`process`, workflow, step_id, submitted,
+    dropped, pending, peak), queued for the store's writer."""
+    now = _now()
+    for r in rows:
+        store.enqueue(
+            "INSERT INTO check_queue (process, workflow, step_id, submitted, dropped, pending, peak, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (process, workflow, step_id) DO UPDATE SET "
+            "submitted = excluded.submitted, dropped = excluded.dropped, pending = excluded.pending, "
+            "peak = excluded.peak, updated_at = excluded.updated_at",
+            [r["process"], r["workflow"], r["step_id"], r["submitted"], r["dropped"], r["pending"], r["peak"], now])
+
+
+def queue_rows(store: Any, workflow: str | None = None) -> list[dict[str, Any]]:
+    """Every process's check-queue figures (per step), newest first."""
+    where, params = ("WHERE workflow = ?", [workflow]) if workflow else ("", [])
+    return store.query(f"SELECT * FROM check_queue {where} ORDER BY updated_at DESC", params)
+
+
 # --- tier states --------------------------------------------------------------------------------
 
 def get_state(store: Any, workflow: str, step_id: str, tier: str) -> dict[str, Any]:
     rows = store.query("SELECT * FROM quality_state WHERE workflow = ? AND step_id = ? AND tier = ?",
                        [workflow, step_id, tier])
     return rows[0] if rows else {"workflow": workflow, "step_id": step_id, "tier": tier, "state": ACTIVE,
-                                 "since": None, "epoch_check_id": 0, "reason": None}
+                                 "since": None, "epoch_check_id": 0, "reason": None, "escalated_at": None}
 
 
 def all_states(store: Any) -> list[dict[str, Any]]:
@@ -92,12 +123,14 @@ def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, re
     with store.transaction() as tx:
         rows = tx.query("SELECT COALESCE(MAX(id), 0) AS m FROM quality_checks")
         epoch = int(rows[0]["m"]) if rows else 0
+        escalated = now if state == ESCALATED else None
         tx.execute(
-            "INSERT INTO quality_state (workflow, step_id, tier, state, since, epoch_check_id, reason, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, step_id, tier) DO UPDATE SET "
+            "INSERT INTO quality_state (workflow, step_id, tier, state, since, epoch_check_id, reason, updated_at, "
+            "escalated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, step_id, tier) DO UPDATE SET "
             "state = excluded.state, since = excluded.since, epoch_check_id = excluded.epoch_check_id, "
-            "reason = excluded.reason, updated_at = excluded.updated_at",
-            [workflow, step_id, tier, state, now, epoch, reason, now])
+            "reason = excluded.reason, updated_at = excluded.updated_at, "
+            "escalated_at = COALESCE(excluded.escalated_at, quality_state.escalated_at)",
+            [workflow, step_id, tier, state, now, epoch, reason, now, escalated])
     add_event(store, workflow, step_id, tier, state, reason)
 
 
