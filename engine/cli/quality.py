@@ -68,7 +68,8 @@ def feedback_cmd(args: tuple[str, ...], ok: bool, output_json: str | None, workf
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 @click.pass_context
 def quality_group(ctx: click.Context, workflow: str | None, as_json: bool) -> None:
-    """Agreement of cheap tiers with the reference, per step and tier, and their state."""
+    """Agreement of cheap tiers with the reference, per step and tier, and their state; the
+    background check queue (queued, dropped, pending, peak) and the time from answer to verdict."""
     if ctx.invoked_subcommand is not None:
         return
     from engine.quality.report import quality_rows
@@ -93,6 +94,14 @@ def quality_group(ctx: click.Context, workflow: str | None, as_json: bool) -> No
                       str(r["skipped"]), str(r["escalation_checks"]), fmt_cost(r["cost"]),
                       f"[{style}]{r['state']}[/{style}]" if style else r["state"])
     out_console.print(table)
+    steps = {(r["workflow"], r["step_id"]): r for r in rows}
+    for (wf, step), r in steps.items():
+        if r["checks_submitted"] or r["verdict_p50_ms"] is not None:
+            timing = (f"; answer to verdict p50 {r['verdict_p50_ms']:.0f} ms, p95 {r['verdict_p95_ms']:.0f} ms"
+                      if r["verdict_p50_ms"] is not None else "")
+            out_console.print(f"{wf}/{step} background checks: {r['checks_submitted']} queued, "
+                              f"{r['checks_dropped']} dropped (queue full), {r['checks_pending']} pending, "
+                              f"peak {r['checks_peak']}{timing}")
     for r in rows:
         if r["state"] != "active" and r.get("reason"):
             out_console.print(f"{r['workflow']}/{r['step_id']} {r['tier']} {r['state']}: {r['reason']}")

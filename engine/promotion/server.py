@@ -21,6 +21,7 @@ observe:
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -37,7 +38,7 @@ from engine.promotion.sandbox.worker import serve_one
 from engine.promotion.verify import validated
 from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
-from engine.quality.trust import LABELLED, REFERENCE, TRUSTED
+from engine.quality.trust import LABELLED, REFERENCE, TRUSTED, UNVERIFIED, VERIFIED
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
 from engine.steps.llm import LLMCall, ask_tiers_calls, compiled
@@ -103,6 +104,37 @@ class PromotionServer:
         self.shadows: dict[str, list[records.Promotion]] = {}
         for p in shadows:
             self.shadows.setdefault(p.step_id, []).append(p)
+        self.labels: dict[str, dict[str, Any]] = {}
+        """step -> input hash -> the latest person's label under the artifact's schema."""
+        self.corrected: dict[str, set[str]] = {}
+        """artifact id -> lookup keys whose row a label contradicts (the label is served instead)."""
+        if store is not None:
+            self._load_labels()
+
+    def _load_labels(self) -> None:
+        """People's labels outrank every artifact: a lookup row a label contradicts serves the label
+        (and is counted a disagreeing `label` check of the artifact, once); a classifier or script
+        answer for a labelled input is the label."""
+        for step_id, arts in self.artifacts.items():
+            by_hash: dict[str, Any] = {}
+            for art in arts:
+                for row in quality_store.labels(self.store, self.workflow, step_id, art.schema_hash):
+                    if row["kind"] != "label" and row["kind"] != "confirm":
+                        continue
+                    output = json.loads(row["output"]) if isinstance(row["output"], str) else row["output"]
+                    values = json.loads(row["input"]) if isinstance(row["input"], str) else row["input"]
+                    by_hash[row["input_hash"]] = output
+                    if art.kind != "lookup" or not isinstance(values, dict):
+                        continue
+                    key = input_key(values, art.normalize)
+                    if key in art.table and canonical_json(art.table[key]) != canonical_json(output):
+                        art.table = {**art.table, key: output}  # this server's copy, never the file
+                        fresh = key not in self.corrected.setdefault(art.id, set())
+                        self.corrected[art.id].add(key)
+                        if fresh and not promotion_store.has_check(self.store, art.id, "label", row["input_hash"]):
+                            records.record_check(self.store, art.id, "label", row["input_hash"], None, output, False)
+            if by_hash:
+                self.labels[step_id] = by_hash
 
     @classmethod
     def for_workflow(cls, workflow: Any, store: Any) -> PromotionServer | None:
@@ -135,13 +167,16 @@ class PromotionServer:
                 continue
             if art.prompt_hash != static.prompt_hash or art.schema_hash != static.schema_hash:
                 return None  # `serve` marks it stale
-            output = art.table.get(self._key(values, art.normalize), _MISS)
+            key = self._key(values, art.normalize)
+            output = art.table.get(key, _MISS)
             if output is _MISS:
                 continue
+            if art.id in self.corrected and key in self.corrected[art.id]:
+                return StepOutcome(output=output, served_by="label", provider="feedback", trust=LABELLED)
             if spot_sampled(ctx, spec.promote.spot_check):
                 return None  # `serve` runs the spot check
             return StepOutcome(output=output, served_by="lookup", provider="promotion",
-                               model=f"{art.id} v{art.version}")
+                               model=f"{art.id} v{art.version}", trust=VERIFIED)
         return None
 
     def _key(self, values: dict[str, Any], normalize: list[str]) -> str:
@@ -173,10 +208,20 @@ class PromotionServer:
             result = answer(art.kind, art.table, art.code, art.normalize, call, art.model)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
+            label = self.labels.get(call.step_id, {}).get(call.input_hash, _MISS)
+            if label is not _MISS:  # a person's label outranks the artifact
+                agree = canonical_json(label) == canonical_json(result.output)
+                if not agree and art.kind != "lookup" and not promotion_store.has_check(
+                        self.store, art.id, "label", call.input_hash):
+                    records.record_check(self.store, art.id, "label", call.input_hash, result.output, label, False)
+                return StepOutcome(output=label, served_by=art.kind if agree else "label",
+                                   provider="promotion" if agree else "feedback",
+                                   model=f"{art.id} v{art.version}" if agree else None, trust=LABELLED)
             if spot_sampled(ctx, call.spec.promote.spot_check):
                 return (yield from self._spot_check(ctx, call, art, result.output))
             return StepOutcome(output=result.output, served_by=art.kind, provider="promotion",
-                               model=f"{art.id} v{art.version}", confidence=result.confidence)
+                               model=f"{art.id} v{art.version}", confidence=result.confidence,
+                               trust=VERIFIED if art.kind == "lookup" else UNVERIFIED)
         return None
 
     def _spot_check(self, ctx: StepContext, call: LLMCall, art: Artifact,
@@ -267,7 +312,7 @@ def _signature(workflow: Any, store: Any) -> tuple[Any, ...]:
         except OSError:
             pass
     version = store.data_version()
-    return (mtime, version, records.GENERATION[0])
+    return (mtime, version, records.GENERATION[0], quality_store.LABELS_GENERATION[0])
 
 
 def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
@@ -278,7 +323,8 @@ def promotion_server(workflow: Any, store: Any) -> PromotionServer | None:
     key = (id(store), workflow.name, str(workflow._path))
     hit = _built.get(key)
     now = time.monotonic()
-    if hit is not None and hit[1] is store and hit[0][2] == records.GENERATION[0]:
+    if (hit is not None and hit[1] is store and hit[0][2] == records.GENERATION[0]
+            and hit[0][3] == quality_store.LABELS_GENERATION[0]):
         if now - hit[3] < RECHECK_S:
             return hit[2]
         signature = _signature(workflow, store)

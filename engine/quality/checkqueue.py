@@ -117,6 +117,7 @@ class CheckQueue:
             with self._lock:
                 self.pending -= 1
                 counts.pending -= 1
+                self._dirty = True
                 idle = self.pending == 0
                 due = idle or time.monotonic() - self._saved_at >= SAVE_EVERY_S
             if due:

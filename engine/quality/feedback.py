@@ -98,7 +98,22 @@ def give_feedback(store: Any, run_id: str, step_id: str, *, ok: bool = False, ou
     quality_store.record_feedback(store, [row])
     if ok:
         quality_store.mark_verified(store, run["id"], step_id, "person")
+    settle_cached(store, [row])
     return row
+
+
+def settle_cached(store: Any, rows: list[dict[str, Any]]) -> None:
+    """Labels win everywhere: every cache entry of a labelled input (any tenant, model chain or
+    prompt under the step's schema) takes the label, trust `labelled`; exact copies semantic hits
+    made of an entry the label corrected are deleted. (Promoted artifacts read the labels
+    themselves: `engine.promotion.server`.)"""
+    from engine.cache.store import cache_store
+
+    cache = cache_store(store)
+    for row in rows:
+        cache.settle(workflow=row["workflow"], step_id=row["step_id"], prompt_hash=None,
+                     schema_hash=row["schema_hash"], input_hash=row["input_hash"], answer=row["output"],
+                     trust="labelled", settled_by=f"label:{row['id']}")
 
 
 def step_values(wf: Any, step: Any, run: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +169,9 @@ def import_labels(wf: Any, store: Any, path: Path, *, step: str | None = None, f
         rows.append(_row(wf, target, values, output, kind="label", source=source, run_id=None))
     if not rows:
         raise FeedbackError(f"{path}: no labels")
-    return quality_store.record_feedback(store, rows)
+    written = quality_store.record_feedback(store, rows)
+    settle_cached(store, rows)
+    return written
 
 
 def _wrap(step: Any, expected: Any) -> Any:

@@ -1,9 +1,13 @@
 """The quality table behind `engine quality`, `engine report` and the HTML report: per step and
-tier, how many served answers were checked, how many agreed, Wilson bounds, and the tier's state."""
+tier, how many served answers were checked, how many agreed, Wilson bounds, and the tier's state;
+per step, the background check queue (submitted, dropped, pending, peak, summed over the
+processes that saved figures) and the p50/p95 time from an answer to its verdict."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from engine.quality.stats import wilson_bounds
 from engine.store import quality as quality_store
@@ -33,4 +37,31 @@ def quality_rows(store: Any, *, workflow: str | None = None, step_id: str | None
                     "agreement": 0.0, "disagreement_low": 0.0, "disagreement_high": 1.0, "skipped": 0,
                     "escalation_checks": 0, "cost": 0.0, "state": state["state"], "reason": state.get("reason"),
                     "since": state.get("since")})
+    queues = check_queue_figures(store, workflow)
+    for row in out:
+        row.update(queues.get((row["workflow"], row["step_id"]), _NO_QUEUE))
     return out
+
+
+_NO_QUEUE = {"checks_submitted": 0, "checks_dropped": 0, "checks_pending": 0, "checks_peak": 0,
+             "verdict_p50_ms": None, "verdict_p95_ms": None}
+
+
+def check_queue_figures(store: Any, workflow: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (workflow, step): checks submitted, dropped, pending and the queue's peak (summed over
+    processes), and the p50/p95 answer-to-verdict time of the latest checks."""
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in quality_store.queue_rows(store, workflow):
+        f = figures.setdefault((r["workflow"], r["step_id"]), dict(_NO_QUEUE))
+        f["checks_submitted"] += int(r["submitted"] or 0)
+        f["checks_dropped"] += int(r["dropped"] or 0)
+        f["checks_pending"] += int(r["pending"] or 0)
+        f["checks_peak"] += int(r["peak"] or 0)
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in quality_store.verdict_times(store, workflow):
+        times.setdefault((r["workflow"], r["step_id"]), []).append(float(r["verdict_ms"]))
+    for key, values in times.items():
+        f = figures.setdefault(key, dict(_NO_QUEUE))
+        f["verdict_p50_ms"] = float(np.percentile(values, 50))
+        f["verdict_p95_ms"] = float(np.percentile(values, 95))
+    return figures

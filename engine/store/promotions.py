@@ -75,6 +75,12 @@ def add_check(store: Any, promotion_id: str, mode: str, input_hash: str, served_
         "llm_output": llm_output, "agree": int(agree), "created_at": _now()})
 
 
+def has_check(store: Any, promotion_id: str, mode: str, input_hash: str) -> bool:
+    """Whether a check of this mode was recorded for this input."""
+    return bool(store.query("SELECT 1 AS x FROM promotion_checks WHERE promotion_id = ? AND mode = ? AND input_hash = ? "
+                            "LIMIT 1", [promotion_id, mode, input_hash]))
+
+
 def recent_checks(store: Any, promotion_id: str, mode: str, window: int) -> list[int]:
     """The agree flags (1/0) of the latest `window` checks in `mode`, newest first."""
     rows = store.query("SELECT agree FROM promotion_checks WHERE promotion_id = ? AND mode = ? "

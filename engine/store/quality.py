@@ -166,15 +166,23 @@ def mark_verified(store: Any, run_id: str, step_id: str, verified_by: str) -> No
 
 # --- people's feedback --------------------------------------------------------------------------
 
+LABELS_GENERATION = [0]
+"""Bumped by every feedback write in this process (what serves artifacts re-reads the labels)."""
+
+
 def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
-    """Insert feedback rows in one transaction (all or nothing)."""
+    """Insert feedback rows in one transaction (all or nothing); each row gets its `id`. Returns
+    how many were written."""
     now = _now()
     with store.transaction() as tx:
         for row in rows:
-            full = {**row, "input": _dump(row["input"]), "output": _dump(row["output"]),
-                    "created_at": row.get("created_at") or now}
-            tx.execute(f"INSERT INTO feedback ({', '.join(full)}) VALUES ({', '.join('?' * len(full))})",
-                       [clean_text(v) for v in full.values()])
+            full = {k: v for k, v in row.items() if k != "id"}
+            full.update(input=_dump(row["input"]), output=_dump(row["output"]),
+                        created_at=row.get("created_at") or now)
+            (inserted,) = tx.query(f"INSERT INTO feedback ({', '.join(full)}) VALUES ({', '.join('?' * len(full))}) "
+                                   "RETURNING id", [clean_text(v) for v in full.values()])
+            row["id"] = int(inserted["id"])
+    LABELS_GENERATION[0] += 1
     return len(rows)
 
 
