@@ -90,6 +90,42 @@ def agreement_svg(report: Report, width: int = 880) -> str:
     return "".join(parts)
 
 
+TRUST_COLOURS = {"reference": "#4e79a7", "verified": "#59a14f", "labelled": "#b07aa1", "unverified": "#e15759"}
+
+
+def served_svg(report: Report, width: int = 880) -> str:
+    """One stacked bar per step: the share of its answers served at each trust level (unverified
+    in red), labelled with the share nobody checked and the sources that served it."""
+    rows = report.served
+    if not rows:
+        return '<p class="empty">No answers yet.</p>'
+    left, bar_h, gap = 260, 18, 12
+    height = 40 + len(rows) * (bar_h + gap)
+    scale = width - left - 220
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="answers by trust level per step">']
+    for j, (level, colour) in enumerate(TRUST_COLOURS.items()):
+        parts.append(f'<rect x="{left + j * 110}" y="4" width="12" height="12" fill="{colour}"/>'
+                     f'<text x="{left + j * 110 + 16}" y="14" font-size="12">{level}</text>')
+    for i, r in enumerate(rows):
+        y = 26 + i * (bar_h + gap)
+        x = float(left)
+        label = f"{r['workflow']}/{r['step_id']} ({r['answers']})"
+        parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end" font-size="12">{escape(label)}</text>')
+        for level, colour in TRUST_COLOURS.items():
+            share = r["trust_share"][level]
+            if share <= 0:
+                continue
+            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{scale * share:.1f}" height="{bar_h}" fill="{colour}">'
+                         f'<title>{escape(level)}: {r["trust"][level]} ({share:.1%})</title></rect>')
+            x += scale * share
+        sources = ", ".join(f"{k} {v:.0%}" for k, v in r["source_share"].items() if v > 0)
+        parts.append(f'<text x="{left + scale + 8}" y="{y + 13}" font-size="12">unverified '
+                     f'{r["trust_share"]["unverified"]:.1%} · {escape(sources)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render_html(report: Report) -> str:
     t = report.totals
     flt = report.filter
@@ -123,6 +159,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 <span>fallbacks <b>{int(t.get('fallbacks', 0))}</b></span><span>escalations <b>{int(t.get('escalations', 0))}</b></span></p>
 <h2>Cost by source over time (per {escape(report.bucket)})</h2>
 {chart_svg(report)}
+<h2>Answers by trust level and source, per step</h2>
+{served_svg(report)}
 <h2>Agreement of cheap tiers with the reference</h2>
 {agreement_svg(report)}
 {''.join(sections)}

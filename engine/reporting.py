@@ -10,6 +10,9 @@ answer: reference, verified, labelled, unverified; see `engine.quality.trust`), 
 any run tag. The timeline (cost by source per day, or
 per hour over short ranges) feeds the chart of `engine report --html`.
 
+`served` says, per step, what share of the answers was served at each trust level and by each
+source (llm, cache, lookup, script, classifier, label): how much of the traffic nobody checked.
+
 Reference checks of cheap tiers (and spot checks, and judge calls) are real spend that served no
 step: they are summed apart, as the source "quality checks" and `totals["quality_checks_cost"]`,
 and `quality` holds each step and tier's agreement with the reference (`engine quality`).
@@ -76,6 +79,8 @@ class Report:
     """day | hour"""
     quality: list[dict[str, Any]] = field(default_factory=list)
     """Per step and tier: sampled, agreed, agreement, Wilson bounds, state (engine.quality.report)."""
+    served: list[dict[str, Any]] = field(default_factory=list)
+    """Per step: answers by trust level and by source (`served_shares`): how much nobody checked."""
 
     @property
     def runs(self) -> int:
@@ -83,7 +88,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"filter": vars(self.filter), "totals": self.totals, "groups": self.groups,
-                "timeline": self.timeline, "bucket": self.bucket, "quality": self.quality}
+                "timeline": self.timeline, "bucket": self.bucket, "quality": self.quality, "served": self.served}
 
 
 def _source(row: dict[str, Any]) -> str:
@@ -163,7 +168,38 @@ def build_report(store: Any, flt: ReportFilter | None = None, by: tuple[str, ...
     quality = quality_rows(store, workflow=flt.workflow, step_id=flt.step)
     return Report(flt, dict(totals), out_groups,
                   [{"bucket": b, "source": s, "cost": c} for (b, s), c in sorted(timeline.items())], bucket,
-                  quality)
+                  quality, served_shares(rows))
+
+
+TRUST_LEVELS = ("reference", "verified", "labelled", "unverified")
+SOURCES = ("llm", "cache", "lookup", "script", "classifier", "label")
+
+
+def served_shares(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (workflow, step) of answered llm steps: how many answers were served at each trust level
+    (`trust`: counts, `trust_share`: shares) and by each source (`source`, `source_share`), so a
+    glance tells how much of the traffic nobody checked. An answer with no trust recorded counts
+    as unverified."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        entry = table.setdefault((row["workflow"], row["step_id"]), {
+            "workflow": row["workflow"], "step_id": row["step_id"], "answers": 0,
+            "trust": dict.fromkeys(TRUST_LEVELS, 0), "source": dict.fromkeys(SOURCES, 0)})
+        entry["answers"] += 1
+        trust = row.get("trust") if row.get("trust") in TRUST_LEVELS else "unverified"
+        entry["trust"][trust] += 1
+        source = row.get("served_by") or "llm"
+        entry["source"][source] = entry["source"].get(source, 0) + 1
+    out = []
+    for key in sorted(table):
+        entry = table[key]
+        n = entry["answers"]
+        entry["trust_share"] = {k: v / n for k, v in entry["trust"].items()}
+        entry["source_share"] = {k: v / n for k, v in entry["source"].items()}
+        out.append(entry)
+    return out
 
 
 def _parse(stamp: str) -> datetime:

@@ -69,5 +69,15 @@ def report_cmd(workflow: str | None, step: str | None, since: str | None, until:
                           f"{q['disagreement_low']:.1%} – {q['disagreement_high']:.1%}" if q["sampled"] else "-",
                           str(q["skipped"]), q["state"])
         console.print(table)
+    if report.served:
+        table = Table(title="answers by trust level and source (how much nobody checked)", title_justify="left",
+                      show_edge=False)
+        for col in ("step", "answers", "reference", "verified", "labelled", "unverified", "sources"):
+            table.add_column(col, justify="left" if col in ("step", "sources") else "right")
+        for r in report.served:
+            table.add_row(f"{r['workflow']}/{r['step_id']}", str(r["answers"]),
+                          *[f"{r['trust_share'][k]:.1%}" for k in ("reference", "verified", "labelled", "unverified")],
+                          ", ".join(f"{k} {v:.1%}" for k, v in r["source_share"].items() if v > 0))
+        console.print(table)
     if html_path is not None:
         console.print(f"wrote {html_path}")

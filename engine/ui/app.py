@@ -125,7 +125,7 @@ def mount(app: FastAPI, console: Console) -> FastAPI:
     from engine.quality.feedback import FeedbackError, give_feedback
     from engine.quality.queue import recent_labels, review_queue
     from engine.reporting import ReportFilter, build_report
-    from engine.report_html import agreement_svg, chart_svg
+    from engine.report_html import agreement_svg, chart_svg, served_svg
 
     store = console.store
 
@@ -294,6 +294,7 @@ def mount(app: FastAPI, console: Console) -> FastAPI:
             return console.error(request, 422, str(e))
         return console.page(request, "quality.html", title="quality and cost", report=report,
                             rows=report.quality, chart=chart_svg(report),
-                            agreement=agreement_svg(report), workflow=workflow, since=since, page_name="quality")
+                            agreement=agreement_svg(report), served=served_svg(report), workflow=workflow,
+                            since=since, page_name="quality")
 
     return app
