@@ -199,3 +199,35 @@ def test_served_lookup_repeats_give_the_same_answer_and_baseline(label_wf, label
     assert served[2].step("classify").baseline_cost > baseline
     miss = run_workflow(path, {"text": "unseen text"})
     assert miss.step("classify").served_by == "llm" and len(labeller.requests) == before + 1
+
+
+def test_lookup_answers_are_copies(label_wf, labeller, store):
+    """A caller that changes the answer a lookup served changes nothing in the table."""
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    first = run_workflow(path, {"text": "hi"})
+    assert first.step("classify").served_by == "lookup" and first.step("classify").trust == "verified"
+    first.outputs["classify"]["label"] = "mutated"
+    first.step("classify").output["label"] = "mutated"
+    again = run_workflow(path, {"text": "hi"})
+    assert again.step("classify").served_by == "lookup" and again.outputs == {"classify": {"label": "short"}}
+
+
+def test_a_label_corrects_a_lookup_row(label_wf, labeller, store):
+    """A person's label that contradicts an accepted lookup row is served instead of the row, and
+    counted once as a disagreeing `label` check of the artifact."""
+    from engine.quality.feedback import give_feedback
+
+    path = label_wf()
+    promotion = _accepted_lookup(path, store)
+    review.accept(store, promotion.id)
+    served = run_workflow(path, {"text": "hi"})
+    assert served.outputs == {"classify": {"label": "short"}}
+    give_feedback(store, served.run_id, "classify", output={"label": "long"})
+    for _ in range(2):
+        corrected = run_workflow(path, {"text": "hi"})
+        assert corrected.outputs == {"classify": {"label": "long"}}
+        assert corrected.step("classify").served_by == "label" and corrected.step("classify").trust == "labelled"
+    assert promotion_store.check_stats(store, promotion.id)["label"] == {"checks": 1, "agree": 0}
+    assert run_workflow(path, {"text": "hello there"}).step("classify").served_by == "lookup"  # other rows serve

@@ -111,3 +111,26 @@ def test_cache_hits_show_as_their_own_source_with_a_baseline(project, fake):
     report = build_report(open_store(load_config().store_path()), by=["source"])
     rows = {r["key"]: r for r in report.groups["source"]}
     assert rows["cache"]["cost"] == 0 and rows["cache"]["baseline_cost"] > 0 and rows["cache"]["calls"] == 0
+
+
+def test_answers_by_trust_level_and_source(project, fake, tmp_path):
+    """Per step: the share of answers served at each trust level and by each source."""
+    wf = project(WORKFLOW.replace("cache: false", "cache: true"), config=CONFIG)
+    fake.enqueue({"label": "ham"})                 # standard answers: unverified
+    run_workflow(wf, {"text": "one"})
+    run_workflow(wf, {"text": "one"})              # a cache hit of that unverified entry
+    fake.enqueue("junk", {"label": "spam"})        # escalates: the reference answers
+    run_workflow(wf, {"text": "two"})
+    report = build_report(open_store(load_config().store_path()))
+    (served,) = report.served
+    assert served["answers"] == 3
+    assert served["trust"] == {"reference": 1, "verified": 0, "labelled": 0, "unverified": 2}
+    assert served["source"]["llm"] == 2 and served["source"]["cache"] == 1
+    assert served["trust_share"]["unverified"] == pytest.approx(2 / 3)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["report"]).output
+    assert "how much nobody checked" in out and "66.7%" in out
+    html = tmp_path / "r.html"
+    runner.invoke(cli, ["report", "--html", str(html)])
+    page = html.read_text()
+    assert "Answers by trust level and source" in page and "unverified 66.7%" in page

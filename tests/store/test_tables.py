@@ -155,3 +155,56 @@ def test_provider_batch_ledger(store):
     ledger.mark_fallback("c2", "expired")
     assert ledger.counts() == {"succeeded": 1, "expired": 1}
     assert sorted(ledger.job_custom_ids(job)) == ["c1", "c2"]
+
+
+def test_cache_entries_settle(store):
+    """Provenance columns and the settling reads and writes, on both backends."""
+    base = {"workflow": "wf", "step_id": "s", "prompt_hash": "p", "schema_hash": "k", "model_key": "m",
+            "input": '"a"', "created": 1.0, "created_at": _now(), "hits": 0, "input_hash": "h1", "tier": "local"}
+    one = cache.put_entry(store, {**base, "namespace": "n1", "input_key": "a", "answer_key": "spam",
+                                  "output": '{"l": "spam"}', "trust": "unverified"})
+    two = cache.put_entry(store, {**base, "namespace": "n2", "input_key": "a", "answer_key": "spam",
+                                  "output": '{"l": "spam"}', "trust": "unverified", "tenant": "t2"})
+    copy = cache.put_entry(store, {**base, "namespace": "n1", "input_key": "b", "answer_key": "spam",
+                                   "output": '{"l": "spam"}', "trust": "unverified", "input_hash": "h2",
+                                   "source_entry": one})
+    found = cache.entries_for(store, "wf", "s", "p", "k", "h1")
+    assert sorted(r["id"] for r in found) == [one, two] and {r["trust"] for r in found} == {"unverified"}
+    assert len(cache.entries_for(store, "wf", "s", None, "k", "h1")) == 2  # any prompt (labels)
+    assert cache.settle_entry(store, one, trust="reference", settled_by="check:7", output='{"l": "ham"}',
+                              answer_key="ham", tier="premium", provider="fake", model="large")
+    row = cache.entry_by_id(store, one)
+    assert (row["trust"], row["settled_by"], row["answer_key"], row["tier"]) == ("reference", "check:7", "ham", "premium")
+    # a check never overwrites what is already trusted; a label does
+    assert not cache.settle_entry(store, one, trust="verified", settled_by="check:8")
+    assert cache.settle_entry(store, one, trust="labelled", settled_by="label:1", only_unverified=False)
+    gone = cache.delete_copies_of(store, [one])
+    assert [g["id"] for g in gone] == [copy] and cache.entry_by_id(store, copy) is None
+    counts = {(r["trust"], r["n"]) for r in cache.trust_counts(store, "wf")}
+    assert counts == {("labelled", 1), ("unverified", 1)}
+    cache.record_lookup(store, run_id="r1", workflow="wf", step_id="s", tenant=None, kind="exact", outcome="hit",
+                        entry_id=two, similarity=None, tokens_saved=1, cost_saved=0.1, hit=True, trust="unverified")
+    cache.record_lookup(store, run_id="r2", workflow="wf", step_id="s", tenant=None, kind="exact",
+                        outcome="untrusted", entry_id=two, similarity=None, tokens_saved=0, cost_saved=0.0, hit=False,
+                        trust="unverified")
+    (events,) = cache.event_counts(store, "wf")
+    assert events["unverified_hits"] == 1 and events["bypassed"] == 1
+    (hit,) = cache.hits(store, run_id="r1")
+    assert hit["trust"] == "unverified" and hit["entry_trust"] == "unverified" and hit["entry_tier"] == "local"
+
+
+def test_check_queue_and_verdict_times(store):
+    quality.save_queue(store, [{"process": "h:1", "workflow": "wf", "step_id": "s", "submitted": 5, "dropped": 2,
+                                "pending": 1, "peak": 3}])
+    quality.save_queue(store, [{"process": "h:1", "workflow": "wf", "step_id": "s", "submitted": 6, "dropped": 2,
+                                "pending": 0, "peak": 3}])
+    (row,) = quality.queue_rows(store, "wf")
+    assert (row["submitted"], row["dropped"], row["pending"], row["peak"]) == (6, 2, 0, 3)
+    quality.record_check(store, workflow="wf", step_id="s", tier="local", model="m", run_id="r", input_hash="h",
+                         mode="background", status="agree", served=True, confidence=None, cheap_output={"a": 1},
+                         reference_output={"a": 1}, reference_tier="premium", cost=0.0, verdict_ms=12.5)
+    assert [r["verdict_ms"] for r in quality.verdict_times(store, "wf")] == [12.5]
+    quality.set_state(store, "wf", "s", "local", quality.ESCALATED, "disagreed")
+    escalated = quality.get_state(store, "wf", "s", "local")["escalated_at"]
+    quality.set_state(store, "wf", "s", "local", quality.PROBATION, "cool-off over")
+    assert escalated and quality.get_state(store, "wf", "s", "local")["escalated_at"] == escalated
