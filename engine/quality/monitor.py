@@ -5,9 +5,10 @@ States per (workflow, step, tier), kept in the store so every process sees them:
     active      used; a share `sample` of its valid answers is re-asked of the reference
     escalated   the Wilson lower bound of its disagreement passed `max_disagreement`: the step
                 escalates straight past it (logged in quality_events)
-    probation   after the cool-off (`cooloff` seconds or `cooloff_runs` runs of the step) or
-                `engine quality reset`: used again, sampled at `probation_sample`; back to active
-                after `probation_checks` checks without passing the bound, else escalated again
+    probation   after the cool-off (`cooloff` seconds or `cooloff_runs` runs of the step, doubled
+                for each escalation since the tier last passed probation) or `engine quality
+                reset`: used again, sampled at `probation_sample`; back to active after
+                `probation_checks` checks without passing the bound, else escalated again
 Only checks of answers that were served count toward disagreement (answers escalated for low
 confidence are compared too, for calibration, but were never returned).
 
@@ -67,6 +68,8 @@ class Monitor:
         self._states: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         self._thresholds: dict[tuple[str, str, str], tuple[int, float]] = {}
         self._lock = threading.Lock()
+        self._moves = 0
+        """State moves made by this process: a read that raced one is not cached."""
 
     # --- states ---------------------------------------------------------------------------------
 
@@ -78,26 +81,35 @@ class Monitor:
         if cached is not None and now - cached[0] < _STATE_TTL:
             row = cached[1]
         else:
+            with self._lock:
+                moves = self._moves
             row = quality_store.get_state(self.store, workflow, step_id, tier)
             with self._lock:
-                self._states[key] = (now, row)
+                if self._moves == moves:  # a move in between: this read may be stale, don't keep it
+                    self._states[key] = (now, row)
         if row["state"] == ESCALATED and self._cooled_off(row, policy):
             self._move(workflow, step_id, tier, PROBATION, "cool-off over: tried again under heavier sampling")
             return self.state(workflow, step_id, tier, policy)
         return row
 
     def _cooled_off(self, row: dict[str, Any], policy: QualityPolicy) -> bool:
+        """The cool-off is over: `cooloff` seconds or `cooloff_runs` runs, doubled for every
+        escalation since the tier last passed probation (a tier that keeps failing is tried less
+        and less often)."""
         since = row.get("since")
         if not since:
             return True
+        factor = 2 ** min(max(int(row.get("strikes") or 1), 1) - 1, 16)
         elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds()
-        if elapsed >= policy.cooloff:
+        if elapsed >= policy.cooloff * factor:
             return True
-        return quality_store.step_runs_since(self.store, row["workflow"], row["step_id"], since) >= policy.cooloff_runs
+        runs = quality_store.step_runs_since(self.store, row["workflow"], row["step_id"], since)
+        return runs >= policy.cooloff_runs * factor
 
     def _move(self, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
         quality_store.set_state(self.store, workflow, step_id, tier, state, reason)
         with self._lock:
+            self._moves += 1
             self._states.pop((workflow, step_id, tier), None)
             self._thresholds.pop((workflow, step_id, tier), None)
 

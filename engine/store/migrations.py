@@ -252,7 +252,8 @@ def m080(db: sqlite_utils.Database) -> None:
     settled it (`check:<id>`, `label:<id>`), the input hash of the call that wrote it (labels and
     checks find entries by it), and for an exact copy left by a semantic hit the entry it copied.
     `quality_checks.verdict_ms`: time from the answer to its verdict. `quality_state.escalated_at`:
-    when the tier was last escalated past (its unverified cache entries from before are not served).
+    when the tier was last escalated past (its unverified cache entries from before are not served);
+    `strikes`: escalations since the tier last passed probation (each doubles the cool-off).
     `check_queue`: per process and step, checks queued, dropped and the queue's peak."""
     entries = db.table("cache_entries")
     entries.add_column("trust", str)
@@ -264,6 +265,7 @@ def m080(db: sqlite_utils.Database) -> None:
     db.table("cache_events").add_column("trust", str)
     db.table("quality_checks").add_column("verdict_ms", float)
     db.table("quality_state").add_column("escalated_at", str)
+    db.table("quality_state").add_column("strikes", int)
     db.table("check_queue").create(
         {"process": str, "workflow": str, "step_id": str, "submitted": int, "dropped": int, "pending": int,
          "peak": int, "updated_at": str},

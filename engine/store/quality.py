@@ -110,7 +110,8 @@ def get_state(store: Any, workflow: str, step_id: str, tier: str) -> dict[str, A
     rows = store.query("SELECT * FROM quality_state WHERE workflow = ? AND step_id = ? AND tier = ?",
                        [workflow, step_id, tier])
     return rows[0] if rows else {"workflow": workflow, "step_id": step_id, "tier": tier, "state": ACTIVE,
-                                 "since": None, "epoch_check_id": 0, "reason": None, "escalated_at": None}
+                                 "since": None, "epoch_check_id": 0, "reason": None, "escalated_at": None,
+                                 "strikes": 0}
 
 
 def all_states(store: Any) -> list[dict[str, Any]]:
@@ -126,11 +127,13 @@ def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, re
         escalated = now if state == ESCALATED else None
         tx.execute(
             "INSERT INTO quality_state (workflow, step_id, tier, state, since, epoch_check_id, reason, updated_at, "
-            "escalated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, step_id, tier) DO UPDATE SET "
-            "state = excluded.state, since = excluded.since, epoch_check_id = excluded.epoch_check_id, "
+            "escalated_at, strikes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, step_id, tier) "
+            "DO UPDATE SET state = excluded.state, since = excluded.since, epoch_check_id = excluded.epoch_check_id, "
             "reason = excluded.reason, updated_at = excluded.updated_at, "
-            "escalated_at = COALESCE(excluded.escalated_at, quality_state.escalated_at)",
-            [workflow, step_id, tier, state, now, epoch, reason, now, escalated])
+            "escalated_at = COALESCE(excluded.escalated_at, quality_state.escalated_at), "
+            "strikes = CASE WHEN excluded.state = 'escalated' THEN COALESCE(quality_state.strikes, 0) + 1 "
+            "WHEN excluded.state = 'active' THEN 0 ELSE COALESCE(quality_state.strikes, 0) END",
+            [workflow, step_id, tier, state, now, epoch, reason, now, escalated, 1 if state == ESCALATED else 0])
     add_event(store, workflow, step_id, tier, state, reason)
 
 

@@ -179,6 +179,30 @@ def test_cool_off_then_probation_then_active(triage_wf, tiers, store, monkeypatc
     assert [e["event"] for e in quality_store.events(store)] == ["escalated", "probation", "active"]
 
 
+def test_the_cool_off_doubles_for_a_tier_that_fails_probation(triage_wf, tiers, store, monkeypatch):
+    """A tier escalated again straight out of probation waits twice as long before the next try."""
+    path = triage_wf("      quality: {sample: 1.0, cooloff_runs: 3}")
+    monkeypatch.setattr(monitor, "_STATE_TTL", 0.0)
+    for text in ["hello", "refund please", "hello", "refund please", "hello"]:
+        run_workflow(path, {"text": text}, inline_checks=True)
+    state = quality_store.get_state(store, "triage", "classify", "local")
+    assert state["state"] == "escalated" and state["strikes"] == 1
+    runs = 0
+    while quality_store.get_state(store, "triage", "classify", "local")["state"] == "escalated":
+        run_workflow(path, {"text": "hello"}, inline_checks=True)
+        runs += 1
+    first_wait = runs
+    while quality_store.get_state(store, "triage", "classify", "local")["state"] != "escalated":
+        run_workflow(path, {"text": "hello"}, inline_checks=True)  # probation: still wrong
+    assert quality_store.get_state(store, "triage", "classify", "local")["strikes"] == 2
+    cheap = tiers.calls["small"]
+    for _ in range(first_wait + 2):  # 3 runs cooled it off the first time; now 6 are needed
+        run_workflow(path, {"text": "hello"}, inline_checks=True)
+    assert quality_store.get_state(store, "triage", "classify", "local")["state"] == "escalated"
+    assert tiers.calls["small"] == cheap  # never asked while cooling off
+    assert [e["event"] for e in quality_store.events(store)] == ["escalated", "probation", "escalated"]
+
+
 def test_quality_reset(triage_wf, tiers, store):
     path = triage_wf("      quality: {sample: 1.0}")
     for text in ["hello", "refund please"] * 3:
