@@ -1,7 +1,10 @@
 """The llm step's cascade under its quality policy: which tiers to ask, and checking a cheap
 tier's answer against the reference.
 
-    1. tiers the monitor escalated past are skipped (logged as `skipped`, reason `quality`);
+    1. tiers the monitor escalated past are skipped (logged as `skipped`, reason `quality`); a tier
+       on probation answers only a sampled share `probation_sample` of requests, and each of its
+       answers is checked inline before it is served (a disagreement serves the reference's
+       answer), so a tier that failed serves nothing unchecked until it passes probation;
     2. the tiers answer (`ask_tiers`), a monitored tier's low-confidence answer escalating;
     3. the answer is logged with its trust: `reference` from the reference tier, else `unverified`;
     4. low-confidence answers that the reference then answered are compared for free (calibration);
@@ -25,6 +28,7 @@ from engine.errors import EngineError, StepError
 from engine.quality.compare import answers_agree
 from engine.quality.checkqueue import CheckJob
 from engine.quality.monitor import Monitor, monitor_for, sampled
+from engine.store.quality import PROBATION
 from engine.quality.spec import QualityPolicy, resolve_policy
 from engine.quality.trust import REFERENCE, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
@@ -60,8 +64,17 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
     wf, step = ctx.workflow.name, ctx.step_id
     skipped: list[str] = []
     tiers = list(policy.chain)
+    probation: set[str] = set()
     if monitor is not None:
         tiers, skipped = monitor.usable_tiers(wf, step, policy)
+        for tier in [t for t in tiers if policy.monitored(t)]:
+            if monitor.state(wf, step, tier, policy)["state"] != PROBATION:
+                continue
+            if sampled(monitor.sample_rate(wf, step, tier, policy)):
+                probation.add(tier)  # it answers, and the answer is checked before it is served
+            else:
+                tiers.remove(tier)
+                skipped.append(tier)
     threshold = (lambda tier: monitor.threshold(wf, step, tier, policy)) if monitor is not None else (
         lambda tier: float(policy.min_confidence) if isinstance(policy.min_confidence, (int, float)) else 1.01)
     try:
@@ -73,6 +86,10 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
     outcome.attempts[:0] = [_skip_note(t) for t in skipped]
     if monitor is None:
         return outcome
+    if outcome.tier in probation:  # a tier on probation serves nothing unchecked
+        return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True,
+                                       settlers=[s for s in ctx.servers if hasattr(s, "settle")],
+                                       answered_at=time.time()))
     if outcome.tier == policy.reference:
         for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
             agree = answers_agree(policy, low["output"], outcome.output, _judge(ctx, policy, call))
@@ -119,7 +136,8 @@ def _maybe_check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor
 
 def _skip_note(tier: str) -> dict[str, Any]:
     return {"tier": tier, "provider": None, "model": None, "attempt": 0, "outcome": "skipped", "reason": "quality",
-            "error": f"tier '{tier}' is escalated past by the quality monitor (engine quality)"}
+            "error": f"tier '{tier}' is escalated past or on probation (not sampled) by the quality monitor "
+                     f"(engine quality)"}
 
 
 def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,

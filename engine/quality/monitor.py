@@ -7,7 +7,8 @@ States per (workflow, step, tier), kept in the store so every process sees them:
                 escalates straight past it (logged in quality_events)
     probation   after the cool-off (`cooloff` seconds or `cooloff_runs` runs of the step, doubled
                 for each escalation since the tier last passed probation) or `engine quality
-                reset`: used again, sampled at `probation_sample`; back to active after
+                reset`: tried again on a share `probation_sample` of requests, each answer
+                checked inline before it is served (the rest skip the tier); back to active after
                 `probation_checks` checks without passing the bound, else escalated again
 Only checks of answers that were served count toward disagreement (answers escalated for low
 confidence are compared too, for calibration, but were never returned).

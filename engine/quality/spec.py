@@ -12,8 +12,8 @@ Set once for every step in `engine.yaml` (top-level `quality:`) and per llm step
       min_confidence: auto        # a number in [0, 1], or auto (calibrated to target_agreement)
       target_agreement: 0.98
       compare: [intent]           # fields that must match; or {fields, semantic: 0.9, judge: TIER}
-      check_concurrency: 8        # background checks running at once (async, per process)
-      max_pending: 1000           # checks queued at most; past it one is dropped (counted), never waited for
+      check_concurrency: 64       # background checks running at once (async, per process)
+      max_pending: 10000          # checks queued at most; past it one is dropped (counted), never waited for
 
 `QualityPolicy` is the resolved, defaulted form the llm step and the monitor use.
 """
@@ -100,7 +100,7 @@ class QualitySpec(BaseModel):
 DEFAULTS: dict[str, Any] = {
     "sample": 0.05, "max_disagreement": 0.03, "target_agreement": 0.98, "min_checks": 5,
     "confidence": 0.95, "cooloff": 3600.0, "cooloff_runs": 1000, "probation_sample": 0.5,
-    "probation_checks": 20, "calibration_min": 30, "check_concurrency": 8, "max_pending": 1000,
+    "probation_checks": 20, "calibration_min": 30, "check_concurrency": 64, "max_pending": 10000,
 }
 
 

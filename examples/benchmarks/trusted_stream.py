@@ -13,7 +13,8 @@ Reported per setting:
   - answers right over the minute and over its first 10 s;
   - runs served by the cheap tier (live or from its cache entries) after the Wilson lower bound
     of its checked disagreement first passed `max_disagreement` (computed from the check log, so
-    the same definition holds for any revision);
+    the same definition holds for any revision), of them unverified, and the wrong answers served
+    after that moment;
   - time from the first wrong cheap answer served, and from the first disagreeing verdict, to the
     escalation;
   - the check queue's peak, dropped checks, what was still pending at the end, and the process's
@@ -150,7 +151,8 @@ async def stream(engine: Any, wf: Any, texts: list[tuple[int, str]], rate: float
         step = r.steps[0] if r.steps else None
         results.append({"t": started, "item": item, "ok": r.ok,
                         "answer": (r.outputs.get("classify") or {}).get("intent") if r.ok else None,
-                        "served_by": step.served_by if step else None, "tier": step.tier if step else None})
+                        "served_by": step.served_by if step else None, "tier": step.tier if step else None,
+                        "trust": step.trust if step else None})
 
     tasks = []
     began = time.perf_counter()
@@ -216,7 +218,11 @@ def measure(name: str, cache: Any, args: argparse.Namespace) -> dict[str, Any]:
     escalated_at = epoch(escalations[0]["created_at"]) if escalations else None
     first_disagree = next((epoch(c["created_at"]) for c in checks if c["status"] == "disagree"), None)
     wrong_cheap = [r["t"] for r, ok in zip(results, right) if r["tier"] == "cheap" and not ok]
-    cheap_after = sum(1 for r in results if passed_at is not None and r["t"] > passed_at and r["tier"] == "cheap")
+    after = [(r, ok) for r, ok in zip(results, right) if passed_at is not None and r["t"] > passed_at]
+    cheap_after = sum(1 for r, _ in after if r["tier"] == "cheap")
+    cheap_unverified_after = sum(1 for r, _ in after if r["tier"] == "cheap" and r["trust"] in (None, "unverified"))
+    wrong_after = sum(1 for _, ok in after if not ok)
+    probations = store.query("SELECT COUNT(*) AS n FROM quality_events WHERE event = 'probation'")[0]["n"]
     rss = {f"rss_mb_at_{s}s": next((m for t, _, m in samples if t - t0 >= s), samples[-1][2] if samples else None)
            for s in (10, 30, int(args.seconds))}
     try:
@@ -233,7 +239,8 @@ def measure(name: str, cache: Any, args: argparse.Namespace) -> dict[str, Any]:
     row = {
         "setting": name, "runs": len(results), "seconds": round(elapsed, 1), "rate": round(len(results) / elapsed, 1),
         "right": sum(right) / len(right), "right_first_10s": sum(first10) / max(1, len(first10)),
-        "cheap_served_after_bound": cheap_after,
+        "cheap_served_after_bound": cheap_after, "cheap_unverified_after_bound": cheap_unverified_after,
+        "wrong_after_bound": wrong_after, "probations": probations,
         "escalation_after_first_wrong_s": None if escalated_at is None or not wrong_cheap else escalated_at - min(wrong_cheap),
         "escalation_after_first_disagreement_s": None if escalated_at is None or first_disagree is None else escalated_at - first_disagree,
         "bound_passed": passed_at is not None, "escalated": escalated_at is not None,
@@ -275,13 +282,14 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"{args.seconds:.0f} s at {args.rate:.0f} runs/s ({args.label or 'this checkout'})")
-    for col in ("setting", "runs/s", "right", "first 10 s", "cheap after bound", "escalation after 1st wrong",
-                "queue peak", "dropped", "pending at end", "RSS 10/30/60 s"):
+    for col in ("setting", "runs/s", "right", "first 10 s", "cheap after bound (unverified)", "wrong after bound",
+                "escalation after 1st wrong", "queue peak", "dropped", "pending at end", "RSS 10/30/60 s MB"):
         table.add_column(col, justify="left" if col == "setting" else "right")
     for r in rows:
         esc = r["escalation_after_first_wrong_s"]
         table.add_row(r["setting"], f"{r['rate']:.0f}", f"{r['right']:.2%}", f"{r['right_first_10s']:.2%}",
-                      str(r["cheap_served_after_bound"]), "-" if esc is None else f"{esc:.2f} s",
+                      f"{r['cheap_served_after_bound']} ({r.get('cheap_unverified_after_bound', '-')})",
+                      str(r.get("wrong_after_bound", "-")), "-" if esc is None else f"{esc:.2f} s",
                       str(r["queue_peak_sampled"]), str(r["dropped"]), str(r["pending_at_end"]),
                       " / ".join("-" if r[k] is None else f"{r[k]:.0f}" for k in r if k.startswith("rss_mb_at_")))
     Console().print(table)
