@@ -182,3 +182,21 @@ def test_every_console_route_but_login_and_assets_needs_a_session(console):
             assert r.status_code in (303, 401), (method, url, r.status_code)
             if r.status_code == 303:
                 assert r.headers["location"] == "/ui/login"
+
+
+def test_engine_ui_takes_allowed_hosts(monkeypatch, tickets, store):
+    import uvicorn
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from engine.cli import cli
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app))
+    monkeypatch.delenv("ENGINE_SERVE_ALLOWED_HOSTS", raising=False)
+    out = CliRunner().invoke(cli, ["ui", "--allowed-host", "review.internal", "--allowed-host", "10.0.0.7"])
+    assert out.exit_code == 0, out.output
+    client = TestClient(seen["app"], base_url="http://review.internal:8000", follow_redirects=False)
+    assert client.get("/ui/queue").status_code == 200
+    assert client.get("/ui/queue", headers={"host": "10.0.0.7:8000"}).status_code == 200
+    assert client.get("/ui/queue", headers={"host": FOREIGN}).status_code == 421
