@@ -36,6 +36,7 @@ ANY_HOST = "*"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TENANT = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _PORT = re.compile(r":[0-9]{1,5}")
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})|\[[0-9a-f:.]{2,45}\]")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -123,6 +124,18 @@ def normal_host(value: str) -> str:
     return name.rstrip(".")
 
 
+def allowed_name(entry: str) -> str:
+    """An allow-list entry, checked: `*`, a host name or an IP address (a port is ignored);
+    ValueError otherwise."""
+    entry = entry.strip()
+    if entry == ANY_HOST:
+        return entry
+    name = normal_host(entry)
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"'{entry[:100]}' is not a host name or IP address (like api.example.com, 10.0.0.7, [::1])")
+    return entry
+
+
 class HostCheck:
     """Refuse a request whose Host header names another server: 421, or 400 without a Host.
     `allowed`: host names (any port); `*` allows every host."""
@@ -130,7 +143,7 @@ class HostCheck:
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = LOCAL_HOSTS):
         self.app = app
         self.any = ANY_HOST in allowed
-        self.allowed = frozenset(normal_host(h) for h in allowed if h != ANY_HOST)
+        self.allowed = frozenset(normal_host(h) for h in allowed if h.strip() and h != ANY_HOST)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or self.any:

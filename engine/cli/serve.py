@@ -22,11 +22,16 @@ def _allowed_hosts(host: str, given: tuple[str, ...]) -> tuple[str, ...]:
     """The Host allow-list: --allowed-host, else ENGINE_SERVE_ALLOWED_HOSTS (comma-separated), else
     the localhost names plus the address listened on (unless that is a wildcard)."""
     from engine.http import allowed_hosts_from
+    from engine.http_guard import allowed_name
 
-    if given:
-        return tuple(given)
-    if os.environ.get(_ALLOWED_HOSTS_ENV, "").strip():
-        return allowed_hosts_from(os.environ[_ALLOWED_HOSTS_ENV])
+    source = "--allowed-host" if given else _ALLOWED_HOSTS_ENV
+    try:
+        if given:
+            return tuple(allowed_name(h) for h in given)
+        if os.environ.get(_ALLOWED_HOSTS_ENV, "").strip():
+            return tuple(allowed_name(h) for h in allowed_hosts_from(os.environ[_ALLOWED_HOSTS_ENV]))
+    except ValueError as e:
+        raise UserError(f"{source}: {e}") from None
     if host in _WILDCARD:
         click.echo(f"warning: listening on {host or 'every address'}, but only requests for localhost names are "
                    "answered: name this server with --allowed-host (or ENGINE_SERVE_ALLOWED_HOSTS)", err=True)

@@ -268,3 +268,24 @@ def test_serve_allowed_host_option_and_environment(project, monkeypatch) -> None
     with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/workflows").status_code == 200
         assert client.get("/workflows", headers={"host": FOREIGN}).status_code == 421
+
+
+@pytest.mark.parametrize("args, env", [(["--allowed-host", "http://api.internal"], {}),
+                                       (["--allowed-host", "a b"], {}),
+                                       ([], {"ENGINE_SERVE_ALLOWED_HOSTS": "ok.internal,x/y"})])
+def test_a_bad_allowed_host_is_one_clear_error(project, monkeypatch, args, env) -> None:
+    import uvicorn
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("served despite a bad --allowed-host"))
+    monkeypatch.delenv("ENGINE_SERVE_ALLOWED_HOSTS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = project(WORKFLOW, files=HELPERS)
+    result = CliRunner().invoke(cli, ["serve", str(path), *args])
+    assert result.exit_code == 2, result.output
+    assert "is not a host name or IP address" in result.output and "Traceback" not in result.output
+    assert ("--allowed-host" if args else "ENGINE_SERVE_ALLOWED_HOSTS") in result.output
