@@ -5,10 +5,13 @@
                                  200 when the run succeeded, 500 with the same body when it
                                  failed, 422 when the inputs fail the workflow's input schemas,
                                  400 for a malformed body or tenant, 413 for a body over the limit,
-                                 401 without the bearer token (when ENGINE_SERVE_TOKEN is set)
+                                 422 for one nesting over 64 levels, 415 for a body that is not
+                                 application/json, 401 without the bearer token (when
+                                 ENGINE_SERVE_TOKEN is set), 421 for a Host not allowed
     POST /feedback               {run_id, step, ok: true} or {run_id, step, output}: a person's
                                  verdict on a run's llm step (404 unknown run or step, 422 an
-                                 output that fails the step's schema; nothing written then)
+                                 output that fails the step's schema; nothing written then;
+                                 403 under `read_only`)
 
     GET  /ui/...                 the review console (`engine serve --ui`; see engine.ui)
 
@@ -48,15 +51,30 @@ def app_from_env() -> Any:
     workflows: list[str | Path] = [w for w in os.environ["ENGINE_SERVE_WORKFLOWS"].split(os.pathsep) if w]
     return create_app(Engine(), workflows, max_body=int(os.environ["ENGINE_SERVE_MAX_BODY"]),
                       token=os.environ.get("ENGINE_SERVE_TOKEN") or None,
-                      tenant_header=os.environ["ENGINE_SERVE_TENANT_HEADER"])
+                      tenant_header=os.environ["ENGINE_SERVE_TENANT_HEADER"],
+                      allowed_hosts=allowed_hosts_from(os.environ.get(ALLOWED_HOSTS_ENV, "")),
+                      read_only=os.environ.get("ENGINE_SERVE_READ_ONLY") == "1")
+
+
+ALLOWED_HOSTS_ENV = "ENGINE_SERVE_ALLOWED_HOSTS"
+
+
+def allowed_hosts_from(value: str) -> tuple[str, ...]:
+    """The Host allow-list from a comma-separated list (ENGINE_SERVE_ALLOWED_HOSTS): the localhost
+    names when empty."""
+    hosts = tuple(h.strip() for h in value.split(",") if h.strip())
+    return hosts or http_guard.LOCAL_HOSTS
 
 
 def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,
                token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER,
-               console_store: Any = None, read_only: bool = False) -> Any:
+               console_store: Any = None, read_only: bool = False,
+               allowed_hosts: tuple[str, ...] = http_guard.LOCAL_HOSTS) -> Any:
     """The app; `max_body` bytes per request (413 above), `token` required as a bearer token
-    when given, the tenant read from `tenant_header`. With `console_store`, the review console
-    (engine.ui) is served under /ui over that store (`read_only`: no action can change anything)."""
+    when given, the tenant read from `tenant_header`, the Host header one of `allowed_hosts`
+    (names, any port; `*`: any). With `console_store`, the review console (engine.ui) is served
+    under /ui over that store. `read_only`: nothing can be written (feedback and every console
+    action are refused with 403); workflows still run."""
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.responses import JSONResponse
@@ -64,13 +82,13 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
         raise UserError("engine serve needs FastAPI and uvicorn: pip install 'engine[serve]'") from e
 
     app = FastAPI(title="engine", description="Workflows over HTTP: JSON in, JSON out.")
-    auth: dict[str, Any] = {}
+    exempt: tuple[str, ...] = ()
     if console_store is not None:
-        from engine.ui import add_console, auth_options
+        from engine.ui import PREFIX, add_console
 
-        auth = auth_options()
+        exempt = (PREFIX + "/",)  # the console checks the token (or its session) and CSRF itself
         add_console(app, console_store, read_only=read_only, token=token)
-    http_guard.install(app, max_body=max_body, token=token, **auth)
+    http_guard.install(app, max_body=max_body, token=token, allowed_hosts=allowed_hosts, exempt=exempt)
     loaded = [engine.load(w) for w in workflows]
 
     @app.get("/workflows")
@@ -90,10 +108,12 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
 
         from engine.quality.feedback import FeedbackError
 
+        if read_only:
+            raise HTTPException(status_code=403, detail="this server is read-only (--read-only): no feedback")
         try:
             body = http_guard.parse_body(await request.body())
         except http_guard.BadRequest as e:
-            raise HTTPException(status_code=400, detail=str(e)) from None
+            raise HTTPException(status_code=e.status, detail=e.detail) from None
         if not isinstance(body, dict):
             raise HTTPException(status_code=422, detail="the body must be a JSON object")
         run_id, step = body.get("run_id"), body.get("step")

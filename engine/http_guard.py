@@ -2,14 +2,21 @@
 
 - **Body limit**: a request body over `max_body` bytes (default 1 MB) is refused with 413, from
   its Content-Length or while it streams in, before anything is parsed or stored.
+- **Host**: the `Host` header must name this server: by default a localhost name (`localhost`,
+  `127.0.0.1`, `[::1]`, any port), else 421 (400 without one). A web page whose DNS name was
+  rebound to 127.0.0.1 sends its own name, so it can neither read a page nor post to the server.
 - **Bearer token**: when a token is set (`ENGINE_SERVE_TOKEN`), every request needs
   `Authorization: Bearer <token>` (compared in constant time), else 401: an exposed port is not
-  an open LLM proxy. The review console (`/ui`, engine.ui) also accepts the session cookie its
-  login page sets after a person typed the same token.
+  an open LLM proxy. Paths under `exempt` (the review console, engine.ui) check it themselves,
+  accepting the session cookie its login page sets too.
+- **Content type**: a POST, PUT, PATCH or DELETE outside `exempt` must say `application/json`,
+  else 415, body or not: a page on another site can send `text/plain` or form bodies (and empty
+  ones) without asking the browser first, never JSON.
 - **Tenant**: read from a header (`X-Engine-Tenant` by default); at most 128 characters of
   letters, digits and `._:@-`, else 400.
-- **Bodies**: parsed as JSON at most 64 levels deep, without NaN/Infinity; lone surrogates in
-  strings become U+FFFD before anything reaches a workflow or the store.
+- **Bodies**: parsed as JSON at most 64 levels deep (422 deeper), without
+  NaN/Infinity; lone surrogates in strings become U+FFFD before anything reaches a workflow or
+  the store.
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from engine.strict_json import MAX_DEPTH
 
 DEFAULT_MAX_BODY = 1024 * 1024
 TENANT_HEADER = "X-Engine-Tenant"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+ANY_HOST = "*"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TENANT = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_PORT = re.compile(r":[0-9]{1,5}")
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})|\[[0-9a-f:.]{2,45}\]")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -95,54 +107,110 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def session_value(token: str) -> str:
-    """What the review console's session cookie holds once a person logged in with the token: a
-    digest of it, never the token itself."""
-    return hmac.new(token.encode(), b"engine-ui-session", "sha256").hexdigest()
+def normal_host(value: str) -> str:
+    """A Host header's (or an allow-list entry's) name: lower case, without port or final dot;
+    an IPv6 literal keeps its brackets (`::1` and `[::1]:8000` both give `[::1]`)."""
+    value = value.strip().lower()
+    if value.startswith("[") and "]" in value:
+        end = value.index("]") + 1
+        name, port = value[:end], value[end:]
+    elif value.count(":") > 1:  # a bare IPv6 literal (an allow-list entry)
+        name, port = f"[{value}]", ""
+    else:
+        name, colon, number = value.partition(":")
+        port = colon + number
+    if port and not _PORT.fullmatch(port):
+        return value  # not a host and port: matches no allowed name
+    return name.rstrip(".")
 
 
-def _cookie(headers: list[tuple[bytes, bytes]], name: str) -> bytes:
-    for key, value in headers:
-        if key == b"cookie":
-            for part in value.split(b";"):
-                k, _, v = part.strip().partition(b"=")
-                if k == name.encode():
-                    return v
+def allowed_name(entry: str) -> str:
+    """An allow-list entry, checked: `*`, a host name or an IP address (a port is ignored);
+    ValueError otherwise."""
+    entry = entry.strip()
+    if entry == ANY_HOST:
+        return entry
+    name = normal_host(entry)
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"'{entry[:100]}' is not a host name or IP address (like api.example.com, 10.0.0.7, [::1])")
+    return entry
+
+
+class HostCheck:
+    """Refuse a request whose Host header names another server: 421, or 400 without a Host.
+    `allowed`: host names (any port); `*` allows every host."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = LOCAL_HOSTS):
+        self.app = app
+        self.any = ANY_HOST in allowed
+        self.allowed = frozenset(normal_host(h) for h in allowed if h.strip() and h != ANY_HOST)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.any:
+            return await self.app(scope, receive, send)
+        host = next((v for k, v in scope.get("headers", []) if k == b"host"), None)
+        if host is None:
+            return await _reply(send, 400, "the request has no Host header")
+        name = normal_host(host.decode("latin-1"))
+        if name not in self.allowed:
+            return await _reply(send, 421, f"this server does not answer for the host {name[:100]!r} "
+                                           "(allowed: --allowed-host, ENGINE_SERVE_ALLOWED_HOSTS)")
+        await self.app(scope, receive, send)
+
+
+def under(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether `path` lies under one of `prefixes` (each ending in '/'; '/ui' is under '/ui/')."""
+    return bool(prefixes) and (path.startswith(prefixes) or f"{path}/" in prefixes)
+
+
+def media_type(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's Content-Type without its parameters, lower case ('' when absent)."""
+    value = next((v for k, v in headers if k == b"content-type"), b"")
+    return value.decode("latin-1").partition(";")[0].strip().lower()
+
+
+class JsonOnly:
+    """A write (POST, PUT, PATCH, DELETE) outside `exempt` needs `Content-Type: application/json`,
+    else 415 before the body is read."""
+
+    def __init__(self, app: ASGIApp, exempt: tuple[str, ...] = ()):
+        self.app = app
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope.get("method") in WRITE_METHODS
+                and not under(scope.get("path", ""), self.exempt)
+                and media_type(scope.get("headers", [])) != "application/json"):
+            return await _reply(send, 415, "the request body must be JSON (Content-Type: application/json)")
+        await self.app(scope, receive, send)
+
+
+def bearer(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header, or b''."""
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
     return b""
 
 
-class BearerAuth:
-    """Every request needs `Authorization: Bearer <token>`, or (under the review console) the
-    session cookie `cookie` that its login page sets; paths starting with one of `public` (the
-    login page, static assets) are open. A page (GET under `login_prefix`) without either is
-    redirected to `login`."""
+def token_matches(given: bytes | str, token: str) -> bool:
+    given = given.encode() if isinstance(given, str) else given
+    return hmac.compare_digest(given, token.encode())
 
-    def __init__(self, app: ASGIApp, token: str, *, cookie: str | None = None, public: tuple[str, ...] = (),
-                 login: str | None = None, login_prefix: str = "/ui"):
+
+class BearerAuth:
+    """Every request needs `Authorization: Bearer <token>`, else 401; paths starting with one of
+    `exempt` (the review console, which checks the token or its session itself) pass through."""
+
+    def __init__(self, app: ASGIApp, token: str, *, exempt: tuple[str, ...] = ()):
         self.app = app
-        self.login = login
-        self.login_prefix = login_prefix
-        self.token = token.encode()
-        self.cookie = cookie
-        self.session = session_value(token).encode()
-        self.public = public
+        self.token = token
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or under(scope.get("path", ""), self.exempt):
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if self.public and path.startswith(self.public):
-            return await self.app(scope, receive, send)
-        given = b""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].strip()
-        if self.cookie and not given and path.startswith(self.login_prefix) and hmac.compare_digest(_cookie(scope.get("headers", []), self.cookie),
-                                                             self.session):
-            return await self.app(scope, receive, send)
-        if not hmac.compare_digest(given, self.token):
-            if self.login and scope.get("method") == "GET" and path.startswith(self.login_prefix):
-                return await _reply(send, 303, "log in first", [(b"location", self.login.encode())])
+        if not token_matches(bearer(scope.get("headers", [])), self.token):
             return await _reply(send, 401, "missing or wrong bearer token (set by ENGINE_SERVE_TOKEN)",
                                 [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
@@ -157,32 +225,46 @@ def tenant_from(headers: Any, header: str = TENANT_HEADER) -> str | None:
     return str(value)
 
 
-def parse_body(raw: bytes) -> Any:
-    """The request's JSON, strict and sanitised (see the module docstring), or BadRequest 400."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(400, "the request body is not UTF-8") from None
+def too_deep() -> BadRequest:
+    return BadRequest(422, f"the JSON nests deeper than {MAX_DEPTH} levels")
 
+
+def parse_json(text: str) -> Any:
+    """`text` as strict, sanitised JSON (see the module docstring): BadRequest 422 when it nests
+    deeper than MAX_DEPTH, 400 when it is not JSON."""
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
         value = json.loads(text, parse_constant=no_constant)
-    except RecursionError:
-        raise BadRequest(400, f"the request body nests deeper than {MAX_DEPTH} levels") from None
+    except RecursionError:  # deeper than the parser goes: deeper than MAX_DEPTH too
+        raise too_deep() from None
     except ValueError as e:
-        raise BadRequest(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
+        raise BadRequest(400, f"not valid JSON: {str(e)[:200]}") from None
     return sanitise(value)
 
 
+def parse_body(raw: bytes) -> Any:
+    """The request's JSON, strict and sanitised (see the module docstring), or BadRequest."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "the request body is not UTF-8") from None
+    try:
+        return parse_json(text)
+    except BadRequest as e:
+        if e.status == 400:
+            raise BadRequest(400, f"the request body is {e.detail}") from None
+        raise
+
+
 def sanitise(value: Any) -> Any:
-    """Strings made storable (lone surrogates -> U+FFFD); nesting over MAX_DEPTH refused."""
+    """Strings made storable (lone surrogates -> U+FFFD); nesting over MAX_DEPTH refused (422)."""
     def walk(item: Any, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise BadRequest(400, f"the request body nests deeper than {MAX_DEPTH} levels")
         if isinstance(item, str):
             return clean_text(item)
+        if isinstance(item, (list, dict)) and depth > MAX_DEPTH:
+            raise too_deep()
         if isinstance(item, list):
             return [walk(v, depth + 1) for v in item]
         if isinstance(item, dict):
@@ -193,10 +275,12 @@ def sanitise(value: Any) -> Any:
 
 
 def install(app: Any, *, max_body: int = DEFAULT_MAX_BODY, token: str | None = None,
-            **auth: Any) -> Any:
-    """Wrap a FastAPI app in the guards; the token check runs first, then the body limit.
-    `auth`: BearerAuth's cookie, public and login (the review console's login)."""
+            allowed_hosts: tuple[str, ...] = LOCAL_HOSTS, exempt: tuple[str, ...] = ()) -> Any:
+    """Wrap a FastAPI app in the guards. They run in this order: the Host check, the token (not
+    under `exempt`), the content type (not under `exempt`), the body limit."""
     app.add_middleware(BodyLimit, max_body=max_body)
+    app.add_middleware(JsonOnly, exempt=exempt)
     if token:
-        app.add_middleware(BearerAuth, token=token, **auth)
+        app.add_middleware(BearerAuth, token=token, exempt=exempt)
+    app.add_middleware(HostCheck, allowed=tuple(allowed_hosts))
     return app

@@ -1,23 +1,21 @@
 """The review console (`engine serve --ui`, `engine ui`): server-rendered pages under /ui to review
 promotions, label answers and watch quality and cost. Every asset ships in this package (jinja2
-templates, one stylesheet, one small script); no build step, no CDN. Routes: engine.ui.app."""
+templates, one stylesheet, one small script); no build step, no CDN. Routes: engine.ui.app; their
+guards: engine.ui.guards."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.ui.app import PREFIX, PUBLIC, SESSION_COOKIE, Console, mount
-
-
-def auth_options() -> dict[str, Any]:
-    """BearerAuth's options for an app that serves the console: its session cookie, its open
-    paths (login page, static assets) and where a page without a session is sent."""
-    return {"cookie": SESSION_COOKIE, "public": PUBLIC, "login": f"{PREFIX}/login", "login_prefix": PREFIX}
+from engine.ui.console import PREFIX, Console
 
 
 def add_console(app: Any, store: Any, *, read_only: bool = False, token: str | None = None) -> Any:
-    """Mount the console on a FastAPI app whose guards were installed with `auth_options()`."""
+    """Mount the console on a FastAPI app whose guards exempt `PREFIX` (the console checks the
+    token, its sessions and CSRF itself)."""
+    from engine.ui.app import mount
+
     return mount(app, Console(store=store, read_only=read_only, token=token))
 
 
-__all__ = ["Console", "PREFIX", "add_console", "auth_options"]
+__all__ = ["Console", "PREFIX", "add_console"]

@@ -127,7 +127,8 @@ def test_an_accepted_adapter_is_loaded_by_the_local_tier_only_after_review(proje
         from engine import Engine
         from engine.http import create_app
 
-        page = TestClient(create_app(Engine(), [path], console_store=store)).get(f"/ui/proposals/{p.id}").text
+        page = TestClient(create_app(Engine(), [path], console_store=store),
+                          base_url="http://localhost").get(f"/ui/proposals/{p.id}").text
         assert "validation 1/4 without the adapter, 3/4 with it" in page and 'id="lora"' in page
         assert "2.000 → 1.500 over 2 steps" in page and "<h2>Code</h2>" not in page  # not shown as a script
         detail = review.accept(store, p.id)

@@ -21,7 +21,7 @@ steps:
 def test_serve_app_runs_workflows_and_documents_inputs(project, tmp_path):
     path = project(WORKFLOW, files={"helpers.py": "def hello(who):\n    return {'text': 'hi ' + who}\n"})
     app = create_app(Engine(store=tmp_path / "s.db"), [path])
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/workflows").json()[0]["name"] == "greet"
         schema = client.get("/openapi.json").json()
         body = schema["paths"]["/workflows/greet/run"]["post"]["requestBody"]["content"]["application/json"]

@@ -191,7 +191,8 @@ def _review_console_shows(path, store, promotion):
     from engine import Engine
     from engine.http import create_app
 
-    client = TestClient(create_app(Engine(), [path], console_store=store), follow_redirects=False)
+    client = TestClient(create_app(Engine(), [path], console_store=store), follow_redirects=False,
+                        base_url="http://localhost")
     v = promotion.verification
     held = f"held-out precision {v['held_out']['precision']:.1%}"
     listing = client.get("/ui/proposals?kind=classifier")

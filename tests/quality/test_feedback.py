@@ -117,7 +117,7 @@ def test_serve_feedback_route(triage_wf, tiers, store):
 
     path = triage_wf("      quality: {sample: 0}")
     engine = Engine()
-    client = TestClient(create_app(engine, [path]))
+    client = TestClient(create_app(engine, [path]), base_url="http://localhost")
     run = client.post("/workflows/triage/run", json={"text": "hello"}).json()
     assert run["trust"] == {"classify": "unverified"}
     assert client.post("/feedback", json={"run_id": "nope", "step": "classify", "ok": True}).status_code == 404

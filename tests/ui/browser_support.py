@@ -46,7 +46,8 @@ def missing_reason() -> str | None:
     return None
 
 
-def start_browser() -> Any:
+def start_browser(*extra: str) -> Any:
+    """A headless Chromium; `extra`: more command-line switches."""
     reason = missing_reason()
     if reason:
         if browser_required():
@@ -59,7 +60,7 @@ def start_browser() -> Any:
     options.binary_location = str(find(CHROMIUM, "chromium"))
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1280,900", "--disable-extensions", "--no-first-run", "--disable-background-networking",
-                "--disable-sync", "--disable-component-update", "--hide-scrollbars"):
+                "--disable-sync", "--disable-component-update", "--hide-scrollbars", *extra):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=str(find(DRIVER, "chromedriver"))), options=options)
 

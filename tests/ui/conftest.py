@@ -38,6 +38,7 @@ def console(tickets: Path, store: Any) -> Callable[..., Any]:
     from engine.http import create_app
 
     def make(**kwargs: Any) -> Any:
-        return TestClient(create_app(Engine(), [tickets], console_store=store, **kwargs), follow_redirects=False)
+        return TestClient(create_app(Engine(), [tickets], console_store=store, **kwargs), follow_redirects=False,
+                          base_url="http://localhost")
 
     return make
