@@ -261,3 +261,62 @@ def test_an_unreachable_store_is_a_clear_error(tmp_path):
 
     with pytest.raises(StoreError, match="PostgreSQL store at postgresql://u:\\*\\*\\*@"):
         PostgresStore(f"postgresql://u:secret@/db?host={tmp_path}&connect_timeout=1", pool_size=1)
+
+
+TRIAGE = """\
+name: triage
+inputs: {text: {type: string}}
+steps:
+  - id: label
+    inputs: {text: "{{ inputs.text }}"}
+    llm:
+      tier: local
+      escalate: [premium]
+      prompt: "Label: {{ text }}"
+      schema: {type: object, properties: {label: {type: string}}, required: [label]}
+      max_tokens: 20
+      retries: 0
+      cache: true
+      quality: {sample: 1.0}
+"""
+
+
+def test_trusted_cache_rules(store_url, engine_home):
+    """The cache's trust rules on both backends: a cheap tier's wrong entry is replaced by the
+    reference's answer once its check lands, an escalated tier's entries are not served, and a
+    person's label settles an entry."""
+    from engine.quality import monitor
+    from engine.quality.feedback import give_feedback
+
+    (engine_home / "engine.yaml").write_text(textwrap.dedent(f"""\
+        store: "{store_url}"
+        tiers:
+          local:
+            - model: fake:small
+              options: {{replies: ['{{"label": "spam"}}']}}
+          premium:
+            - model: fake:large
+              options: {{replies: ['{{"label": "ham"}}']}}
+        """))
+    (engine_home / "triage.yaml").write_text(TRIAGE)
+    wf = engine_home / "triage.yaml"
+    with Engine() as engine:
+        first = engine.run(wf, {"text": "a"})
+        assert first.outputs == {"label": {"label": "spam"}} and first.step("label").trust == "unverified"
+        assert monitor.drain(20) == 0
+        store = engine.store_for(engine.load(wf))
+        (entry,) = store.query("SELECT trust, tier, settled_by FROM cache_entries")
+        assert entry["trust"] == "reference" and entry["tier"] == "premium" and entry["settled_by"].startswith("check:")
+        hit = engine.run(wf, {"text": "a"})
+        assert hit.step("label").served_by == "cache" and hit.outputs == {"label": {"label": "ham"}}
+        give_feedback(store, hit.run_id, "label", output={"label": "eggs"})
+        labelled = engine.run(wf, {"text": "a"})
+        assert labelled.outputs == {"label": {"label": "eggs"}} and labelled.step("label").trust == "labelled"
+        # an unverified entry written before an escalation is never served afterwards
+        store.execute("UPDATE cache_entries SET trust = 'unverified', tier = 'local'")
+        quality_store.set_state(store, "triage", "label", "local", quality_store.ESCALATED, "disagreed")
+        assert monitor.monitor_for(store).reset() == 1
+        after = engine.run(wf, {"text": "a"})
+        assert after.step("label").served_by == "llm"
+        outcomes = [r["outcome"] for r in store.query("SELECT outcome FROM cache_events ORDER BY id")]
+        assert outcomes[-1] == "untrusted"
