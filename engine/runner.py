@@ -52,7 +52,7 @@ class StepRecord:
     status: str
     """ok | skipped | failed"""
     served_by: str | None = None
-    """script | decision | llm (later also cache, lookup, script promotions)"""
+    """what answered it: script | decision | workflow | llm | cache | lookup | classifier (a promoted script: script)"""
     tier: str | None = None
     provider: str | None = None
     model: str | None = None

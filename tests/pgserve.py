@@ -2,7 +2,7 @@
 
 One server per test session in a temporary directory (started on first use, in about a second);
 each test gets its own database. Where it cannot start, the Postgres tests skip, except in CI
-(the `CI` environment variable set), where that is a failure: the issue requires them to run.
+(the `CI` environment variable set), where that is a failure: CI requires them to run.
 """
 
 from __future__ import annotations

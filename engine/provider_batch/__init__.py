@@ -1,4 +1,4 @@
-"""Provider batch APIs: half price for llm calls that can wait (issue 14).
+"""Provider batch APIs: half price for llm calls that can wait.
 
     engine run workflow.yaml --inputs items.jsonl --provider-batch [--realtime-retries] [--max-wait 6h]
 

@@ -81,7 +81,7 @@ def m001(db: sqlite_utils.Database) -> None:
 
 @migration("010_cost_accounting")
 def m010(db: sqlite_utils.Database) -> None:
-    """Issue 3: why each call moved on (fallback, cooldown, budget, reask, escalate); the
+    """Why each call moved on (fallback, cooldown, budget, reask, escalate); the
     all-premium baseline cost of steps and runs; indexes for daily budgets and the report."""
     db.table("llm_calls").add_column("reason", str)
     db.table("steps").add_column("baseline_cost", float)
@@ -162,7 +162,7 @@ def m040(db: sqlite_utils.Database) -> None:
 
 @migration("050_quality")
 def m050(db: sqlite_utils.Database) -> None:
-    """Issue 10: provenance and trust on every logged answer; people's feedback; the cheap-tier
+    """Provenance and trust on every logged answer; people's feedback; the cheap-tier
     quality monitor's checks, tier states and decisions (see engine.quality)."""
     db.table("llm_calls").add_column("trust", str)       # reference | verified | labelled | unverified
     db.table("llm_calls").add_column("verified_by", str)  # who confirmed it: reference:<tier> | person
@@ -206,7 +206,7 @@ def m050(db: sqlite_utils.Database) -> None:
 
 @migration("060_provider_batches")
 def m060(db: sqlite_utils.Database) -> None:
-    """Issue 14, provider batch APIs (engine.provider_batch): the provider batches a batch run
+    """Provider batch APIs (engine.provider_batch): the provider batches a batch run
     submitted and every request in them, so a resumed run polls the same provider batches instead
     of paying twice; `llm_calls.provider_batch` names the batch request that answered a call."""
     db.table("provider_batch_jobs").create(
@@ -236,7 +236,7 @@ def m060(db: sqlite_utils.Database) -> None:
 
 @migration("070_pgvector")
 def m070(db: sqlite_utils.Database) -> None:
-    """Issue 13: on PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
+    """On PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
     through an HNSW index per dimension (created with the first vector of that size; see
     engine.store.postgres). SQLite keeps the float32 blob and the in-memory index."""
     if getattr(db, "dialect", "sqlite") == "postgresql":

@@ -11,7 +11,7 @@ folds, fits and calibration, on the BANKING77 train split (the trusted pairs) an
 Each (score, deals) is calibrated once per seed (a seed changes the deals, not the served model,
 which is fitted on every pair). Columns: the share of the test split served and the precision of
 what was served, per seed, and the best share any threshold could serve at the target precision
-with the test labels in hand (the ranking's ceiling). The issue's target: >= 75% at >= 99%.
+with the test labels in hand (the ranking's ceiling). The design target: >= 75% at >= 99%.
 
     python examples/benchmarks/classifier_calibration.py [--seeds 0,10,20,30] [--repeats 3]
         [--vectors /tmp/b77_minilm.npz]   # keep the embeddings between runs (13k texts, minutes)

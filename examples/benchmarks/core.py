@@ -1,4 +1,4 @@
-"""Core benchmarks (issue 2). Prints a table and writes examples/benchmarks/results/core.json.
+"""Core benchmarks. Prints a table and writes examples/benchmarks/results/core.json.
 
 (a) engine overhead per script step and per decision step, in microseconds (with and without the
     SQLite run log), against calling the same function / dict lookup directly;

@@ -3,8 +3,8 @@ lookup, record the step) and the whole run's wall time, store on, p50 over `--ru
 
 A one-step llm workflow answers 50 texts three times through a fake model; the lookup proposed
 from that log is accepted; then every run is served by the lookup. `--engine-root DIR` runs the
-same measurement against another checkout of the engine (e.g. the previous revision, from
-`git archive`), for a side-by-side figure in one session.
+same measurement against another checkout of the engine (e.g. an earlier commit, from
+`git archive`), for a side-by-side figure on the same machine.
 
     python examples/benchmarks/promoted_lookup.py [--runs 3000] [--engine-root DIR]
 

@@ -4,7 +4,7 @@ Fill the cache with the train queries and their labels (10,003), query with the 
 (3,080), and count a false hit when the served label differs from the query's true label.
 Rules compared at each threshold t:
   nearest      plain nearest neighbour: serve when the best similarity >= t
-  top3-agree   the 3 nearest all >= t and all with the same answer (the issue's reference)
+  top3-agree   the 3 nearest all >= t and all with the same answer (a stricter reference rule)
   margin       the engine's rule: best >= t and every entry with a different answer is at least
                `margin` less similar (margin chosen on a split of *train*, never on test)
 Then times at 1k/10k/100k entries: exact lookup (SQLite, unique index), semantic lookup excluding

@@ -2,7 +2,7 @@
 exact matrix product, on BANKING77 embeddings (all-MiniLM-L6-v2).
 
 1. Decisions on BANKING77: fill with the train queries and their labels (10,003), ask the test
-   queries (3,080) with the engine's rule (threshold 0.90, margin 0.12, the README's defaults),
+   queries (3,080) with the engine's rule (threshold 0.90, margin 0.12, the engine's defaults),
    once through the approximate index (forced on at this size) and once exactly; count hits and
    false hits (a served label that differs from the query's true label).
 2. One million entries: the train vectors plus noisy copies of them (each copy keeps its

@@ -2,7 +2,7 @@
 
 model2vec distils a sentence-transformer into one vector per token of its vocabulary (PCA to
 `--dims` dimensions, Zipf weighting); the result loads without torch and embeds about 150x
-faster than MiniLM on CPU, at some cost in precision (see the README's semantic cache figures).
+faster than MiniLM on CPU, at some cost in precision (see the static embedder in docs/concepts/caches.md).
 
 model2vec's `distill` extra pins transformers<5.4, older than what sentence-transformers wants in
 the engine's own venv, so build in a venv of its own:
