@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.store.migrations import _now
+from engine.clock import now_iso
 from engine.store.base import clean_text, dump as _dump
 
 ACTIVE, ESCALATED, PROBATION = "active", "escalated", "probation"
@@ -31,7 +31,7 @@ def record_check(store: Any, *, workflow: str, step_id: str, tier: str, model: s
         "workflow": workflow, "step_id": step_id, "tier": tier, "model": model, "run_id": run_id,
         "input_hash": input_hash, "mode": mode, "status": status, "served": int(served),
         "confidence": confidence, "cheap_output": _dump(cheap_output), "reference_output": _dump(reference_output),
-        "reference_tier": reference_tier, "cost": cost, "reason": reason, "created_at": _now()})
+        "reference_tier": reference_tier, "cost": cost, "reason": reason, "created_at": now_iso()})
 
 
 def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int = 0,
@@ -88,7 +88,7 @@ def all_states(store: Any) -> list[dict[str, Any]]:
 
 def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
     """Move a tier to `state`; checks before this moment no longer count (a new epoch)."""
-    now = _now()
+    now = now_iso()
     with store.transaction() as tx:
         rows = tx.query("SELECT COALESCE(MAX(id), 0) AS m FROM quality_checks")
         epoch = int(rows[0]["m"]) if rows else 0
@@ -103,7 +103,7 @@ def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, re
 
 def add_event(store: Any, workflow: str, step_id: str, tier: str, event: str, detail: str | None) -> None:
     _insert(store, "quality_events", {"workflow": workflow, "step_id": step_id, "tier": tier, "event": event,
-                                      "detail": detail, "created_at": _now()})
+                                      "detail": detail, "created_at": now_iso()})
 
 
 def events(store: Any, workflow: str | None = None) -> list[dict[str, Any]]:
@@ -135,7 +135,7 @@ def mark_verified(store: Any, run_id: str, step_id: str, verified_by: str) -> No
 
 def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
     """Insert feedback rows in one transaction (all or nothing)."""
-    now = _now()
+    now = now_iso()
     with store.transaction() as tx:
         for row in rows:
             full = {**row, "input": _dump(row["input"]), "output": _dump(row["output"]),
