@@ -137,9 +137,11 @@ class _ScriptCall:
         return run_script_step(self.ctx, self.spec, values)
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
+def run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
               item: int | None = None, *, early: bool = True) -> ProviderCalls[StepOutcome]:
-    """One execution of a step. `early=False`: `serve_early` was already asked (llm steps)."""
+    """One execution of a step of any kind on rendered `values`, as provider calls for `drive` or
+    `adrive` (no step record, no log row: `_execute` adds those). `early=False`: `serve_early` was
+    already asked (llm steps). `item`: the for_each index a sub-workflow's child run is tagged with."""
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
@@ -342,7 +344,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
             state["steps"][step.id] = {"output": None}
             return record, None
         if step.for_each is not None:
-            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: _run_step(ctx, step, values, concurrent, i),
+            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: run_step(ctx, step, values, concurrent, i),
                                                 concurrent=concurrent)
         else:
             values = render(step.inputs, state)
@@ -350,7 +352,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
             tried = llm is not None and llm.context is None  # a promoted lookup, before any generator
             early = serve_early(ctx, llm, values) if llm is not None and tried else None
             outcome = early if early is not None else (
-                yield from _run_step(ctx, step, values, concurrent, early=not tried))
+                yield from run_step(ctx, step, values, concurrent, early=not tried))
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
