@@ -12,7 +12,7 @@ import pytest
 from engine import Engine
 from engine.batch import run_batch
 from engine.provider_batch import ProviderBatchOptions
-from engine.provider_batch.fakes import FakeProviderServer, Scenario
+from engine.testing.batch_servers import FakeProviderServer, Scenario
 
 WORKFLOW = """\
 name: label
