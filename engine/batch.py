@@ -42,6 +42,7 @@ from typing import Any, Callable, Protocol
 from engine.api import Engine, failed_result
 from engine.errors import UserError
 from engine.executors.items import BatchItem, read_items, result_line, served_labels
+from engine.runner import RunResult
 from engine.spec.models import Workflow
 from engine.store import Store, checkpoints
 from engine.store.ledger import Ledger
