@@ -169,11 +169,33 @@ def test_no_import_cycles_but_the_known_one():
     assert all(any(c <= known for known in KNOWN_CYCLES) for c in found)
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(name: str, source: str) -> list[tuple[int, str, str]]:
+    """(line, module, name) for each private name of another engine module that a module imports
+    (`from engine.x import _y`) or reads off it (`from engine import x` ... `x._y`)."""
+    found = [(line, target, imported) for line, target, imported in imports_of(name, source)
+             if imported and _private(imported) and target != name]
+    tree = ast.parse(source)
+    bound: dict[str, str] = {}  # local name -> the engine module it is
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for (_, target, imported), alias in zip(imports_of(name, ast.unparse(node)), node.names):
+                if imported is None and (alias.asname or isinstance(node, ast.ImportFrom)):
+                    bound[alias.asname or alias.name] = target
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
+                and bound.get(node.value.id, name) != name):
+            found.append((node.lineno, bound[node.value.id], node.attr))
+    return found
+
+
 def test_no_private_names_cross_modules():
-    offenders = [(name, target, imported) for name, imports in _graph().items()
-                 for _, target, imported in imports
-                 if imported and imported.startswith("_") and not imported.startswith("__") and target != name]
-    assert set(offenders) <= KNOWN_PRIVATE, f"private names imported from another module: {offenders}"
+    offenders = {(name, target, private) for name, path in MODULES.items()
+                 for _, target, private in private_uses(name, path.read_text(encoding="utf-8"))}
+    assert offenders <= KNOWN_PRIVATE, f"private names of another module: {sorted(offenders - KNOWN_PRIVATE)}"
 
 
 def test_the_architecture_doc_draws_every_layer():
@@ -184,7 +206,7 @@ def test_the_architecture_doc_draws_every_layer():
 
 
 def test_the_checks_see_violations():
-    """An upward import, a private import and a cycle in made-up source are each found."""
+    """An upward import, a private name and a cycle in made-up source are each found."""
     assert layer_of("engine.store.sqlite") < layer_of("engine.runner")  # type: ignore[operator]
     assert layer_of("engine.quality.feedback") > layer_of("engine.quality.compare")  # type: ignore[operator]
     assert layer_of("engine") == layer_of("engine.cli.core") and layer_of("engine.newpackage.module") is None
@@ -195,3 +217,6 @@ def test_the_checks_see_violations():
     assert imports_of("engine.steps.llm", "from . import base\nfrom .base import _x\n") == [
         (1, "engine.steps.base", None), (2, "engine.steps.base", "_x")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert private_uses("engine.steps.foreach", "from engine.steps import llm\nllm._log(1)\nllm.log(2)\n") == [
+        (2, "engine.steps.llm", "_log")]
+    assert private_uses("engine.steps.llm", "def _log(): pass\nfrom engine.steps import llm\nllm._log()\n") == []
