@@ -16,7 +16,7 @@ from engine.errors import (
 from engine.runner import RunResult, StepRecord, arun_workflow, run_workflow
 from engine.spec import Workflow, load_workflow, workflow_json_schema
 
-__all__ = sorted([
+__all__ = [
     "BudgetExceededError",
     "Engine",
     "EngineConfig",
@@ -36,4 +36,4 @@ __all__ = sorted([
     "load_workflow",
     "run_workflow",
     "workflow_json_schema",
-])
+]

@@ -27,11 +27,11 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import Field
 
+from engine import clock
 from engine.spec.models import ModelEntry, Strict
 from engine.store import reports
 
@@ -83,10 +83,6 @@ class _Ledger:
 _LEDGER = _Ledger()
 
 
-def _today() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
-
-
 class Budgets:
     """The caps that apply to one run, checked against one store (or the in-process ledger)."""
 
@@ -94,7 +90,7 @@ class Budgets:
         self.config, self.store, self.run_id, self.workflow = config, store, run_id, workflow
 
     def caps(self, tier: str, entry: ModelEntry) -> list[Cap]:
-        c, day = self.config, _today()
+        c, day = self.config, clock.today()
         caps = []
         if c.run is not None:
             caps.append(Cap("run", ("run", self.run_id), c.run))

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 from engine.budgets import BudgetConfig
 from engine.errors import ConfigError
 from engine.pricing import PriceOverride
-from engine.quality.spec import QualitySpec
+from engine.spec.quality import QualitySpec
 from engine.routing import FallbackConfig
 from engine.spec.models import ModelEntry, Strict, TierChain
 from engine.store.base import is_postgres_url

@@ -50,7 +50,7 @@ def parse_time(value: str | None, *, now: datetime | None = None) -> str | None:
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ReportError(f"'{value}' is not a time: use ISO (2025-06-01, 2025-06-01T12:00) or 30m/24h/7d/2w")
+        raise ReportError(f"'{value}' is not a time: use ISO (2025-06-01, 2025-06-01T12:00) or 30m/24h/7d/2w") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc).isoformat(timespec="microseconds")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from engine.serving import Server, default_servers
 from engine.spec.models import Step, Workflow
 from engine.providers.calls import Fanout, ProviderCalls, adrive, drive, gather_calls
 from engine.steps import StepContext, StepOutcome, run_script_step
+from engine.steps.base import StepResult
 from engine.steps.context import context_step_calls
 from engine.steps.decision import decision_step_calls
 from engine.steps.foreach import for_each_calls
@@ -45,40 +46,32 @@ def new_run_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
-@dataclass
-class StepRecord:
+@dataclass(kw_only=True)
+class StepRecord(StepResult):
+    """One step of a run, as recorded: the step's `StepResult` (what served it, what it cost) plus
+    its id, kind, status and the calls made for it."""
+
     step_id: str
     kind: str
     status: str
     """ok | skipped | failed"""
-    served_by: str | None = None
-    """what answered it: script | decision | workflow | llm | cache | lookup | classifier (a promoted script: script)"""
-    tier: str | None = None
-    provider: str | None = None
-    model: str | None = None
     attempts: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-    baseline_cost: float = 0.0
+    """Calls made (a call the router skipped does not count)."""
     latency_ms: float = 0.0
-    output: Any = None
     error: str | None = None
     validation_errors: list[str] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
-    cache: dict[str, Any] | None = None
-    """For a cache hit: kind (exact|semantic), entry_id, similarity (see engine.cache)."""
-    trust: str | None = None
-    """For llm steps: reference | verified | labelled | unverified (see engine.quality.trust)."""
-    confidence: float | None = None
-    context: dict[str, Any] | None = None
-    """Long inputs: tokens, how counted, truncation, chunks (see engine.steps.context)."""
-    items: list[dict[str, Any]] | None = None
-    """for_each: one summary per item, in order."""
-    errors: list[dict[str, Any]] | None = None
-    """for_each with on_item_error skip/collect: the failed items."""
-    child_runs: list[str] = field(default_factory=list)
-    """Sub-workflow steps: the child runs (tagged parent_run/parent_step in the log)."""
+    """The calls made for the step's answer, in order (see `StepOutcome.attempts`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain data, its id, kind and status first."""
+        data = asdict(self)
+        return {k: data.pop(k) for k in _FIRST} | data
+
+
+_FIRST = ("step_id", "kind", "status")
+_SHARED = tuple(f.name for f in fields(StepResult) if f.name not in ("tokens_in", "tokens_out", "cost"))
+"""What a record takes from its step's outcome as it is; tokens and cost come from the calls."""
 
 
 @dataclass
@@ -118,6 +111,7 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["steps"] = [s.to_dict() for s in self.steps]
         data.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost=self.cost,
                     baseline_cost=self.baseline_cost)
         return data
@@ -137,9 +131,11 @@ class _ScriptCall:
         return run_script_step(self.ctx, self.spec, values)
 
 
-def _run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
+def run_step(ctx: StepContext, step: Step, values: dict[str, Any], concurrent: bool = True,
               item: int | None = None, *, early: bool = True) -> ProviderCalls[StepOutcome]:
-    """One execution of a step. `early=False`: `serve_early` was already asked (llm steps)."""
+    """One execution of a step of any kind on rendered `values`, as provider calls for `drive` or
+    `adrive` (no step record, no log row: `_execute` adds those). `early=False`: `serve_early` was
+    already asked (llm steps). `item`: the for_each index a sub-workflow's child run is tagged with."""
     if step.script is not None:
         outcome: StepOutcome = yield _ScriptCall(ctx, step.script), values  # type: ignore[misc,assignment]
         return outcome
@@ -342,7 +338,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
             state["steps"][step.id] = {"output": None}
             return record, None
         if step.for_each is not None:
-            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: _run_step(ctx, step, values, concurrent, i),
+            outcome = yield from for_each_calls(ctx, step, state, lambda values, i: run_step(ctx, step, values, concurrent, i),
                                                 concurrent=concurrent)
         else:
             values = render(step.inputs, state)
@@ -350,7 +346,7 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
             tried = llm is not None and llm.context is None  # a promoted lookup, before any generator
             early = serve_early(ctx, llm, values) if llm is not None and tried else None
             outcome = early if early is not None else (
-                yield from _run_step(ctx, step, values, concurrent, early=not tried))
+                yield from run_step(ctx, step, values, concurrent, early=not tried))
     except TemplateError as e:
         record.status, record.error = "failed", f"step '{step.id}': {e}"
         return record, StepError(step.id, str(e))
@@ -361,17 +357,11 @@ def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
         return record, e
     finally:
         record.latency_ms = (time.perf_counter() - started) * 1000
-    record.output = outcome.output
-    record.served_by = outcome.served_by
-    record.tier, record.provider, record.model = outcome.tier, outcome.provider, outcome.model
-    record.cache = outcome.cache
-    record.trust, record.confidence = outcome.trust, outcome.confidence
+    for name in _SHARED:
+        setattr(record, name, getattr(outcome, name))
     _fill_attempts(record, outcome.attempts)
     if kind == "workflow":  # the child runs' calls are theirs; their totals count here
         record.tokens_in, record.tokens_out, record.cost = outcome.tokens_in, outcome.tokens_out, outcome.cost
-    record.baseline_cost = outcome.baseline_cost
-    record.context, record.items, record.errors = outcome.context, outcome.items, outcome.errors
-    record.child_runs = outcome.child_runs
     entry: dict[str, Any] = {"output": outcome.output}
     if outcome.errors is not None:
         entry["errors"] = outcome.errors

@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 
-import pytest
 
 from engine import arun_workflow, run_workflow
 from engine.config import load_config

@@ -8,7 +8,6 @@ from engine import run_workflow
 from engine.config import load_config
 from engine.pricing import DEFAULT_PRICES, Price, default_price, price_of
 from engine.providers.keys import redact, retry_after
-from engine.spec.models import ModelEntry
 
 
 def test_defaults_and_dated_names():

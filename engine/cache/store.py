@@ -21,7 +21,7 @@ import numpy as np
 from engine.cache.index import Decision, Match, VectorIndex
 from engine.store import Store
 from engine.store import cache as cache_tables
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 
 @dataclass
@@ -251,7 +251,7 @@ def _stored(row: dict[str, Any], vector: np.ndarray | None) -> dict[str, Any]:
     data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
     data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
     data.setdefault("created", time.time())
-    data.setdefault("created_at", _now())
+    data.setdefault("created_at", now_iso())
     data.setdefault("hits", 0)
     data.setdefault("trust", "unverified")
     if vector is not None:

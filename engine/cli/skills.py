@@ -12,7 +12,8 @@ from rich.table import Table
 from engine.cli.render import out_console
 from engine.config import load_config
 from engine.errors import EngineError, UserError
-from engine.skills import SkillIndex, find_skills, new_skill, parse_ref, test_skill
+from engine.skills import SkillIndex, find_skills, new_skill, parse_ref
+from engine.skills.testing import test_skill
 from engine.skills.expand import skill_step
 from engine.skills.models import Skill
 

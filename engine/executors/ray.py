@@ -26,6 +26,7 @@ import os
 from typing import Any, Callable
 
 from engine.errors import UserError
+from engine.executors.items import BatchItem, result_line, served_labels
 
 _engine: Any = None
 """The worker process's Engine (one per Ray worker process, reused by every task)."""
@@ -109,7 +110,6 @@ def _run_item(job: dict[str, Any], index: int, item_id: Any, inputs: dict[str, A
     """One item, in a Ray worker: run it (logging to the shared store) and return its result line."""
     global _engine
     from engine.api import Engine
-    from engine.batch import BatchItem, result_line, served_labels
 
     if _engine is None:
         for key, value in job["env"].items():
@@ -156,7 +156,6 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
                     line, cost, served = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a worker died or the task raised: the item failed
                     from engine.api import failed_result
-                    from engine.batch import result_line
 
                     line, cost, served = result_line(item, failed_result("", f"ray task failed: {e}")), 0.0, []
                 record(line, cost, served)

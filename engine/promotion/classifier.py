@@ -39,7 +39,6 @@ A file without `score` (written before it existed) is read as `top`.
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 from collections import Counter

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.store import promotions as promotion_store
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 JSON_FIELDS = ("payload", "verification", "savings")
 LIVE = ("accepted",)
@@ -71,7 +71,7 @@ GENERATION = [0]
 
 def insert(store: Any, promotion: Promotion) -> Promotion:
     GENERATION[0] += 1
-    promotion.created_at = promotion.created_at or _now()
+    promotion.created_at = promotion.created_at or now_iso()
     promotion_store.insert(store, promotion.row())
     promotion_store.add_event(store, promotion.id, promotion.status, promotion.reason)
     return promotion

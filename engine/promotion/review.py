@@ -28,7 +28,7 @@ from engine.promotion.verify import script_answerer, table_answerer, verify
 from engine.spec.loader import load_workflow
 from engine.spec.models import LLMSpec, Workflow
 from engine.store import promotions as promotion_store
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 
 class PromotionStateError(UserError):
@@ -121,7 +121,7 @@ def accept(store: Any, promotion_id: str, *, dry_run: bool = False) -> Detail:
     root = Path(wf.path).resolve().parent
     if p.status == "demoted":
         if not dry_run:
-            records.update(store, p.id, status="accepted", reason=None, decided_at=_now(), event="accepted",
+            records.update(store, p.id, status="accepted", reason=None, decided_at=now_iso(), event="accepted",
                            detail="re-activated after demotion")
         return Detail(records.get(store, p.id), promotion_store.events(store, p.id),
                       promotion_store.check_stats(store, p.id))
@@ -137,7 +137,7 @@ def accept(store: Any, promotion_id: str, *, dry_run: bool = False) -> Detail:
                                 status=("accepted", "stale", "demoted")):
             records.update(store, old.id, status="superseded", event="superseded", detail=f"replaced by {p.id}")
         records.update(store, p.id, status="accepted", artifact=str(path.relative_to(root)), version=version,
-                       decided_at=_now(), event="accepted", detail=str(path.relative_to(root)), shadow=0)
+                       decided_at=now_iso(), event="accepted", detail=str(path.relative_to(root)), shadow=0)
     return Detail(records.get(store, p.id), promotion_store.events(store, p.id),
                   promotion_store.check_stats(store, p.id), changes, root)
 
@@ -146,7 +146,7 @@ def reject(store: Any, promotion_id: str, reason: str) -> Promotion:
     p = records.get(store, promotion_id)
     if p.status not in ("proposed", "unverified"):
         raise PromotionStateError(f"{p.id} is {p.status}; only proposed or unverified promotions can be rejected")
-    records.update(store, p.id, status="rejected", reason=reason, decided_at=_now(), shadow=0,
+    records.update(store, p.id, status="rejected", reason=reason, decided_at=now_iso(), shadow=0,
                    event="rejected", detail=reason)
     return records.get(store, p.id)
 

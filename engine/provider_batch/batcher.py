@@ -51,7 +51,7 @@ from engine.provider_batch.apis import BatchAPI, JobStatus, batch_api
 from engine.spec.models import ModelEntry
 from engine.store import Store
 from engine.store.ledger import Job, Ledger
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 log = logging.getLogger("engine.provider_batch")
 
@@ -304,7 +304,7 @@ class ProviderBatcher:
                 except ProviderError as e:
                     log.warning("provider batch: cannot look up job %s: %s", job.id, e)
             if found:
-                self.ledger.update_job(job, provider_job_id=found, state="submitted", submitted_at=_now())
+                self.ledger.update_job(job, provider_job_id=found, state="submitted", submitted_at=now_iso())
             else:
                 self.ledger.update_job(job, state="abandoned", error="never submitted (the run was killed)")
 
@@ -374,7 +374,7 @@ class ProviderBatcher:
             self._wake_job(job)
             return job, False
         self.ledger.update_job(job, provider_job_id=provider_job_id, input_file_id=file_id, state="submitted",
-                               submitted_at=_now())
+                               submitted_at=now_iso())
         return job, True
 
     def _failed_to_reach(self, job: Job, error: ProviderError, what: str, fails: Counter[str]) -> bool:

@@ -26,7 +26,7 @@ def api_key(provider: str, options: Mapping[str, Any], default_env: str | None, 
         return None
     value = os.environ.get(str(env), "").strip()
     if not value:
-        how = "" if options.get("api_key_env") else f" (or name another variable in the tier's options.api_key_env)"
+        how = "" if options.get("api_key_env") else " (or name another variable in the tier's options.api_key_env)"
         raise AuthenticationError(f"{provider}: no API key: set the environment variable {env}{how}",
                                   provider=provider, model=model)
     return value

@@ -188,7 +188,7 @@ def _inputs_for(wf: Any, target: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run the zero-token steps before `target` to get its inputs."""
     from engine.inputs import validate_inputs
     from engine.providers.calls import drive
-    from engine.runner import _run_step
+    from engine.runner import run_step
     from engine.steps.base import StepContext
 
     values = validate_inputs(wf, inputs)
@@ -201,6 +201,6 @@ def _inputs_for(wf: Any, target: Any, inputs: dict[str, Any]) -> dict[str, Any]:
             raise FeedbackError(f"step '{target.id}' comes after llm step '{step.id}': give its inputs "
                                 f"directly as step_inputs")
         ctx = StepContext(run_id="labels", workflow=wf, config=wf.config, store=None, step_id=step.id)
-        outcome = drive(_run_step(ctx, step, render(step.inputs, state)))
+        outcome = drive(run_step(ctx, step, render(step.inputs, state)))
         state["steps"][step.id] = {"output": outcome.output}
     raise FeedbackError(f"no step '{target.id}'")

@@ -4,7 +4,8 @@
     library.py   where libraries are (project skills/, engine.yaml, $ENGINE_SKILLS_PATH, entry
                  points) and finding `name@version` in them
     expand.py    turning a workflow's `uses:` steps into plain steps before validation
-    testing.py   running a skill's test cases offline (`engine skills test`)
+    testing.py   running a skill's test cases offline (`engine skills test`); it runs workflows, so
+                 the package does not load it: import `engine.skills.testing` itself
     scaffold.py  `engine skills new`
 """
 
@@ -12,10 +13,8 @@ from engine.skills.expand import expand_uses, parse_ref, skill_step
 from engine.skills.library import SkillIndex, find_skills, library_roots, load_skill
 from engine.skills.models import Skill, SkillTest
 from engine.skills.scaffold import new_skill
-from engine.skills.testing import CaseResult, run_case, test_skill
 
 __all__ = [
-    "CaseResult",
     "Skill",
     "SkillIndex",
     "SkillTest",
@@ -25,7 +24,5 @@ __all__ = [
     "load_skill",
     "new_skill",
     "parse_ref",
-    "run_case",
     "skill_step",
-    "test_skill",
 ]

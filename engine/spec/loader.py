@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import SpecError
-from engine.quality.spec import CompareSpec
+from engine.spec.quality import CompareSpec
 from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
 from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems, read_text
 from engine.templating import TemplateError, check_syntax, free_variables, references

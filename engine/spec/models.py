@@ -10,8 +10,8 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from engine.quality.spec import QualitySpec
 from engine.spec.cache import CacheSpec
+from engine.spec.quality import QualitySpec
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAX_TOKENS_CAP = 1_000_000

@@ -1,4 +1,5 @@
-"""What every step kind receives (`StepContext`) and returns (`StepOutcome`)."""
+"""What every step kind receives (`StepContext`) and returns (`StepOutcome`), and the fields the
+run's record of a step shares with it (`StepResult`)."""
 
 from __future__ import annotations
 
@@ -29,22 +30,24 @@ class StepContext:
     provider batch instead of going out in real time."""
 
 
-@dataclass
-class StepOutcome:
-    output: Any
-    served_by: str
-    """script | decision | llm (later: cache, lookup, ...)."""
+@dataclass(kw_only=True)
+class StepResult:
+    """What answered a step and what it cost: the fields a step kind's `StepOutcome` and the run's
+    record of the step (`engine.runner.StepRecord`) share, declared once here."""
+
+    output: Any = None
+    served_by: str | None = None
+XX
     tier: str | None = None
     provider: str | None = None
     model: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
     baseline_cost: float = 0.0
     """What the step would have cost straight at the most expensive tier (llm steps)."""
     cache: dict[str, Any] | None = None
-    """For a cache hit: kind (exact|semantic), entry_id, similarity."""
+    """For a cache hit: kind (exact|semantic), entry_id, similarity (see engine.cache)."""
     trust: str | None = None
     """reference | verified | labelled | unverified (see engine.quality.trust); None: not an llm answer."""
     confidence: float | None = None
@@ -55,7 +58,17 @@ class StepOutcome:
     errors: list[dict[str, Any]] | None = None
     """for_each with on_item_error collect/skip: the failed items (index, item, error)."""
     child_runs: list[str] = field(default_factory=list)
-    """Sub-workflow steps: the child runs' ids."""
+    """Sub-workflow steps: the child runs' ids (tagged parent_run/parent_step in the log)."""
+
+
+@dataclass(kw_only=True)
+class StepOutcome(StepResult):
+    """What a step kind returns: an answer (required) and every call made for it."""
+
+    output: Any
+    served_by: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Every call made for the step, in order (the runner's record counts and sums them)."""
     deferred: list[dict[str, Any]] = field(default_factory=list)
     """Valid answers escalated for low confidence (compared with the reference for calibration)."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 COLUMNS = ("id", "workflow", "step_id", "output", "answer_key", "tier", "provider", "model", "tokens_in",
            "tokens_out", "cost", "created", "text", "input", "trust", "settled_by", "source_entry")
@@ -146,7 +146,7 @@ def record_lookup(store: Any, *, run_id: str, workflow: str, step_id: str, tenan
                   cost_saved: float, hit: bool, trust: str | None = None) -> None:
     """Queue one lookup event (with the trust level of the entry a hit served), and for a hit the
     entry's counter update, for the writer thread."""
-    now = _now()
+    now = now_iso()
     store.enqueue(_EVENT_SQL, [run_id, workflow, step_id, tenant, kind, outcome, entry_id, similarity,
                                tokens_saved, cost_saved, now, trust])
     if hit and entry_id is not None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 
 def create(store: Any, row: dict[str, Any]) -> None:
     """Record a new batch (its id, workflow, files, input digest and total), written at once."""
-    store.insert_now("batches", {**row, "created_at": _now(), "updated_at": _now()}, returning=False)
+    store.insert_now("batches", {**row, "created_at": now_iso(), "updated_at": now_iso()}, returning=False)
 
 
 def exists(store: Any, batch_id: str) -> bool:
@@ -40,12 +40,12 @@ def reopen(store: Any, batch_id: str) -> None:
     with store.transaction() as tx:
         tx.execute(f"UPDATE runs SET status = 'interrupted' WHERE status = 'running' AND {field_sql} = ?",
                    [*field_params, batch_id])
-        tx.execute("UPDATE batches SET status = 'running', updated_at = ? WHERE id = ?", [_now(), batch_id])
+        tx.execute("UPDATE batches SET status = 'running', updated_at = ? WHERE id = ?", [now_iso(), batch_id])
 
 
 def finish(store: Any, batch_id: str, status: str) -> None:
     """`done`, or `interrupted` when items are left."""
-    store.update("batches", batch_id, {"status": status, "updated_at": _now()})
+    store.update("batches", batch_id, {"status": status, "updated_at": now_iso()})
 
 
 def finished_runs(store: Any, batch_id: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from engine.store import Store
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 JOB_OPEN = ("submitting", "submitted", "ended")
 """Job states whose results are not stored yet."""
@@ -92,7 +92,7 @@ class Ledger:
         before the provider is called."""
         job = Job(id=uuid.uuid4().hex[:16], batch_id=self.batch_id, round=round_no, provider=provider,
                   model=model, route_key=route_key, state="submitting", requests=len(requests))
-        now = _now()
+        now = now_iso()
         with self.store.transaction() as tx:
             tx.execute(
                 "INSERT INTO provider_batch_jobs (id, batch_id, round, provider, model, route_key, state, "
@@ -114,7 +114,7 @@ class Ledger:
             setattr(job, key, value)
         if "counts" in values:
             values["counts"] = json.dumps(values["counts"])
-        values["updated_at"] = _now()
+        values["updated_at"] = now_iso()
         self._execute(f"UPDATE provider_batch_jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                       [*values.values(), job.id])
 
@@ -139,7 +139,7 @@ class Ledger:
                       rest: tuple[str, str] = ("missing", "no result line for this request")) -> None:
         """Write each `(custom_id, state, result line, error)` of `job`, and mark the job collected,
         in one transaction. Requests of the job with no line get `rest` (state, error)."""
-        now = _now()
+        now = now_iso()
         with self.store.transaction() as tx:
             tx.execute_many(
                 "UPDATE provider_batch_requests SET state = ?, result = ?, error = ?, updated_at = ? "
@@ -158,11 +158,11 @@ class Ledger:
 
     def mark_fallback(self, custom_id: str, why: str) -> None:
         self._execute("UPDATE provider_batch_requests SET fallback = ?, updated_at = ? WHERE custom_id = ?",
-                      [why, _now(), custom_id])
+                      [why, now_iso(), custom_id])
 
     def consumed(self, custom_id: str, run_id: str) -> None:
         self._execute("UPDATE provider_batch_requests SET run_id = ?, updated_at = ? WHERE custom_id = ?",
-                      [run_id, _now(), custom_id])
+                      [run_id, now_iso(), custom_id])
 
     def paid_by_earlier_run(self, ref: str, run_id: str) -> bool:
         """Whether a call answered by the batch request `ref` was already logged (and priced) by

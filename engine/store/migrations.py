@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from typing import Callable
 
 import sqlite_utils
+
+from engine.clock import now_iso
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -31,15 +31,11 @@ def migrate(db: sqlite_utils.Database) -> None:
         try:
             if db.conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone() is None:
                 fn(db)
-                db.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, _now()])
+                db.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, now_iso()])
         except BaseException:
             db.conn.execute("ROLLBACK")
             raise
         db.conn.execute("COMMIT")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 @migration("001_runs_steps_calls")

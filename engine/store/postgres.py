@@ -31,7 +31,8 @@ from typing import Any, Iterator
 
 from engine.errors import ConfigError, StoreError
 from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
-from engine.store.migrations import MIGRATIONS, _now
+from engine.clock import now_iso
+from engine.store.migrations import MIGRATIONS
 from engine.store.writer import WriteBehind
 
 try:
@@ -182,7 +183,7 @@ class PostgresStore(StoreReads):
                     with conn.transaction():
                         if conn.execute("SELECT 1 FROM _migrations WHERE name = %s", [name]).fetchone() is None:
                             fn(_Schema(conn))  # type: ignore[arg-type]
-                            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", [name, _now()])
+                            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)", [name, now_iso()])
             finally:
                 conn.execute("SELECT pg_advisory_unlock(72177013)")
 
@@ -218,21 +219,21 @@ class PostgresStore(StoreReads):
         self._queue_insert("runs", {
             "id": run_id, "workflow": workflow, "workflow_version": str(version), "workflow_path": path,
             "status": "running", "inputs": dump(inputs), "tags": dump(tags or {}), "tokens_in": 0,
-            "tokens_out": 0, "cost": 0.0, "started_at": _now(),
+            "tokens_out": 0, "cost": 0.0, "started_at": now_iso(),
         })
 
     def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
                    tokens_in: int, tokens_out: int, cost: float, latency_ms: float,
                    baseline_cost: float = 0.0) -> None:
         values = {"status": status, "outputs": dump(outputs), "error": error, "tokens_in": tokens_in,
-                  "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
+                  "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": now_iso(),
                   "baseline_cost": baseline_cost}
         self.writer.put(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                         [*values.values(), run_id])
 
     def record_step(self, row: dict[str, Any], *, link_calls: bool = False) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
-        row.setdefault("started_at", _now())
+        row.setdefault("started_at", now_iso())
         sql = f"INSERT INTO steps ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
         params = list(row.values())
         if not link_calls:
@@ -248,7 +249,7 @@ class PostgresStore(StoreReads):
 
     def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
-        row.setdefault("created_at", _now())
+        row.setdefault("created_at", now_iso())
         self._queue_insert("llm_calls", row)
 
     def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:

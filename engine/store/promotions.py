@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 
 # --- promotions ---------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def statuses(store: Any, workflow: str) -> list[dict[str, Any]]:
 
 def add_event(store: Any, promotion_id: str, event: str, detail: str | None = None) -> None:
     store.insert_now("promotion_events",
-                     {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": _now()})
+                     {"promotion_id": promotion_id, "event": event, "detail": detail, "created_at": now_iso()})
 
 
 def events(store: Any, promotion_id: str) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def add_check(store: Any, promotion_id: str, mode: str, input_hash: str, served_
               agree: bool) -> None:
     store.insert_now("promotion_checks", {
         "promotion_id": promotion_id, "mode": mode, "input_hash": input_hash, "served_output": served_output,
-        "llm_output": llm_output, "agree": int(agree), "created_at": _now()})
+        "llm_output": llm_output, "agree": int(agree), "created_at": now_iso()})
 
 
 def has_check(store: Any, promotion_id: str, mode: str, input_hash: str) -> bool:

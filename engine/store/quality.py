@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.store.migrations import _now
+from engine.clock import now_iso
 from engine.store.base import clean_text, dump as _dump
 
 ACTIVE, ESCALATED, PROBATION = "active", "escalated", "probation"
@@ -33,7 +33,7 @@ def record_check(store: Any, *, workflow: str, step_id: str, tier: str, model: s
         "input_hash": input_hash, "mode": mode, "status": status, "served": int(served),
         "confidence": confidence, "cheap_output": _dump(cheap_output), "reference_output": _dump(reference_output),
         "reference_tier": reference_tier, "cost": cost, "reason": reason, "verdict_ms": verdict_ms,
-        "created_at": _now()})
+        "created_at": now_iso()})
 
 
 def checks(store: Any, workflow: str, step_id: str, tier: str, *, after_id: int = 0,
@@ -88,7 +88,7 @@ def verdict_times(store: Any, workflow: str | None = None, limit: int = 2000) ->
 def save_queue(store: Any, rows: list[dict[str, Any]]) -> None:
     """Upsert the check queue's figures of one process (`process`, workflow, step_id, submitted,
     dropped, pending, peak), queued for the store's writer."""
-    now = _now()
+    now = now_iso()
     for r in rows:
         store.enqueue(
             "INSERT INTO check_queue (process, workflow, step_id, submitted, dropped, pending, peak, updated_at) "
@@ -120,7 +120,7 @@ def all_states(store: Any) -> list[dict[str, Any]]:
 
 def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, reason: str) -> None:
     """Move a tier to `state`; checks before this moment no longer count (a new epoch)."""
-    now = _now()
+    now = now_iso()
     with store.transaction() as tx:
         rows = tx.query("SELECT COALESCE(MAX(id), 0) AS m FROM quality_checks")
         epoch = int(rows[0]["m"]) if rows else 0
@@ -139,7 +139,7 @@ def set_state(store: Any, workflow: str, step_id: str, tier: str, state: str, re
 
 def add_event(store: Any, workflow: str, step_id: str, tier: str, event: str, detail: str | None) -> None:
     _insert(store, "quality_events", {"workflow": workflow, "step_id": step_id, "tier": tier, "event": event,
-                                      "detail": detail, "created_at": _now()})
+                                      "detail": detail, "created_at": now_iso()})
 
 
 def events(store: Any, workflow: str | None = None) -> list[dict[str, Any]]:
@@ -176,7 +176,7 @@ LABELS_GENERATION = [0]
 def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
     """Insert feedback rows in one transaction (all or nothing); each row gets its `id`. Returns
     how many were written."""
-    now = _now()
+    now = now_iso()
     with store.transaction() as tx:
         for row in rows:
             full = {k: v for k, v in row.items() if k != "id"}

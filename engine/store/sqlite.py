@@ -24,7 +24,8 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
-from engine.store.migrations import _now, migrate
+from engine.clock import now_iso
+from engine.store.migrations import migrate
 from engine.store.writer import WriteBehind
 
 _dump = dump
@@ -112,7 +113,7 @@ class SQLiteStore(StoreReads):
             "id": run_id, "workflow": workflow, "workflow_version": str(version),
             "workflow_path": path, "status": "running", "inputs": _dump(inputs),
             "tags": _dump(tags or {}), "tokens_in": 0, "tokens_out": 0, "cost": 0.0,
-            "started_at": _now(),
+            "started_at": now_iso(),
         })
 
     def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
@@ -120,7 +121,7 @@ class SQLiteStore(StoreReads):
                    baseline_cost: float = 0.0) -> None:
         values = {
             "status": status, "outputs": _dump(outputs), "error": error, "tokens_in": tokens_in,
-            "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": _now(),
+            "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": now_iso(),
             "baseline_cost": baseline_cost,
         }
         self.writer.put(self._statement("UPDATE runs", tuple(values)), [*map(clean_text, values.values()), run_id])
@@ -129,7 +130,7 @@ class SQLiteStore(StoreReads):
         """Queue a step execution row; with `link_calls`, its run's llm calls for that step are
         linked to it (`step_execution_id`) in the same transaction."""
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
-        row.setdefault("started_at", _now())
+        row.setdefault("started_at", now_iso())
         sql, params = self._statement("steps", tuple(row)), [clean_text(v) for v in row.values()]
         if not link_calls:
             self.writer.put(sql, params)
@@ -144,7 +145,7 @@ class SQLiteStore(StoreReads):
 
     def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (_dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
-        row.setdefault("created_at", _now())
+        row.setdefault("created_at", now_iso())
         self._queue_insert("llm_calls", row)
 
     def insert_now(self, table: str, row: dict[str, Any], *, returning: bool = True) -> int:

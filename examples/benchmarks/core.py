@@ -74,8 +74,8 @@ def bench_overhead(runs: int, n_steps: int = 20) -> dict[str, Any]:
         direct = (lambda: [identity("k7") for _ in range(n_steps)]) if kind == "script" else (
             lambda: [table["k7"] for _ in range(n_steps)])
         t_direct = timed(direct, runs)
-        t_nostore = timed(lambda: run_workflow(wf, {"x": "k7"}, store=False), runs)
-        t_store = timed(lambda: run_workflow(wf, {"x": "k7"}, store=store), runs)
+        t_nostore = timed(lambda wf=wf: run_workflow(wf, {"x": "k7"}, store=False), runs)
+        t_store = timed(lambda wf=wf, store=store: run_workflow(wf, {"x": "k7"}, store=store), runs)
         out[kind] = {
             "steps_per_run": n_steps,
             "direct_us_per_step": t_direct / n_steps * 1e6,

@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Provider batches vs real time: 1,000 BANKING77 queries classified into 77 intents, once sent in
 real time and once through the provider's batch API, against in-process servers speaking the
-OpenAI and Anthropic wire formats (`engine.provider_batch.fakes`), priced at the real list prices
+OpenAI and Anthropic wire formats (`engine.testing.batch_servers`), priced at the real list prices
 (gpt-4o-mini, claude-haiku-4-5).
 
     python examples/benchmarks/provider_batch.py [--items 1000] [--data DIR] [--out FILE]
@@ -48,7 +48,7 @@ def load(data: Path, n: int) -> tuple[list[dict[str, str]], list[str]]:
 
 def serve(answers: dict[str, str], queue: Any) -> None:
     """The fake providers' process: answer each query with its labelled intent."""
-    from engine.provider_batch.fakes import FakeProviderServer, Scenario
+    from engine.testing.batch_servers import FakeProviderServer, Scenario
 
     def answer(messages: list[dict[str, Any]], model: str) -> Any:
         text = str(next(m["content"] for m in messages if m["role"] == "user"))

@@ -160,7 +160,7 @@ def press(driver: Any, key: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            old.tag_name
+            old.tag_name  # noqa: B018  (reading it raises once the page is gone)
         except WebDriverException:  # stale, or the old document detached: a new page
             if driver.execute_script("return document.readyState") == "complete":
                 return

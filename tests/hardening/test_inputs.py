@@ -5,9 +5,7 @@ are refused; control characters never reach the terminal raw."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

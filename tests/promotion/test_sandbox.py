@@ -250,9 +250,9 @@ def test_fails_closed_when_isolation_cannot_be_set_up(monkeypatch: pytest.Monkey
         def __getattr__(self, name: str) -> Any:
             return getattr(self.real, name)
 
-    real = isolation._libc()
-    monkeypatch.setattr(isolation, "_libc", lambda: NoNamespaces(real))
-    code = f"def solve(inputs):\n    return {{'ran': True}}\n"
+    real = isolation.libc()
+    monkeypatch.setattr(isolation, "libc", lambda: NoNamespaces(real))
+    code = "def solve(inputs):\n    return {'ran': True}\n"
     result = run_one(code, {}, FAST)
     assert not result.answered and result.output is None
     assert "isolation unavailable" in (result.error or "") and "unshare" in (result.error or "")

@@ -155,8 +155,8 @@ def test_promotions_cli_says_why_scripts_cannot_run(label_wf, labeller, store, m
         def __getattr__(self, name):
             return getattr(self.real, name)
 
-    real = isolation._libc()
-    monkeypatch.setattr(isolation, "_libc", lambda: NoNamespaces(real))
+    real = isolation.libc()
+    monkeypatch.setattr(isolation, "libc", lambda: NoNamespaces(real))
     monkeypatch.setattr(sandbox, "_probe", [])
     path = label_wf()
     _seed(path)

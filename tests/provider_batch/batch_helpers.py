@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import pytest
 
 from engine import Engine
 from engine.batch import run_batch
 from engine.provider_batch import ProviderBatchOptions
-from engine.provider_batch.fakes import FakeProviderServer, Scenario
+from engine.testing.batch_servers import FakeProviderServer
 
 WORKFLOW = """\
 name: label

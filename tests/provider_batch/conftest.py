@@ -7,8 +7,9 @@ from typing import Any, Callable
 
 import pytest
 
-from batch_helpers import Project  # noqa: F401  (the shared pieces live in batch_helpers)
-from batch_helpers import *  # noqa: F401,F403
+from batch_helpers import Project, good_answer
+
+from engine.testing.batch_servers import FakeProviderServer, Scenario
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from batch_helpers import TEXTS, fast, label_of
 
 from engine.pricing import Price, completion_cost, price_of
 from engine.providers.base import Completion
-from engine.provider_batch.fakes import Scenario
+from engine.testing.batch_servers import Scenario
 from engine.reporting import build_report
 from engine.runner import open_store
 from engine.spec.models import ModelEntry
@@ -389,17 +389,17 @@ def test_a_batch_the_provider_no_longer_knows_is_given_up_after_three_polls(serv
 
 
 def test_the_fake_servers_reject_what_the_providers_reject():
-    from engine.provider_batch.fakes import _anthropic_input_problem, _openai_input_problem
+    from engine.testing.batch_servers import anthropic_input_problem, openai_input_problem
 
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "gpt-4o-mini", "messages": []}}
-    assert _openai_input_problem([line], "/v1/chat/completions") is None
-    assert "unique" in _openai_input_problem([line, line], "/v1/chat/completions")
-    assert "same model" in _openai_input_problem(
+    assert openai_input_problem([line], "/v1/chat/completions") is None
+    assert "unique" in openai_input_problem([line, line], "/v1/chat/completions")
+    assert "same model" in openai_input_problem(
         [line, {**line, "custom_id": "b", "body": {"model": "gpt-4o", "messages": []}}], "/v1/chat/completions")
     request = {"custom_id": "i0-abc", "params": {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}}
-    assert _anthropic_input_problem([request]) is None
-    assert "custom_id" in _anthropic_input_problem([{**request, "custom_id": "has spaces"}])
+    assert anthropic_input_problem([request]) is None
+    assert "custom_id" in anthropic_input_problem([{**request, "custom_id": "has spaces"}])
 
 
 def test_runs_show_names_the_provider_batch_that_answered(served):

@@ -14,7 +14,7 @@ import pytest
 from batch_helpers import TEXTS, fast
 
 from engine.pricing import price_of
-from engine.provider_batch.fakes import Scenario
+from engine.testing.batch_servers import Scenario
 from engine.store.ledger import Ledger
 from engine.reporting import build_report
 from engine.runner import open_store

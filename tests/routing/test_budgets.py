@@ -113,7 +113,7 @@ def test_workflow_cap_per_day_and_without_a_store(project, fake_replies):
 
 
 def test_spending_by_another_process_is_seen_within_refresh_s(project, fake_replies):
-    from engine.store.migrations import _now
+    from engine.clock import now_iso
 
     wf = project(WORKFLOW, config=TIERS + "budgets:\n  model_day: {'fake:large': 1.0}\n  refresh_s: 3600\n")
     assert run_workflow(wf, {"text": "a"}).step("answer").model == "large"
@@ -121,7 +121,7 @@ def test_spending_by_another_process_is_seen_within_refresh_s(project, fake_repl
     # another process spends $0.95 on fake:large today, writing to the same store
     store.record_llm_call({"run_id": "other", "workflow": "support", "step_id": "answer", "tier": "premium",
                            "provider": "fake", "model": "large", "attempt": 1, "cost": 0.95,
-                           "outcome": "valid", "created_at": _now()})
+                           "outcome": "valid", "created_at": now_iso()})
     assert run_workflow(wf, {"text": "b"}).step("answer").model == "large"  # not read yet (refresh_s)
     from engine.budgets import reset_ledger
 

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from engine import SpecError, run_workflow
 from engine.cli import cli
-from engine.skills import find_skills, test_skill
+from engine.skills import find_skills
 from engine.skills import library as library_mod
+from engine.skills.testing import test_skill
 from engine.spec import load_workflow
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -64,7 +64,7 @@ def test_postgres_restart_mid_batch(engine_home, monkeypatch):
     restarter.start()
     with Engine() as engine:
         try:
-            first = run_batch(engine, wf, items, out, concurrency=4, batch_id="pr")
+            run_batch(engine, wf, items, out, concurrency=4, batch_id="pr")
         finally:
             restarter.join()
         assert restarted.is_set()

@@ -12,7 +12,7 @@ import pytest
 
 from engine.store import Store, cache, checkpoints, promotions, quality, reports
 from engine.store.ledger import Ledger
-from engine.store.migrations import _now
+from engine.clock import now_iso
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_promotion_reads(store):
     promotions.insert(store, {"id": "p1", "workflow": "wf", "workflow_path": None, "step_id": "s", "kind": "lookup",
                               "status": "proposed", "prompt_hash": "p", "schema_hash": "k", "fingerprint": "f",
                               "payload": "{}", "verification": "{}", "savings": "{}", "shadow": 1,
-                              "created_at": _now()})
+                              "created_at": now_iso()})
     assert promotions.exists(store, "p1") and not promotions.exists(store, "p2")
     assert [p["id"] for p in promotions.find(store, statuses=("proposed", "accepted"), kind="lookup")] == ["p1"]
     assert promotions.find(store, statuses=("accepted",)) == []
@@ -122,7 +122,7 @@ def test_promotion_reads(store):
 def test_cache_tables(store):
     row = {"workflow": "wf", "step_id": "s", "namespace": "n", "input_key": "a", "sem_namespace": "sem",
            "prompt_hash": "p", "schema_hash": "k", "model_key": "m", "answer_key": "spam", "output": '{"l": 1}',
-           "input": '"a"', "created": 1.0, "created_at": _now(), "hits": 0,
+           "input": '"a"', "created": 1.0, "created_at": now_iso(), "hits": 0,
            "vector": np.array([1.0, 0.0], dtype=np.float32).tobytes()}
     first = cache.put_entry(store, row, np.array([1.0, 0.0], dtype=np.float32))
     assert cache.put_entry(store, {**row, "answer_key": "ham"}) == first  # an upsert: one row per key

@@ -62,7 +62,7 @@ def _wait_stale(driver: Any, element: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            element.tag_name
+            element.tag_name  # noqa: B018  (reading it raises once the page is gone)
         except WebDriverException:  # stale, or the old document detached: a new page
             if driver.execute_script("return document.readyState") == "complete":
                 return

@@ -83,7 +83,7 @@ def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[
                                file_bytes=limits.file_bytes)
     report_r, report_w = os.pipe()
     plan.report_fd = report_w
-    libc = isolation._libc()
+    libc = isolation.libc()
     try:
         return subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, env=env,
                               timeout=wall, preexec_fn=lambda: isolation.isolate(plan, libc))

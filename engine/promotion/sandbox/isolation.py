@@ -53,7 +53,7 @@ class Plan:
     report_fd: int = -1
 
 
-def _libc() -> Any:
+def libc() -> Any:
     """libc, loaded in the parent (importing in a forked child of a threaded process can deadlock)."""
     return _load_libc()
 

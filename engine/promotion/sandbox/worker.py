@@ -60,7 +60,7 @@ class Worker:
                                    memory_bytes=self.limits.memory_bytes, file_bytes=self.limits.file_bytes)
         report_r, report_w = os.pipe()
         plan.report_fd = report_w
-        libc = isolation._libc()
+        libc = isolation.libc()
         source = child_source(tmp="/tmp", read_roots=isolation.read_roots(), runtime=True, serve=True)
         argv = [isolation.python_executable(), "-I", "-S", "-X", "utf8", "-c", source]
         env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}

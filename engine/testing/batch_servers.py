@@ -1,6 +1,6 @@
 """In-process servers that speak OpenAI's and Anthropic's wire formats, batch APIs included.
 
-For tests, the provider-batch benchmark and offline demos: `FakeProviderServer` listens on
+Test support (see `engine.testing`), for the provider-batch tests and benchmark: `FakeProviderServer` listens on
 127.0.0.1 (a real HTTP server, so the official SDKs reach it through `base_url`, also from
 another process) and serves
 
@@ -88,7 +88,7 @@ def _iso() -> str:
 _ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-def _openai_input_problem(lines: list[Any], endpoint: Any) -> str | None:
+def openai_input_problem(lines: list[Any], endpoint: Any) -> str | None:
     """What is wrong with a Batch API input file, as documented: one `{"custom_id", "method":
     "POST", "url": <the batch's endpoint>, "body"}` per line, custom ids unique, one model."""
     if endpoint != "/v1/chat/completions":
@@ -110,7 +110,7 @@ def _openai_input_problem(lines: list[Any], endpoint: Any) -> str | None:
     return "every request of a batch must use the same model" if len(models) > 1 else None
 
 
-def _anthropic_input_problem(requests: Any) -> str | None:
+def anthropic_input_problem(requests: Any) -> str | None:
     """What is wrong with a Message Batches create body: `requests`, each `{"custom_id", "params"}`
     with a unique custom id matching `^[a-zA-Z0-9_-]{1,64}$` and Messages API params."""
     if not isinstance(requests, list) or not requests:
@@ -208,7 +208,7 @@ class FakeProviderServer:
             return 404, {"error": {"message": "No such File object", "type": "invalid_request_error",
                                    "param": "input_file_id", "code": None}}
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-        problem = _openai_input_problem(lines, body.get("endpoint"))
+        problem = openai_input_problem(lines, body.get("endpoint"))
         if problem:  # the real API fails such a batch in validation; a test should fail louder
             return 400, {"error": {"message": problem, "type": "invalid_request_error", "param": None,
                                    "code": None}}
@@ -328,7 +328,7 @@ class FakeProviderServer:
 
     def _anthropic_create(self, body: dict[str, Any]) -> tuple[int, Any]:
         requests = body.get("requests")
-        problem = _anthropic_input_problem(requests)
+        problem = anthropic_input_problem(requests)
         if problem:
             return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
         assert isinstance(requests, list)
