@@ -37,7 +37,8 @@ class StepResult:
 
     output: Any = None
     served_by: str | None = None
-XX
+    """script | decision | llm | workflow | cache | lookup | classifier | label | ... (for_each: the
+    items' one value, or mixed)."""
     tier: str | None = None
     provider: str | None = None
     model: str | None = None
