@@ -84,7 +84,8 @@ def settle_entry(store: Any, entry_id: int, *, trust: str, settled_by: str, outp
     trusted answer in place of its own. `only_unverified` (checks): leave entries that are already
     trusted alone, so a check never overwrites a label; labels pass False (the latest label wins).
     True when the row changed."""
-    sets, params = ["trust = ?", "settled_by = ?"], [trust, settled_by]
+    sets: list[str] = ["trust = ?", "settled_by = ?"]
+    params: list[Any] = [trust, settled_by]
     if output is not None:
         sets += ["output = ?", "answer_key = ?", "tier = ?", "provider = ?", "model = ?"]
         params += [output, answer_key, tier, provider, model]
