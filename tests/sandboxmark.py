@@ -19,3 +19,12 @@ if REQUIRED and (_problem or _bwrap_problem):
 
 needs_isolation = pytest.mark.skipif(_problem is not None, reason=f"the sandbox fails closed here: {_problem}")
 needs_bubblewrap = pytest.mark.skipif(_bwrap_problem is not None, reason=f"no bubblewrap here: {_bwrap_problem}")
+
+
+@pytest.fixture(params=["bwrap", "namespaces"])
+def os_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each OS backend in turn: bubblewrap where it works, and the namespaces fallback."""
+    if request.param == "bwrap" and _bwrap_problem is not None:
+        pytest.skip(f"no bubblewrap here: {_bwrap_problem}")
+    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", request.param)
+    return str(request.param)

@@ -19,7 +19,7 @@ import pytest
 from engine.promotion import sandbox
 from engine.promotion.sandbox import (
     Limits, check_script, isolation, isolation_problem, run_one, run_script)
-from sandboxmark import needs_isolation
+from sandboxmark import needs_isolation, os_backend  # noqa: F401 (a fixture)
 
 # A generous wall clock: these tests run beside other work on a small, shared machine.
 FAST = Limits(cpu_seconds=2, memory_bytes=256 * 1024 * 1024, wall_seconds=30, per_item_seconds=1.0)
@@ -250,7 +250,7 @@ def test_runtime_layer_alone_stops_every_attack(name: str, target: dict[str, Any
 
 @needs_isolation
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_os_layer_alone_stops_every_attack(name: str, target: dict[str, Any]) -> None:
+def test_os_layer_alone_stops_every_attack(name: str, target: dict[str, Any], os_backend: str) -> None:
     _assert_failed(run_one_with(_fill(ATTACKS[name], target), {"os"}), target, language=False)
 
 
@@ -267,7 +267,7 @@ def run_one_with(code: str, layers: set[str]) -> sandbox.SandboxResult:
 
 
 @needs_isolation
-def test_os_layer_gives_an_empty_environment_and_a_read_only_root(target: dict[str, Any]) -> None:
+def test_os_layer_gives_an_empty_environment_and_a_read_only_root(target: dict[str, Any], os_backend: str) -> None:
     code = """
 import os
 def solve(inputs):

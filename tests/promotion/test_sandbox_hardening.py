@@ -25,19 +25,10 @@ from engine.promotion.sandbox import Limits, check_script, isolation, run_one, r
 from engine.promotion.sandbox import worker as workers
 from engine.promotion.sandbox.child import child_source
 from engine.promotion.sandbox.worker import serve_one
-from sandboxmark import needs_isolation
+from sandboxmark import needs_isolation, os_backend  # noqa: F401 (a fixture)
 
 FAST = Limits(cpu_seconds=2, memory_bytes=256 * 1024 * 1024, wall_seconds=30, per_item_seconds=1.0)
 API_KEY = "sk-ant-key-only-the-parent-holds"
-
-
-@pytest.fixture(params=["bwrap", "namespaces"])
-def os_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each OS backend in turn: bubblewrap where it works, and the namespaces fallback."""
-    if request.param == "bwrap" and isolation.bubblewrap_problem() is not None:
-        pytest.skip(f"no bubblewrap here: {isolation.bubblewrap_problem()}")
-    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", request.param)
-    return str(request.param)
 
 
 # --- the audit hook binds everything it uses ---------------------------------------------------
