@@ -115,17 +115,22 @@ def __sandbox_hook(event, args, str=str, isinstance=isinstance, int=int, len=len
 def __sandbox_seccomp(program):
     # The OS layer's system-call filter (built by `isolation.seccomp_program`): no signals to other
     # processes (kill, tgkill, pidfd_send_signal, ...), no new processes, no namespaces or mounts.
+    # Prepared once (a worker forks many children); the returned function installs it.
     import ctypes
 
     class Fprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-        raise OSError(ctypes.get_errno(), "prctl(no_new_privs)")
+    prctl, get_errno, byref = libc.prctl, ctypes.get_errno, ctypes.byref
     prog = Fprog(len(program) // 8, program)
-    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-        raise OSError(ctypes.get_errno(), "seccomp filter: " + os.strerror(ctypes.get_errno()))
+
+    def install():
+        if prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            raise OSError(get_errno(), "prctl(no_new_privs)")
+        if prctl(22, 2, byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            raise OSError(get_errno(), "seccomp filter: " + os.strerror(get_errno()))
+    return install
 
 
 def __sandbox_main():
@@ -154,11 +159,21 @@ def __sandbox_main():
         write_all(out, json.dumps(payload, ensure_ascii=True, allow_nan=False).encode())
         os._exit(0)
 
+    filter_problem = None
+    install_filter = None
+    if seccomp:
+        try:
+            install_filter = __sandbox_seccomp(seccomp)
+        except BaseException as e:
+            filter_problem = e
+
     def confine():
         # Before any untrusted byte runs in this process: the OS layer's filter, then the hook.
         if seccomp:
             try:
-                __sandbox_seccomp(seccomp)
+                if filter_problem is not None:
+                    raise filter_problem
+                install_filter()
             except BaseException as e:
                 return "the system-call filter could not be installed: " + (type(e).__name__ + ": " + str(e))[:300]
         if runtime:
@@ -424,43 +439,64 @@ def __sandbox_main():
         for name in allowed:  # imported once here, so that each call's child starts fast
             __import__(name)
         cpu = int(job["per_item"]) + 1
-        reply({"ready": True})
-        while True:
-            line = requests.readline()
-            if not line:
-                os._exit(0)
-            inputs = json.loads(line)
+
+        def read_all(fd, limit):
+            data = b""
+            while len(data) <= limit:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+        def spawn():
+            # The next call's own process, forked ahead of its request: confined first, then the
+            # script's module executed afresh in it; it then waits for its one request.
+            request_r, request_w = os.pipe()
             result_r, result_w = os.pipe()
             pid = os.fork()
-            if pid == 0:  # the call's own process: confined, then the script's module afresh
+            if pid == 0:
                 try:
+                    os.close(request_w)
                     os.close(result_r)
                     os.close(0)
                     os.close(out)
-                    used = resource.getrusage(resource.RUSAGE_SELF)
-                    limit = int(used.ru_utime + used.ru_stime) + cpu
-                    resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+                    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
                     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
                     problem = confine()
+                    solve = None
                     if problem:
                         result = {"error": "sandbox isolation unavailable: " + problem}
                     else:
                         namespace = fresh_namespace()
                         try:
                             exec(code, namespace)
-                            result = answer(namespace["solve"], inputs)
+                            solve = namespace["solve"]
                         except BaseException as e:
                             result = {"error": ("script failed to load: " + type(e).__name__ + ": " + str(e))[:300]}
+                    inputs = json.loads(read_all(request_r, 1 << 40))
+                    if solve is not None:
+                        result = answer(solve, inputs)
                     write_all(result_w, json.dumps(result, ensure_ascii=True, allow_nan=False).encode())
                 finally:
                     os._exit(0)
+            os.close(request_r)
             os.close(result_w)
-            data = b""
-            while len(data) <= job["max_output"] + 4096:
-                chunk = os.read(result_r, 1 << 16)
-                if not chunk:
-                    break
-                data += chunk
+            return pid, request_w, result_r
+
+        spare = spawn()
+        reply({"ready": True})
+        while True:
+            line = requests.readline()
+            if not line:
+                os._exit(0)
+            pid, request_w, result_r = spare
+            try:
+                write_all(request_w, line)
+            except OSError:
+                pass  # the call's process is gone: reported below
+            os.close(request_w)
+            data = read_all(result_r, job["max_output"] + 4096)
             os.close(result_r)
             _, status = os.waitpid(pid, 0)
             try:
@@ -470,6 +506,7 @@ def __sandbox_main():
                     "exit " + str(os.waitstatus_to_exitcode(status)))
                 result = {"error": "the call's process died (" + how + ")"}
             reply(result)
+            spare = spawn()
 
     namespace = fresh_namespace()
     try:
