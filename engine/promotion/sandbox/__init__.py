@@ -3,14 +3,22 @@
 A promoted script defines `solve(inputs: dict) -> output | None` (None abstains).
 
 1. **Language** (`static`): an AST allow-list, checked in the parent when a script is proposed,
-   when an artifact is loaded and before every run. A refused script never starts a process.
+   when an artifact is loaded and before every run. A refused script never starts a process. It
+   closes every attribute path to dunders it can see: attribute reads, class patterns
+   (`case C(__class__=c)`), format fields, dunder strings, `type(name, bases, dict)`, special
+   methods outside an allow-list, `functools.update_wrapper`.
 2. **Runtime** (`child`): in the child, an audit hook installed before the script's code exists in
-   the process, its policy written into its own code as literals; the script runs in a fresh
-   namespace with restricted builtins, read-only copies of allowed modules and guarded attribute
-   reads.
-3. **OS** (`isolation`): user, mount, network, IPC and UTS namespaces, a read-only root holding only
-   the Python installation, an empty environment, rlimits, no new processes. **Fails closed**: if
-   the isolation cannot be set up, the script does not run (`isolation_problem()` says why).
+   the process, every name it uses bound when it was defined (a script that rebinds `any`, `str` or
+   `os.path.realpath` changes nothing); the script runs in a fresh namespace with restricted
+   builtins, read-only copies of allowed modules, guarded attribute reads and checked class patterns.
+3. **OS** (`isolation`): bubblewrap where it works (user, PID, mount, network, IPC, UTS namespaces,
+   `nobody`), else the engine's own namespaces; a read-only root holding only the Python
+   installation, an empty environment, rlimits; and a seccomp filter: no signals to other
+   processes, no new processes or programs. **Fails closed**: if the isolation cannot be set up,
+   the script does not run (`isolation_problem()` says why).
+
+What the parent reads back is capped: the reply at the outputs' size, stderr (prints, tracebacks)
+at `OUTPUT_CAP_BYTES`, then truncated with a marker.
 
 Only the step's declared inputs reach the child, as JSON on stdin. Every failure (a refused
 script or call, a crash, a limit, a timeout, output that is not strict JSON) becomes a
@@ -160,10 +168,10 @@ def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[
     if isolation.backend() == "bwrap":
         isolation.stage_for_nobody(plan, tmp)
         argv = isolation.bwrap_argv(plan, argv)
-        preexec = lambda: isolation.enter_bwrap(plan, libc)  # noqa: E731
+        preexec = lambda: isolation.enter_bwrap(plan, libc)
     else:
         os.mkdir(root)
-        preexec = lambda: isolation.isolate(plan, libc)  # noqa: E731
+        preexec = lambda: isolation.isolate(plan, libc)
     try:
         return _communicate(argv, data, env, wall, caps, preexec)
     except subprocess.SubprocessError as e:

@@ -1,20 +1,30 @@
 """The runtime layer: the program the sandboxed child runs (`python -I -S -c SOURCE`).
 
-Order matters. Before any untrusted byte is read, the child installs an audit hook whose whole
-policy is literals in its own code: no globals or closure cells a script could rewrite, and
-`function.__code__` cannot be replaced (that raises an audit event the hook refuses). Hooks cannot
-be removed. Only then is the job (code and inputs) read from stdin. Allowed modules are imported
-when the script first imports them, under the hook.
+Order matters. Before any untrusted byte is read, the child installs the OS layer's seccomp filter
+(when the OS layer is on) and an audit hook whose whole policy is literals in its own code, and
+every name it uses (`str`, `isinstance`, `os.path.realpath`, ...) a parameter bound when it was
+defined: no globals or closure cells a script could rewrite, and `function.__code__` or
+`__defaults__` cannot be replaced (that raises an audit event the hook refuses). Hooks cannot be
+removed. Only then is the job (code and inputs) read from stdin. Allowed modules are imported when
+the script first imports them, under the hook.
 
 The script then runs in a fresh namespace with:
 - builtins without `open`, `exec`, `eval`, `compile`, `getattr`, `globals`, ... (policy.DENIED_BUILTINS);
 - an `__import__` that gives read-only copies of the allowed modules' public names (no submodules,
   so `json.codecs.open` does not exist);
 - every attribute read rewritten to a guard refusing `_`-names and frame/code attributes, and
-  `str.format` fields that traverse attributes;
+  `str.format` / `format_map` fields that traverse attributes, however the method was reached
+  (a literal, a str subclass, `super()`);
+- class patterns checked: no `case C(_x=...)` keyword naming a `_` attribute, and before a `match`
+  runs, each class with positional sub-patterns is captured and its `__match_args__` must be a
+  plain tuple naming no `_` attribute; no `__` name may be bound or special method defined outside
+  `policy.ALLOWED_DUNDER_METHODS`;
 - stdout pointed at stderr (results go out on a private descriptor).
 The hook refuses sockets, processes, signals, ctypes, frame/code introspection, `gc`, reads outside
 the standard library and the scratch directory, and writes outside the scratch directory.
+
+A serving worker (`serve`) never runs the script itself: per call it forks a child from its
+pristine state, and that child confines itself, executes the module afresh and answers once.
 """
 
 from __future__ import annotations

@@ -200,7 +200,8 @@ def bwrap_executable() -> str | None:
 def bwrap_argv(plan: Plan, argv: list[str]) -> list[str]:
     """The bubblewrap command running `argv` under the plan (binds at the same paths inside)."""
     bwrap = bwrap_executable()
-    assert bwrap is not None
+    if bwrap is None:
+        raise OSError("bubblewrap (bwrap) is not installed")
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--uid", str(INSIDE_ID), "--gid", str(INSIDE_ID), "--hostname", "sandbox"]
     staged = dict(plan.staged)

@@ -12,9 +12,9 @@ processes), started once and then sent one request per line on its stdin. What d
   call changes (module globals, class attributes, the decimal context, caches) reaches the next
   call: call 61 behaves exactly like call 1, which is what verification saw. A call that dies or
   loops is killed alone (its own CPU limit);
-- its CPU limit covers many calls (`WORKER_CPU_SECONDS`); when a worker is killed by it, times out,
-  crashes or has served `MAX_CALLS`, the call in flight fails (the caller falls back to the tiers)
-  and the next call starts a new worker;
+- each call's process has its own CPU limit (`per_item_seconds` + 1); the worker's covers its own
+  work (`WORKER_CPU_SECONDS`); when a worker is killed, times out or has served `MAX_CALLS`, the
+  call in flight fails (the caller falls back to the tiers) and the next call starts a new worker;
 - its output is read with a wall-clock timeout per call (`Limits.per_item_seconds` plus a margin).
 
 When the OS layer is unavailable, no worker starts: the result is the same error `run_script`
@@ -72,10 +72,10 @@ class Worker:
         if isolation.backend() == "bwrap":
             isolation.stage_for_nobody(plan, self.tmp)
             argv = isolation.bwrap_argv(plan, argv)
-            preexec = lambda: isolation.enter_bwrap(plan, libc)  # noqa: E731
+            preexec = lambda: isolation.enter_bwrap(plan, libc)
         else:
             os.mkdir(root)
-            preexec = lambda: isolation.isolate(plan, libc)  # noqa: E731
+            preexec = lambda: isolation.isolate(plan, libc)
         env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
