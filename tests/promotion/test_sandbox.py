@@ -316,7 +316,8 @@ def test_fails_closed_when_isolation_cannot_be_set_up(monkeypatch: pytest.Monkey
 
     real = isolation._libc()
     monkeypatch.setattr(isolation, "_libc", lambda: NoNamespaces(real))
-    code = f"def solve(inputs):\n    return {{'ran': True}}\n"
+    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", "namespaces")  # the fallback, the one that unshares itself
+    code = "def solve(inputs):\n    return {'ran': True}\n"
     result = run_one(code, {}, FAST)
     assert not result.answered and result.output is None
     assert "isolation unavailable" in (result.error or "") and "unshare" in (result.error or "")

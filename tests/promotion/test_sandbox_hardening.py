@@ -343,3 +343,30 @@ def solve(inputs):
 """
     result = run_script(code, [{}], FAST, layers={"runtime"})[0]
     assert result.output is None and "not allowed" in (result.error or ""), result
+
+
+# --- the OS backend: bubblewrap preferred, the namespaces fallback, and closed when neither ----------
+
+def test_without_bubblewrap_the_namespaces_fallback_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENGINE_SANDBOX_BACKEND", raising=False)
+    monkeypatch.setattr(isolation, "_backend", [])
+    monkeypatch.setattr(isolation, "bwrap_executable", lambda: None)
+    assert isolation.bubblewrap_problem() == "bubblewrap (bwrap) is not installed"
+    assert isolation.backend() == "namespaces"
+
+
+def test_a_required_bubblewrap_that_is_missing_runs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", "bwrap")
+    monkeypatch.setattr(isolation, "bwrap_executable", lambda: None)
+    result = run_one("def solve(inputs):\n    return 1\n", {}, FAST)
+    assert result.output is None and "bubblewrap (bwrap) is not installed" in (result.error or "")
+    workers.close_all()
+    served = serve_one("def solve(inputs):\n    return 2\n", {}, FAST)
+    assert served.output is None and "bubblewrap (bwrap) is not installed" in (served.error or "")
+
+
+@needs_isolation
+def test_bubblewrap_is_preferred_where_it_works() -> None:
+    if isolation.bubblewrap_problem() is not None:
+        pytest.skip(f"no bubblewrap here: {isolation.bubblewrap_problem()}")
+    assert isolation.backend(refresh=True) == "bwrap" or os.environ.get("ENGINE_SANDBOX_BACKEND") == "namespaces"
