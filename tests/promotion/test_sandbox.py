@@ -19,7 +19,7 @@ import pytest
 from engine.promotion import sandbox
 from engine.promotion.sandbox import (
     Limits, check_script, isolation, isolation_problem, run_one, run_script)
-from sandboxmark import needs_isolation
+from sandboxmark import needs_isolation, os_backend  # noqa: F401 (a fixture)
 
 # A generous wall clock: these tests run beside other work on a small, shared machine.
 FAST = Limits(cpu_seconds=2, memory_bytes=256 * 1024 * 1024, wall_seconds=30, per_item_seconds=1.0)
@@ -149,6 +149,69 @@ def solve(inputs):
     "ctypes_system": ("import ctypes\ndef solve(inputs):\n    ctypes.CDLL(None).system(b'touch {mark}')\n"
                       "    return 'ran'\n"),
     "import_builtin_via_dunder": "def solve(inputs):\n    return __import__('os').popen('cat {secret}').read()\n",
+    # A class pattern reads attributes itself: `case object(__globals__=g)` is `g = x.__globals__`.
+    # From a module's globals to `sys.modules`, then rebind the names the audit hook looked up.
+    "match_class_pattern_to_globals": """
+import json
+def solve(inputs):
+    match json.loads:
+        case object(__globals__=g):
+            mods = g['codecs'].sys.modules
+    main = mods['__main__']
+    main.any = lambda *a: True
+    main.str = lambda *a: 'json'
+    try:
+        return [sorted(g), mods['builtins'].open({secret!r}).read()]
+    except Exception:
+        return sorted(g)
+""",
+    # `case C(x)` reads the attribute that `C.__match_args__` names, whatever made C.
+    "match_args_names_a_dunder": """
+import json
+def solve(inputs):
+    meta = type('Meta', (type,), {{'__instancecheck__': lambda cls, obj: True}})
+    probe = meta('Probe', (), {{'__match_args__': ('_' * 2 + 'globals' + '_' * 2,)}})
+    match json.loads:
+        case probe(g):
+            return sorted(g)
+""",
+    "match_args_defined_by_decorator": """
+import json
+def solve(inputs):
+    class Meta(type):
+        def __instancecheck__(cls, obj):
+            return True
+    class Probe(metaclass=Meta):
+        @(lambda f: ('_' * 2 + 'globals' + '_' * 2,))
+        def __match_args__(self):
+            pass
+    match json.loads:
+        case Probe(g):
+            return sorted(g)
+""",
+    "format_through_a_str_subclass": """
+def solve(inputs):
+    class S(str):
+        pass
+    return S.format('{{0.__globals__[__builtins__]}}', solve) + S.format_map('{{x.__globals__}}', {{'x': solve}})
+""",
+    "format_through_super": """
+def solve(inputs):
+    class S(str):
+        pass
+    return super(S, S('{{0.__globals__[__builtins__]}}')).format(solve)
+""",
+    "update_wrapper_copies_a_dunder": """
+import functools, json
+def solve(inputs):
+    got = []
+    class Catch:
+        def __setattr__(self, name, value):
+            got.append(value)
+    functools.update_wrapper(Catch(), json.loads, assigned=('_' * 2 + 'globals' + '_' * 2,), updated=())
+    g = got[0]
+    return sorted(g)
+""",
     "remove_audit_hook_then_read": """
 import sys
 def solve(inputs):
@@ -187,7 +250,7 @@ def test_runtime_layer_alone_stops_every_attack(name: str, target: dict[str, Any
 
 @needs_isolation
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_os_layer_alone_stops_every_attack(name: str, target: dict[str, Any]) -> None:
+def test_os_layer_alone_stops_every_attack(name: str, target: dict[str, Any], os_backend: str) -> None:
     _assert_failed(run_one_with(_fill(ATTACKS[name], target), {"os"}), target, language=False)
 
 
@@ -204,7 +267,7 @@ def run_one_with(code: str, layers: set[str]) -> sandbox.SandboxResult:
 
 
 @needs_isolation
-def test_os_layer_gives_an_empty_environment_and_a_read_only_root(target: dict[str, Any]) -> None:
+def test_os_layer_gives_an_empty_environment_and_a_read_only_root(target: dict[str, Any], os_backend: str) -> None:
     code = """
 import os
 def solve(inputs):
@@ -228,6 +291,7 @@ def solve(inputs):
     result = run_one_with(code, {"os"})
     out = result.output
     assert out is not None, result.error
+    assert out["env"].pop("PWD", "/tmp") == "/tmp"  # bubblewrap sets it
     assert out["env"] == {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
     assert "proc" not in out["root"] and "home" not in out["root"] and "work" not in out["root"]
     assert set(out["etc"]) <= {"ld.so.cache"}  # the loader's cache, nothing else of /etc
@@ -252,6 +316,7 @@ def test_fails_closed_when_isolation_cannot_be_set_up(monkeypatch: pytest.Monkey
 
     real = isolation.libc()
     monkeypatch.setattr(isolation, "libc", lambda: NoNamespaces(real))
+    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", "namespaces")  # the fallback, the one that unshares itself
     code = "def solve(inputs):\n    return {'ran': True}\n"
     result = run_one(code, {}, FAST)
     assert not result.answered and result.output is None
@@ -359,15 +424,16 @@ def test_runs_when_the_parent_holds_many_descriptors() -> None:
 
 
 def test_runtime_policy_is_installed_first_and_lives_in_the_hooks_own_code() -> None:
+    import dis
+
     from engine.promotion.sandbox.child import child_source
 
     source = child_source(tmp="/tmp", read_roots=("/usr/lib/python3",), runtime=True)
     assert source.index("sys.addaudithook(__sandbox_hook)") < source.index("sys.stdin.buffer.read()")
     module = compile(source, "child", "exec")
     hook = next(c for c in module.co_consts if getattr(c, "co_name", "") == "__sandbox_hook")
-    # No closure cells and no module globals hold the policy: only `os` and builtins are looked up.
-    assert hook.co_freevars == ()  # (its cell variables are its own locals, shared with generator expressions)
-    assert set(hook.co_names) <= {"os", "path", "realpath", "fsdecode", "O_WRONLY", "O_RDWR", "O_CREAT",
-                                  "O_APPEND", "O_TRUNC", "startswith", "split", "isinstance", "int", "str", "any",
-                                  "repr", "len", "PermissionError", "RuntimeError", "Exception"}
+    # No closure cells and no globals at all: every name it uses is a parameter bound at definition.
+    assert hook.co_freevars == () and hook.co_cellvars == ()
+    assert not [i.argval for i in dis.get_instructions(hook) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+    assert not [c for c in hook.co_consts if hasattr(c, "co_code")]  # no nested functions or generators
     assert "/usr/lib/python3" in repr(hook.co_consts)  # the read roots are literals of the hook itself

@@ -157,6 +157,7 @@ def test_promotions_cli_says_why_scripts_cannot_run(label_wf, labeller, store, m
 
     real = isolation.libc()
     monkeypatch.setattr(isolation, "libc", lambda: NoNamespaces(real))
+    monkeypatch.setenv("ENGINE_SANDBOX_BACKEND", "namespaces")  # the fallback, the one that unshares itself
     monkeypatch.setattr(sandbox, "_probe", [])
     path = label_wf()
     _seed(path)

@@ -3,14 +3,22 @@
 A promoted script defines `solve(inputs: dict) -> output | None` (None abstains).
 
 1. **Language** (`static`): an AST allow-list, checked in the parent when a script is proposed,
-   when an artifact is loaded and before every run. A refused script never starts a process.
+   when an artifact is loaded and before every run. A refused script never starts a process. It
+   closes every attribute path to dunders it can see: attribute reads, class patterns
+   (`case C(__class__=c)`), format fields, dunder strings, `type(name, bases, dict)`, special
+   methods outside an allow-list, `functools.update_wrapper`.
 2. **Runtime** (`child`): in the child, an audit hook installed before the script's code exists in
-   the process, its policy written into its own code as literals; the script runs in a fresh
-   namespace with restricted builtins, read-only copies of allowed modules and guarded attribute
-   reads.
-3. **OS** (`isolation`): user, mount, network, IPC and UTS namespaces, a read-only root holding only
-   the Python installation, an empty environment, rlimits, no new processes. **Fails closed**: if
-   the isolation cannot be set up, the script does not run (`isolation_problem()` says why).
+   the process, every name it uses bound when it was defined (a script that rebinds `any`, `str` or
+   `os.path.realpath` changes nothing); the script runs in a fresh namespace with restricted
+   builtins, read-only copies of allowed modules, guarded attribute reads and checked class patterns.
+3. **OS** (`isolation`): bubblewrap where it works (user, PID, mount, network, IPC, UTS namespaces,
+   `nobody`), else the engine's own namespaces; a read-only root holding only the Python
+   installation, an empty environment, rlimits; and a seccomp filter: no signals to other
+   processes, no new processes or programs. **Fails closed**: if the isolation cannot be set up,
+   the script does not run (`isolation_problem()` says why).
+
+What the parent reads back is capped: the reply at the outputs' size, stderr (prints, tracebacks)
+at `OUTPUT_CAP_BYTES`, then truncated with a marker.
 
 Only the step's declared inputs reach the child, as JSON on stdin. Every failure (a refused
 script or call, a crash, a limit, a timeout, output that is not strict JSON) becomes a
@@ -21,10 +29,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Collection
 
@@ -62,10 +72,83 @@ class IsolationUnavailable(Exception):
     """The OS layer could not be set up; carries the reason."""
 
 
+OUTPUT_CAP_BYTES = 1024 * 1024
+"""What the parent keeps of a child's stderr (prints, tracebacks); the rest is read and dropped."""
+TRUNCATED = b"\n[... output truncated by the sandbox]"
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _drain(proc: subprocess.Popen[bytes], job: bytes, deadline: float, caps: tuple[int, int]) -> tuple[bytes, bytes]:
+    """Write the job, then read both pipes until they close, keeping at most `caps` bytes of each
+    (then a marker): a script that prints gigabytes costs the parent no more than the caps."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    cap = {proc.stdout.fileno(): caps[0], proc.stderr.fileno(): caps[1]}
+    dropped = dict.fromkeys(kept, False)
+    to_write = memoryview(job)
+    os.set_blocking(proc.stdin.fileno(), False)
+    writer: int | None = proc.stdin.fileno()
+    readers = set(kept)
+    while readers or writer is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        ready_r, ready_w, _ = select.select(list(readers), [writer] if writer is not None else [], [], left)
+        if ready_w and writer is not None:
+            try:
+                to_write = to_write[os.write(writer, to_write[:1 << 16]):]
+            except (BrokenPipeError, BlockingIOError) as e:
+                if isinstance(e, BrokenPipeError):
+                    to_write = to_write[len(to_write):]
+            if not to_write:
+                proc.stdin.close()
+                writer = None
+        for fd in ready_r:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                readers.discard(fd)
+                continue
+            room = cap[fd] - len(kept[fd])
+            if room > 0:
+                kept[fd] += chunk[:room]
+            if len(chunk) > room:
+                dropped[fd] = True
+    out, err = (bytes(kept[f.fileno()]) + (TRUNCATED if dropped[f.fileno()] else b"")
+                for f in (proc.stdout, proc.stderr))
+    return out, err
+
+
+def _communicate(argv: list[str], job: bytes, env: dict[str, str], wall: float, caps: tuple[int, int],
+                 preexec_fn: Any, cwd: str | None = None) -> Finished:
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=cwd, preexec_fn=preexec_fn)
+    try:
+        out, err = _drain(proc, job, time.monotonic() + wall, caps)
+        returncode = proc.wait(timeout=max(1.0, wall))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return Finished(returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
 def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[str], wall: float,
-           tmp: str) -> subprocess.CompletedProcess[str]:
+           tmp: str) -> Finished:
     env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
     argv = [isolation.python_executable(), "-I", "-S", "-X", "utf8", "-c", source]
+    data = json.dumps(job).encode()
+    # The reply holds every output (each at most max_output characters) plus a little framing.
+    caps = (limits.max_output_chars * len(job["inputs"]) + 64 * len(job["inputs"]) + 4096, OUTPUT_CAP_BYTES)
     if "os" not in layers:  # tests only: prove that the other layers hold alone
         import resource
 
@@ -74,19 +157,23 @@ def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[
             resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
 
-        return subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, env=env, cwd=tmp,
-                              timeout=wall, preexec_fn=limits_only)
+        return _communicate(argv, data, env, wall, caps, limits_only, cwd=tmp)
     root = os.path.join(tmp, "root")
-    os.mkdir(root)
     os.chmod(tmp, 0o711)
     plan = isolation.make_plan(root, cpu_seconds=limits.cpu_seconds, memory_bytes=limits.memory_bytes,
                                file_bytes=limits.file_bytes)
     report_r, report_w = os.pipe()
     plan.report_fd = report_w
     libc = isolation.libc()
+    if isolation.backend() == "bwrap":
+        isolation.stage_for_nobody(plan, tmp)
+        argv = isolation.bwrap_argv(plan, argv)
+        preexec = lambda: isolation.enter_bwrap(plan, libc)
+    else:
+        os.mkdir(root)
+        preexec = lambda: isolation.isolate(plan, libc)
     try:
-        return subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, env=env,
-                              timeout=wall, preexec_fn=lambda: isolation.isolate(plan, libc))
+        return _communicate(argv, data, env, wall, caps, preexec)
     except subprocess.SubprocessError as e:
         if isinstance(e, subprocess.TimeoutExpired):
             raise
@@ -111,9 +198,16 @@ def run_script(code: str, inputs: list[dict[str, Any]], limits: Limits | None = 
         problems = check_script(code)
         if problems:
             return [SandboxResult(error="refused by the static check: " + "; ".join(problems))] * len(inputs)
+    seccomp = b""
+    if "os" in layers:
+        seccomp = isolation.seccomp_program()
+        if not seccomp:
+            return [SandboxResult(error="sandbox isolation unavailable, the script was not run: no system-call "
+                                        f"filter for this machine ({isolation.platform.machine()})")] * len(inputs)
     tmp = tempfile.mkdtemp(prefix="engine-sandbox-")
     inside_tmp = "/tmp" if "os" in layers else os.path.realpath(tmp)
-    source = child_source(tmp=inside_tmp, read_roots=isolation.read_roots(), runtime="runtime" in layers)
+    source = child_source(tmp=inside_tmp, read_roots=isolation.read_roots(), runtime="runtime" in layers,
+                          seccomp=seccomp)
     job = {"code": code, "inputs": inputs, "per_item": limits.per_item_seconds,
            "max_output": limits.max_output_chars}
     wall = limits.wall_seconds + limits.per_item_seconds * len(inputs)
@@ -130,7 +224,7 @@ def run_script(code: str, inputs: list[dict[str, Any]], limits: Limits | None = 
     return _results(proc, len(inputs))
 
 
-def _results(proc: subprocess.CompletedProcess[str], n: int) -> list[SandboxResult]:
+def _results(proc: Finished, n: int) -> list[SandboxResult]:
     try:
         reply = json.loads(proc.stdout)
         if not isinstance(reply, dict):
@@ -139,6 +233,8 @@ def _results(proc: subprocess.CompletedProcess[str], n: int) -> list[SandboxResu
         why = f"exit {proc.returncode}" + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
         tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
         return [SandboxResult(error=f"sandbox died: {why} {' '.join(tail)}"[:500].strip())] * n
+    if "isolation" in reply:
+        return [SandboxResult(error=f"sandbox isolation unavailable, the script was not run: {reply['isolation']}")] * n
     if "fatal" in reply:
         return [SandboxResult(error=f"script failed to load: {reply['fatal']}")] * n
     items = reply.get("results")

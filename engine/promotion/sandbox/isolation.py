@@ -1,6 +1,18 @@
 """The OS layer: the child runs in its own namespaces with nothing of the host but Python.
 
-In the forked child, before Python starts (`preexec_fn`), in this order:
+Two backends, chosen once per process (`backend()`):
+- **bubblewrap** (`bwrap`, the Debian package `bubblewrap`), preferred where it works: user, PID,
+  mount, network, IPC, UTS and cgroup namespaces; a read-only root holding only read-only binds of
+  /usr, the Python installation and the loader cache, a small tmpfs at /tmp; an unprivileged id
+  (run as root, the engine first becomes `nobody`, and what only root can reach is staged for it);
+  no other process is visible, so none can be signalled; dies with its parent.
+- **namespaces**, today's own setup, as the fallback (described below).
+Either way the child installs `seccomp_program()` before it reads untrusted bytes: no signals to
+other processes (kill, tkill, tgkill, pidfd_send_signal, rt_sigqueueinfo), no fork, clone or exec,
+no ptrace, namespaces, mounts or sockets. When neither backend can be set up, or the filter cannot be
+installed, the script does not run (fail closed).
+
+The fallback, in the forked child, before Python starts (`preexec_fn`), in this order:
 - a new session, and rlimits: CPU seconds, address space, file size, open files, no core dumps;
 - run as root, it first becomes `nobody` (so that the no-new-processes limit applies: the kernel
   never applies RLIMIT_NPROC to root);
@@ -18,8 +30,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import resource
+import shutil
+import struct
+import subprocess
 import sys
+import threading
 import _json as _json_c  # a C extension: where lib-dynload is
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,6 +68,10 @@ class Plan:
     file_bytes: int = 1024 * 1024
     tmp_bytes: int = 8 * 1024 * 1024
     report_fd: int = -1
+    allow_fork: bool = False
+    """A serving worker forks one confined child per call itself (each one then forks no more)."""
+    staged: list[tuple[str, str]] = field(default_factory=list)
+    """bubblewrap run as root: (source, stage) binds that make a root-only path readable by nobody."""
 
 
 def libc() -> Any:
@@ -102,6 +123,178 @@ def make_plan(root: str, *, cpu_seconds: int, memory_bytes: int, file_bytes: int
     files = [f for f in ("/etc/ld.so.cache", "/dev/null", "/dev/zero", "/dev/urandom") if os.path.exists(f)]
     plan.binds = [(p, True, _mount_flags(p)) for p in dirs] + [(p, False, _mount_flags(p)) for p in files]
     return plan
+
+
+# System calls the sandboxed script never needs: signals to other processes, new processes and
+# programs, tracing other processes, namespaces, mounts, sockets, kernel keyrings, bpf, io_uring.
+_DENIED_SYSCALLS = (
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal",
+    "pidfd_getfd", "fork", "vfork", "clone", "clone3", "execve", "execveat", "ptrace", "process_vm_readv",
+    "process_vm_writev", "kcmp", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree",
+    "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "socket", "socketpair", "keyctl", "add_key",
+    "request_key", "bpf", "userfaultfd", "perf_event_open", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "personality",
+)
+_COMMON_SYSCALLS = {"pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426,
+                    "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+                    "fsmount": 432, "fspick": 433, "pidfd_open": 434, "clone3": 435, "pidfd_getfd": 438}
+_SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
+    "x86_64": (0xC000003E, {
+        "socket": 41, "socketpair": 53, "clone": 56, "fork": 57, "vfork": 58, "execve": 59, "kill": 62,
+        "ptrace": 101, "rt_sigqueueinfo": 129, "personality": 135, "pivot_root": 155, "chroot": 161,
+        "mount": 165, "umount2": 166, "tkill": 200, "tgkill": 234, "add_key": 248, "request_key": 249,
+        "keyctl": 250, "unshare": 272, "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "setns": 308,
+        "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "bpf": 321, "execveat": 322,
+        "userfaultfd": 323, **_COMMON_SYSCALLS}),
+    "aarch64": (0xC00000B7, {
+        "socket": 198, "socketpair": 199, "clone": 220, "execve": 221, "kill": 129, "tkill": 130, "tgkill": 131,
+        "rt_sigqueueinfo": 138, "ptrace": 117, "personality": 92, "pivot_root": 41, "chroot": 51, "mount": 40,
+        "umount2": 39, "add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97,
+        "rt_tgsigqueueinfo": 240, "perf_event_open": 241, "setns": 268, "process_vm_readv": 270,
+        "process_vm_writev": 271, "kcmp": 272, "bpf": 280, "execveat": 281, "userfaultfd": 282,
+        **_COMMON_SYSCALLS}),
+}
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_RET_ALLOW, _RET_KILL_PROCESS, _RET_EPERM = 0x7FFF0000, 0x80000000, 0x00050001
+_X32_SYSCALL_BIT = 0x40000000
+
+
+def seccomp_program(machine: str | None = None) -> bytes:
+    """The classic-BPF seccomp filter the child installs (`struct sock_filter[]`): the system calls
+    in `_DENIED_SYSCALLS` fail with EPERM, a foreign architecture (or x32 on x86_64) ends the process.
+    Empty where this machine's system-call numbers are not known (the sandbox then fails closed)."""
+    machine = machine or platform.machine()
+    if machine not in _SYSCALLS:
+        return b""
+    arch, numbers = _SYSCALLS[machine]
+    denied = sorted({numbers[name] for name in _DENIED_SYSCALLS if name in numbers})
+    checks: list[tuple[int, int]] = [(_BPF_JGE_K, _X32_SYSCALL_BIT)] if machine == "x86_64" else []
+    checks += [(_BPF_JEQ_K, nr) for nr in denied]
+    allow = 4 + len(checks)  # index of the ALLOW return; EPERM follows it
+    program = [(_BPF_LD_W_ABS, 0, 0, 4), (_BPF_JEQ_K, 1, 0, arch), (_BPF_RET_K, 0, 0, _RET_KILL_PROCESS),
+               (_BPF_LD_W_ABS, 0, 0, 0)]
+    program += [(code, allow - i, 0, k) for i, (code, k) in enumerate(checks, start=4)]
+    program += [(_BPF_RET_K, 0, 0, _RET_ALLOW), (_BPF_RET_K, 0, 0, _RET_EPERM)]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+def _others_can_reach(path: str) -> bool:
+    """Every directory above `path` is searchable by anyone (so `nobody` can bind it)."""
+    current = path
+    while True:
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        try:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        current = parent
+
+
+def bwrap_executable() -> str | None:
+    return shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+
+
+def bwrap_argv(plan: Plan, argv: list[str]) -> list[str]:
+    """The bubblewrap command running `argv` under the plan (binds at the same paths inside)."""
+    bwrap = bwrap_executable()
+    if bwrap is None:
+        raise OSError("bubblewrap (bwrap) is not installed")
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+           "--uid", str(INSIDE_ID), "--gid", str(INSIDE_ID), "--hostname", "sandbox"]
+    staged = dict(plan.staged)
+    for link, target in plan.symlinks:
+        cmd += ["--symlink", target, link]
+    for path, _is_dir, _flags in plan.binds:
+        cmd += ["--ro-bind", staged.get(path, path), path]
+    cmd += ["--size", str(plan.tmp_bytes), "--perms", "0700", "--tmpfs", "/tmp", "--remount-ro", "/",
+            "--chdir", "/tmp", "--unsetenv", "PWD", "--", *argv]
+    return cmd
+
+
+def stage_for_nobody(plan: Plan, stage_dir: str) -> None:
+    """Run as root, bubblewrap runs as `nobody`: binds below a root-only directory (a Python
+    under /root) are first bound, in the child's own mount namespace, at a path nobody can reach."""
+    if os.geteuid() != 0:
+        return
+    for n, (path, is_dir, _flags) in enumerate(plan.binds):
+        if not _others_can_reach(path):
+            stage = os.path.join(stage_dir, f"s{n}")
+            if is_dir:
+                os.makedirs(stage, mode=0o755)
+            else:
+                os.close(os.open(stage, os.O_WRONLY | os.O_CREAT, 0o644))
+            plan.staged.append((path, stage))
+
+
+def enter_bwrap(plan: Plan, libc: Any) -> None:  # pragma: no cover - runs in the forked child
+    """The `preexec_fn` before exec'ing bubblewrap: rlimits, and as root, staged binds and `nobody`."""
+    try:
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_CPU, (plan.cpu_seconds, plan.cpu_seconds))
+        resource.setrlimit(resource.RLIMIT_AS, (plan.memory_bytes, plan.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (plan.file_bytes, plan.file_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if os.getuid() == 0 or os.geteuid() == 0:
+            _check(libc.unshare(CLONE_NEWNS), "unshare(mount)")
+            _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
+            for source, stage in plan.staged:
+                _check(libc.mount(source.encode(), stage.encode(), None, MS_BIND | MS_REC, None), f"bind {source}")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    except BaseException as e:
+        if plan.report_fd >= 0:
+            try:
+                os.write(plan.report_fd, f"{type(e).__name__}: {e}"[:500].encode())
+            except OSError:
+                pass
+        raise
+
+
+_backend_lock = threading.Lock()
+_backend: list[str] = []
+
+
+def backend(refresh: bool = False) -> str:
+    """"bwrap" where bubblewrap is installed and works here, else "namespaces" (the fallback).
+    `ENGINE_SANDBOX_BACKEND=namespaces` forces the fallback, `=bwrap` requires bubblewrap."""
+    forced = os.environ.get("ENGINE_SANDBOX_BACKEND", "")
+    if forced in ("bwrap", "namespaces"):
+        return forced
+    with _backend_lock:
+        if refresh or not _backend:
+            _backend[:] = ["bwrap" if bubblewrap_problem() is None else "namespaces"]
+        return _backend[0]
+
+
+def bubblewrap_problem() -> str | None:
+    """None when bubblewrap can run a program here under the sandbox's options; else why not."""
+    if bwrap_executable() is None:
+        return "bubblewrap (bwrap) is not installed"
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="engine-sandbox-probe-")
+    try:
+        os.chmod(tmp, 0o711)
+        plan = make_plan(os.path.join(tmp, "root"), cpu_seconds=5, memory_bytes=512 * 1024 * 1024,
+                         file_bytes=1024 * 1024)
+        stage_for_nobody(plan, tmp)
+        handle = libc()
+        try:
+            proc = subprocess.run(bwrap_argv(plan, [plan.python, "-I", "-S", "-c", "pass"]), capture_output=True,
+                                  timeout=20, env={"LANG": "C.UTF-8"}, preexec_fn=lambda: enter_bwrap(plan, handle))
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"bubblewrap did not start: {e}"
+        if proc.returncode != 0:
+            return "bubblewrap failed: " + proc.stderr.decode(errors="replace").strip()[-300:]
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check(result: int, what: str) -> None:
@@ -179,7 +372,8 @@ def isolate(plan: Plan, libc: Any) -> None:  # pragma: no cover - runs in the fo
         os.chroot(plan.root)
         os.chdir("/tmp")
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        if not plan.allow_fork:
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         # Last: the parent may hold descriptors numbered above this (closed at exec).
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     except BaseException as e:

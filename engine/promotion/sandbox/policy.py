@@ -21,7 +21,8 @@ DENIED_NAMES: dict[str, frozenset[str]] = {
     "string": frozenset({"Formatter"}),
     "operator": frozenset({"attrgetter", "methodcaller"}),
     "typing": frozenset({"get_type_hints", "ForwardRef", "get_overloads", "no_type_check_decorator"}),
-    "functools": frozenset({"singledispatch", "singledispatchmethod"}),
+    # update_wrapper/wraps copy and set attributes named by strings (`assigned=("__globals__",)`).
+    "functools": frozenset({"singledispatch", "singledispatchmethod", "update_wrapper", "wraps"}),
     "json": frozenset({"load", "dump"}),
 }
 
@@ -38,6 +39,23 @@ DENIED_ATTRIBUTES: frozenset[str] = frozenset({
 })
 
 FORMAT_METHODS: frozenset[str] = frozenset({"format", "format_map"})
+
+# The special methods a script's classes may define. Every other dunder name is refused: some are
+# read by the interpreter by name and would hand a script attributes it may not read itself
+# (`__match_args__` names the attributes a `case C(x)` pattern reads), others run at moments the
+# script does not control (`__del__`, `__set_name__`, `__init_subclass__`).
+ALLOWED_DUNDER_METHODS: frozenset[str] = frozenset({
+    "__init__", "__post_init__", "__repr__", "__str__", "__format__", "__hash__", "__bool__", "__len__",
+    "__iter__", "__next__", "__reversed__", "__contains__", "__getitem__", "__setitem__", "__delitem__",
+    "__missing__", "__call__", "__enter__", "__exit__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
+    "__ge__", "__int__", "__float__", "__index__", "__round__", "__neg__", "__pos__", "__abs__", "__invert__",
+    *(f"__{p}{op}__" for op in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and",
+                                  "or", "xor", "lshift", "rshift") for p in ("", "r", "i")),
+})
+
+
+def is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 @lru_cache(maxsize=None)

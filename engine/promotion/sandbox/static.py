@@ -4,8 +4,11 @@ A script passes when it only imports allowed pure modules (`policy.ALLOWED_MODUL
 only their public names; names a module only to read an allowed attribute from it (`json.loads`,
 never `j = json`); reads no attribute starting with `_` and none that leads to frames or code;
 names no dunder and no dangerous builtin (`open`, `exec`, `eval`, `compile`, `__import__`,
-`globals`, `getattr`, ...); calls `str.format` only on a literal whose fields are plain; and
-defines `solve`. It is checked when a script is proposed, when an artifact is loaded and before
+`globals`, `getattr`, ...); calls `str.format` only on a literal whose fields are plain; reads no
+attribute by a name held in data either: no `case C(attr=...)` class pattern naming a `_` attribute,
+no string literal that is a dunder name, no three-argument `type(...)`, no special method outside
+`policy.ALLOWED_DUNDER_METHODS` (so never `__match_args__`), no binding of a `__` name (`case x as
+__y`, `except E as __y`, parameters); and defines `solve`. It is checked when a script is proposed, when an artifact is loaded and before
 every run; the runtime and OS layers (`child`, `isolation`) hold even when this one is bypassed.
 """
 
@@ -16,7 +19,8 @@ import string
 from functools import lru_cache
 
 from engine.promotion.sandbox.policy import (
-    ALLOWED_MODULES, DENIED_ATTRIBUTES, DENIED_BUILTINS, FORMAT_METHODS, module_names)
+    ALLOWED_DUNDER_METHODS, ALLOWED_MODULES, DENIED_ATTRIBUTES, DENIED_BUILTINS, FORMAT_METHODS, is_dunder,
+    module_names)
 
 MAX_SOURCE = 100_000
 _DENIED_NODES = (ast.AsyncFunctionDef, ast.Await, ast.AsyncFor, ast.AsyncWith)
@@ -112,12 +116,63 @@ class _Checker(ast.NodeVisitor):
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         if node.keywords:
             self.fail(node, "class keywords (metaclass=...) are not allowed")
+        self._defined(node, node.name)
         self.generic_visit(node)
 
-    def visit_Global(self, node: ast.Global) -> None:
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._defined(node, node.name)
+        self.generic_visit(node)
+
+    def _defined(self, node: ast.AST, name: str) -> None:
+        if name.startswith("__") and name not in ALLOWED_DUNDER_METHODS:
+            self.fail(node, f"defining '{name}' is not allowed")
+
+    def _bound(self, node: ast.AST, name: str | None) -> None:
+        if name is not None and name.startswith("__"):
+            self.fail(node, f"the name '{name}' is not allowed (no dunder names)")
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self._bound(node, node.arg)
+        self.generic_visit(node)
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        self._bound(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        self._bound(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        self._bound(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        self._bound(node, node.rest)
+        self.generic_visit(node)
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        # `case C(name=p)` reads `subject.name`: the same rules as `subject.name` in code.
+        for attr in node.kwd_attrs:
+            if attr.startswith("_") or attr in DENIED_ATTRIBUTES:
+                self.fail(node, f"the class pattern reads attribute '{attr}', which is not allowed")
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and is_dunder(node.value):
+            self.fail(node, f"the string '{node.value}' names a dunder attribute, which is not allowed")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name) and node.func.id == "type" and (len(node.args) != 1 or node.keywords):
+            self.fail(node, "'type' may only be called with one argument (no classes made from a dict)")
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global | ast.Nonlocal) -> None:
         for name in node.names:
             if name.startswith("__"):
                 self.fail(node, f"the name '{name}' is not allowed")
+
+    visit_Nonlocal = visit_Global
 
 
 def _imports_first(tree: ast.Module) -> list[ast.AST]:

@@ -6,12 +6,15 @@ in the parent before it starts; the runtime layer's audit hook, restricted built
 attributes; the OS layer's namespaces, read-only root, empty environment, rlimits and no new
 processes), started once and then sent one request per line on its stdin. What differs:
 
-- the script's module is executed afresh for every call, in a new namespace, so nothing one call
-  leaves in the script's globals reaches the next; the interpreter itself (its allowed modules'
-  caches) is shared between calls of the same script, never between scripts;
-- its CPU limit covers many calls (`WORKER_CPU_SECONDS`); when a worker is killed by it, times out,
-  crashes or has served `MAX_CALLS`, the call in flight fails (the caller falls back to the tiers)
-  and the next call starts a new worker;
+- the worker never runs the script itself: for every call it forks a child from its pristine state
+  (the allowed modules imported, the script compiled, nothing of it run), and that child installs the
+  system-call filter and the audit hook, executes the script's module afresh and answers. Nothing a
+  call changes (module globals, class attributes, the decimal context, caches) reaches the next
+  call: call 61 behaves exactly like call 1, which is what verification saw. A call that dies or
+  loops is killed alone (its own CPU limit);
+- each call's process has its own CPU limit (`per_item_seconds` + 1); the worker's covers its own
+  work (`WORKER_CPU_SECONDS`); when a worker is killed, times out or has served `MAX_CALLS`, the
+  call in flight fails (the caller falls back to the tiers) and the next call starts a new worker;
 - its output is read with a wall-clock timeout per call (`Limits.per_item_seconds` plus a margin).
 
 When the OS layer is unavailable, no worker starts: the result is the same error `run_script`
@@ -54,19 +57,29 @@ class Worker:
 
     def _start(self) -> subprocess.Popen[bytes]:
         root = os.path.join(self.tmp, "root")
-        os.mkdir(root)
         os.chmod(self.tmp, 0o711)
         plan = isolation.make_plan(root, cpu_seconds=max(self.limits.cpu_seconds, WORKER_CPU_SECONDS),
                                    memory_bytes=self.limits.memory_bytes, file_bytes=self.limits.file_bytes)
+        plan.allow_fork = True  # the worker forks each call's child; that child can fork no more
+        seccomp = isolation.seccomp_program()
+        if not seccomp:
+            raise IsolationUnavailable(f"no system-call filter for this machine ({isolation.platform.machine()})")
         report_r, report_w = os.pipe()
         plan.report_fd = report_w
         libc = isolation.libc()
-        source = child_source(tmp="/tmp", read_roots=isolation.read_roots(), runtime=True, serve=True)
+        source = child_source(tmp="/tmp", read_roots=isolation.read_roots(), runtime=True, serve=True, seccomp=seccomp)
         argv = [isolation.python_executable(), "-I", "-S", "-X", "utf8", "-c", source]
+        if isolation.backend() == "bwrap":
+            isolation.stage_for_nobody(plan, self.tmp)
+            argv = isolation.bwrap_argv(plan, argv)
+            preexec = lambda: isolation.enter_bwrap(plan, libc)
+        else:
+            os.mkdir(root)
+            preexec = lambda: isolation.isolate(plan, libc)
         env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    env=env, preexec_fn=lambda: isolation.isolate(plan, libc))
+                                    env=env, preexec_fn=preexec)
         except subprocess.SubprocessError as e:
             os.close(report_w)
             reason = os.read(report_r, 1000).decode(errors="replace") or str(e)
