@@ -178,7 +178,7 @@ class _Guard(NodeTransformer):
         return _environment_call("engine_charge", node)
 
 
-def _environment_call(name: str, arg: nodes.Expr) -> nodes.Call:
+def _environment_call(name: str, arg: nodes.Node) -> nodes.Call:
     return nodes.Call(nodes.EnvironmentAttribute(name, lineno=arg.lineno), [arg], [], None, None,
                       lineno=arg.lineno)
 

@@ -24,6 +24,7 @@ import asyncio
 import heapq
 import inspect
 import threading
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from contextvars import ContextVar
@@ -160,31 +161,38 @@ async def acomplete(provider: Any, request: CompletionRequest) -> Completion:
 
 
 def _drive_fanout(group: Fanout) -> list[Any]:
-    """A `Fanout` on threads: up to `limit` workers, each taking the next task that may start
-    and driving it, until none is left (this thread only waits for them)."""
+    """A `Fanout` on threads. Tasks are started (claimed, up to `limit`) under one lock whenever
+    one finishes, as the scan-and-start loop did: every task ready at that moment starts, even if
+    another then fails. Workers take claimed tasks and drive them; this thread only waits."""
     n = len(group.tasks)
     results: list[Any] = [None] * n
     errors: dict[int, BaseException] = {}
     schedule = group.schedule()
+    limit = group.limit or n
     changed = threading.Condition()
-    running = 0
+    claimed: deque[int] = deque()
+    running = 0  # claimed and not yet finished
     halted = False
+
+    def claim() -> None:  # holding `changed`
+        nonlocal running
+        while not halted and running < limit:
+            i = schedule.take()
+            if i is None:
+                break
+            claimed.append(i)
+            running += 1
 
     def work() -> None:
         nonlocal running, halted
         while True:
             with changed:
-                while True:
-                    if halted:
-                        return
-                    i = schedule.take()
-                    if i is not None:
-                        running += 1
-                        break
-                    if running == 0:  # nothing runs, nothing may start: the group is done
+                while not claimed:
+                    if running == 0:  # nothing runs, so nothing more can start: the group is done
                         changed.notify_all()
                         return
                     changed.wait()
+                i = claimed.popleft()
             try:
                 result = drive(group.tasks[i]())
                 error: BaseException | None = None
@@ -200,10 +208,12 @@ def _drive_fanout(group: Fanout) -> list[Any]:
                     results[i] = result
                     if group.stop is not None and group.stop(i, result):
                         halted = True
+                claim()
                 changed.notify_all()
 
+    claim()
     workers = [threading.Thread(target=work, name=f"engine-fanout-{k}", daemon=True)
-               for k in range(max(1, min(group.limit or n, n)))]
+               for k in range(max(1, min(limit, n)))]
     for worker in workers:
         worker.start()
     try:
@@ -212,6 +222,9 @@ def _drive_fanout(group: Fanout) -> list[Any]:
     except BaseException:  # interrupted while waiting: start nothing more
         with changed:
             halted = True
+            running -= len(claimed)
+            claimed.clear()
+            changed.notify_all()
         raise
     if errors:
         raise errors[min(errors)]
