@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from contextvars import ContextVar
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -43,7 +43,12 @@ class _Budget:
         self.work = 0
 
 
-_BUDGET: ContextVar[_Budget | None] = ContextVar("engine_render_budget", default=None)
+class _Current(threading.local):
+    budget: _Budget | None = None
+
+
+_CURRENT = _Current()
+"""The budget of the render running on this thread (a jinja render runs on its caller's thread)."""
 
 
 def _refuse(what: str) -> SecurityError:
@@ -77,7 +82,7 @@ def _charge(value: Any) -> Any:
         size = _size(value, MAX_RENDER_CHARS)
         if size > MAX_RENDER_CHARS:
             raise _refuse(f"a value of more than {MAX_RENDER_CHARS:,} characters/items")
-        budget = _BUDGET.get()
+        budget = _CURRENT.budget
         if budget is not None:
             budget.work += size
             if budget.work > MAX_RENDER_WORK:
@@ -214,7 +219,7 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def engine_loop(self, iterable: Any) -> Any:
         """Count each step of a `{% for %}` against the render's budget."""
-        budget = _BUDGET.get() or _Budget()
+        budget = _CURRENT.budget or _Budget()
         for item in iterable:
             budget.steps += 1
             if budget.steps > MAX_LOOP_STEPS:
@@ -407,7 +412,10 @@ def render(source: Any, context: dict[str, Any]) -> Any:
     if not isinstance(source, str) or ("{{" not in source and "{%" not in source):
         return source
     kind, compiled = _compile(source)
-    token = _BUDGET.set(_Budget())
+    if type(compiled) is _Path:
+        return compiled(**context)
+    outer = _CURRENT.budget
+    _CURRENT.budget = _Budget()
     try:
         value = compiled(**context) if kind == "expr" else _render_text(compiled, context)
     except jinja2.UndefinedError as e:
@@ -421,7 +429,7 @@ def render(source: Any, context: dict[str, Any]) -> Any:
     except (TypeError, ValueError, ArithmeticError, LookupError) as e:
         raise TemplateError(f"{type(e).__name__}: {e}") from e
     finally:
-        _BUDGET.reset(token)
+        _CURRENT.budget = outer
     if isinstance(value, jinja2.Undefined):
         raise TemplateError("expression evaluated to an undefined value")
     return value
