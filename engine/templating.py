@@ -412,10 +412,9 @@ def render(source: Any, context: dict[str, Any]) -> Any:
     if not isinstance(source, str) or ("{{" not in source and "{%" not in source):
         return source
     kind, compiled = _compile(source)
-    if type(compiled) is _Path:
-        return compiled(**context)
     outer = _CURRENT.budget
-    _CURRENT.budget = _Budget()
+    if type(compiled) is not _Path:  # a plain lookup makes nothing: no budget to keep
+        _CURRENT.budget = _Budget()
     try:
         value = compiled(**context) if kind == "expr" else _render_text(compiled, context)
     except jinja2.UndefinedError as e:
