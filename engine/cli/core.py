@@ -9,7 +9,7 @@ import click
 
 from engine.cli.types import COUNT, SECONDS
 from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_notes, step_table
-from engine.inputs import parse_cli_inputs, parse_inputs_json, parse_tags
+from engine.inputs import check_text, parse_cli_inputs, parse_inputs_json, parse_tags
 from engine.errors import InputError, UserError
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
@@ -52,6 +52,8 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
     """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr. With --inputs, run it over
     every line of a JSONL file (see engine.batch); with --provider-batch, through the providers'
     batch APIs (see engine.provider_batch)."""
+    for flag, value in (("--tenant", tenant), ("--batch-id", batch_id), ("--id-field", id_field)):
+        check_text(flag, value)
     if batch_inputs is not None:
         from engine.cli.batch import provider_batch_options, run_batch_cli
 

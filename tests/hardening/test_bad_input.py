@@ -155,6 +155,15 @@ def test_a_surrogate_in_inputs_json_names_the_input_and_position(project) -> Non
     assert "--inputs-json: input 'text': character 3 is a lone surrogate (\\ud800)" in err
 
 
+def test_a_surrogate_in_a_tag_or_tenant_is_refused(project) -> None:
+    path = project(SCRIPT.format(name="demo"), files=OPS, config=None)
+    raw = b"\xfe".decode("utf-8", "surrogateescape")
+    for args, message in ((["--tag", f"team={raw}"], "--tag: character 5 is a lone surrogate (\\udcfe"),
+                          (["--tenant", f"t{raw}"], "--tenant: character 1 is a lone surrogate (\\udcfe")):
+        code, _, err = cli_run("run", str(path), "-i", "text=x", "-q", *args)
+        assert code == 2 and message in err and clean(err), err
+
+
 def test_surrogates_anywhere_in_run_inputs_are_an_input_error(project) -> None:
     from engine.runner import run_workflow
 
