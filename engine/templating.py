@@ -66,11 +66,13 @@ def _size(value: Any, limit: int) -> int:
             total += len(item)
         elif isinstance(item, (list, tuple, set, frozenset)):
             total += len(item)
-            stack.extend(item)
+            if total <= limit:
+                stack.extend(item)
         elif isinstance(item, dict):
             total += len(item)
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            if total <= limit:
+                stack.extend(item.keys())
+                stack.extend(item.values())
         elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
             raise _refuse(f"an integer of more than {MAX_INT_BITS:,} bits")
     return total
