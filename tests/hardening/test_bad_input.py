@@ -359,3 +359,18 @@ def test_counts_must_be_positive(project, engine_home: Path, args: list[str]) ->
     code, _, err = cli_run(*[a.format(wf=wf, items=items) for a in args])
     assert code == 2 and "Invalid value" in err and clean(err), err
     assert ">=1" in err or "x>0" in err or "0<x" in err, err
+
+
+def test_for_each_scale_benchmark_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "for_each_scale.json"
+    proc = subprocess.run([sys.executable, str(root / "examples/benchmarks/for_each_scale.py"), "--sizes", "100,300",
+                           "--out", str(out)], cwd=tmp_path, env={**os.environ, "ENGINE_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["items"] for r in rows] == [100, 300] and all(r["after_s"] > 0 for r in rows)
+    assert all("before_s" in r or r["before"].startswith("skipped") for r in rows)
