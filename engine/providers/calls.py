@@ -21,6 +21,7 @@ as tasks on the loop; either way the list of their results comes back, in the gr
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import inspect
 import threading
@@ -28,7 +29,7 @@ from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from contextvars import ContextVar
-from typing import Any, Callable, Generator, TypeVar
+from typing import Any, Callable, Generator, Sequence, TypeVar, overload
 
 from engine.providers.base import Completion, CompletionRequest
 
@@ -49,7 +50,7 @@ class Fanout:
     the first error in task order is raised at the yield. `stop(i, result)` may end the group
     early the same way (no new task starts); the results of tasks never started are None."""
 
-    tasks: list[Callable[..., ProviderCalls[Any]]]
+    tasks: Sequence[Callable[..., ProviderCalls[Any]]]
     """Called with no arguments (a lambda's defaults bind the task's own values)."""
     after: list[set[int]] = field(default_factory=list)
     limit: int = 0
@@ -63,6 +64,30 @@ class Fanout:
 
     def schedule(self) -> Schedule:
         return Schedule(self)
+
+
+class IndexedTasks(Sequence[Callable[[], ProviderCalls[Any]]]):
+    """`n` tasks made on demand: `tasks[i]()` is `make(i)`. For a fan-out over many items, so
+    that no closure per item is built (and kept) before the items run."""
+
+    def __init__(self, make: Callable[[int], ProviderCalls[Any]], n: int):
+        self._make, self._n = make, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Callable[[], ProviderCalls[Any]]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Callable[[], ProviderCalls[Any]]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return functools.partial(self._make, i % self._n)
 
 
 class Schedule:

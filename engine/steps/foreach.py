@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from engine.errors import EngineError, StepError
-from engine.providers.calls import Fanout, ProviderCalls, gather_calls
+from engine.providers.calls import Fanout, IndexedTasks, ProviderCalls, gather_calls
 from engine.spec.models import Step
 from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render
@@ -55,7 +55,7 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
         except EngineError as e:
             return None, e
 
-    tasks = [(lambda i=i, item=item: item_calls(i, item)) for i, item in enumerate(items)]
+    tasks = IndexedTasks(lambda i: item_calls(i, items[i]), len(items))
     results: list[tuple[StepOutcome | None, EngineError | None] | None] = yield from gather_calls(
         Fanout(tasks, limit=step.concurrency or DEFAULT_CONCURRENCY,
                stop=(lambda i, r: r[1] is not None) if mode == "fail" else None),
