@@ -272,6 +272,15 @@ MAX_SUBWORKFLOW_DEPTH = 32
 is refused at load, with the chain, before it can exhaust the stack."""
 
 
+class _TooDeep(SpecError):
+    """Sub-workflows nest too deep: passed up unwrapped, and reported once, by the outermost
+    workflow at its sub-workflow step, with the whole chain."""
+
+    def __init__(self, message: str):
+        super().__init__([("", "", message)])
+        self.message = message
+
+
 def _resolve_subworkflow(step: Step, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
                          problems: _Problems) -> None:
     assert step.workflow is not None
@@ -285,14 +294,18 @@ def _resolve_subworkflow(step: Step, path: tuple[Any, ...], base_dir: Path, conf
         loop = [p.name for p in chain[chain.index(resolved):]] + [resolved.name]
         problems.add(path, f"recursive sub-workflow: {' -> '.join(loop)}")
         return
-    if len(chain) >= MAX_SUBWORKFLOW_DEPTH:
-        names = [p.name for p in chain] + [resolved.name]
-        shown = names if len(names) <= 7 else [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
-        problems.add(path, f"sub-workflows nest more than {MAX_SUBWORKFLOW_DEPTH} workflows deep: "
-                           f"{' -> '.join(shown)}")
-        return
     try:
+        if len(chain) >= MAX_SUBWORKFLOW_DEPTH:
+            names = [p.name for p in chain] + [resolved.name]
+            shown = names if len(names) <= 7 else [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
+            raise _TooDeep(f"sub-workflows nest more than {MAX_SUBWORKFLOW_DEPTH} workflows deep: "
+                           f"{' -> '.join(shown)}")
         child = load_workflow(file, config=config)
+    except _TooDeep as e:
+        if len(chain) > 1:  # not the outermost workflow file: pass it up
+            raise
+        problems.add(path, e.message)
+        return
     except SpecError as e:
         problems.add(path, f"sub-workflow '{step.workflow}' fails to load:\n{e}")
         return

@@ -64,8 +64,9 @@ def test_a_sub_workflow_chain_200_deep_is_refused_with_the_chain(engine_home: Pa
     assert f"sub-workflows nest more than {MAX_SUBWORKFLOW_DEPTH} workflows deep" in text
     assert "wf0.yaml -> wf1.yaml -> wf2.yaml -> ..." in text and "-> wf32.yaml" in text
     assert f"{top}:" in text and "steps[0](sub).workflow" in text
+    assert len(e.value.problems) == 1 and e.value.problems[0][0].startswith(f"{top}:5:")  # the top file's step
     code, _, err = cli_run("validate", str(top))
-    assert code == 2 and "nest more than 32" in err and clean(err)
+    assert code == 2 and "nest more than 32" in err and clean(err) and len(err.strip().splitlines()) == 1
 
 
 def test_a_chain_at_the_depth_limit_loads_and_runs(engine_home: Path) -> None:
