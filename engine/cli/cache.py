@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine.cache import cache_store
 from engine.cache.store import CacheStore
+from engine.cli.types import COUNT
 from engine.cli.render import dump_json, fmt_cost, out_console
 from engine.config import load_config
 from engine.runner import open_store
@@ -58,7 +59,7 @@ def clear_cmd(workflow: str | None, step: str | None) -> None:
 @click.option("--run", "run_id", help="Only hits of this run (an id prefix is enough).")
 @click.option("--workflow", "-w", help="Only this workflow.")
 @click.option("--step", "-s", help="Only this step.")
-@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--limit", "-n", type=COUNT, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
 def inspect_cmd(run_id: str | None, workflow: str | None, step: str | None, limit: int, as_json: bool) -> None:
     """Recent cache hits and the entries they were served from."""

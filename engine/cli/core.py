@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from engine.cli.types import COUNT, SECONDS
 from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_notes, step_table
-from engine.inputs import parse_cli_inputs, parse_inputs_json, parse_tags
-from engine.errors import UserError
+from engine.inputs import check_text, parse_cli_inputs, parse_inputs_json, parse_tags
+from engine.errors import InputError, UserError
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
 from engine.spec.graph import mermaid
@@ -26,7 +27,7 @@ from engine.spec.graph import mermaid
               help="Batch: a JSONL file, one object of inputs per line.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Batch: where result lines go (default: INPUTS.results.jsonl).")
-@click.option("--concurrency", "-c", default=8, show_default=True, help="Batch: items run at once.")
+@click.option("--concurrency", "-c", type=COUNT, default=8, show_default=True, help="Batch: items run at once.")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[BATCH_ID]",
               help="Batch: finish an interrupted batch (default: the latest over these files).")
 @click.option("--batch-id", help="Batch: name a new batch.")
@@ -41,7 +42,7 @@ from engine.spec.graph import mermaid
               help="Provider batch: re-asks and escalations go out in real time, not as the next batch round.")
 @click.option("--max-wait", metavar="DURATION",
               help="Provider batch: wait at most this long (90s, 30m, 6h), then cancel and finish in real time.")
-@click.option("--poll-interval", default=30.0, show_default=True, metavar="SECONDS",
+@click.option("--poll-interval", type=SECONDS, default=30.0, show_default=True, metavar="SECONDS",
               help="Provider batch: seconds between polls of an open provider batch.")
 def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tags: tuple[str, ...],
             tenant: str | None, quiet: bool, batch_inputs: Path | None, output: Path | None, concurrency: int,
@@ -51,6 +52,8 @@ def run_cmd(workflow: Path, pairs: tuple[str, ...], inputs_json: str | None, tag
     """Run WORKFLOW: outputs as JSON on stdout, a summary on stderr. With --inputs, run it over
     every line of a JSONL file (see engine.batch); with --provider-batch, through the providers'
     batch APIs (see engine.provider_batch)."""
+    for flag, value in (("--tenant", tenant), ("--batch-id", batch_id), ("--id-field", id_field)):
+        check_text(flag, value)
     if batch_inputs is not None:
         from engine.cli.batch import provider_batch_options, run_batch_cli
 

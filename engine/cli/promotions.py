@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from engine.cli.types import COUNT
 from engine.cli.render import dump_json, escape_control, fmt_cost, out_console
 from engine.promotion import review
 from engine.promotion.records import Promotion
@@ -140,7 +141,7 @@ def list_cmd(workflow: str | None, status: str | None, all_: bool, as_json: bool
 
 @promotions_group.command("show")
 @click.argument("promotion_id")
-@click.option("--rows", default=20, show_default=True, help="Lookup rows / examples to show.")
+@click.option("--rows", type=COUNT, default=20, show_default=True, help="Lookup rows / examples to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout (every row).")
 def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
     """Evidence, examples, the table or code, the verification report, savings and the diff."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from engine.cli.types import COUNT
 from engine.cli.render import dump_json, fmt_cost, out_console, step_table
 from engine.config import load_config
 from engine.errors import UserError
@@ -19,7 +20,7 @@ def runs_group() -> None:
 
 @click.command("list")
 @click.option("--workflow", "-w", help="Only runs of this workflow.")
-@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--limit", "-n", type=COUNT, default=20, show_default=True)
 def list_cmd(workflow: str | None, limit: int) -> None:
     """The latest runs."""
     rows = open_store(load_config().store_url()).runs(workflow=workflow, limit=limit)

@@ -6,6 +6,7 @@ turn each into a run and a result line."""
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,29 @@ class BatchItem:
     """The line could not be read as an item (bad JSON, not an object)."""
 
 
+MAX_INPUTS_BYTES = 1 << 30
+"""The largest `--inputs` file (1 GiB): checked before it is read."""
+
+
+def _read_inputs_file(path: Path) -> str:
+    """The text of a regular file of at most MAX_INPUTS_BYTES; a device, pipe or socket is refused
+    before it is opened (reading /dev/zero would never end)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"--inputs '{path}' is not a regular file (devices, pipes and sockets are not read)")
+    if info.st_size > MAX_INPUTS_BYTES:
+        raise UserError(f"--inputs '{path}' is {info.st_size:,} bytes (at most {MAX_INPUTS_BYTES:,})")
+    with path.open("rb") as f:
+        data = f.read(MAX_INPUTS_BYTES + 1)
+    if len(data) > MAX_INPUTS_BYTES:
+        raise UserError(f"--inputs '{path}' is more than {MAX_INPUTS_BYTES:,} bytes")
+    return data.decode("utf-8")
+
+
 def read_items(path: Path, workflow: Workflow, id_field: str = "id") -> list[BatchItem]:
     items: list[BatchItem] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_inputs_file(path).splitlines()
     except OSError as e:
         raise UserError(f"cannot read --inputs '{path}': {e.strerror or e}") from None
     except UnicodeDecodeError as e:

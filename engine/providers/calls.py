@@ -21,11 +21,15 @@ as tasks on the loop; either way the list of their results comes back, in the gr
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import inspect
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+import threading
+from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from contextvars import ContextVar
-from typing import Any, Callable, Generator, TypeVar
+from typing import Any, Callable, Generator, Sequence, TypeVar, overload
 
 from engine.providers.base import Completion, CompletionRequest
 
@@ -46,7 +50,7 @@ class Fanout:
     the first error in task order is raised at the yield. `stop(i, result)` may end the group
     early the same way (no new task starts); the results of tasks never started are None."""
 
-    tasks: list[Callable[..., ProviderCalls[Any]]]
+    tasks: Sequence[Callable[..., ProviderCalls[Any]]]
     """Called with no arguments (a lambda's defaults bind the task's own values)."""
     after: list[set[int]] = field(default_factory=list)
     limit: int = 0
@@ -54,8 +58,76 @@ class Fanout:
     stop: Callable[[int, Any], bool] | None = None
 
     def ready(self, done: set[int], started: set[int]) -> list[int]:
+        """Every task that may start now, in index order (a full scan: the drivers use `schedule`)."""
         after = self.after or [set()] * len(self.tasks)
         return [i for i in range(len(self.tasks)) if i not in started and after[i] <= done]
+
+    def schedule(self) -> Schedule:
+        return Schedule(self)
+
+
+class IndexedTasks(Sequence[Callable[[], ProviderCalls[Any]]]):
+    """`n` tasks made on demand: `tasks[i]()` is `make(i)`. For a fan-out over many items, so
+    that no closure per item is built (and kept) before the items run."""
+
+    def __init__(self, make: Callable[[int], ProviderCalls[Any]], n: int):
+        self._make, self._n = make, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Callable[[], ProviderCalls[Any]]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Callable[[], ProviderCalls[Any]]]: ...
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return functools.partial(self._make, i % self._n)
+
+
+class Schedule:
+    """Which of a `Fanout`'s tasks may start, lowest index first. Linear in all: without `after`
+    a cursor walks the tasks once; with it, each task counts its unfinished dependencies and
+    joins a heap of ready tasks when the count reaches zero."""
+
+    def __init__(self, group: Fanout):
+        n = len(group.tasks)
+        self._next = 0
+        self._n = n
+        self._heap: list[int] | None = None
+        if group.after:
+            self._waiting = [0] * n
+            self._dependents: list[list[int]] = [[] for _ in range(n)]
+            for i, deps in enumerate(group.after[:n]):
+                for d in deps:
+                    self._waiting[i] += 1
+                    if 0 <= d < n:
+                        self._dependents[d].append(i)
+            self._heap = [i for i in range(n) if self._waiting[i] == 0]
+            heapq.heapify(self._heap)
+
+    def take(self) -> int | None:
+        """The lowest-index task that may start now (marked started), or None."""
+        if self._heap is None:
+            if self._next >= self._n:
+                return None
+            self._next += 1
+            return self._next - 1
+        return heapq.heappop(self._heap) if self._heap else None
+
+    def finish(self, i: int) -> None:
+        """Task `i` has finished: the tasks waiting only on it may start."""
+        if self._heap is None:
+            return
+        for j in self._dependents[i]:
+            self._waiting[j] -= 1
+            if self._waiting[j] == 0:
+                heapq.heappush(self._heap, j)
 
 
 def drive(calls: ProviderCalls[T]) -> T:
@@ -114,35 +186,71 @@ async def acomplete(provider: Any, request: CompletionRequest) -> Completion:
 
 
 def _drive_fanout(group: Fanout) -> list[Any]:
-    """A `Fanout` on threads (one per running task); this thread only schedules."""
+    """A `Fanout` on threads. Tasks are started (claimed, up to `limit`) under one lock whenever
+    one finishes, as the scan-and-start loop did: every task ready at that moment starts, even if
+    another then fails. Workers take claimed tasks and drive them; this thread only waits."""
     n = len(group.tasks)
     results: list[Any] = [None] * n
     errors: dict[int, BaseException] = {}
-    done: set[int] = set()
-    started: set[int] = set()
-    running: dict[Future[Any], int] = {}
+    schedule = group.schedule()
     limit = group.limit or n
+    changed = threading.Condition()
+    claimed: deque[int] = deque()
+    running = 0  # claimed and not yet finished
     halted = False
-    with ThreadPoolExecutor(max_workers=max(1, min(limit, n)), thread_name_prefix="engine-fanout") as pool:
-        while True:
-            if not halted:
-                for i in group.ready(done, started)[: limit - len(running)]:
-                    started.add(i)
-                    running[pool.submit(drive, group.tasks[i]())] = i
-            if not running:
+
+    def claim() -> None:  # holding `changed`
+        nonlocal running
+        while not halted and running < limit:
+            i = schedule.take()
+            if i is None:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=running.__getitem__):
-                i = running.pop(future)
-                done.add(i)
-                try:
-                    results[i] = future.result()
-                except BaseException as e:  # noqa: BLE001 - raised below, in task order
-                    errors[i] = e
+            claimed.append(i)
+            running += 1
+
+    def work() -> None:
+        nonlocal running, halted
+        while True:
+            with changed:
+                while not claimed:
+                    if running == 0:  # nothing runs, so nothing more can start: the group is done
+                        changed.notify_all()
+                        return
+                    changed.wait()
+                i = claimed.popleft()
+            try:
+                result = drive(group.tasks[i]())
+                error: BaseException | None = None
+            except BaseException as e:  # noqa: BLE001 - raised below, in task order
+                result, error = None, e
+            with changed:
+                running -= 1
+                schedule.finish(i)
+                if error is not None:
+                    errors[i] = error
                     halted = True
-                    continue
-                if group.stop is not None and group.stop(i, results[i]):
-                    halted = True
+                else:
+                    results[i] = result
+                    if group.stop is not None and group.stop(i, result):
+                        halted = True
+                claim()
+                changed.notify_all()
+
+    claim()
+    workers = [threading.Thread(target=work, name=f"engine-fanout-{k}", daemon=True)
+               for k in range(max(1, min(limit, n)))]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except BaseException:  # interrupted while waiting: start nothing more
+        with changed:
+            halted = True
+            running -= len(claimed)
+            claimed.clear()
+            changed.notify_all()
+        raise
     if errors:
         raise errors[min(errors)]
     return results
@@ -153,23 +261,23 @@ async def _adrive_fanout(group: Fanout) -> list[Any]:
     n = len(group.tasks)
     results: list[Any] = [None] * n
     errors: dict[int, BaseException] = {}
-    done: set[int] = set()
-    started: set[int] = set()
+    schedule = group.schedule()
     running: dict[asyncio.Task[Any], int] = {}
     limit = group.limit or n
     halted = False
     try:
         while True:
-            if not halted:
-                for i in group.ready(done, started)[: limit - len(running)]:
-                    started.add(i)
-                    running[asyncio.ensure_future(adrive(group.tasks[i]()))] = i
+            while not halted and len(running) < limit:
+                i = schedule.take()
+                if i is None:
+                    break
+                running[asyncio.ensure_future(adrive(group.tasks[i]()))] = i
             if not running:
                 break
             finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(finished, key=running.__getitem__):
                 i = running.pop(task)
-                done.add(i)
+                schedule.finish(i)
                 try:
                     results[i] = task.result()
                 except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - raised below, in task order
@@ -195,15 +303,12 @@ def gather_calls(group: Fanout, *, concurrent: bool = True) -> ProviderCalls[lis
         results: list[Any] = yield FANOUT, group  # type: ignore[misc,assignment]
         return results
     out: list[Any] = [None] * len(group.tasks)
-    done: set[int] = set()
-    started: set[int] = set()
+    schedule = group.schedule()
     while True:
-        ready = group.ready(done, started)
-        if not ready:
+        i = schedule.take()
+        if i is None:
             return out
-        i = ready[0]
-        started.add(i)
         out[i] = yield from group.tasks[i]()
-        done.add(i)
+        schedule.finish(i)
         if group.stop is not None and group.stop(i, out[i]):
             return out

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ValidationError
 from engine.errors import SpecError
 from engine.spec.quality import CompareSpec
 from engine.spec.models import DecisionSpec, FileRef, LLMSpec, MissLLM, Step, Workflow
-from engine.spec.positions import PositionMap, YAMLSyntaxError, field_path, parse_yaml, pydantic_problems, read_text
+from engine.spec.positions import (MAX_FILE_BYTES, PositionMap, YAMLSyntaxError, field_path, parse_yaml,
+                                   pydantic_problems, read_text)
 from engine.templating import TemplateError, check_syntax, free_variables, references
 
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ def load_workflow(
         return _build(source, PositionMap("<dict>"), Path.cwd(), config, None)
     path = Path(source)
     if not path.is_file():
-        raise SpecError([(str(path), "", "no such workflow file")])
+        what = "not a regular file (devices, pipes and sockets are not read)" if path.exists() and not path.is_dir() \
+            else "no such workflow file"
+        raise SpecError([(str(path), "", what)])
     try:
         text = read_text(path)
     except YAMLSyntaxError as e:
@@ -264,6 +267,19 @@ def _reads_free(template: Any, name: str) -> bool:
 _LOADING: ContextVar[tuple[Path, ...]] = ContextVar("engine_loading_workflows", default=())
 """The workflow files being loaded, outermost first: a sub-workflow found here is recursion."""
 
+MAX_SUBWORKFLOW_DEPTH = 32
+"""The most workflow files in one chain of sub-workflows (the top one included): deeper nesting
+is refused at load, with the chain, before it can exhaust the stack."""
+
+
+class _TooDeep(SpecError):
+    """Sub-workflows nest too deep: passed up unwrapped, and reported once, by the outermost
+    workflow at its sub-workflow step, with the whole chain."""
+
+    def __init__(self, message: str):
+        super().__init__([("", "", message)])
+        self.message = message
+
 
 def _resolve_subworkflow(step: Step, path: tuple[Any, ...], base_dir: Path, config: EngineConfig,
                          problems: _Problems) -> None:
@@ -279,7 +295,17 @@ def _resolve_subworkflow(step: Step, path: tuple[Any, ...], base_dir: Path, conf
         problems.add(path, f"recursive sub-workflow: {' -> '.join(loop)}")
         return
     try:
+        if len(chain) >= MAX_SUBWORKFLOW_DEPTH:
+            names = [p.name for p in chain] + [resolved.name]
+            shown = names if len(names) <= 7 else [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
+            raise _TooDeep(f"sub-workflows nest more than {MAX_SUBWORKFLOW_DEPTH} workflows deep: "
+                           f"{' -> '.join(shown)}")
         child = load_workflow(file, config=config)
+    except _TooDeep as e:
+        if len(chain) > 1:  # not the outermost workflow file: pass it up
+            raise
+        problems.add(path, e.message)
+        return
     except SpecError as e:
         problems.add(path, f"sub-workflow '{step.workflow}' fails to load:\n{e}")
         return
@@ -312,10 +338,15 @@ def _check_schema(schema: Any, path: tuple[Any, ...], problems: _Problems, echo:
     return True
 
 
-def _read_file(ref: FileRef, base_dir: Path, path: tuple[Any, ...], problems: _Problems) -> str | None:
+MAX_TABLE_BYTES = 200_000_000
+"""The largest decision table file (CSV or JSON; a YAML table is held to the YAML limits too)."""
+
+
+def _read_file(ref: FileRef, base_dir: Path, path: tuple[Any, ...], problems: _Problems,
+               max_bytes: int = MAX_FILE_BYTES) -> str | None:
     file = (base_dir / ref.file) if not Path(ref.file).is_absolute() else Path(ref.file)
     try:
-        return read_text(file)
+        return read_text(file, max_bytes=max_bytes)
     except YAMLSyntaxError as e:
         problems.add(path + ("file",), f"cannot read '{file}': {e.message}")
     except OSError as e:
@@ -499,7 +530,7 @@ def _resolve_decision(step: Step, spec: DecisionSpec, path: tuple[Any, ...], bas
     table = spec.table
     if isinstance(table, (str, FileRef)):
         ref = table if isinstance(table, FileRef) else FileRef(file=table)
-        text = _read_file(ref, base_dir, path + ("table",), problems)
+        text = _read_file(ref, base_dir, path + ("table",), problems, max_bytes=MAX_TABLE_BYTES)
         if text is None:
             return
         try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Union
 
 from pathlib import Path
@@ -14,6 +15,9 @@ from engine.spec.cache import CacheSpec
 from engine.spec.quality import QualitySpec
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
+WORKFLOW_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+"""A workflow name: it becomes part of file names (promoted artifacts, exports), so it is one
+safe path segment: letters, digits, `_`, `.` and `-`, starting with a letter or digit, no `..`."""
 MAX_TOKENS_CAP = 1_000_000
 """The largest `max_tokens` accepted: above any model's output limit, so a larger one is a typo."""
 
@@ -277,6 +281,15 @@ class Workflow(Strict):
     tiers: dict[str, TierChain] = Field(default_factory=dict, description="tier overrides for this workflow")
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.fullmatch(WORKFLOW_NAME, name) or ".." in name:
+            raise ValueError(f"workflow name {name[:80]!r} is not allowed: use 1-128 letters, digits, '_', "
+                             "'.' or '-', starting with a letter or digit, without '..' (it names files)")
+        return name
+
     # Filled by the loader, not by YAML.
     _path: Path | None = PrivateAttr(None)
     _base_dir: Path | None = PrivateAttr(None)

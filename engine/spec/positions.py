@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import yaml
@@ -137,9 +139,24 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, PositionMap]:
     return data, positions
 
 
-def read_text(path: Any, filename: str | None = None) -> str:
-    """A file's text as UTF-8, or YAMLSyntaxError naming the file and the first bad byte."""
-    data = path.read_bytes()
+MAX_FILE_BYTES = 20_000_000
+"""The largest file read by default (a workflow, prompt or schema file); callers may allow more."""
+
+
+def read_text(path: Any, filename: str | None = None, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A file's text as UTF-8, or YAMLSyntaxError naming the file and the first bad byte. Only a
+    regular file is read (a device, pipe or socket is refused before it is opened), and only one
+    of at most `max_bytes` (checked before reading, and again while reading in case it grows)."""
+    name = filename or str(path)
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise YAMLSyntaxError(f"{name}:1:1", "not a regular file (devices, pipes and sockets are not read)")
+    if info.st_size > max_bytes:
+        raise YAMLSyntaxError(f"{name}:1:1", f"the file is {info.st_size:,} bytes (at most {max_bytes:,})")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise YAMLSyntaxError(f"{name}:1:1", f"the file is more than {max_bytes:,} bytes")
     try:
         return str(data.decode("utf-8"))
     except UnicodeDecodeError as e:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from engine.errors import EngineError, StepError
-from engine.providers.calls import Fanout, ProviderCalls, gather_calls
+from engine.providers.calls import Fanout, IndexedTasks, ProviderCalls, gather_calls
 from engine.spec.models import Step
 from engine.steps.base import StepContext, StepOutcome
 from engine.templating import TemplateError, render
@@ -55,7 +55,7 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
         except EngineError as e:
             return None, e
 
-    tasks = [(lambda i=i, item=item: item_calls(i, item)) for i, item in enumerate(items)]
+    tasks = IndexedTasks(lambda i: item_calls(i, items[i]), len(items))
     results: list[tuple[StepOutcome | None, EngineError | None] | None] = yield from gather_calls(
         Fanout(tasks, limit=step.concurrency or DEFAULT_CONCURRENCY,
                stop=(lambda i, r: r[1] is not None) if mode == "fail" else None),
@@ -86,12 +86,12 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
         outputs.append(outcome.output)
         attempts += outcome.attempts
         child_runs += outcome.child_runs
-        own = [a for a in outcome.attempts if not a.get("purpose")]
+        own = [a for a in outcome.attempts if not a.get("purpose")] if outcome.attempts else None
         summaries.append({"index": index, "status": "ok", "served_by": outcome.served_by, "tier": outcome.tier,
                           "model": outcome.model,
-                          "tokens_in": sum(a.get("tokens_in", 0) for a in own) or outcome.tokens_in,
-                          "tokens_out": sum(a.get("tokens_out", 0) for a in own) or outcome.tokens_out,
-                          "cost": sum(a.get("cost", 0.0) for a in own) or outcome.cost})
+                          "tokens_in": own and sum(a.get("tokens_in", 0) for a in own) or outcome.tokens_in,
+                          "tokens_out": own and sum(a.get("tokens_out", 0) for a in own) or outcome.tokens_out,
+                          "cost": own and sum(a.get("cost", 0.0) for a in own) or outcome.cost})
     confidences = [o.confidence for o in done if o.confidence is not None]
     return StepOutcome(
         output=outputs, served_by=_same([o.served_by for o in done]) or ("for_each" if not done else "mixed"),

@@ -150,8 +150,8 @@ def test_control_characters_are_escaped_on_the_terminal(project, engine_home) ->
     code, _, err = cli_run("validate", str(bad))
     assert code == 2 and "\x1b" not in err and "unknown key 'nope\\x1b[2J'" in err
     named = project(GOOD.replace("name: demo", 'name: "demo\\e]0;pwned\\a"'), files=OPS, config=None)
-    code, out, _ = cli_run("validate", str(named))
-    assert code == 0 and "\x1b" not in out and "\x07" not in out and "demo\\x1b]0;pwned\\x07" in out
+    code, _, err = cli_run("validate", str(named))  # not a safe name, and the refusal prints it escaped
+    assert code == 2 and "\x1b" not in err and "\x07" not in err and "demo\\x1b]0;pwned\\x07" in err
 
 
 def test_skill_parameter_of_the_wrong_type(project, engine_home) -> None:
