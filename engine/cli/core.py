@@ -10,7 +10,7 @@ import click
 from engine.cli.types import COUNT, SECONDS
 from engine.cli.render import dump_json, err_console, escape_control, fmt_cost, step_notes, step_table
 from engine.inputs import check_text, parse_cli_inputs, parse_inputs_json, parse_tags
-from engine.errors import InputError, UserError
+from engine.errors import UserError
 from engine.runner import run_workflow
 from engine.spec import load_workflow, workflow_json_schema
 from engine.spec.graph import mermaid

@@ -160,7 +160,7 @@ def test_provider_batch_ledger(store):
 def test_cache_entries_settle(store):
     """Provenance columns and the settling reads and writes, on both backends."""
     base = {"workflow": "wf", "step_id": "s", "prompt_hash": "p", "schema_hash": "k", "model_key": "m",
-            "input": '"a"', "created": 1.0, "created_at": _now(), "hits": 0, "input_hash": "h1", "tier": "local"}
+            "input": '"a"', "created": 1.0, "created_at": now_iso(), "hits": 0, "input_hash": "h1", "tier": "local"}
     one = cache.put_entry(store, {**base, "namespace": "n1", "input_key": "a", "answer_key": "spam",
                                   "output": '{"l": "spam"}', "trust": "unverified"})
     two = cache.put_entry(store, {**base, "namespace": "n2", "input_key": "a", "answer_key": "spam",

@@ -4,7 +4,6 @@ messages by key, bounded JSON nesting, and the routers' guards."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest

@@ -28,6 +28,7 @@ script or call, a crash, a limit, a timeout, output that is not strict JSON) bec
 from __future__ import annotations
 
 import json
+import functools
 import os
 import select
 import shutil
@@ -168,10 +169,10 @@ def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[
     if isolation.backend() == "bwrap":
         isolation.stage_for_nobody(plan, tmp)
         argv = isolation.bwrap_argv(plan, argv)
-        preexec = lambda: isolation.enter_bwrap(plan, libc)
+        preexec = functools.partial(isolation.enter_bwrap, plan, libc)
     else:
         os.mkdir(root)
-        preexec = lambda: isolation.isolate(plan, libc)
+        preexec = functools.partial(isolation.isolate, plan, libc)
     try:
         return _communicate(argv, data, env, wall, caps, preexec)
     except subprocess.SubprocessError as e:

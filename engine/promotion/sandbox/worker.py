@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import functools
 import os
 import select
 import shutil
@@ -72,10 +73,10 @@ class Worker:
         if isolation.backend() == "bwrap":
             isolation.stage_for_nobody(plan, self.tmp)
             argv = isolation.bwrap_argv(plan, argv)
-            preexec = lambda: isolation.enter_bwrap(plan, libc)
+            preexec = functools.partial(isolation.enter_bwrap, plan, libc)
         else:
             os.mkdir(root)
-            preexec = lambda: isolation.isolate(plan, libc)
+            preexec = functools.partial(isolation.isolate, plan, libc)
         env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp"}
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
