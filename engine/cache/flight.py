@@ -14,7 +14,8 @@ caller of a key at a time:
   holds it while it asks; another process's leader waits until it is released (or expires), then
   looks the key up again.
 
-A key with an entry already in the store (not expired) takes no flight at all: hits never wait.
+A key with an entry already in the store (not expired) takes no flight at all: hits never wait
+(and a key seen filled once is not looked up again by the flight, only by the cache itself).
 When the leader fills nothing (its call failed, or another server answered it), the next waiter
 leads in turn. Only steps the exact cache serves take flights, and never in a provider-batch run,
 whose batcher already sends identical requests once.
@@ -120,9 +121,23 @@ def flight_key(ctx: StepContext, call: LLMCall) -> tuple[str, str, float | None]
     return keys.namespace(ctx, call, spec), keys.input_key(call, spec), spec.ttl
 
 
-def _filled(store: Any, namespace: str, input_key: str, ttl: float | None) -> bool:
-    row = cache_tables.entry(store, namespace, input_key)
-    return row is not None and (ttl is None or time.time() - float(row["created"] or 0) <= ttl)
+_filled_keys: dict[str, float] = {}
+"""Keys this process saw filled (local key -> the entry's creation time): looked up once, not on
+every hit. A key whose caller was not served from the cache after all is forgotten."""
+FILLED_KEYS = 65536
+
+
+def _filled(store: Any, local: str, namespace: str, input_key: str, ttl: float | None) -> bool:
+    created = _filled_keys.get(local)
+    if created is None:
+        row = cache_tables.entry(store, namespace, input_key)
+        if row is None:
+            return False
+        created = float(row["created"] or 0)
+        if len(_filled_keys) >= FILLED_KEYS:
+            _filled_keys.clear()
+        _filled_keys[local] = created
+    return ttl is None or time.time() - created <= ttl
 
 
 def single_flight(ctx: StepContext, call: LLMCall, answer: Callable[[], ProviderCalls[T]]) -> ProviderCalls[T]:
@@ -137,8 +152,11 @@ def single_flight(ctx: StepContext, call: LLMCall, answer: Callable[[], Provider
     if local in leading:  # asked again inside its own flight: it must not wait on itself
         return (yield from answer())
     while True:
-        if _filled(ctx.store, namespace, input_key, ttl):
-            return (yield from answer())  # a hit: no flight
+        if _filled(ctx.store, local, namespace, input_key, ttl):
+            outcome = yield from answer()  # a hit: no flight
+            if getattr(outcome, "served_by", None) != "cache":  # the entry was gone or refused after all
+                _filled_keys.pop(local, None)
+            return outcome
         with _flights_lock:
             flight = _flights.get(local)
             lead = flight is None
@@ -153,7 +171,7 @@ def single_flight(ctx: StepContext, call: LLMCall, answer: Callable[[], Provider
             lease = leases.try_acquire(ctx.store, name, ttl_s=LEASE_TTL_S)
             while lease is None:  # another process fills the key
                 yield _Pause(), None  # type: ignore[misc]
-                if _filled(ctx.store, namespace, input_key, ttl):
+                if _filled(ctx.store, local, namespace, input_key, ttl):
                     break
                 lease = leases.try_acquire(ctx.store, name, ttl_s=LEASE_TTL_S)
             try:
