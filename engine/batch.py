@@ -13,7 +13,9 @@
 - Resumable: every run is tagged `{"batch": id, "item": index}` in the store, and an item is done
   exactly when its run has finished (one UPDATE), so a crash (even SIGKILL) loses nothing and
   `--resume` re-runs only items without a finished run. The output file is rebuilt from the store.
-  Runs the crash cut short are marked `interrupted`.
+  Runs the crash cut short are marked `interrupted`. One process at a time works on a batch: it
+  holds the batch's lease in the store (`engine.store.leases`), and a `--resume` started while
+  another process still runs the batch is refused (exit 2).
 - Concurrency: up to N runs at once on one event loop (`Engine.arun`): cloud providers' async
   clients see up to N calls at once; llama.cpp (local tier) calls go to the model's dedicated
   worker thread, one at a time.
@@ -44,7 +46,8 @@ from engine.errors import UserError
 from engine.executors.items import BatchItem, read_items, result_line, served_labels
 from engine.runner import RunResult
 from engine.spec.models import Workflow
-from engine.store import Store, checkpoints
+from engine.store import Store, checkpoints, leases
+from engine.store.leases import Lease
 from engine.store.ledger import Ledger
 
 
@@ -112,9 +115,26 @@ def _finished_runs(store: Store, batch_id: str) -> dict[int, dict[str, Any]]:
     return done
 
 
+LEASE_TTL_S = 60.0
+"""A batch run's lease in the store expires this long after its holder stops renewing it."""
+
+
+def _claim(store: Store, batch_id: str) -> Lease:
+    """The lease on a batch run: one process at a time works on it (a second `--resume` while the
+    first still runs would run and pay for its items twice). Renewed until released."""
+    lease = leases.try_acquire(store, f"batch:{batch_id}", ttl_s=LEASE_TTL_S)
+    if lease is None:
+        row = leases.holder(store, f"batch:{batch_id}") or {}
+        raise UserError(f"batch {batch_id} is being run by another process ({leases.describe(row)}); "
+                        "wait for it to finish, or stop it, then resume")
+    lease.keep_alive()
+    return lease
+
+
 def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, total: int,
-                batch_id: str | None, resume: str | bool) -> tuple[str, bool]:
-    """(batch id, resuming?). `resume`: False, True (the latest batch of these files) or an id."""
+                batch_id: str | None, resume: str | bool) -> tuple[str, bool, Lease]:
+    """(batch id, resuming?, the batch's lease). `resume`: False, True (the latest batch of these
+    files) or an id."""
     digest = _sha256(inputs)
     if resume:
         if isinstance(resume, str):
@@ -131,8 +151,13 @@ def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, to
             raise UserError(f"batch {row['id']}: {inputs} changed since the batch started; start a new batch")
         if row["workflow"] != workflow.name:
             raise UserError(f"batch {row['id']} ran workflow '{row['workflow']}', not '{workflow.name}'")
-        checkpoints.reopen(store, row["id"])  # runs a crash cut short will never finish: interrupted
-        return str(row["id"]), True
+        lease = _claim(store, str(row["id"]))  # before its runs are marked: the holder may still run them
+        try:
+            checkpoints.reopen(store, row["id"])  # runs a crash cut short will never finish: interrupted
+        except BaseException:
+            lease.release()
+            raise
+        return str(row["id"]), True, lease
     new_id = batch_id or uuid.uuid4().hex[:12]
     if checkpoints.exists(store, new_id):
         raise UserError(f"batch '{new_id}' exists: resume it with --resume {new_id}")
@@ -140,7 +165,7 @@ def _open_batch(store: Store, workflow: Workflow, inputs: Path, output: Path, to
         "id": new_id, "workflow": workflow.name, "workflow_path": str(workflow.path or ""),
         "inputs_path": str(inputs), "inputs_sha256": digest, "output_path": str(output), "total": total,
         "status": "running"})
-    return new_id, False
+    return new_id, False, _claim(store, new_id)
 
 
 def _marks_batch(engine: Engine, wf: Workflow) -> bool:
@@ -221,7 +246,20 @@ def run_batch(engine: Engine, workflow: str | Path | Workflow, inputs: Path, out
         raise UserError("a batch needs the store (it records which items are done)")
     inputs, output = inputs.resolve(), output.resolve()
     items = read_items(inputs, wf, id_field)
-    bid, _resuming = _open_batch(store, wf, inputs, output, len(items), batch_id, resume)
+    bid, _resuming, lease = _open_batch(store, wf, inputs, output, len(items), batch_id, resume)
+    try:
+        return _run_claimed(engine, wf, store, inputs, output, items, bid, _resuming, concurrency=concurrency,
+                            observer=observer, should_stop=should_stop, provider_batch=provider_batch,
+                            executor=executor, address=address, workers=workers)
+    finally:
+        lease.release()
+
+
+def _run_claimed(engine: Engine, wf: Workflow, store: Store, inputs: Path, output: Path, items: list[BatchItem],
+                 bid: str, _resuming: bool, *, concurrency: int, observer: BatchObserver | None,
+                 should_stop: Callable[[], bool] | None, provider_batch: Any, executor: str, address: str | None,
+                 workers: int | None) -> BatchSummary:
+    """`run_batch` once the batch is open and this process holds its lease."""
     summary = BatchSummary(batch_id=bid, total=len(items))
     done = _finished_runs(store, bid)
     writer = _OrderedWriter(output, len(items))

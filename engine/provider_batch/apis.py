@@ -1,7 +1,8 @@
 """The batch APIs of the providers that have one, behind one small protocol.
 
     submit(provider, entry, requests, tag) -> (provider batch id, input file id)
-    find(provider, entry, tag)             -> the batch a killed run created but never recorded
+    find(provider, entry, tag, custom_ids=, since=, known=)
+                                           -> the batch a killed run created but never recorded
     poll(provider, entry, job id)          -> JobStatus (the provider's status word, counts, ended?)
     results(provider, entry, status)       -> one LineResult per result line
     completion(line, request)              -> the Completion in a `succeeded` line
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from engine.errors import ProviderError, ProviderUnavailableError
@@ -64,7 +66,8 @@ class BatchAPI(Protocol):
     def submit(self, provider: Any, entry: ModelEntry, requests: list[tuple[str, CompletionRequest]],
                tag: dict[str, str]) -> tuple[str, str | None]: ...
 
-    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str]) -> str | None: ...
+    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str], *, custom_ids: list[str],
+             since: str | None = None, known: set[str] | frozenset[str] = frozenset()) -> str | None: ...
 
     def poll(self, provider: Any, entry: ModelEntry, job_id: str) -> JobStatus: ...
 
@@ -144,14 +147,15 @@ class OpenAIBatchAPI:
         data = "".join(json.dumps(self.request_line(provider, cid, r), ensure_ascii=False) + "\n"
                        for cid, r in requests).encode("utf-8")
         upload = self._call(provider, entry, lambda c: c.files.create(
-            file=("engine-batch.jsonl", data, "application/jsonl"), purpose="batch"))
+            file=(f"engine-batch-{tag.get('engine_job', '')}.jsonl", data, "application/jsonl"), purpose="batch"))
         batch = self._call(provider, entry, lambda c: c.batches.create(
             input_file_id=upload.id, endpoint=self.endpoint, completion_window="24h", metadata=tag))
         return str(batch.id), str(upload.id)
 
-    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str]) -> str | None:
-        page = self._call(provider, entry, lambda c: c.batches.list(limit=100))
-        for batch in getattr(page, "data", []) or []:
+    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str], *, custom_ids: list[str],
+             since: str | None = None, known: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The batch whose metadata is `tag`, among those created since the intent was written."""
+        for batch in self._call(provider, entry, lambda c: _recent(c.batches.list(limit=100), since)):
             metadata = getattr(batch, "metadata", None) or {}
             if all(metadata.get(k) == v for k, v in tag.items()):
                 return str(batch.id)
@@ -245,8 +249,33 @@ class AnthropicBatchAPI:
         batch = self._call(provider, entry, lambda c: c.messages.batches.create(requests=lines))
         return str(batch.id), None
 
-    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str]) -> str | None:
-        return None  # Message Batches carry no metadata to recognise ours by
+    def find(self, provider: Any, entry: ModelEntry, tag: dict[str, str], *, custom_ids: list[str],
+             since: str | None = None, known: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """Message Batches carry no metadata, and a listed batch shows its counts, not its custom
+        ids. Ours is among the batches created since the intent was written (less a clock skew)
+        that no ledger job holds (`known`) and have as many requests: an ended one is ours when
+        its result lines carry exactly our custom ids; otherwise the first one created still
+        running is taken (its result lines are matched by custom id when collected, so a batch
+        that was not ours answers nothing and its requests go out in real time)."""
+        if not custom_ids:
+            return None
+        ours = set(custom_ids)
+        running: list[tuple[Any, str]] = []
+        for batch in self._call(provider, entry, lambda c: _recent(c.messages.batches.list(limit=100), since)):
+            if str(batch.id) in known:
+                continue
+            counts = batch.request_counts
+            total = sum(int(getattr(counts, k, 0) or 0)
+                        for k in ("processing", "succeeded", "errored", "canceled", "expired"))
+            if total != len(ours):
+                continue
+            if batch.processing_status != "ended":
+                running.append((_created(batch), str(batch.id)))
+                continue
+            status = JobStatus(status="ended", ended=True, results_url=batch.results_url, job_id=str(batch.id))
+            if {line.custom_id for line in self.results(provider, entry, status)} == ours:
+                return str(batch.id)
+        return min(running)[1] if running else None
 
     def poll(self, provider: Any, entry: ModelEntry, job_id: str) -> JobStatus:
         batch = self._call(provider, entry, lambda c: c.messages.batches.retrieve(job_id))
@@ -297,6 +326,34 @@ class AnthropicBatchAPI:
 
     def cancel(self, provider: Any, entry: ModelEntry, job_id: str) -> None:
         self._call(provider, entry, lambda c: c.messages.batches.cancel(job_id))
+
+
+SKEW_S = 600.0
+"""How far a provider's clock may lag ours when recent batches are listed (`find`)."""
+
+
+def _created(batch: Any) -> float:
+    """A listed batch's creation time as epoch seconds (OpenAI: an int; Anthropic: a datetime)."""
+    created = getattr(batch, "created_at", None)
+    if isinstance(created, datetime):
+        return created.timestamp()
+    if isinstance(created, str):
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    return float(created or 0)
+
+
+def _recent(page: Any, since: str | None, most: int = 2000) -> list[Any]:
+    """The listed batches (newest first, across pages) created since `since` (an ISO time) less
+    `SKEW_S`; without `since`, the first page."""
+    if since is None:
+        return list(getattr(page, "data", []) or [])
+    floor = datetime.fromisoformat(since).timestamp() - SKEW_S
+    out: list[Any] = []
+    for batch in page:  # the SDK's page iterator fetches the next pages
+        if _created(batch) < floor or len(out) >= most:
+            break
+        out.append(batch)
+    return out
 
 
 _APIS: dict[str, BatchAPI] = {"openai": OpenAIBatchAPI(), "anthropic": AnthropicBatchAPI()}

@@ -18,7 +18,8 @@ the parked items. Each then gets:
   next round, or real time with `realtime_retries`);
 - `errored`, `expired`, `canceled`, `malformed`, `missing`, or a batch that failed as a whole
   or could not be submitted: the same request in real time, at the real-time price. Each such
-  fallback is logged (warning), counted (`fallbacks`) and marked in the ledger.
+  fallback is logged (warning), counted (`fallbacks`) and marked in the ledger, and its answer
+  is kept there: a resumed run replays it (at no cost when the killed run logged it already).
 
 Durability (see `engine.store.ledger`): custom ids are derived from the batch run, the
 item and the request, so a resumed run finds each request where a killed one left it; results
@@ -142,6 +143,19 @@ def custom_id(batch_id: str, item: int, fp: str, occurrence: int) -> str:
     providers' custom-id rules (Anthropic: `^[a-zA-Z0-9_-]{1,64}$`)."""
     digest = hashlib.sha256(f"{batch_id}|{item}|{fp}|{occurrence}".encode()).hexdigest()[:32]
     return f"i{item}-{digest}"
+
+
+_KEPT = ("text", "finish_reason", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+         "model", "logprobs", "confidence")
+"""The fields of a real-time fallback answer the ledger keeps (enough to replay it)."""
+
+
+def answer_of(completion: Completion) -> dict[str, Any]:
+    return {name: getattr(completion, name) for name in _KEPT}
+
+
+def completion_of(answer: dict[str, Any]) -> Completion:
+    return Completion(**{name: answer[name] for name in _KEPT if name in answer})
 
 
 def route_key(entry: ModelEntry) -> str:
@@ -276,12 +290,22 @@ class ProviderBatcher:
                 with self.cond:
                     self.state.batched += 1
                 return completion
+        saved = row.get("fallback_result")
+        if isinstance(saved, dict):  # answered in real time before a kill: replayed, not bought again
+            completion = completion_of(saved)
+            paid_by = row.get("fallback_run")
+            completion.prepaid = bool(paid_by) and paid_by != parked.run_id and self.ledger.fallback_logged(
+                str(paid_by), parked.step_id, completion.text)
+            self.ledger.consumed(parked.custom_id, parked.run_id)
+            return completion
         log.warning("provider batch: %s request %s (item %s, step %s) %s: %s; sending it in real time",
                     parked.entry.model, parked.custom_id, parked.item, parked.step_id, why, detail)
         self.ledger.mark_fallback(parked.custom_id, f"realtime:{why}")
         with self.cond:
             self.state.fallbacks[why] += 1
-        return get_provider(parked.entry.provider).complete(parked.request)
+        completion = get_provider(parked.entry.provider).complete(parked.request)
+        self.ledger.store_fallback(parked.custom_id, answer_of(completion), parked.run_id)
+        return completion
 
     # --- rounds (the scheduler's thread) ---------------------------------------------------------
 
@@ -290,8 +314,10 @@ class ProviderBatcher:
             return bool(self._parked)
 
     def resume_jobs(self) -> None:
-        """Adopt what a killed run left: a job it was submitting when it died is looked up at the
-        provider (OpenAI: by metadata); one never found is dropped, and its requests go out again."""
+        """Adopt what a killed run left: a job it was submitting when it died (its intent is in the
+        ledger, the provider's batch id is not) is looked up at the provider (OpenAI: by metadata;
+        Anthropic: by creation time, size and custom ids); one never found is dropped, and its
+        requests go out again."""
         for job in self.ledger.open_jobs():
             if job.state != "submitting" or job.provider_job_id:
                 continue
@@ -300,7 +326,8 @@ class ProviderBatcher:
             found = None
             if api is not None:
                 try:
-                    found = api.find(provider, entry, self._tag(job))
+                    found = api.find(provider, entry, self._tag(job), custom_ids=self.ledger.sent_custom_ids(job),
+                                     since=job.created_at, known=self.ledger.provider_job_ids(job.provider))
                 except ProviderError as e:
                     log.warning("provider batch: cannot look up job %s: %s", job.id, e)
             if found:

@@ -200,6 +200,13 @@ def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], *,
         if served is not None:
             return served
     call = prepare_call(ctx, spec, values)
+    from engine.cache.flight import single_flight  # one caller per exact-cache key at a time
+
+    return (yield from single_flight(ctx, call, lambda: _answer_calls(ctx, call, premium)))
+
+
+def _answer_calls(ctx: StepContext, call: LLMCall, premium: Any) -> ProviderCalls[StepOutcome]:
+    """The servers' answer (caches, promoted lookups), else the tiers'; the servers observe it."""
     for server in ctx.servers:
         serve_calls = getattr(server, "serve_calls", None)  # a server that may call providers itself
         served = (yield from serve_calls(ctx, call)) if serve_calls is not None else server.serve(ctx, call)

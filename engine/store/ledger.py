@@ -15,7 +15,9 @@ is polled again, nothing is submitted twice).
 
 Each row is written before the provider sees the request (state `pending`), and the provider's
 batch id is written the moment it is known; a result line is written before the item that asked
-is woken up.
+is woken up. A request its provider batch did not answer is sent in real time, and that answer
+is kept too (`fallback_result`, with the run that paid for it in `fallback_run`), so a resume
+replays it instead of buying it again. Tables from migrations 060 and 085.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Job:
     error_file_id: str | None = None
     error: str | None = None
     submitted_at: str | None = None
+    created_at: str | None = None
+    """When the job's intent was written (before the provider was asked to create it)."""
 
 
 def _job(row: dict[str, Any]) -> Job:
@@ -59,7 +63,8 @@ def _job(row: dict[str, Any]) -> Job:
                provider_job_id=row["provider_job_id"], status=row["status"],
                counts=json.loads(counts) if isinstance(counts, str) else counts, requests=row["requests"] or 0,
                input_file_id=row["input_file_id"], output_file_id=row["output_file_id"],
-               error_file_id=row["error_file_id"], error=row["error"], submitted_at=row["submitted_at"])
+               error_file_id=row["error_file_id"], error=row["error"], submitted_at=row["submitted_at"],
+               created_at=row.get("created_at"))
 
 
 class Ledger:
@@ -90,9 +95,9 @@ class Ledger:
                 requests: list[tuple[str, dict[str, Any]]]) -> Job:
         """Record a job and its requests (`(custom_id, row)`), all `pending`, in one transaction,
         before the provider is called."""
-        job = Job(id=uuid.uuid4().hex[:16], batch_id=self.batch_id, round=round_no, provider=provider,
-                  model=model, route_key=route_key, state="submitting", requests=len(requests))
         now = now_iso()
+        job = Job(id=uuid.uuid4().hex[:16], batch_id=self.batch_id, round=round_no, provider=provider,
+                  model=model, route_key=route_key, state="submitting", requests=len(requests), created_at=now)
         with self.store.transaction() as tx:
             tx.execute(
                 "INSERT INTO provider_batch_jobs (id, batch_id, round, provider, model, route_key, state, "
@@ -122,6 +127,17 @@ class Ledger:
         return [r["custom_id"] for r in self.store.query(
             "SELECT custom_id FROM provider_batch_requests WHERE job_id = ?", [job.id])]
 
+    def sent_custom_ids(self, job: Job) -> list[str]:
+        """The custom ids the provider was given for `job` (its followers were not sent)."""
+        return [r["custom_id"] for r in self.store.query(
+            "SELECT custom_id FROM provider_batch_requests WHERE job_id = ? AND leader IS NULL", [job.id])]
+
+    def provider_job_ids(self, provider: str) -> set[str]:
+        """The provider batch ids every job of the store (any batch run) holds for `provider`."""
+        return {r["provider_job_id"] for r in self.store.query(
+            "SELECT provider_job_id FROM provider_batch_jobs WHERE provider = ? AND provider_job_id IS NOT NULL",
+            [provider])}
+
     # --- requests -------------------------------------------------------------------------------
 
     def request(self, custom_id: str) -> dict[str, Any] | None:
@@ -131,8 +147,9 @@ class Ledger:
         if not rows:
             return None
         row = rows[0]
-        if isinstance(row.get("result"), str):
-            row["result"] = json.loads(row["result"])
+        for column in ("result", "fallback_result"):
+            if isinstance(row.get(column), str):
+                row[column] = json.loads(row[column])
         return row
 
     def store_results(self, job: Job, results: Iterable[tuple[str, str, Any, str | None]],
@@ -159,6 +176,18 @@ class Ledger:
     def mark_fallback(self, custom_id: str, why: str) -> None:
         self._execute("UPDATE provider_batch_requests SET fallback = ?, updated_at = ? WHERE custom_id = ?",
                       [why, now_iso(), custom_id])
+
+    def store_fallback(self, custom_id: str, answer: dict[str, Any], run_id: str) -> None:
+        """Keep the real-time answer a request got in place of its batch answer (and the run that
+        paid for it), written before the item that asked goes on: a resume replays it."""
+        self._execute("UPDATE provider_batch_requests SET fallback_result = ?, fallback_run = ?, updated_at = ? "
+                      "WHERE custom_id = ?", [json.dumps(answer, ensure_ascii=False), run_id, now_iso(), custom_id])
+
+    def fallback_logged(self, run_id: str, step_id: str, text: str) -> bool:
+        """Whether the run that bought a real-time fallback answer logged (and priced) it."""
+        return bool(self.store.query(
+            "SELECT 1 FROM llm_calls WHERE run_id = ? AND step_id = ? AND raw_output = ? AND cost > 0 "
+            "AND provider_batch IS NULL LIMIT 1", [run_id, step_id, text]))
 
     def consumed(self, custom_id: str, run_id: str) -> None:
         self._execute("UPDATE provider_batch_requests SET run_id = ?, updated_at = ? WHERE custom_id = ?",

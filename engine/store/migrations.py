@@ -267,3 +267,15 @@ def m080(db: sqlite_utils.Database) -> None:
          "peak": int, "updated_at": str},
         pk=("process", "workflow", "step_id"),
     )
+@migration("085_leases_and_fallback_answers")
+def m085(db: sqlite_utils.Database) -> None:
+    """Never paying twice. `leases`: advisory locks held in the store (engine.store.leases), one
+    row per name with its owner and expiry: a batch run being worked on, a cache key being filled
+    (engine.cache.flight). `provider_batch_requests.fallback_result`: the real-time answer a
+    request got when its provider batch did not answer it, so a resume replays it."""
+    db.table("leases").create(
+        {"name": str, "owner": str, "host": str, "pid": int, "acquired_at": str, "expires": float},
+        pk="name",
+    )
+    db.table("provider_batch_requests").add_column("fallback_result", str)
+    db.table("provider_batch_requests").add_column("fallback_run", str)

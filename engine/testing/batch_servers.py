@@ -12,8 +12,8 @@ another process) and serves
   "body": <chat.completion>}, "error": null}` line per answered request, its `error_file_id` the
   failed ones (`status_code` 500 with an `error` body) and, for expired or cancelled batches, the
   requests never run (`"response": null, "error": {"code": "batch_expired" | "batch_cancelled"}`).
-- Anthropic: `POST /v1/messages`; `POST /v1/messages/batches`,
-  `GET /v1/messages/batches/{id}`, `POST /v1/messages/batches/{id}/cancel`, and the JSONL at the
+- Anthropic: `POST /v1/messages`; `POST /v1/messages/batches`, `GET /v1/messages/batches` (the
+  list, newest first), `GET /v1/messages/batches/{id}`, `POST /v1/messages/batches/{id}/cancel`, and the JSONL at the
   batch's `results_url`: `{"custom_id", "result": {"type": "succeeded", "message": {...}}}`, or
   `{"type": "errored", "error": {"type": "error", "error": {"type": "api_error", ...}}}`,
   `{"type": "canceled"}`, `{"type": "expired"}`. A batch is in_progress, then ended; a cancelled
@@ -435,6 +435,11 @@ class FakeProviderServer:
                     self.counters.polls += 1
                     self._openai_advance(batch)
                 return 200, dict(batch), "application/json"
+        if method == "GET" and path == "/v1/messages/batches":  # newest first, as the real list
+            with self.lock:
+                listed = [dict(b) for b in reversed(list(self.anthropic_batches.values()))]
+            return 200, {"data": listed, "has_more": False, "first_id": listed[0]["id"] if listed else None,
+                         "last_id": listed[-1]["id"] if listed else None}, "application/json"
         if method == "POST" and path == "/v1/messages/batches":
             status, payload = self._anthropic_create(body)
             return status, payload, "application/json"
