@@ -15,7 +15,7 @@ import pytest
 from batch_helpers import TEXTS
 
 from engine.errors import UserError
-from engine.provider_batch.fakes import Scenario
+from engine.testing.batch_servers import Scenario
 from engine.store import leases
 from engine.runner import open_store
 from engine.store.ledger import Ledger

@@ -88,7 +88,7 @@ def test_processes_missing_one_key_make_one_call_through_the_store(store_url, en
     calls the provider, the others wait for it and are served its entry."""
     import os
 
-    from engine.provider_batch.fakes import FakeProviderServer
+    from engine.testing.batch_servers import FakeProviderServer
 
     with FakeProviderServer(lambda messages, model: {"label": "spam"}, latency_s=2.0) as server:
         (engine_home / "engine.yaml").write_text(
