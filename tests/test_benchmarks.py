@@ -46,11 +46,6 @@ def test_provider_batch_benchmark_runs(tmp_path):
 
 def test_quality_cascade_benchmark_runs(tmp_path):
     """A few queries through the real local tier: promoted rows come only from the reference."""
-    import pytest
-
-    data = ROOT.parent / "shared" / "data" / "banking77"
-    if not (data / "test.csv").is_file():
-        pytest.skip("BANKING77 not at ../shared/data/banking77")
     out = tmp_path / "quality.json"
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/quality_cascade.py"), "--n", "3",
@@ -103,11 +98,7 @@ def test_workflow_language_benchmark_runs(tmp_path):
 def test_static_embedder_benchmark_runs(tmp_path):
     """The comparison runs end to end (on a tiny random-vector static model over MiniLM's tokenizer)."""
     import numpy as np
-    import pytest
 
-    data = ROOT.parent / "shared" / "data" / "banking77"
-    if not (data / "test.csv").is_file():
-        pytest.skip("BANKING77 not at ../shared/data/banking77")
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
@@ -128,11 +119,6 @@ def test_static_embedder_benchmark_runs(tmp_path):
 
 def test_distill_classifier_benchmark_runs(tmp_path):
     """A small BANKING77 slice: the classifier row serves new phrasings that the lookups-only row cannot."""
-    import pytest
-
-    data = ROOT.parent / "shared" / "data" / "banking77"
-    if not (data / "test.csv").is_file():
-        pytest.skip("BANKING77 not at ../shared/data/banking77")
     out = tmp_path / "distill.json"
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/distill_classifier.py"), "--intents", "10",
@@ -154,11 +140,6 @@ def test_distill_classifier_benchmark_runs(tmp_path):
 def test_classifier_calibration_benchmark_runs(tmp_path):
     """A small BANKING77 slice through the engine's folds and calibration: every (score, deals) row,
     a run per seed, and no calibrated share above the labels-in-hand ceiling at the target."""
-    import pytest
-
-    data = ROOT.parent / "shared" / "data" / "banking77"
-    if not (data / "test.csv").is_file():
-        pytest.skip("BANKING77 not at ../shared/data/banking77")
     out = tmp_path / "calibration.json"
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/classifier_calibration.py"), "--intents",
