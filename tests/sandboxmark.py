@@ -1,6 +1,7 @@
 """`needs_isolation`: for tests that need a generated script to actually run. Where the kernel
 refuses the sandbox's namespaces, the sandbox fails closed (tested on its own), and these skip
-with the reason."""
+with the reason; under CI (`CI` set) that skip is a failure (tests/conftest.py): a machine that
+cannot run the OS layer must not pass quietly."""
 
 from __future__ import annotations
 

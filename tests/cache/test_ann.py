@@ -62,13 +62,6 @@ def test_removed_rows_are_never_served():
     assert decision.match is None or decision.match.entry_id != target
 
 
-def test_without_faiss_the_exact_rule_serves(monkeypatch):
-    monkeypatch.setattr(ann, "build", lambda matrix, **kw: None)
-    index, x = filled(3000, ann_min=1000)
-    assert index._ann is None and index._no_ann
-    assert index.search(x[10], 0.99).match.entry_id == 11
-
-
 def test_the_nearest_other_answer_follows_removals_and_rewrites():
     """When every near row shares the best answer, the nearest row with another answer comes from
     a per-answer selector kept between lookups; removing or re-writing rows must refresh it."""

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from browser_support import missing_reason
+from browser_support import browser_required, missing_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,8 @@ def test_ui_console_benchmark_runs(tmp_path):
     assert result["runs"] == 12 and result["proposal_rows"] > 0 and result["queued"] > 0
     kinds = {r["kind"] for r in result["results"]}
     assert "server only" in kinds
-    if missing_reason() is None:
+    if missing_reason() is None or browser_required():  # under CI the browser rows must be there
         measures = {r["measure"] for r in result["results"]}
         assert {"load proposal", "load queue", "accept (key a) until the next page"} <= measures
     for r in result["results"]:
-        assert 0 < r["median_ms"] <= r["max_ms"]
+        assert r["median_ms"] <= r["max_ms"]
