@@ -16,7 +16,7 @@ def test_provider_overhead_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/provider_overhead.py"), "--calls", "3",
                            "--rounds", "1", "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["direct SDK call"]["ratio_to_direct"] == 1.0
@@ -33,7 +33,7 @@ def test_provider_batch_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/provider_batch.py"), "--items", "12",
                            "--data", str(data), "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     rows = json.loads(out.read_text())["results"]
     assert {(r["provider"], r["mode"]) for r in rows} == {(p, m) for p in ("openai", "anthropic")
@@ -64,7 +64,7 @@ def test_async_runs_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/async_runs.py"), "--runs", "40",
                            "--rounds", "1", "--latency-ms", "5", "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {r["variant"].split(" (")[0]: r for r in report["results"]}
@@ -76,7 +76,7 @@ def test_promoted_lookup_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/promoted_lookup.py"), "--runs", "20",
                            "--out", str(tmp_path / "lookup.json")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step_us_p50" in json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads((tmp_path / "lookup.json").read_text())["runs"] == 20
@@ -87,7 +87,7 @@ def test_workflow_language_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/workflow_language.py"), "--rounds", "1",
                            "--latency-ms", "60", "--skip-local", "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["cloud"]
     # every workload and variant ran (each run asserts its outputs); how much faster the parallel
@@ -167,7 +167,7 @@ def test_scale_out_benchmark_runs(tmp_path):
     out = tmp_path / "scale.json"
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/scale_out.py"), "--items", "16",
                            "--no-ray", "--store-runs", "20", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["executors"][0]["ok"] == 16 and report["executors"][0]["failed"] == 0

@@ -22,7 +22,7 @@ def test_ui_console_benchmark_runs(tmp_path):
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/ui_console.py"), "--n", "12",
                            "--repeat", "2", "--data", str(data), "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     result = json.loads(out.read_text())
     assert result["runs"] == 12 and result["proposal_rows"] > 0 and result["queued"] > 0
