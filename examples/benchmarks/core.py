@@ -38,7 +38,7 @@ from engine.spec.models import ModelEntry  # noqa: E402
 from engine.store import SQLiteStore  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-DATA = ROOT.parent / "shared" / "data" / "banking77"
+DATA = ROOT / "examples" / "benchmarks" / "data" / "banking77"
 console = Console()
 
 

@@ -172,7 +172,7 @@ def run_stream(wf: Any, wf_path: Path, store: Any, stream: list[str], labels: di
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--zipf", type=float, default=1.1)

@@ -52,7 +52,7 @@ steps:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     ap.add_argument("--intents", type=int, default=10)
     ap.add_argument("--train", type=int, default=400, help="train-split queries imported as labels")
     ap.add_argument("--test", type=int, default=100)

@@ -34,7 +34,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "examples" / "benchmarks" / "results" / "provider_batch.json"
-DATA = ROOT.parent / "shared" / "data" / "banking77"
+DATA = ROOT / "examples" / "benchmarks" / "data" / "banking77"
 MODELS = {"openai": "openai:gpt-4o-mini", "anthropic": "anthropic:claude-haiku-4-5"}
 
 

@@ -202,7 +202,7 @@ def summarise(row: dict[str, Any], baseline_cost: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     ap.add_argument("--n", type=int, default=400, help="BANKING77 test queries")
     ap.add_argument("--rounds", type=int, default=4, help="rounds of the cascade + promotion row")
     ap.add_argument("--premium-ms", type=float, default=600.0, help="simulated latency of a premium call")

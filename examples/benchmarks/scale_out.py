@@ -32,7 +32,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "examples" / "benchmarks" / "results"
-BANKING = ROOT.parent / "shared" / "data" / "banking77"
+BANKING = ROOT / "examples" / "benchmarks" / "data" / "banking77"
 
 WORKFLOW = """\
 name: scale_classify
@@ -54,7 +54,7 @@ outputs:
 
 
 def queries(n: int) -> list[str]:
-    """BANKING77 queries when the shared data set is there, else numbered texts."""
+    """BANKING77 queries from the in-repo data set (examples/benchmarks/data/banking77) when present, else numbered texts."""
     for name in ("train.csv", "test.csv"):
         path = BANKING / name
         if path.is_file():

@@ -10,7 +10,7 @@ Rules compared at each threshold t:
 Then times at 1k/10k/100k entries: exact lookup (SQLite, unique index), semantic lookup excluding
 embedding (the in-memory matrix), and embedding one query.
 
-    python examples/benchmarks/semantic_cache.py [--data ../shared/data/banking77]
+    python examples/benchmarks/semantic_cache.py [--data examples/benchmarks/data/banking77]
 
 Writes examples/benchmarks/results/semantic_cache.json and semantic_cache.png (needs the
 `benchmark` and `semantic` extras).
@@ -173,7 +173,7 @@ def chart(table: list[dict[str, Any]], path: Path, margin: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     parser.add_argument("--embeddings", type=Path, help="reuse/save embeddings here (.npz)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -6,7 +6,7 @@ a split of train only (the most hits at under 1% false hits), as `semantic_cache
 engine's default (threshold, margin) is reported too. The static embedder would become the default
 only if it is within 1 point of MiniLM on both hits and false hits.
 
-    python examples/benchmarks/static_embedder.py [--data ../shared/data/banking77] [--static DIR]
+    python examples/benchmarks/static_embedder.py [--data examples/benchmarks/data/banking77] [--static DIR]
 
 Needs a built static model (`examples/static_embedder/build.py`; default $ENGINE_HOME/models/
 minilm-static or $ENGINE_STATIC_EMBEDDER). Writes examples/benchmarks/results/static_embedder.json.
@@ -35,7 +35,7 @@ from engine.spec.cache import SemanticCacheSpec  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    ap.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     ap.add_argument("--static", type=Path, default=None, help="the static model's folder")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N train and test queries (smoke runs)")
     ap.add_argument("--out", type=Path, default=RESULTS / "static_embedder.json")

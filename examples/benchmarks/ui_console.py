@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="BANKING77 test queries run before measuring")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--sample", type=float, default=0.5, help="share of cheap answers the reference checks")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "banking77")
+    parser.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS / "ui_console.json")
     args = parser.parse_args()

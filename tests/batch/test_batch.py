@@ -44,6 +44,10 @@ outputs:
 HELPERS = {"helpers.py": "import time, os\n"
                          "def clean(text):\n"
                          "    time.sleep(float(os.environ.get('STEP_SLEEP', '0')))\n"
+                         "    hold = os.environ.get('STEP_HOLD')  # items from STEP_HOLD_FROM on wait while it exists\n"
+                         "    while hold and int(text.strip()[1:]) >= int(os.environ['STEP_HOLD_FROM']) "
+                         "and os.path.exists(hold):\n"
+                         "        time.sleep(0.01)\n"
                          "    return text.strip()\n"}
 
 
@@ -164,20 +168,26 @@ def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(project, monkeyp
     wf = project(WORKFLOW, files=HELPERS, config=config)
     n = 60
     items = write_items(wf.parent / "items.jsonl", [json.dumps({"id": i, "text": f"t{i}"}) for i in range(n)])
-    monkeypatch.setenv("STEP_SLEEP", "0.03")
+    # items 12 and later wait while the hold file exists: the kill lands part-way whatever the
+    # machine's speed (the deadline only guards against a hang)
+    hold = wf.parent / "hold"
+    hold.touch()
+    monkeypatch.setenv("STEP_HOLD", str(hold))
+    monkeypatch.setenv("STEP_HOLD_FROM", "12")
     db = wf.parent / ".engine" / "engine.db"
     command = [sys.executable, "-m", "engine", "run", str(wf), "--inputs", str(items), "--output", "out.jsonl",
                "--concurrency", "4", "--batch-id", "kill-me", "-q"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while len(_finished(db)) < 12 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _finished(db)
-    assert 12 <= len(before) < n, "the batch must be killed part-way"
+    assert sorted(before) == list(range(12)), "the batch must be killed part-way"
+    hold.unlink()
 
-    resumed = subprocess.run([*command[:-3], "--resume", "-q"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*command[:-3], "--resume", "-q"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     after = _finished(db)
     assert sorted(after) == list(range(n))                                  # nothing lost
@@ -232,15 +242,22 @@ def test_ctrl_c_saves_finished_items_and_resume_finishes(project, monkeypatch):
     n = 40
     items = write_items(wf.parent / "items.jsonl", [json.dumps({"text": f"t{i}"}) for i in range(n)])
     monkeypatch.setenv("STEP_SLEEP", "0.03")
+    # items 6 and later wait while the hold file exists, so the interrupt lands part-way whatever
+    # the machine's speed; it is released once the interrupt is sent, for the items in flight
+    hold = wf.parent / "hold"
+    hold.touch()
+    monkeypatch.setenv("STEP_HOLD", str(hold))
+    monkeypatch.setenv("STEP_HOLD_FROM", "6")
     db = wf.parent / ".engine" / "engine.db"
     command = [sys.executable, "-m", "engine", "run", str(wf), "--inputs", str(items), "--output", "out.jsonl",
                "--concurrency", "2", "-q"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while len(_finished(db)) < 6 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    hold.unlink()
+    assert proc.wait(timeout=600) == 130
     before = _finished(db)
     assert 6 <= len(before) < n
     conn = sqlite3.connect(db)
@@ -248,7 +265,7 @@ def test_ctrl_c_saves_finished_items_and_resume_finishes(project, monkeypatch):
     assert conn.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone() == (0,)  # in-flight finished
     conn.close()
     assert len(read_lines(Path("out.jsonl"))) == len(before)  # every finished item was written
-    resumed = subprocess.run([*command[:-1], "--resume", "-q"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*command[:-1], "--resume", "-q"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     after = _finished(db)
     assert sorted(after) == list(range(n)) and all(len(r) == 1 for r in after.values())

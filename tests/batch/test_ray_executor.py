@@ -25,9 +25,11 @@ from engine.errors import UserError
 
 ray = __import__("ray")  # in the dev extra: a missing Ray fails here, never skips
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore::ResourceWarning", "ignore::UserWarning",
-                                        "ignore::pytest.PytestUnraisableExceptionWarning")
+# One worker runs this module under xdist: its Ray cluster is started once, not once per worker.
+pytestmark = [pytest.mark.xdist_group("ray"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                         "ignore::ResourceWarning", "ignore::UserWarning",
+                                         "ignore::pytest.PytestUnraisableExceptionWarning")]
 
 WORKFLOW = """\
 name: echo

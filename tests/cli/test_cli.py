@@ -31,7 +31,7 @@ OPS = {"ops.py": "def double(n, word):\n    if n == 13:\n        raise ValueErro
 
 def engine(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
 
 
 def test_run_prints_outputs_json_and_summary(project, engine_home):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import anthropic
 import openai
@@ -84,13 +83,16 @@ def test_sync_only_plugin_runs_on_a_thread_and_runs_overlap(project):
     threads: set[str] = set()
     lock = threading.Lock()
     active, peak = [0], [0]
+    # Calls meet in pairs: a call returns only once another is in flight beside it, so calls made
+    # one after another break the barrier (a failure) instead of depending on how long they take.
+    pairs = threading.Barrier(2, timeout=30)
 
     def respond(request):
         threads.add(threading.current_thread().name)
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
+        pairs.wait()
         with lock:
             active[0] -= 1
         return {"label": "spam"}
@@ -101,17 +103,15 @@ def test_sync_only_plugin_runs_on_a_thread_and_runs_overlap(project):
         engine = Engine(max_workers=16)
 
         async def main():
-            started = time.perf_counter()
-            results = await asyncio.gather(*(engine.arun(wf, {"text": f"t{i}"}) for i in range(16)))
-            return results, time.perf_counter() - started
+            return await asyncio.gather(*(engine.arun(wf, {"text": f"t{i}"}) for i in range(16)))
 
-        results, elapsed = asyncio.run(main())
+        results = asyncio.run(main())
         engine.close()
     finally:
         unregister_provider("fake")
     assert all(r.ok for r in results)
     assert threading.main_thread().name not in threads and all(t.startswith("engine") for t in threads)
-    assert peak[0] > 1 and elapsed > 0  # the blocking calls overlapped on the engine's pool (not a wall-clock bound)
+    assert peak[0] >= 2  # the blocking calls overlapped on the engine's pool
 
 
 class AsyncOnlySleeper:
@@ -119,38 +119,42 @@ class AsyncOnlySleeper:
 
     name = "sleeper"
 
-    def __init__(self):
+    def __init__(self, together: int):
         self.active = self.peak = 0
+        self.together = together  # every call waits until this many are in flight at once
+        self.all_in: asyncio.Event | None = None
 
     def complete(self, request):  # pragma: no cover - must not be used by arun
         raise AssertionError("arun must await acomplete")
 
     async def acomplete(self, request):
+        if self.all_in is None:
+            self.all_in = asyncio.Event()
         self.active += 1
         self.peak = max(self.peak, self.active)
-        await asyncio.sleep(0.05)
+        if self.active == self.together:
+            self.all_in.set()
+        await asyncio.wait_for(self.all_in.wait(), 30)  # calls run one at a time: a timeout, not a pass
         self.active -= 1
         return Completion(text=json.dumps({"label": "ham"}), finish_reason="stop", input_tokens=3, output_tokens=2)
 
 
 def test_many_runs_overlap_on_one_loop_without_threads(project):
-    provider = AsyncOnlySleeper()
+    provider = AsyncOnlySleeper(together=200)
     register_provider("sleeper", provider)
     try:
         wf = project(WORKFLOW, config="tiers: {cloud: [{model: 'sleeper:x'}]}\n")
         engine = Engine()
 
         async def main():
-            started = time.perf_counter()
-            results = await asyncio.gather(*(engine.arun(wf, {"text": f"t{i}"}) for i in range(200)))
-            return results, time.perf_counter() - started
+            return await asyncio.gather(*(engine.arun(wf, {"text": f"t{i}"}) for i in range(200)))
 
-        results, elapsed = asyncio.run(main())
+        results = asyncio.run(main())
         engine.close()
     finally:
         unregister_provider("sleeper")
     assert all(r.outputs == {"label": "ham"} for r in results)
-    assert provider.peak == 200 and elapsed > 0  # every call was in flight at once
+    assert provider.peak == 200  # every call was in flight at once
 
 
 def test_async_clients_are_per_loop_and_closed_when_the_loop_ends(project, monkeypatch):

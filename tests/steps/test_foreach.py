@@ -67,24 +67,31 @@ def test_each_item_is_its_own_call_and_the_output_keeps_item_order(project, fake
 
 
 def test_items_run_up_to_concurrency_at_once(project, fake):
-    active, peak, lock = [0], [0], threading.Lock()
+    active, peak, arrived = [0], [0], [0]
+    cond = threading.Condition()
 
-    def respond(request):
-        with lock:
+    def respond(request, group: int):
+        """Calls are let through in groups of `group`: the k-th call waits until the whole group it
+        belongs to has arrived. With at most 3 calls in flight, groups of 3 fill and go; calls
+        made one at a time would time out (a failure), whatever the machine's speed."""
+        with cond:
             active[0] += 1
+            arrived[0] += 1
             peak[0] = max(peak[0], active[0])
-        threading.Event().wait(0.05)
-        with lock:
+            full = -(-arrived[0] // group) * group
+            cond.notify_all()
+            assert cond.wait_for(lambda: arrived[0] >= full, timeout=30), "calls did not overlap"
             active[0] -= 1
         return {"sku": "x"}
 
-    fake.responder = respond
+    fake.responder = lambda request: respond(request, 3)
     wf = project(WF, files=OPS)
     run_workflow(wf, {"lines": [str(i) for i in range(9)]})
-    assert peak[0] == 3
-    peak[0] = 0
+    assert peak[0] == 3 and arrived[0] == 9
+    peak[0] = arrived[0] = 0
+    fake.responder = lambda request: respond(request, 1)
     run_workflow(wf, {"lines": [str(i) for i in range(9)]}, parallel=False)
-    assert peak[0] == 1
+    assert peak[0] == 1 and arrived[0] == 9
 
 
 def test_on_item_error_fail_skip_collect(project, fake):
@@ -183,14 +190,24 @@ def test_items_overlap_on_the_event_loop_and_keep_order(project):
         name = "fake"
 
         def __init__(self):
-            self.active = self.peak = 0
+            self.active = self.peak = self.arrived = 0
+            self.cond: asyncio.Condition | None = None
 
         def complete(self, request):  # pragma: no cover - the async runner awaits acomplete
             raise AssertionError("sync path used")
 
         async def acomplete(self, request):
-            self.active += 1
-            self.peak = max(self.peak, self.active)
+            # calls go in groups of 3 (the step's concurrency): each waits for its group to arrive,
+            # so the overlap does not depend on how fast the machine is
+            if self.cond is None:
+                self.cond = asyncio.Condition()
+            async with self.cond:
+                self.active += 1
+                self.arrived += 1
+                self.peak = max(self.peak, self.active)
+                full = -(-self.arrived // 3) * 3
+                self.cond.notify_all()
+                await asyncio.wait_for(self.cond.wait_for(lambda: self.arrived >= full), 30)
             text = request.messages[-1]["content"].removeprefix("Line: ")
             await asyncio.sleep(0.03 if text.endswith("0") else 0.0)  # the first item finishes last
             self.active -= 1

@@ -55,7 +55,7 @@ def test_two_processes_opening_a_new_store_apply_each_migration_once(tmp_path):
     path = tmp_path / "race.db"
     code = f"from engine.store import SQLiteStore; SQLiteStore({str(path)!r}).close()"
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     store = SQLiteStore(path)
     names = [r["name"] for r in store.query("SELECT name FROM _migrations")]
