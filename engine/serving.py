@@ -5,6 +5,10 @@ hashes). `serve` returns a `StepOutcome` to answer at zero tokens (its `served_b
 was: cache, lookup, script, ...) or None to pass. After the tiers answer, every server `observe`s
 the outcome (to fill a cache, to extend a table, to record shadow agreement).
 
+A server may also offer `around_calls(ctx, call, answer)`: the llm step then lets it run the
+answering (every server, else the tiers) itself; the exact cache uses it so that concurrent
+misses of one key make one provider call (`engine.cache.flight`).
+
 The runner consults `servers` in order; `default_servers` builds the list when a caller gives none.
 """
 

@@ -35,13 +35,8 @@ LAYERS: list[tuple[str, list[str]]] = [  # bottom first; a module belongs to its
 """`engine` alone is the package's own `__init__` (the public API), not everything under it.
 `engine.testing` (test support) is in no layer: nothing in the engine may import it."""
 
-KNOWN_CYCLES = [
-    # Asking tiers (the calls, their log and their cost) still lives in steps/llm.py, which the
-    # cascade and the judge import while llm.py hands escalation to the cascade; the judge also
-    # reads llm.py's private `_log`. Moving the asking into a module all three import ends this.
-    {"engine.steps.llm", "engine.quality.cascade", "engine.quality.judge"},
-]
-KNOWN_PRIVATE = {("engine.quality.judge", "engine.steps.llm", "_log")}  # the same cycle (above)
+KNOWN_CYCLES: list[set[str]] = []  # none: asking tiers lives in engine.steps.asking, imported by all
+KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -19,12 +19,14 @@ the tiers give.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from engine.cache import keys
+from engine.cache.flight import single_flight
 from engine.cache.store import CacheEntry, CacheStore, cache_store
 from engine.hashing import canonical_json
 from engine.quality.trust import REFERENCE, UNVERIFIED, VERIFIED, Verdict, is_trusted
+from engine.providers.calls import ProviderCalls
 from engine.spec.cache import CacheSpec
 from engine.steps.base import StepContext, StepOutcome
 from engine.steps.llm import LLMCall, parse_and_validate
@@ -127,6 +129,12 @@ class ExactCacheServer:
             return None
         self.cache.record(**event, outcome="hit", entry=entry)
         return served(entry, output, {"kind": "exact", "similarity": 1.0})
+
+    def around_calls(self, ctx: StepContext, call: LLMCall,
+                     answer: Callable[[], ProviderCalls[StepOutcome]]) -> ProviderCalls[StepOutcome]:
+        """Answer the call (every server, else the tiers) as one caller of its key at a time, so
+        concurrent misses of one key make one provider call (`engine.cache.flight`)."""
+        return (yield from single_flight(ctx, call, answer))
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
         spec = keys.settings(call)

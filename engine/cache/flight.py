@@ -1,7 +1,7 @@
 """Single-flight for cache misses: callers that miss one exact-cache key at the same time make one
 provider call, and the others are served the entry it fills.
 
-    outcome = yield from single_flight(ctx, call, lambda: answer_calls(ctx, call))
+    outcome = yield from single_flight(ctx, call, lambda: answer_calls(ctx, call))   # ExactCacheServer.around_calls
 
 `answer_calls` (the cache and other servers, else the tiers; see `engine.steps.llm`) runs for one
 caller of a key at a time:
@@ -110,13 +110,12 @@ class _Pause:
 
 
 def flight_key(ctx: StepContext, call: LLMCall) -> tuple[str, str, float | None] | None:
-    """(namespace, input key, ttl) of the call's exact-cache entry, or None: no flight."""
-    from engine.cache.exact import ExactCacheServer
-
+    """(namespace, input key, ttl) of the call's exact-cache entry, or None: no flight. Asked by the
+    exact cache's `around_calls`, so only steps the exact cache serves take flights."""
     if ctx.store is None or ctx.provider_batch is not None:
         return None
     spec = keys.settings(call)
-    if not spec.enabled or not any(isinstance(s, ExactCacheServer) for s in ctx.servers):
+    if not spec.enabled:
         return None
     return keys.namespace(ctx, call, spec), keys.input_key(call, spec), spec.ttl
 

@@ -33,7 +33,7 @@ from engine.quality.spec import QualityPolicy, resolve_policy
 from engine.quality.trust import REFERENCE, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
-from engine.steps.llm import LLMCall, ask_tiers_calls
+from engine.steps.asking import LLMCall, ask_tiers_calls
 from engine.store import quality as quality_store
 
 log = logging.getLogger("engine.quality")

@@ -11,7 +11,7 @@ from engine.errors import AuthenticationError, ProviderError
 from engine.providers.base import CompletionRequest
 from engine.providers.registry import get_provider
 from engine.steps.base import StepContext
-from engine.steps.llm import _log, cost_of
+from engine.steps.asking import cost_of, log_call
 
 
 def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schema: dict[str, Any],
@@ -36,6 +36,6 @@ def ask_judge(ctx: StepContext, tier: str, messages: list[dict[str, str]], schem
                    "latency_ms": (time.perf_counter() - started) * 1000, "finish_reason": completion.finish_reason,
                    "outcome": "valid" if isinstance(value, dict) else "invalid", "raw_output": completion.text,
                    "purpose": "judge"}
-        _log(ctx, attempt, hashes, values, value)
+        log_call(ctx, attempt, hashes, values, value)
         return value
     return None
