@@ -21,6 +21,9 @@ from engine.providers.fake import FakeProvider
 from engine.providers.registry import register_provider, unregister_provider
 
 ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses (the CLI, benchmarks, batch workers, Ray workers) import the engine of this checkout,
+# as the test process does, not whatever copy an editable install elsewhere points to.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 FAKE_CONFIG = """
 tiers:

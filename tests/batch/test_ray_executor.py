@@ -25,7 +25,8 @@ from engine.errors import UserError
 
 ray = __import__("ray")  # in the dev extra: a missing Ray fails here, never skips
 
-# One worker runs this module under xdist: its Ray cluster is started once, not once per worker.
+# Asks xdist (--dist loadgroup) to keep this module on one worker, so that one Ray cluster serves it;
+# where its tests still land on two workers, each starts its own (the fixture is module-scoped).
 pytestmark = [pytest.mark.xdist_group("ray"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                          "ignore::ResourceWarning", "ignore::UserWarning",
