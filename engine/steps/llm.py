@@ -154,6 +154,8 @@ class LLMCall:
     """The JSON Schema for this call (a templated schema rendered over the inputs)."""
     adapters: dict[str, Any] = field(default_factory=dict)
     """tier -> an accepted LoRA adapter (GGUF) its llamacpp models load (`engine distill`)."""
+    full: LLMCall | None = None
+    """The same call with the uncompressed input (`context.compress`): what reference checks ask."""
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -190,16 +192,19 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
 
 
 def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], *,
-                   early: bool = True) -> ProviderCalls[StepOutcome]:
+                   early: bool = True, full_values: dict[str, Any] | None = None) -> ProviderCalls[StepOutcome]:
     """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
     synchronously by `run_llm_step`, on an event loop by the async runner. `early=False`: the
-    caller has already asked `serve_early` (and it did not answer)."""
+    caller has already asked `serve_early` (and it did not answer). `full_values`: the inputs
+    before compression, which reference checks ask with."""
     premium = _premium(ctx.config)
     if early:
         served = _serve_early(ctx, spec, values, premium)
         if served is not None:
             return served
     call = prepare_call(ctx, spec, values)
+    if full_values is not None:
+        call.full = prepare_call(ctx, spec, full_values)
     for server in ctx.servers:
         serve_calls = getattr(server, "serve_calls", None)  # a server that may call providers itself
         served = (yield from serve_calls(ctx, call)) if serve_calls is not None else server.serve(ctx, call)
