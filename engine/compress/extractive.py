@@ -4,7 +4,9 @@ The input is split into paragraphs (blank lines) and sentences; the question and
 and paragraph are embedded once (the cache's embedders, `engine.cache.embedders`); a sentence
 scores the mean of its own cosine similarity to the question and its paragraph's, so a sentence
 that names nothing from the question but sits in a relevant paragraph (the second hop of a
-multi-hop question) still ranks. Sentences are taken best first while they fit the token budget,
+multi-hop question) still ranks. The score is averaged with the same score for the query moved
+toward its two most similar paragraphs (pseudo-relevance feedback, no extra embedding), which
+lifts paragraphs that the relevant ones point to. Sentences are taken best first while they fit the token budget,
 then put back in their original order; when not even one fits, the most relevant one goes out
 alone (a sentence is never cut). No model call; one embedding batch.
 """
@@ -21,6 +23,8 @@ _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCES = re.compile(r"(?<=[.!?。])\s+")
 PARAGRAPH_WEIGHT = 0.5
 """The share of a sentence's score that is its paragraph's relevance."""
+FEEDBACK_PARAGRAPHS = 2
+"""Paragraphs whose mean vector the query is moved toward (pseudo-relevance feedback)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,17 @@ def scores(query: str, sentences: list[Sentence], embedder: Any) -> np.ndarray:
     order = sorted(paragraphs)
     vectors = embedder.embed([query, *(s.text for s in sentences), *(" ".join(paragraphs[p]) for p in order)])
     q = vectors[0]
-    own = vectors[1:1 + len(sentences)] @ q
-    para = dict(zip(order, vectors[1 + len(sentences):] @ q))
-    return np.asarray([(1 - PARAGRAPH_WEIGHT) * own[i] + PARAGRAPH_WEIGHT * para[s.paragraph]
-                       for i, s in enumerate(sentences)], dtype=np.float32)
+    sents, paras = vectors[1:1 + len(sentences)], vectors[1 + len(sentences):]
+    where = np.asarray([order.index(s.paragraph) for s in sentences])
+
+    def relevance(query: np.ndarray) -> np.ndarray:
+        return np.asarray((1 - PARAGRAPH_WEIGHT) * (sents @ query) + PARAGRAPH_WEIGHT * (paras @ query)[where])
+
+    # feedback: the query moved toward its best paragraphs finds what they lead to (a second hop)
+    best = paras[np.argsort(-(paras @ q))[:FEEDBACK_PARAGRAPHS]]
+    moved = q + best.mean(axis=0)
+    moved = moved / max(float(np.linalg.norm(moved)), 1e-12)
+    return np.asarray((relevance(q) + relevance(moved)) / 2, dtype=np.float32)
 
 
 def extract(text: str, query: str, budget: int, count: Callable[[str], int], embedder: Any) -> str:
