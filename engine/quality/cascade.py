@@ -149,16 +149,17 @@ def check(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monit
 def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor, outcome: StepOutcome,
                 *, inline: bool, settlers: list[Any] | None = None,
                 answered_at: float | None = None) -> ProviderCalls[StepOutcome]:
-    """Re-ask the reference; record the verdict (with the time from the answer to it); let every
-    `settler` (the caches that stored the answer) settle it; inline, a disagreement serves the
-    reference's answer."""
+    """Re-ask the reference (with the uncompressed input when the call was compressed); record the
+    verdict (with the time from the answer to it); let every `settler` (the caches that stored the
+    answer) settle it; inline, a disagreement serves the reference's answer."""
     assert policy.reference is not None and outcome.tier is not None
     wf, step = ctx.workflow.name, ctx.step_id
     common = dict(workflow=wf, step_id=step, tier=outcome.tier, model=outcome.model, run_id=ctx.run_id,
                   input_hash=call.input_hash, mode="inline" if inline else "background", served=True,
                   confidence=outcome.confidence, cheap_output=outcome.output, reference_tier=policy.reference)
     try:
-        ref = yield from ask_tiers_calls(ctx, call, tiers=[policy.reference], policy=policy, purpose="quality_check")
+        ref = yield from ask_tiers_calls(ctx, call.full or call, tiers=[policy.reference], policy=policy,
+                                         purpose="quality_check")
     except EngineError as e:
         monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
                        reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]

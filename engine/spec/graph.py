@@ -76,7 +76,7 @@ def mermaid(workflow: Any) -> str:
         if step.kind == "llm" and step.llm is not None:
             label += f" · {step.llm.tier}"
             if step.llm.context is not None:
-                label += f" · {step.llm.context.strategy}"
+                label += f" · {step.llm.context.what}"
         if step.kind == "workflow":
             label += f" · {step.workflow}"
         if step.for_each is not None:

@@ -477,11 +477,13 @@ def _resolve_context(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir:
         if len(step.inputs) == 1:
             context.input = next(iter(step.inputs))
         else:
-            problems.add(path, f"name the input to {context.strategy} with `input:` (step inputs: "
+            problems.add(path, f"name the input to {context.strategy or 'compress'} with `input:` (step inputs: "
                                f"{', '.join(step.inputs) or 'none'})")
     elif context.input not in step.inputs:
         problems.add(path + ("input",), f"unknown step input '{context.input}' (declared: "
                                         f"{', '.join(step.inputs) or 'none'})")
+    if context.compress is not None:
+        _resolve_compress(step, context, path + ("compress",), config, problems)
     reduce = context.reduce
     if reduce is None:
         return
@@ -504,6 +506,34 @@ def _resolve_context(step: Step, spec: LLMSpec, path: tuple[Any, ...], base_dir:
                                                       "results": None})
     _resolve_llm(shadow, reduce_spec, path + ("reduce",), base_dir, config, problems)
     spec._reduce = reduce_spec
+
+
+def _resolve_compress(step: Step, context: Any, path: tuple[Any, ...], config: EngineConfig,
+                      problems: _Problems) -> None:
+    """`compress.query` reads only the other step inputs; `mode: tokens` needs a llama.cpp model
+    (`scorer:`, or the first tier that has one)."""
+    compress = context.compress
+    if compress.query is not None:
+        try:
+            check_syntax(compress.query)
+            unknown = sorted(free_variables(compress.query) - (set(step.inputs) - {context.input}))
+        except TemplateError as e:
+            problems.add(path + ("query",), str(e))
+            unknown = []
+        if unknown:
+            problems.add(path + ("query",), f"uses variable(s) {', '.join(unknown)}: the query reads the other "
+                                            f"step inputs (not the compressed '{context.input}')")
+    if compress.mode != "tokens":
+        return
+    if compress.scorer is not None:
+        chain = config.tiers.get(compress.scorer)
+        if chain is None:
+            problems.add(path + ("scorer",), f"unknown tier '{compress.scorer}' (tiers: {', '.join(config.tiers)})")
+        elif not any(e.provider == "llamacpp" for e in chain):
+            problems.add(path + ("scorer",), f"tier '{compress.scorer}' has no llamacpp model to score tokens with")
+    elif not any(e.provider == "llamacpp" for chain in config.tiers.values() for e in chain):
+        problems.add(path + ("mode",), "mode: tokens scores tokens with a llamacpp model, and no tier has one "
+                                       "(add one, e.g. llamacpp:smollm2, or use mode: extractive)")
 
 
 def _has_templates(value: Any) -> bool:

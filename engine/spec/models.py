@@ -150,12 +150,51 @@ class ReduceSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class ContextSpec(Strict):
-    """`context:` on an llm step: what to do with an input too long for the model's context."""
+class CompressSpec(Strict):
+    """`context.compress:` shrink the input before it is sent (see engine.compress)."""
 
-    strategy: Literal["truncate", "chunk"] = Field(
-        description="truncate: cut the input to fit (logged); chunk: split it on paragraph or sentence "
-                    "boundaries, run the step per chunk, then `reduce`")
+    mode: Literal["extractive", "tokens"] = Field(
+        description="extractive: keep the sentences most relevant to the step's question (embeddings, no "
+                    "model call); tokens: drop the tokens a small causal LM finds most predictable (LLMLingua)")
+    ratio: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                description="share of the input's tokens to keep (default 0.5)")
+    budget: int | None = Field(None, gt=0, strict=True, description="or: tokens the compressed input may take")
+    min_tokens: int = Field(0, ge=0, strict=True, description="inputs of at most this many tokens go out as is")
+    query: str | None = Field(None, description="extractive: what the sentences must be relevant to, a jinja2 "
+                                                "template over the other step inputs (default: the rendered "
+                                                "prompt without the input)")
+    embedder: str = Field("minilm", description="extractive: the embedder (the cache's embedders)")
+    scorer: str | None = Field(None, description="tokens: the tier whose llama.cpp model scores the tokens "
+                                                 "(default: the first tier with a llamacpp model)")
+    segment: int = Field(128, ge=16, le=512, strict=True,
+                         description="tokens: tokens scored at once, each segment conditioned on the "
+                                     "compressed text before it")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CompressSpec:
+        if self.ratio is not None and self.budget is not None:
+            raise ValueError("give ratio or budget, not both")
+        if self.query is not None and self.mode != "extractive":
+            raise ValueError("query only applies with mode: extractive")
+        if self.scorer is not None and self.mode != "tokens":
+            raise ValueError("scorer only applies with mode: tokens")
+        return self
+
+    @property
+    def keep(self) -> float:
+        return self.ratio if self.ratio is not None else 0.5
+
+
+class ContextSpec(Strict):
+    """`context:` on an llm step: what to do with an input too long for the model's context, and
+    whether to compress it first."""
+
+    strategy: Literal["truncate", "chunk"] | None = Field(
+        None, description="truncate: cut the input to fit (logged); chunk: split it on paragraph or sentence "
+                          "boundaries, run the step per chunk, then `reduce`; none: send it as is (the step "
+                          "fails when it does not fit)")
+    compress: CompressSpec | None = Field(None, description="shrink the input before it is sent (extractive "
+                                                            "or token-level), under the quality monitor")
     max_input_tokens: int | None = Field(
         None, gt=0, strict=True, description="tokens the input may take (default: the smallest context of "
                                              "the step's tiers minus max_tokens and the static prompt)")
@@ -163,6 +202,21 @@ class ContextSpec(Strict):
     reduce: ReduceSpec | None = Field(None, description="chunk: combine the per-chunk outputs (without it "
                                                         "the output is the list of per-chunk outputs)")
     concurrency: int = Field(4, ge=1, le=256, strict=True, description="chunks run at once")
+
+    @model_validator(mode="after")
+    def _something(self) -> ContextSpec:
+        if self.strategy is None and self.compress is None:
+            raise ValueError("give a strategy (truncate or chunk), compress, or both")
+        if self.strategy == "chunk" and self.compress is not None:
+            raise ValueError("compress does not combine with strategy: chunk (a compressed input is checked "
+                             "against the full input in one call); use strategy: truncate")
+        return self
+
+    @property
+    def what(self) -> str:
+        """What the context does, for labels and messages."""
+        parts = [p for p in (self.strategy, f"compress: {self.compress.mode}" if self.compress else None) if p]
+        return ", ".join(parts)
 
 
 class LLMSpec(Strict):
@@ -184,7 +238,7 @@ class LLMSpec(Strict):
     cache: CacheSpec | None = Field(None, description="exact/semantic cache settings (see engine.spec.cache)")
     quality: QualitySpec | None = Field(
         None, description="reference tier, sampling, confidence gating (over engine.yaml's quality:)")
-    context: ContextSpec | None = Field(None, description="long inputs: truncate or chunk (see engine.steps.context)")
+    context: ContextSpec | None = Field(None, description="long inputs: truncate, chunk or compress (see engine.steps.context)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _reduce: Any = PrivateAttr(None)

@@ -135,6 +135,8 @@ class LLMCall:
     """The JSON Schema for this call (a templated schema rendered over the inputs)."""
     adapters: dict[str, Any] = field(default_factory=dict)
     """tier -> an accepted LoRA adapter (GGUF) its llamacpp models load (`engine distill`)."""
+    full: LLMCall | None = None
+    """The same call with the uncompressed input (`context.compress`): what reference checks ask."""
 
     @property
     def hashes(self) -> dict[str, str]:

@@ -21,6 +21,13 @@ record's `context` says which.
 
 Reduce calls are logged under the step id `<id>.reduce` (their prompt differs from the step's, so
 they never mix with its promotion evidence); their cost counts in the step's.
+
+`compress: {mode: extractive | tokens, ratio | budget, ...}` shrinks the input first
+(`engine.compress`), then `strategy` (none or truncate) applies to what is left. The record's
+`context.compress` gives the mode, tokens before and after, the target and the time taken. The
+quality monitor decides per request whether to compress (`engine.quality.compression`): a sampled
+share of compressed answers is checked against the reference's answer to the full input, and a
+step where compression changes answers sends the full input until its cool-off is over.
 """
 
 from __future__ import annotations
@@ -71,11 +78,23 @@ def context_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], 
 
     context = spec.context
     assert context is not None and context.input is not None
-    plan: _Plan = yield _Blocking(_plan), (ctx, spec, values)  # type: ignore[misc,assignment]
+    decision = None
+    if context.compress is not None:
+        from engine.quality.compression import decide
+
+        decision = decide(ctx, spec)
+    plan: _Plan = yield _Blocking(_plan), (ctx, spec, values, decision)  # type: ignore[misc,assignment]
     name = context.input
     if len(plan.pieces) == 1:  # it fits (maybe truncated): one call
-        outcome = yield from llm_step_calls(ctx, spec, {**values, name: plan.pieces[0]})
+        sent = {**values, name: plan.pieces[0]}
+        compressed = decision is not None and plan.pieces[0] != values[name]
+        outcome = yield from llm_step_calls(ctx, spec, sent, full_values=values if compressed else None)
         outcome.context = plan.info
+        if compressed and decision is not None and plan.info.get("compress", {}).get("applied"):
+            from engine.quality.compression import check_compressed_calls
+
+            outcome = yield from check_compressed_calls(ctx, spec, values, outcome, decision)
+            outcome.context = plan.info
         return outcome
     tasks = [(lambda piece=piece: llm_step_calls(ctx, spec, {**values, name: piece})) for piece in plan.pieces]
     chunks: list[StepOutcome] = yield from gather_calls(Fanout(tasks, limit=context.concurrency),
@@ -144,7 +163,7 @@ def _budget(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], name: str,
     return n, room, tier
 
 
-def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> _Plan:
+def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], decision: Any = None) -> _Plan:
     context = spec.context
     assert context is not None and context.input is not None
     name = context.input
@@ -160,7 +179,16 @@ def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> _Plan:
     tokens = counter.count(text)
     info: dict[str, Any] = {"strategy": context.strategy, "input": name, "tokens": tokens, "max_input_tokens": n,
                             "counting": counter.how, "exact": counter.exact, "chunks": 0, "truncated": False}
-    if tokens <= n:
+    if context.compress is not None and decision is not None:
+        if decision.compress:
+            text = _compress(ctx, spec, values, text, counter, info)
+            tokens = info["compress"]["tokens_after"]
+        else:
+            info["compress"] = {"mode": context.compress.mode, "applied": False, "tokens_before": tokens,
+                                "tokens_after": tokens, "reason": decision.reason}
+        info["compress"]["monitor"] = {"tier": decision.tier, "state": decision.state,
+                                       "probation": decision.probation}
+    if tokens <= n or context.strategy is None:  # no strategy: it goes as is (checked below)
         pieces = [text]
     elif context.strategy == "truncate":
         cut = counter.cut(text, n)
@@ -188,6 +216,64 @@ def _plan(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> _Plan:
                                              f"{tier_counter.context_window} ({tier_counter.how}); lower "
                                              "max_input_tokens")
     return _Plan(pieces, info)
+
+
+def _compress(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], text: str, counter: TokenCounter,
+              info: dict[str, Any]) -> str:
+    """`text` compressed as `context.compress` says; the figures go on the record (`info`)."""
+    from engine.compress import compress
+
+    context = spec.context
+    assert context is not None and context.compress is not None and context.input is not None
+    settings = context.compress
+    query, embedder, scorer = "", None, None
+    if settings.mode == "extractive":
+        from engine.cache.embedders import get_embedder
+
+        query = _query(ctx, spec, values, context.input)
+        embedder = get_embedder(settings.embedder)
+    else:
+        scorer = _scorer(ctx, settings.scorer)
+    done = compress(text, settings, count=counter.count, query=query, embedder=embedder, scorer=scorer)
+    info["compress"] = done.info(settings.mode)
+    if done.applied:
+        log.info("step '%s': input '%s' compressed (%s) from %d to %d tokens in %.0f ms", ctx.step_id,
+                 context.input, settings.mode, done.tokens_before, done.tokens_after, done.ms)
+    return done.text
+
+
+def _query(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], name: str) -> str:
+    """What extractive compression ranks sentences against: `compress.query` rendered, else the
+    step's prompt rendered without the input, else its system prompt."""
+    from engine.steps.llm import prepare_call
+    from engine.templating import TemplateError, render_text
+
+    assert spec.context is not None and spec.context.compress is not None
+    template = spec.context.compress.query
+    rest = {k: v for k, v in values.items() if k != name}
+    if template is not None:
+        try:
+            return render_text(template, rest)
+        except TemplateError as e:
+            raise StepError(ctx.step_id, f"context.compress.query: {e}") from e
+    query = prepare_call(ctx, spec, {**values, name: ""}).messages[-1]["content"].strip()
+    if not query and isinstance(spec.system, str):
+        query = spec.system.strip()
+    return query
+
+
+def _scorer(ctx: StepContext, tier: str | None) -> tuple[Any, Any]:
+    """The (llama, lock) of the llama.cpp model that scores tokens: `tier`'s, else the first
+    tier's that has one."""
+    from engine.providers.registry import get_provider
+
+    tiers = [tier] if tier is not None else list(ctx.config.tiers)
+    for name in tiers:
+        for entry in ctx.config.chain(name):
+            if entry.provider == "llamacpp":
+                loaded = get_provider("llamacpp").load(entry.model_name, entry.options)  # type: ignore[attr-defined]
+                return loaded.llama, loaded.lock
+    raise StepError(ctx.step_id, "context.compress: mode tokens needs a tier with a llamacpp model")
 
 
 def split_text(text: str, limit: int, count: Any, step_id: str = "?") -> list[str]:

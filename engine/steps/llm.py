@@ -78,16 +78,19 @@ def run_llm_step(ctx: StepContext, spec: LLMSpec, values: dict[str, Any]) -> Ste
 
 
 def llm_step_calls(ctx: StepContext, spec: LLMSpec, values: dict[str, Any], *,
-                   early: bool = True) -> ProviderCalls[StepOutcome]:
+                   early: bool = True, full_values: dict[str, Any] | None = None) -> ProviderCalls[StepOutcome]:
     """`run_llm_step` as a generator of provider calls (see `engine.providers.calls`): driven
     synchronously by `run_llm_step`, on an event loop by the async runner. `early=False`: the
-    caller has already asked `serve_early` (and it did not answer)."""
+    caller has already asked `serve_early` (and it did not answer). `full_values`: the inputs
+    before compression, which reference checks ask with."""
     premium = _premium(ctx.config)
     if early:
         served = _serve_early(ctx, spec, values, premium)
         if served is not None:
             return served
     call = prepare_call(ctx, spec, values)
+    if full_values is not None:
+        call.full = prepare_call(ctx, spec, full_values)
     for server in ctx.servers:  # a server that runs the answering itself (the exact cache's single flight)
         around = getattr(server, "around_calls", None)
         if around is not None:

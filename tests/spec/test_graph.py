@@ -85,5 +85,9 @@ def test_the_json_schema_has_the_new_keys():
     assert "context" in llm
     context = schema["$defs"]["ContextSpec"]["properties"]
     assert {"strategy", "max_input_tokens", "input", "reduce", "concurrency"} <= set(context)
-    assert set(schema["$defs"]["ContextSpec"]["properties"]["strategy"]["enum"]) == {"truncate", "chunk"}
+    strategy = context["strategy"]
+    enums = [set(o["enum"]) for o in strategy.get("anyOf", [strategy]) if "enum" in o]
+    assert enums == [{"truncate", "chunk"}]  # or none: compress alone
+    assert "compress" in context
+    assert set(schema["$defs"]["CompressSpec"]["properties"]["mode"]["enum"]) == {"extractive", "tokens"}
     assert "for_each" in schema["$defs"]["UsesStep"]["properties"]
