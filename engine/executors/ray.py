@@ -177,9 +177,9 @@ def _nodes(ray: Any) -> list[str]:
 
 
 def chunk_size(concurrency: int) -> int:
-    """Items per chunk: a quarter of an actor's window (at least 1, at most 64), so that about
-    eight chunks are in flight per actor and one finishing never leaves it idle."""
-    return max(1, min(64, concurrency // 4))
+    """Items per chunk: half an actor's concurrency (at least 1, at most 64): with two windows
+    in flight, about four chunks per actor, so one finishing (and flushing) never leaves it idle."""
+    return max(1, min(64, concurrency // 2))
 
 
 def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[Any],
