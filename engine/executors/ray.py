@@ -9,9 +9,10 @@
 - Each worker is an async actor pinned to its node (`ItemWorker`), holding one `Engine` for the
   batch (workflows, providers and store connections reused). It runs the items of the chunks it is
   sent concurrently on the async-native path, at most `concurrency` runs at once (per actor, like
-  the thread executor's window in one process); the driver keeps about two windows of items in
-  flight per actor, so an actor never idles between chunks. An I/O-bound step (a cloud API) thus
-  runs `concurrency` calls at once per node instead of one per Ray task.
+  the thread executor's window in one process); the driver keeps four times that in flight per
+  actor (items done wait for their chunk's flush), so an actor never idles between chunks. An
+  I/O-bound step (a cloud API) thus runs `concurrency` calls at once per node instead of one per
+  Ray task. Chunks that finish while a flush runs share the next one.
 - Runs are tagged `{"batch": id, "item": n}` and written by the actors to the store the driver
   uses: the shared PostgreSQL on a cluster (a SQLite file works on one machine). The driver never
   writes runs; it orders the results (same output file and order as the thread executor) and feeds
@@ -132,6 +133,9 @@ class ItemWorker:
         self.job = job
         self.engine = Engine(store=job["store"], max_workers=max(64, job["concurrency"]))
         self.gate: asyncio.Semaphore | None = None
+        self.flushing: asyncio.Lock | None = None
+        self.asked = 0  # flushes asked for
+        self.covered = 0  # the asks the last finished flush covered
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()
@@ -144,6 +148,7 @@ class ItemWorker:
 
         if self.gate is None:  # made on the actor's event loop
             self.gate = asyncio.Semaphore(max(1, self.job["concurrency"]))
+            self.flushing = asyncio.Lock()
         gate = self.gate
         job = self.job
 
@@ -155,10 +160,23 @@ class ItemWorker:
             return index, result_line(item, result), result.cost, served_labels(result)
 
         outcomes = list(await asyncio.gather(*(one(*entry) for entry in chunk)))
-        store = self.engine.store_for(self.engine.load(job["workflow"]))
-        if store is not None:  # the chunk's runs are in the store before the driver counts them done
-            await asyncio.to_thread(store.flush)
+        await self.flush()  # the chunk's runs are in the store before the driver counts them done
         return outcomes
+
+    async def flush(self) -> None:
+        """Commit every run queued so far. Chunks that finish while a flush runs share the next
+        one: a flush that starts after a chunk asked covers its runs."""
+        store = self.engine.store_for(self.engine.load(self.job["workflow"]))
+        if store is None or self.flushing is None:
+            return
+        self.asked += 1
+        mine = self.asked
+        async with self.flushing:
+            if self.covered >= mine:
+                return
+            covering = self.asked
+            await asyncio.to_thread(store.flush)
+            self.covered = covering
 
 
 @dataclass
@@ -177,8 +195,9 @@ def _nodes(ray: Any) -> list[str]:
 
 
 def chunk_size(concurrency: int) -> int:
-    """Items per chunk: half an actor's concurrency (at least 1, at most 64): with two windows
-    in flight, about four chunks per actor, so one finishing (and flushing) never leaves it idle."""
+    """Items per chunk: half an actor's concurrency (at least 1, at most 64): with four times the
+    concurrency in flight, about eight chunks per actor, so chunks finishing (and waiting for
+    their flush) never leave it idle."""
     return max(1, min(64, concurrency // 2))
 
 
@@ -198,7 +217,9 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
     job = {"workflow": workflow_path, "store": store_url, "batch": batch_id, "cwd": os.getcwd(), "env": env,
            "concurrency": per_actor}
     size = chunk_size(per_actor)
-    window = 2 * per_actor  # items in flight per actor
+    # items in flight per actor: the runs going on plus those done and waiting for their chunk's
+    # flush (a commit takes about as long as a cloud call), so the actor's gate stays full
+    window = 4 * per_actor
     worker_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
                             max_concurrency=2 * (window // size + 2))(ItemWorker)
     actors: dict[Any, int] = {}  # actor -> items in flight

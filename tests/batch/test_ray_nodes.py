@@ -126,7 +126,7 @@ def test_a_raylet_killed_mid_batch_leaves_every_item_done_exactly_once(two_nodes
 
     class KillOnFirstItem:
         """Kills the second raylet (and its actor) when the first item is recorded: that node then
-        has items in flight (the driver keeps two windows per actor while items are queued)."""
+        has items in flight (the driver keeps several chunks per actor in flight while items are queued)."""
 
         killed = False
 
