@@ -60,7 +60,7 @@ def disable_metrics() -> None:
     ACTIVE = _tracing is not None
 
 
-def metrics() -> Any:
+def run_metrics() -> Any:
     """The `RunMetrics` while metrics are on, else None."""
     return _metrics
 

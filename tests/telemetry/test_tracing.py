@@ -106,7 +106,7 @@ def test_tracing_off_emits_nothing(project, fake, tmp_path):
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry.enable_tracing(provider)
     telemetry.disable_tracing()
-    assert telemetry.ACTIVE is (telemetry.metrics() is not None)
+    assert telemetry.ACTIVE is (telemetry.run_metrics() is not None)
     wf = project(WORKFLOW, files={"helpers.py": "def prep(text):\n    return text\n"})
     fake.enqueue({"label": "a"})
     with Engine(store=tmp_path / "s.db") as engine:
