@@ -179,7 +179,7 @@ def add_probes(app: Any, engine: Engine, loaded: list[Any], console_store: Any, 
 
     from fastapi.responses import JSONResponse, PlainTextResponse
 
-    from engine import telemetry
+    import engine.telemetry as telemetry
 
     counters = telemetry.enable_metrics() if metrics else None
     stores: list[Any] = []

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import telemetry
+import engine.telemetry as telemetry
 from engine.config import EngineConfig
 from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
