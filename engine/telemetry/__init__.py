@@ -76,4 +76,9 @@ def observe_run(result: Any, started: float) -> None:
 
 
 if os.environ.get("ENGINE_TRACING", "").lower() in ("1", "true", "yes", "on"):
-    enable_tracing()
+    try:
+        enable_tracing()
+    except Exception as e:  # noqa: BLE001 - a missing package must not stop runs: say so once, trace nothing
+        import sys
+
+        print(f"engine: ENGINE_TRACING is set but tracing is off: {e}", file=sys.stderr)
