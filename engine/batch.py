@@ -19,9 +19,9 @@
 - Concurrency: up to N runs at once on one event loop (`Engine.arun`): cloud providers' async
   clients see up to N calls at once; llama.cpp (local tier) calls go to the model's dedicated
   worker thread, one at a time.
-- Executors: `threads` (above) or `ray` (`--executor ray [--address ...]`: items as Ray tasks,
-  workers writing to the shared store; see `engine.executors.ray`). Same output file, order and
-  resume semantics.
+- Executors: `threads` (above) or `ray` (`--executor ray [--address ...]`: one actor per node
+  running chunks of items, N at once each, writing to the shared store; see
+  `engine.executors.ray`). Same output file, order and resume semantics.
 - Provider batches (`provider_batch=ProviderBatchOptions(...)`, `--provider-batch`): the run goes
   stage-wise, on N worker threads, and the calls that can wait go through the providers' batch
   APIs at the batch rate (see `engine.provider_batch`).
@@ -66,6 +66,12 @@ class BatchSummary:
     interrupted: bool = False
     provider_batch: Any = None
     """`engine.provider_batch.BatchState` in a provider-batch run: round, stage, batches, fallbacks."""
+    nodes: Counter[str] = field(default_factory=Counter)
+    """`--executor ray`: items finished per Ray node (by node id)."""
+    retried: int = 0
+    """`--executor ray`: items sent to another worker after theirs was lost."""
+    recovered: int = 0
+    """`--executor ray`: items of a lost worker whose runs had finished (taken from the store)."""
 
     @property
     def done(self) -> int:
@@ -326,10 +332,25 @@ def _run_claimed(engine: Engine, wf: Workflow, store: Store, inputs: Path, outpu
             for item in todo:
                 if item.error is not None:
                     record(result_line(item, failed_result(wf.name, item.error)), 0.0, [])
-            summary.interrupted = run_items(
+
+            def recover(lost: list[BatchItem]) -> set[int]:
+                """Items of a lost Ray worker whose runs finished anyway: recorded from the store."""
+                rows = _finished_runs(store, bid)
+                found = set()
+                for item in lost:
+                    row = rows.get(item.index)
+                    if row is not None:
+                        previous = RunResult(run_id=row["id"], workflow=wf.name, status=row["status"],
+                                             outputs=row["outputs"] or {}, steps=[], error=row["error"])
+                        record(result_line(item, previous), float(row.get("cost") or 0.0), [])
+                        found.add(item.index)
+                return found
+
+            summary.interrupted, stats = run_items(
                 workflow_path=str(wf.path), store_url=getattr(store, "url", None) or str(store.path),  # type: ignore[attr-defined]
                 batch_id=bid, todo=readable, record=record, concurrency=concurrency, should_stop=should_stop,
-                address=address, workers=workers)
+                address=address, workers=workers, recover=recover)
+            summary.nodes, summary.retried, summary.recovered = stats.nodes, stats.retried, stats.recovered
         elif batcher is not None:
             from engine.provider_batch import run_stages
 

@@ -14,6 +14,11 @@
                                  403 under `read_only`)
 
     GET  /ui/...                 the review console (`engine serve --ui`; see engine.ui)
+    GET  /metrics                Prometheus metrics of this process's runs (engine.telemetry.metrics)
+                                 and its quality check queue
+    GET  /healthz                200 while the process is up (no token needed)
+    GET  /readyz                 200 when every store the workflows log to answers a query, else 503
+                                 (no token needed)
 
 The tenant comes from the `X-Engine-Tenant` header. Guards: engine.http_guard.
 
@@ -69,12 +74,12 @@ def allowed_hosts_from(value: str) -> tuple[str, ...]:
 def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = http_guard.DEFAULT_MAX_BODY,
                token: str | None = None, tenant_header: str = http_guard.TENANT_HEADER,
                console_store: Any = None, read_only: bool = False,
-               allowed_hosts: tuple[str, ...] = http_guard.LOCAL_HOSTS) -> Any:
+               allowed_hosts: tuple[str, ...] = http_guard.LOCAL_HOSTS, metrics: bool = True) -> Any:
     """The app; `max_body` bytes per request (413 above), `token` required as a bearer token
     when given, the tenant read from `tenant_header`, the Host header one of `allowed_hosts`
     (names, any port; `*`: any). With `console_store`, the review console (engine.ui) is served
     under /ui over that store. `read_only`: nothing can be written (feedback and every console
-    action are refused with 403); workflows still run."""
+    action are refused with 403); workflows still run. `metrics`: count runs for /metrics."""
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.responses import JSONResponse
@@ -88,8 +93,10 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
 
         exempt = (PREFIX + "/",)  # the console checks the token (or its session) and CSRF itself
         add_console(app, console_store, read_only=read_only, token=token)
+    exempt += PROBES  # probes carry no token; the Host check still applies
     http_guard.install(app, max_body=max_body, token=token, allowed_hosts=allowed_hosts, exempt=exempt)
     loaded = [engine.load(w) for w in workflows]
+    add_probes(app, engine, loaded, console_store, metrics)
 
     @app.get("/workflows")
     def list_workflows() -> list[dict[str, Any]]:
@@ -161,3 +168,50 @@ def create_app(engine: Engine, workflows: list[str | Path], *, max_body: int = h
                  openapi_extra={"requestBody": {"required": True,
                                                 "content": {"application/json": {"schema": schema}}}})(make(wf.name))
     return app
+
+
+PROBES = ("/healthz/", "/readyz/")
+
+
+def add_probes(app: Any, engine: Engine, loaded: list[Any], console_store: Any, metrics: bool) -> None:
+    """/healthz, /readyz and (with `metrics`) /metrics."""
+    import asyncio
+
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    import engine.telemetry as telemetry
+
+    counters = telemetry.enable_metrics() if metrics else None
+    stores: list[Any] = []
+    for wf in loaded:
+        store = engine.store_for(wf)
+        if store is not None and all(store is not s for s in stores):
+            stores.append(store)
+    if console_store is not None and all(console_store is not s for s in stores):
+        stores.append(console_store)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Any:
+        try:
+            for store in stores:
+                await asyncio.wait_for(asyncio.to_thread(store.query, "SELECT 1 AS one"), timeout=5.0)
+        except Exception as e:  # noqa: BLE001 - any failure to answer means not ready
+            return JSONResponse({"status": "unavailable", "error": f"the store did not answer: "
+                                                                    f"{type(e).__name__}: {e}"}, status_code=503)
+        return {"status": "ready", "stores": len(stores)}
+
+    if counters is not None:
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus() -> Any:
+            from engine.quality.checkqueue import figures
+
+            queue = figures()
+            gauges = {"engine_check_queue_pending": queue["pending"], "engine_check_queue_peak": queue["peak"],
+                      "engine_check_queue_submitted_total": queue["submitted"],
+                      "engine_check_queue_dropped_total": queue["dropped"]}
+            return PlainTextResponse(counters.exposition(gauges),
+                                     media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import engine.telemetry as telemetry
 from engine.config import EngineConfig
 from engine.errors import EngineError, LLMStepError, StepError, UserError
 from engine.inputs import validate_inputs
@@ -62,6 +63,8 @@ class StepRecord(StepResult):
     validation_errors: list[str] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     """The calls made for the step's answer, in order (see `StepOutcome.attempts`)."""
+    started: float = field(default=0.0, repr=False, compare=False)
+    """`time.perf_counter()` when the step started (telemetry spans place the step by it)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data, its id, kind and status first."""
@@ -300,6 +303,8 @@ def _run(
         db.finish_run(run_id, status=result.status, outputs=result.outputs, error=result.error,
                       tokens_in=result.tokens_in, tokens_out=result.tokens_out, cost=result.cost,
                       latency_ms=result.latency_ms, baseline_cost=result.baseline_cost)
+    if telemetry.ACTIVE:  # tracing or metrics on (engine.telemetry): the one check when off
+        telemetry.observe_run(result, started)
     if after_run:
         from engine.quality.monitor import submit
 
@@ -330,8 +335,8 @@ def _schedule(wf: Workflow) -> tuple[bool, list[set[int]]]:
 def _execute(ctx: StepContext, step: Step, state: dict[str, Any],
              concurrent: bool = True) -> ProviderCalls[tuple[StepRecord, EngineError | None]]:
     kind = step.kind
-    record = StepRecord(step_id=step.id, kind=kind, status="ok")
     started = time.perf_counter()
+    record = StepRecord(step_id=step.id, kind=kind, status="ok", started=started)
     try:
         if step.when is not None and not evaluate_condition(step.when, state):
             record.status = "skipped"

@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "engine"
 
 LAYERS: list[tuple[str, list[str]]] = [  # bottom first; a module belongs to its longest matching entry
-    ("foundation", ["engine.errors", "engine.clock", "engine.hashing", "engine.strict_json", "engine.templating"]),
+    ("foundation", ["engine.errors", "engine.clock", "engine.hashing", "engine.strict_json", "engine.templating",
+                    "engine.telemetry"]),
     ("providers and store", ["engine.providers", "engine.tokens", "engine.store"]),
     ("workflow model", ["engine.spec", "engine.skills", "engine.config", "engine.pricing", "engine.routing",
                         "engine.budgets", "engine.inputs", "engine.quality.spec", "engine.quality.trust",
                         "engine.provider_batch"]),
-    ("answer checks", ["engine.quality", "engine.cache.embedders"]),
+    ("answer checks", ["engine.quality", "engine.cache.embedders", "engine.compress"]),
     ("steps", ["engine.steps", "engine.quality.cascade", "engine.quality.judge"]),
     ("servers", ["engine.cache", "engine.promotion", "engine.serving"]),
     ("runner", ["engine.runner"]),

@@ -88,7 +88,7 @@ def test_sequential_run_does_not_overlap(project, fake):
 
 
 def _strip_volatile(record: dict) -> dict:
-    out = {k: v for k, v in record.items() if k not in ("latency_ms",)}
+    out = {k: v for k, v in record.items() if k not in ("latency_ms", "started")}
     out["calls"] = [{k: v for k, v in c.items() if k != "latency_ms"} for c in record["calls"]]
     return out
 

@@ -120,6 +120,9 @@ def run_batch_cli(workflow: Path, inputs: Path, output: Path | None, concurrency
             f"batch {summary.batch_id}: {summary.total} items, {summary.ok} ok, {summary.failed} failed"
             f"{f', {summary.resumed} already done' if summary.resumed else ''}; {fmt_cost(summary.cost)}; "
             f"{summary.elapsed_s:.1f} s; served: {served_text(summary)}; results: {output}")
+        if summary.nodes:
+            err_console.print(f"ray: items per node: {', '.join(f'{n[:8]} {c}' for n, c in summary.nodes.most_common())}"
+                              f"{f'; {summary.retried} retried after a lost worker' if summary.retried else ''}")
         state = summary.provider_batch
         if state is not None:
             err_console.print(

@@ -27,13 +27,13 @@ from engine.spec.graph import mermaid
               help="Batch: a JSONL file, one object of inputs per line.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Batch: where result lines go (default: INPUTS.results.jsonl).")
-@click.option("--concurrency", "-c", type=COUNT, default=8, show_default=True, help="Batch: items run at once.")
+@click.option("--concurrency", "-c", type=COUNT, default=8, show_default=True, help="Batch: items run at once (with --executor ray: per node).")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[BATCH_ID]",
               help="Batch: finish an interrupted batch (default: the latest over these files).")
 @click.option("--batch-id", help="Batch: name a new batch.")
 @click.option("--id-field", default="id", show_default=True, help="Batch: the input field that identifies an item.")
 @click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
-              help="Batch: run items on threads in this process, or as Ray tasks (pip install 'engine[ray]').")
+              help="Batch: run items on threads in this process, or on one Ray actor per node (pip install 'engine[ray]').")
 @click.option("--address", metavar="ADDRESS",
               help="Batch with --executor ray: an existing Ray cluster (ray://host:10001 or auto); default a local Ray.")
 @click.option("--provider-batch", is_flag=True,

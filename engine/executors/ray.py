@@ -1,20 +1,30 @@
 """The Ray executor of batch runs: `engine run WF --inputs items.jsonl --executor ray [--address ...]`.
 
-    driver (engine.batch)                       Ray workers (one per CPU, any node)
-      items ──▶ one task per item  ──────────▶  _run_item: a cached Engine per worker process
-      ray.wait ◀── (line, cost, served) ◀──────  runs the item, writes its run to the shared store
-      ordered output file, progress bar          llamacpp calls ──▶ LocalModel actor of the node
+    driver (engine.batch)                        one ItemWorker actor per node (with a CPU)
+      items ──▶ chunks, to the least-loaded actor ─▶ run_chunk: `Engine.arun` per item on the
+      ray.wait ◀── [(index, line, cost, served)] ◀─  actor's event loop, `concurrency` at once,
+      ordered output file, progress bar               runs written to the shared store, one flush
+                                                      per chunk; llamacpp ──▶ LocalModel actor
 
-- Items become Ray tasks, at most `concurrency` in flight. Each worker process keeps one `Engine`
-  (workflows, providers, store connections reused across tasks) and writes runs tagged
-  `{"batch": id, "item": n}` to the store the driver uses: the shared PostgreSQL on a cluster
-  (a SQLite file works on one machine). The driver never writes runs; it orders the results
-  (same output file and order as the thread executor) and feeds the progress bar as tasks finish.
-- Resume is the store's, unchanged: an item is done when its run has finished. A killed driver
-  (or worker) loses only unfinished items, which `--resume` runs again.
+- Each worker is an async actor pinned to its node (`ItemWorker`), holding one `Engine` for the
+  batch (workflows, providers and store connections reused). It runs the items of the chunks it is
+  sent concurrently on the async-native path, at most `concurrency` runs at once (per actor, like
+  the thread executor's window in one process); the driver keeps four times that in flight per
+  actor (items done wait for their chunk's flush), so an actor never idles between chunks. An
+  I/O-bound step (a cloud API) thus runs `concurrency` calls at once per node instead of one per
+  Ray task. Chunks that finish while a flush runs share the next one.
+- Runs are tagged `{"batch": id, "item": n}` and written by the actors to the store the driver
+  uses: the shared PostgreSQL on a cluster (a SQLite file works on one machine). The driver never
+  writes runs; it orders the results (same output file and order as the thread executor) and feeds
+  the progress bar as chunks finish.
+- A lost actor or node (raylet killed, machine gone): the items of its unfinished chunks that have
+  a finished run in the store are taken from there; the others go to the surviving actors (a
+  retry). With no actor left the batch stops with an error, and `--resume` runs what is left.
+  Either way every item is done exactly once. Resume is the store's, unchanged: an item is done
+  when its run has finished.
 - The local tier (llama.cpp) is a Ray actor per node (`LocalModel`, named
   `engine-local-<node id>`) holding the model; workers on that node send it their local-tier calls,
-  so a node loads the model once instead of once per worker.
+  so a node loads the model once.
 - `address`: an existing cluster (`ray://host:10001` or `auto`); by default a local Ray with
   `workers` CPUs (the machine's CPUs when not given).
 The workflow file, its scripts and engine.yaml must be readable at the same paths on every node.
@@ -22,14 +32,15 @@ The workflow file, its scripts and engine.yaml must be readable at the same path
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from engine.errors import UserError
 from engine.executors.items import BatchItem, result_line, served_labels
 
-_engine: Any = None
-"""The worker process's Engine (one per Ray worker process, reused by every task)."""
 _local_proxy_installed = False
 
 
@@ -105,62 +116,188 @@ def _install_local_proxy() -> None:
     _local_proxy_installed = True
 
 
-def _run_item(job: dict[str, Any], index: int, item_id: Any, inputs: dict[str, Any]) -> tuple[dict[str, Any], float,
-                                                                                           list[str]]:
-    """One item, in a Ray worker: run it (logging to the shared store) and return its result line."""
-    global _engine
-    from engine.api import Engine
+Outcome = tuple[int, dict[str, Any], float, list[str]]
+"""(item index, result line, cost, served labels): one item's result, from an actor."""
 
-    if _engine is None:
+
+class ItemWorker:
+    """A Ray actor (async, one per node): runs chunks of items, `concurrency` at once, on the
+    async-native path, logging their runs to the shared store."""
+
+    def __init__(self, job: dict[str, Any]):
+        from engine.api import Engine
+
         for key, value in job["env"].items():
             os.environ[key] = value
         os.chdir(job["cwd"])
         _install_local_proxy()
-        _engine = Engine(store=job["store"])
-    result = _engine.try_run(job["workflow"], inputs, tags={"batch": job["batch"], "item": index})
-    store = _engine.store_for(_engine.load(job["workflow"]))
-    if store is not None:
-        store.flush()  # the run is in the store before the driver counts the item done
-    item = BatchItem(index=index, line=0, id=item_id, inputs=inputs)
-    return result_line(item, result), result.cost, served_labels(result)
+        self.job = job
+        self.engine = Engine(store=job["store"], max_workers=max(64, job["concurrency"]))
+        self.gate: asyncio.Semaphore | None = None
+        self.flushing: asyncio.Lock | None = None
+        self.asked = 0  # flushes asked for
+        self.covered = 0  # the asks the last finished flush covered
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def node_id(self) -> str:
+        return str(self.node)
+
+    async def run_chunk(self, chunk: list[tuple[int, Any, dict[str, Any]]]) -> list[Outcome]:
+        if self.gate is None:  # made on the actor's event loop
+            self.gate = asyncio.Semaphore(max(1, self.job["concurrency"]))
+            self.flushing = asyncio.Lock()
+        gate = self.gate
+        job = self.job
+
+        async def one(index: int, item_id: Any, inputs: dict[str, Any]) -> Outcome:
+            async with gate:
+                result = await self.engine.atry_run(job["workflow"], inputs,
+                                                    tags={"batch": job["batch"], "item": index})
+            item = BatchItem(index=index, line=0, id=item_id, inputs=inputs)
+            return index, result_line(item, result), result.cost, served_labels(result)
+
+        outcomes = list(await asyncio.gather(*(one(*entry) for entry in chunk)))
+        await self.flush()  # the chunk's runs are in the store before the driver counts them done
+        return outcomes
+
+    async def flush(self) -> None:
+        """Commit every run queued so far. Chunks that finish while a flush runs share the next
+        one: a flush that starts after a chunk asked covers its runs."""
+        store = self.engine.store_for(self.engine.load(self.job["workflow"]))
+        if store is None or self.flushing is None:
+            return
+        self.asked += 1
+        mine = self.asked
+        async with self.flushing:
+            if self.covered >= mine:
+                return
+            covering = self.asked
+            await asyncio.to_thread(store.flush)
+            self.covered = covering
+
+
+@dataclass
+class RayStats:
+    """What the Ray executor did: items finished per node; of a lost actor's items, those sent to
+    another actor (`retried`) and those found finished in the store (`recovered`)."""
+    nodes: Counter[str]
+    retried: int = 0
+    recovered: int = 0
+    lost_actors: int = 0
+
+
+def _nodes(ray: Any) -> list[str]:
+    """Alive nodes with at least one CPU (an actor each)."""
+    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+
+
+def chunk_size(concurrency: int) -> int:
+    """Items per chunk: half an actor's concurrency (at least 1, at most 64): with four times the
+    concurrency in flight, about eight chunks per actor, so chunks finishing (and waiting for
+    their flush) never leave it idle."""
+    return max(1, min(64, concurrency // 2))
 
 
 def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[Any],
               record: Callable[..., None], concurrency: int, should_stop: Callable[[], bool] | None,
-              address: str | None, workers: int | None) -> bool:
-    """Run `todo` (engine.batch.BatchItem, all readable) as Ray tasks; `record(line, cost, served)`
-    for each as it finishes. Returns True when stopped early (should_stop, Ctrl-C)."""
+              address: str | None, workers: int | None,
+              recover: Callable[[list[Any]], set[int]] | None = None, max_retries: int = 2) -> tuple[bool, RayStats]:
+    """Run `todo` (engine.batch.BatchItem, all readable) on one `ItemWorker` per node;
+    `record(line, cost, served)` for each item as its chunk finishes. `recover(items)` records the
+    items that have a finished run in the store and returns their indexes (used for the chunks of a
+    lost actor). Returns (stopped early, stats)."""
     ray = start(address, workers)
-    task = ray.remote(num_cpus=1, max_retries=0)(_run_item)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     env = {k: v for k, v in os.environ.items() if k.startswith("ENGINE_")}
-    job = ray.put({"workflow": workflow_path, "store": store_url, "batch": batch_id, "cwd": os.getcwd(),
-                   "env": env})
-    window = max(1, concurrency)
-    pending: dict[Any, Any] = {}
+    per_actor = max(1, concurrency)
+    job = {"workflow": workflow_path, "store": store_url, "batch": batch_id, "cwd": os.getcwd(), "env": env,
+           "concurrency": per_actor}
+    size = chunk_size(per_actor)
+    # items in flight per actor: the runs going on plus those done and waiting for their chunk's
+    # flush (a commit takes about as long as a cloud call), so the actor's gate stays full
+    window = 4 * per_actor
+    worker_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
+                            max_concurrency=2 * (window // size + 2))(ItemWorker)
+    actors: dict[Any, int] = {}  # actor -> items in flight
+    for node in _nodes(ray):
+        actor = worker_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(job)
+        actors[actor] = 0
+    if not actors:
+        raise UserError("the Ray cluster has no node with a CPU to run the batch's workers")
+    stats = RayStats(nodes=Counter())
+    node_of: dict[Any, Any] = {actor: actor.node_id.remote() for actor in actors}
+    pending: dict[Any, tuple[Any, list[Any]]] = {}  # ref -> (actor, chunk items)
     queue = list(reversed(todo))
+    tries: Counter[int] = Counter()
     stopped = False
+
+    last_error: list[str] = []
+
+    def lost(actor: Any, chunk: list[Any], error: BaseException) -> None:
+        last_error[:] = [f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"]
+        if actor in actors:
+            del actors[actor]
+            stats.lost_actors += 1
+        done = recover(chunk) if recover is not None else set()
+        stats.recovered += len(done)
+        again = [item for item in chunk if item.index not in done]
+        for item in again:
+            tries[item.index] += 1
+        if any(tries[item.index] > max_retries for item in again):
+            from engine.api import failed_result
+
+            for item in [i for i in again if tries[i.index] > max_retries]:
+                record(result_line(item, failed_result("", "ray: the item's worker was lost "
+                                                           f"{max_retries + 1} times")), 0.0, [])
+            again = [item for item in again if tries[item.index] <= max_retries]
+        stats.retried += len(again)
+        queue.extend(reversed(again))  # first in line
+
     try:
         while queue or pending:
-            while queue and len(pending) < window and not stopped:
+            while queue and actors and not stopped:
+                actor = min(actors, key=lambda a: actors[a])
+                if actors[actor] >= window:
+                    break
                 if should_stop is not None and should_stop():
                     stopped = True
                     break
-                item = queue.pop()
-                pending[task.remote(job, item.index, item.id, item.inputs)] = item
+                chunk = [queue.pop() for _ in range(min(size, len(queue)))]
+                ref = actor.run_chunk.remote([(item.index, item.id, item.inputs) for item in chunk])
+                pending[ref] = (actor, chunk)
+                actors[actor] += len(chunk)
             if not pending:
+                if queue and not actors:  # every worker lost: --resume runs the rest
+                    raise UserError(f"every Ray worker was lost ({last_error[0] if last_error else 'no detail'}); "
+                                    "finished items are saved: run again with --resume")
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
-                item = pending.pop(ref)
+                actor, chunk = pending.pop(ref)
                 try:
-                    line, cost, served = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a worker died or the task raised: the item failed
-                    from engine.api import failed_result
-
-                    line, cost, served = result_line(item, failed_result("", f"ray task failed: {e}")), 0.0, []
-                record(line, cost, served)
+                    outcomes = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the actor, its node or the chunk call died
+                    lost(actor, chunk, e)
+                    continue
+                actors[actor] -= len(chunk)
+                try:
+                    node = ray.get(node_of[actor], timeout=0)
+                except Exception:  # noqa: BLE001 - statistics only
+                    node = "?"
+                stats.nodes[str(node)] += len(outcomes)
+                for _index, line, cost, served in outcomes:
+                    record(line, cost, served)
     except KeyboardInterrupt:  # Ctrl-C: cancel what is in flight; finished items are in the store
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    return stopped
+    finally:
+        for actor in list(actors):
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+    return stopped, stats

