@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[str]]] = [  # bottom first; a module belongs to its
                         "engine.budgets", "engine.inputs", "engine.quality.spec", "engine.quality.trust",
                         "engine.provider_batch"]),
     ("answer checks", ["engine.quality", "engine.cache.embedders", "engine.compress"]),
-    ("steps", ["engine.steps", "engine.quality.cascade", "engine.quality.judge"]),
+    ("steps", ["engine.steps", "engine.quality.cascade", "engine.quality.judge", "engine.quality.compression"]),
     ("servers", ["engine.cache", "engine.promotion", "engine.serving"]),
     ("runner", ["engine.runner"]),
     ("services", ["engine.api", "engine.batch", "engine.executors", "engine.lineage", "engine.reporting",

@@ -92,7 +92,7 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
                                        answered_at=time.time()))
     if outcome.tier == policy.reference:
         for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
-            agree = answers_agree(policy, low["output"], outcome.output, _judge(ctx, policy, call))
+            agree = answers_agree(policy, low["output"], outcome.output, judge_for(ctx, policy, call))
             monitor.record(policy, workflow=wf, step_id=step, tier=low["tier"], model=low["model"],
                            run_id=ctx.run_id, input_hash=call.input_hash, mode="escalation",
                            status="agree" if agree else "disagree", served=False, confidence=low.get("confidence"),
@@ -164,7 +164,7 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
         monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
                        reason=f"the reference could not answer: {e}"[:500], **common)  # type: ignore[arg-type]
         return outcome
-    agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy, call))
+    agree = answers_agree(policy, outcome.output, ref.output, judge_for(ctx, policy, call))
     verdict_ms = (time.time() - answered_at) * 1000 if answered_at is not None else None
     check_id = monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output,
                               cost=ref.cost, verdict_ms=verdict_ms, **common)  # type: ignore[arg-type]
@@ -187,7 +187,7 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
                        cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence)
 
 
-def _judge(ctx: StepContext, policy: QualityPolicy, call: LLMCall) -> Any:
+def judge_for(ctx: StepContext, policy: QualityPolicy, call: LLMCall) -> Any:
     if policy.judge is None:
         return None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EngineError
-from engine.quality.cascade import _judge, policy_for
+from engine.quality.cascade import judge_for, policy_for
 from engine.quality.checkqueue import CheckJob
 from engine.quality.compare import answers_agree
 from engine.quality.monitor import Monitor, monitor_for, sampled
@@ -107,7 +107,7 @@ def _check_calls(ctx: StepContext, spec: LLMSpec, full_values: dict[str, Any], o
         monitor.record(policy, status="skipped", reference_output=None, cost=0.0,
                        reason=f"the full input could not be answered: {e}"[:500], **common)  # type: ignore[arg-type]
         return outcome
-    agree = answers_agree(policy, outcome.output, ref.output, _judge(ctx, policy, call))
+    agree = answers_agree(policy, outcome.output, ref.output, judge_for(ctx, policy, call))
     monitor.record(policy, status="agree" if agree else "disagree", reference_output=ref.output, cost=ref.cost,
                    verdict_ms=(time.time() - answered_at) * 1000, **common)  # type: ignore[arg-type]
     if agree or not inline:
