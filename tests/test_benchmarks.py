@@ -174,3 +174,17 @@ def test_scale_out_benchmark_runs(tmp_path):
     assert {(w["backend"], w["mode"]) for w in report["store_write_cost"]} == {
         ("sqlite", "write-behind"), ("sqlite", "synchronous"), ("postgresql", "write-behind"),
         ("postgresql", "synchronous")}
+
+
+def test_trusted_stream_benchmark_runs(tmp_path):
+    """A few seconds of the stream: the table and the JSON, with every figure the docs quote."""
+    out = tmp_path / "stream.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/trusted_stream.py"), "--seconds", "3",
+                           "--rate", "40", "--drain", "10", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["exact", "semantic"]
+    for r in rows:
+        assert r["runs"] == 120 and 0 <= r["right"] <= 1 and r["pending_at_end"] == 0
+        assert {"cheap_unverified_after_bound", "wrong_after_bound", "queue_peak", "dropped", "rss_mb_peak"} <= set(r)

@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--engine-root", type=Path, default=ROOT, help="the engine checkout to run")
     parser.add_argument("--label", default="", help="names the results file (trusted_stream-LABEL.json)")
     parser.add_argument("--settings", default="exact,semantic")
+    parser.add_argument("--out", type=Path, help="where the JSON goes (default: results/trusted_stream[-LABEL].json)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.engine_root.resolve()))
     from engine.cache import register_embedder
@@ -276,7 +277,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d"), "simulated": "cheap 20 ms right on 60% of items, reference 300 ms, "
            "in-process providers", "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
     name = f"trusted_stream{'-' + args.label if args.label else ''}.json"
-    path = ROOT / "examples" / "benchmarks" / "results" / name
+    path = args.out or ROOT / "examples" / "benchmarks" / "results" / name
     path.write_text(json.dumps(out, indent=2) + "\n")
     from rich.console import Console
     from rich.table import Table
