@@ -36,6 +36,7 @@ from engine import http_guard
 from engine.api import Engine
 from engine.errors import InputError, UserError
 from engine.runner import RunResult
+from engine.store import reports as store_reports
 
 FAILED_RUN_STATUS = 500
 
@@ -198,7 +199,7 @@ def add_probes(app: Any, engine: Engine, loaded: list[Any], console_store: Any, 
     async def readyz() -> Any:
         try:
             for store in stores:
-                await asyncio.wait_for(asyncio.to_thread(store.query, "SELECT 1 AS one"), timeout=5.0)
+                await asyncio.wait_for(asyncio.to_thread(store_reports.ping, store), timeout=5.0)
         except Exception as e:  # noqa: BLE001 - any failure to answer means not ready
             return JSONResponse({"status": "unavailable", "error": f"the store did not answer: "
                                                                     f"{type(e).__name__}: {e}"}, status_code=503)

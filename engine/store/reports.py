@@ -101,3 +101,8 @@ def child_runs(store: Any, run_id: str) -> list[dict[str, Any]]:
     field_sql, field_params = store.json_field("tags", "parent_run")
     return store.query(f"SELECT id, workflow, status, cost, tags, started_at FROM runs WHERE {field_sql} = ? "
                        "ORDER BY started_at, id", [*field_params, run_id])
+
+
+def ping(store: Any) -> None:
+    """One round trip to the database (readiness probes): raises when the store cannot answer."""
+    store.query("SELECT 1 AS one")
