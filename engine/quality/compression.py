@@ -114,4 +114,5 @@ def _check_calls(ctx: StepContext, spec: LLMSpec, full_values: dict[str, Any], o
         return outcome
     return StepOutcome(output=ref.output, served_by="llm", tier=ref.tier, provider=ref.provider, model=ref.model,
                        attempts=outcome.attempts, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
-                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence, context=outcome.context)
+                       cost=outcome.cost, trust=REFERENCE if ref.tier == policy.reference else ref.trust,
+                       confidence=ref.confidence, context=outcome.context)

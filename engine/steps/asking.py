@@ -176,7 +176,9 @@ def ask_tiers_calls(ctx: StepContext, call: LLMCall, *, tiers: Sequence[str] | N
     for tier_no, tier in enumerate(tiers):
         gated = (policy is not None and purpose is None and policy.wants_confidence and policy.monitored(tier)
                  and tier_no + 1 < len(tiers))
-        trust = "reference" if policy is not None and tier == policy.reference else "unverified"
+        # a compressed call (`call.full` set) is not the reference's answer to the real input
+        trust = ("reference" if policy is not None and tier == policy.reference and call.full is None
+                 else "unverified")
         low_confidence = False
         for entry in ctx.config.chain(tier):
             messages = list(base)

@@ -147,6 +147,18 @@ def test_the_monitor_switches_compression_off_where_it_changes_answers(project, 
     assert last == [{"status": "disagree", "mode": "inline"}]
 
 
+def test_a_compressed_answer_is_never_reference_evidence(project, fake):
+    """The reference tier answering a compressed prompt has not answered the real input: its
+    answer is logged and served unverified; only its answer to the full input is `reference`."""
+    fake.responder = responder
+    path = project(WF.replace("sample: 1.0", "sample: 0.0"), config=CONFIG.replace("sample: 1.0", "sample: 0.0"))
+    result = run_workflow(path, {"doc": DOC, "question": QUESTION})
+    assert result.step("answer").context["compress"]["applied"]
+    assert result.step("answer").tier == "premium" and result.step("answer").trust == "unverified"
+    store = open_store(load_workflow(path).config.store_path())
+    assert {r["trust"] for r in store.query("SELECT trust FROM llm_calls WHERE outcome = 'valid'")} == {"unverified"}
+
+
 def test_compression_that_keeps_the_answer_stays_on(project, fake):
     fake.responder = lambda request: {"answer": "Zelda City" if "Zelda City" in document_of(request) else "?"}
     path = project(WF, config=CONFIG)
