@@ -63,6 +63,9 @@ def start(address: str | None, workers: int | None) -> Any:
     if address:
         kwargs["address"] = address
     elif workers:
+        # A fresh local Ray with that many CPUs, even where another cluster on this machine left
+        # its address behind (Ray would otherwise try to join it, and refuse `num_cpus`).
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = workers
     try:
         ray.init(**kwargs)

@@ -58,7 +58,7 @@ def ray_session():
     30 s, which a loaded machine can miss: then once more)."""
     for attempt in range(2):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             break
         except Exception:
             ray.shutdown()

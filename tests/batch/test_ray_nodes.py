@@ -17,9 +17,12 @@ from engine.batch import run_batch
 ray = __import__("ray")  # in the dev extra: a missing Ray fails here, never skips
 from ray.cluster_utils import Cluster  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore::ResourceWarning", "ignore::UserWarning",
-                                        "ignore::pytest.PytestUnraisableExceptionWarning")
+# One worker runs this module and tests/batch/test_ray_executor.py in turn (--dist loadgroup): two
+# Ray clusters started at once on 2 cores can miss Ray's fixed raylet timeouts.
+pytestmark = [pytest.mark.xdist_group("ray"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                         "ignore::ResourceWarning", "ignore::UserWarning",
+                                         "ignore::pytest.PytestUnraisableExceptionWarning")]
 
 WORKFLOW = """\
 name: echo
