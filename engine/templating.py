@@ -400,6 +400,20 @@ def _compile(source: str) -> tuple[str, Any]:
         raise TemplateError(f"template syntax error: {e.message} (template line {e.lineno})") from e
 
 
+def plain_name(source: Any) -> str | None:
+    """The variable a template that is exactly ``{{ name }}`` reads (its value is that variable's,
+    the same object), or None for any other template or value."""
+    if not isinstance(source, str) or "{{" not in source:
+        return None
+    try:
+        kind, compiled = _compile(source)
+    except TemplateError:
+        return None
+    if type(compiled) is _Path and len(compiled.parts) == 1 and compiled.parts[0] not in _DICT_ATTRS:
+        return compiled.parts[0]
+    return None
+
+
 def check_syntax(source: str) -> None:
     """Raise TemplateError if `source` does not parse."""
     _compile(source)

@@ -43,6 +43,11 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
     if not isinstance(items, list):
         raise StepError(step.id, f"for_each must yield a list, got {type(items).__name__}")
     mode = step.on_item_error or "fail"
+    limit = step.concurrency or DEFAULT_CONCURRENCY
+    if step.script is not None:  # a quick pure function: items in spans (same results, errors, records)
+        from engine.steps.script_items import script_items_calls
+
+        return (yield from script_items_calls(step, state, items, mode, limit, concurrent=concurrent))
     name = step.item_name
 
     def item_calls(index: int, item: Any) -> ProviderCalls[tuple[StepOutcome | None, EngineError | None]]:
@@ -57,7 +62,7 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
 
     tasks = IndexedTasks(lambda i: item_calls(i, items[i]), len(items))
     results: list[tuple[StepOutcome | None, EngineError | None] | None] = yield from gather_calls(
-        Fanout(tasks, limit=step.concurrency or DEFAULT_CONCURRENCY,
+        Fanout(tasks, limit=limit,
                stop=(lambda i, r: r[1] is not None) if mode == "fail" else None),
         concurrent=concurrent)
     outputs: list[Any] = []
@@ -72,11 +77,9 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
         outcome, error = result
         if error is not None:
             if mode == "fail":
-                failed = error if isinstance(error, StepError) else StepError(step.id, str(error))
-                failed.args = (f"step '{step.id}' item {index}: {_plain(error, step.id)}",)
-                raise failed
-            errors.append({"index": index, "item": items[index], "error": _plain(error, step.id)})
-            summaries.append({"index": index, "status": "failed", "error": _plain(error, step.id)})
+                raise item_failure(step, index, error)
+            errors.append({"index": index, "item": items[index], "error": plain(error, step.id)})
+            summaries.append({"index": index, "status": "failed", "error": plain(error, step.id)})
             attempts += getattr(error, "attempts", None) or []
             if mode == "collect":
                 outputs.append(None)
@@ -107,7 +110,15 @@ def _same(values: list[Any]) -> Any:
     return values[0] if values and all(v == values[0] for v in values) else None
 
 
-def _plain(error: BaseException, step_id: str) -> str:
+def item_failure(step: Step, index: int, error: EngineError) -> StepError:
+    """The step's error when item `index` failed (`on_item_error: fail`): it names the item."""
+    failed = error if isinstance(error, StepError) else StepError(step.id, str(error))
+    failed.args = (f"step '{step.id}' item {index}: {plain(error, step.id)}",)
+    return failed
+
+
+def plain(error: BaseException, step_id: str) -> str:
+    """An item's error without the step prefix."""
     text = str(error)
     prefix = f"step '{step_id}': "
     return text[len(prefix):] if text.startswith(prefix) else text
