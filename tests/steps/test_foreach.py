@@ -234,3 +234,134 @@ def test_the_cache_serves_items_one_by_one(project, fake):
     assert result.outputs["skus"] == [{"sku": "B"}, {"sku": "C"}, {"sku": "A"}]
     assert len(fake.requests) == 3  # only the new item reached the tier
     assert [i["served_by"] for i in result.step("parse").items] == ["cache", "llm", "cache"]
+
+
+# --- for_each over a script step: items run in spans ---------------------------------------------
+
+SCRIPT_WF = """\
+name: spans
+inputs: {n: {type: integer}}
+steps:
+  - id: make
+    inputs: {n: "{{ inputs.n }}"}
+    script: spans_ops.py:make
+  - id: each
+    for_each: "{{ steps.make.output }}"
+    as: x
+    concurrency: 3
+    inputs: {x: "{{ x }}", k: 10, tag: plain}
+    script: spans_ops.py:check
+outputs:
+  out: "{{ steps.each.output }}"
+"""
+SPANS_OPS = {"spans_ops.py": """\
+def make(n):
+    return list(range(n))
+
+
+def check(x, k, tag):
+    if x % 997 == 5:
+        raise ValueError(f"bad {x}")
+    return {"x": x * k, "tag": tag}
+
+
+def odd(x):
+    return {1: x, "t": (x, x)}
+
+
+def strange(x):
+    return [set(), float("nan"), 2 ** 20000, "\\ud800", 3, 2 ** 70, 1.5, True, None, "é", (1, 2)][x]
+
+
+def pick(x, y):
+    return x["v"] + y
+"""}
+
+
+def _each(result):
+    return result.step("each")
+
+
+@pytest.mark.parametrize("how", ["threads", "one at a time", "event loop"])
+def test_script_items_fail_on_the_first_failing_item_in_order(project, how):
+    import asyncio
+
+    from engine import arun_workflow
+
+    wf = project(SCRIPT_WF, files=SPANS_OPS)
+    run = {"threads": lambda: run_workflow(wf, {"n": 3000}),
+           "one at a time": lambda: run_workflow(wf, {"n": 3000}, parallel=False),
+           "event loop": lambda: asyncio.run(arun_workflow(wf, {"n": 3000}))}[how]
+    with pytest.raises(StepError) as info:  # items 5, 1002 and 1999 fail: the step names item 5
+        run()
+    assert str(info.value) == "step 'each' item 5: script 'spans_ops.py:check' raised ValueError: bad 5"
+    assert info.value.result.step("each").status == "failed"
+    ok = run_workflow(wf, {"n": 5}) if how == "threads" else None
+    if ok is not None:
+        assert ok.outputs["out"] == [{"x": 10 * i, "tag": "plain"} for i in range(5)]
+
+
+@pytest.mark.parametrize("mode", ["skip", "collect"])
+@pytest.mark.parametrize("parallel", [True, False])
+def test_script_items_skip_and_collect_keep_order_and_name_each_failure(project, mode, parallel):
+    wf = project(SCRIPT_WF.replace("concurrency: 3\n", f"concurrency: 3\n    on_item_error: {mode}\n")
+                 + '  errors: "{{ steps.each.errors }}"\n', files=SPANS_OPS)
+    result = run_workflow(wf, {"n": 3000}, parallel=parallel)
+    bad = [5, 1002, 1999, 2996]
+    expected = [None if i in bad else {"x": 10 * i, "tag": "plain"} for i in range(3000)]
+    assert result.outputs["out"] == (expected if mode == "collect" else [e for e in expected if e is not None])
+    assert result.outputs["errors"] == [{"index": i, "item": i, "error": f"script 'spans_ops.py:check' raised "
+                                         f"ValueError: bad {i}"} for i in bad]
+    record = _each(result)
+    assert record.status == "ok" and record.served_by == "script" and record.calls == [] and record.cost == 0
+    assert [s["index"] for s in record.items] == list(range(3000))
+    assert record.items[5] == {"index": 5, "status": "failed", "error": "script 'spans_ops.py:check' raised "
+                               "ValueError: bad 5"}
+    assert record.items[6] == {"index": 6, "status": "ok", "served_by": "script", "tier": None, "model": None,
+                               "tokens_in": 0, "tokens_out": 0, "cost": 0.0}
+
+
+def test_script_items_give_what_a_single_script_step_gives(project):
+    """Per item, the same JSON copy and the same errors as the step run on its own."""
+    wf = project(SCRIPT_WF.replace("check", "strange").replace("concurrency: 3\n", "on_item_error: collect\n")
+                 .replace("inputs: {x: \"{{ x }}\", k: 10, tag: plain}", "inputs: {x: \"{{ x }}\"}")
+                 + '  errors: "{{ steps.each.errors }}"\n', files=SPANS_OPS)
+    single = project("""\
+        name: one
+        inputs: {x: {type: integer}}
+        steps:
+          - id: each
+            inputs: {x: "{{ inputs.x }}"}
+            script: spans_ops.py:strange
+        """, name="one.yaml", files=SPANS_OPS)
+    result = run_workflow(wf, {"n": 11})
+    errors = {e["index"]: e["error"] for e in result.outputs["errors"]}
+    for i in range(11):
+        alone = run_workflow(single, {"x": i}, raise_on_error=False)
+        if alone.ok:
+            assert result.outputs["out"][i] == alone.outputs["each"] and i not in errors
+            assert type(result.outputs["out"][i]) is type(alone.outputs["each"])
+        else:
+            assert result.outputs["out"][i] is None
+            assert f"step 'each': {errors[i]}" == alone.error
+    assert sorted(errors) == [0, 1, 2, 3]
+    assert result.outputs["out"][4:] == [3, 2 ** 70, 1.5, True, None, "é", [1, 2]]
+
+
+def test_script_items_copy_containers_through_json_and_render_other_templates(project):
+    wf = project(SCRIPT_WF.replace("check", "odd").replace("inputs: {x: \"{{ x }}\", k: 10, tag: plain}",
+                                                          "inputs: {x: \"{{ x }}\"}"), files=SPANS_OPS)
+    assert run_workflow(wf, {"n": 2}).outputs["out"] == [{"1": 0, "t": [0, 0]}, {"1": 1, "t": [1, 1]}]
+    wf = project("""\
+        name: fields
+        inputs: {rows: {type: array}}
+        steps:
+          - id: each
+            for_each: "{{ inputs.rows }}"
+            as: row
+            inputs: {x: "{{ row }}", y: "{{ row.v }}"}
+            script: spans_ops.py:pick
+        """, files=SPANS_OPS)
+    assert run_workflow(wf, {"rows": [{"v": 1}, {"v": 2}]}).outputs == {"each": [2, 4]}
+    with pytest.raises(StepError, match=r"step .each. item 1: expression evaluated to an undefined value"):
+        run_workflow(wf, {"rows": [{"v": 1}, {"w": 2}]})
