@@ -303,6 +303,27 @@ for _name, _fn in list(ENV.filters.items()):
 ENV.globals["lipsum"] = _lipsum
 
 
+def budgeted_environment(**options: Any) -> jinja2.Environment:
+    """A sandboxed environment with `ENV`'s render budget, guarded filters and globals, and
+    delimiters of its own (a skill's `[[ ]]` params): run its templates through `render_budgeted`."""
+    env = _Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False, **options)
+    env.filters.update(ENV.filters)
+    env.globals["lipsum"] = _lipsum
+    return env
+
+
+def render_budgeted(compiled: Any, context: dict[str, Any]) -> Any:
+    """Evaluate a compiled expression (a callable) or render a `jinja2.Template` of a
+    `budgeted_environment` under a render budget of its own, a template's text size-checked as it
+    is produced. jinja's errors pass through (a `SecurityError` past a cap)."""
+    outer = _CURRENT.budget
+    _CURRENT.budget = _Budget()
+    try:
+        return _render_text(compiled, context) if isinstance(compiled, jinja2.Template) else compiled(**context)
+    finally:
+        _CURRENT.budget = outer
+
+
 class TemplateError(Exception):
     """A template failed to parse or render; wrapped into SpecError/StepError by callers."""
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import SpecError
 from engine.skills.library import SkillIndex, find_skills
 from engine.skills.models import LLM_OVERRIDES, Skill
 from engine.spec.models import FileRef
+from engine.spec.positions import YAMLSyntaxError, parse_yaml, read_text
+from engine.templating import budgeted_environment, render_budgeted
 
 if TYPE_CHECKING:
     from engine.config import EngineConfig
@@ -37,12 +38,12 @@ STEP_KEYS = ("id", "uses", "with", "inputs", "when", *FAN_OUT_KEYS)
 _REF = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)(?:@(?P<version>\d+|latest))?$")
 _WHOLE = re.compile(r"^\s*\[\[(?P<expr>.*?)\]\]\s*$", re.DOTALL)
 
-PARAMS_ENV = ImmutableSandboxedEnvironment(
+PARAMS_ENV = budgeted_environment(
     variable_start_string="[[", variable_end_string="]]",
     block_start_string="[%", block_end_string="%]",
     comment_start_string="[#", comment_end_string="#]",
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
 )
+"""`[[ ]]` params: the render budget of workflow templates (engine.templating)."""
 PARAMS_ENV.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False)
 
 
@@ -91,8 +92,9 @@ def substitute_params(value: Any, params: dict[str, Any]) -> Any:
     try:
         whole = _WHOLE.match(value)
         if whole and "[[" not in whole.group("expr"):
-            return PARAMS_ENV.compile_expression(whole.group("expr"), undefined_to_none=False)(**context)
-        return PARAMS_ENV.from_string(value).render(**context)
+            return render_budgeted(PARAMS_ENV.compile_expression(whole.group("expr"), undefined_to_none=False),
+                                   context)
+        return render_budgeted(PARAMS_ENV.from_string(value), context)
     except jinja2.TemplateError as e:
         raise ValueError(f"params template {value[:60]!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a param of the wrong type (e.g. `join` over an int)
@@ -105,10 +107,12 @@ def _read_ref(value: Any, base: Path) -> Any:
         value = FileRef(file=value["file"])
     if isinstance(value, FileRef):
         path = Path(value.file) if Path(value.file).is_absolute() else base / value.file
-        text = path.read_text(encoding="utf-8")
+        try:  # a regular file within the size limit of workflow files, as the workflow loader reads
+            text = read_text(path)
+        except YAMLSyntaxError as e:
+            raise ValueError(f"cannot read '{path}': {e.message}") from None
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # newlines as a text-mode read gives them
         if path.suffix in (".json", ".yaml", ".yml"):
-            from engine.spec.positions import YAMLSyntaxError, parse_yaml
-
             try:
                 return parse_yaml(text, str(path))[0]
             except YAMLSyntaxError as e:

@@ -158,7 +158,10 @@ _cache_lock = threading.Lock()
 
 def load_skill(entry: SkillEntry) -> Skill:
     """Parse and validate one skill file (cached by modification time)."""
-    mtime = entry.path.stat().st_mtime_ns
+    try:
+        mtime = entry.path.stat().st_mtime_ns
+    except OSError as e:  # a link to nowhere, a file gone since the scan
+        raise SpecError([(f"{entry.path}:1:1", "", f"cannot read the skill file: {e.strerror or e}")]) from None
     with _cache_lock:
         hit = _cache.get(entry.path)
         if hit is not None and hit[0] == mtime:
@@ -175,6 +178,8 @@ def _parse(entry: SkillEntry) -> Skill:
         data, positions = parse_yaml(read_text(entry.path), filename)
     except YAMLSyntaxError as e:
         raise SpecError([(e.location, "", e.message)]) from None
+    except OSError as e:
+        raise SpecError([(f"{filename}:1:1", "", f"cannot read the skill file: {e.strerror or e}")]) from None
     if not isinstance(data, dict):
         raise SpecError([(f"{filename}:1:1", "", "a skill file must be a mapping")])
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import UserError
+from engine.spec.positions import YAMLSyntaxError, read_text
 
 LLM_TEMPLATE = """\
 name: {name}
@@ -75,7 +76,11 @@ def new_skill(name: str, root: Path, *, kind: Literal["llm", "script"] = "llm", 
         latest = existing[-1]
         version = int(re.sub(r"\D", "", latest.stem)) + 1
         target = latest.parent / f"v{version}.yaml"
-        text = re.sub(r"(?m)^version:\s*\d+\s*$", f"version: {version}", latest.read_text(encoding="utf-8"), count=1)
+        try:  # a regular file within the size limit, as skill files are read
+            source = read_text(latest).replace("\r\n", "\n")
+        except (YAMLSyntaxError, OSError) as e:
+            raise UserError(f"cannot read {latest}: {getattr(e, 'message', None) or e}") from None
+        text = re.sub(r"(?m)^version:\s*\d+\s*$", f"version: {version}", source, count=1)
         target.write_text(text, encoding="utf-8")
         return target
     folder = root / group / name

@@ -267,3 +267,78 @@ def test_editor_schema_knows_uses_steps():
     assert list(validator.iter_errors(example)) == []
     example["steps"][0]["uses"] = "Not A Ref"
     assert list(validator.iter_errors(example))
+
+
+# --- skill files and their templates are read safely -------------------------------------------
+
+
+def _validate(path: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    return result.exit_code, result.stderr
+
+
+def _fails_cleanly(path: Path, fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_workflow(path)
+    assert fragment in str(info.value) and str(info.value).startswith(f"{path}:"), str(info.value)
+    code, err = _validate(path)
+    assert code == 2 and fragment in err and "Traceback" not in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_skill_template_file_that_is_a_device_or_pipe_is_refused(project, engine_home, target):
+    import os
+
+    prompt = "skills/demo/label/prompt.txt"
+    files = {**SKILL_FILES, "skills/demo/label/v1.yaml": LABEL_V1.replace(
+        'prompt: "{{ text }} (hint: {{ hint }})"', f"prompt: {{file: {'/dev/zero' if target == '/dev/zero' else 'prompt.txt'}}}")}
+    path = project(workflow("label@1"), files=files)
+    if target == "fifo":
+        os.mkfifo(engine_home / prompt)  # nothing ever writes to it: reading it would wait for ever
+    named = "/dev/zero" if target == "/dev/zero" else str(engine_home / prompt)
+    _fails_cleanly(path, f"label@1: cannot read '{named}': not a regular file")
+
+
+def test_a_skill_template_file_over_the_size_limit_is_refused(project, engine_home):
+    from engine.spec.positions import MAX_FILE_BYTES
+
+    files = {**SKILL_FILES, "skills/demo/label/v1.yaml": LABEL_V1.replace(
+        'prompt: "{{ text }} (hint: {{ hint }})"', "prompt: {file: big.txt}")}
+    path = project(workflow("label@1"), files=files)
+    with open(engine_home / "skills/demo/label/big.txt", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    _fails_cleanly(path, f"is {MAX_FILE_BYTES + 1:,} bytes (at most {MAX_FILE_BYTES:,})")
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "nowhere"])
+def test_a_skill_file_that_is_not_a_regular_file_is_refused(project, engine_home, target):
+    import os
+
+    path = project(workflow("label@1"), files=SKILL_FILES)
+    skill = engine_home / "skills/demo/label/v1.yaml"
+    skill.unlink()
+    if target == "fifo":
+        os.mkfifo(skill)
+    else:
+        skill.symlink_to(target if target == "/dev/zero" else engine_home / "gone.yaml")
+    _fails_cleanly(path, "not a regular file" if target != "nowhere" else "cannot read the skill file")
+    assert str(skill) in str(pytest.raises(SpecError, load_workflow, path).value)
+
+
+@pytest.mark.parametrize("template, budget", [
+    # ten times longer at each step: 10**8 characters
+    ("[[ labels | join(',') | replace('a', 'aaaaaaaaaa')" + " | replace('a', 'aaaaaaaaaa')" * 7 + " ]]",
+     "replace() would make more than 10,000,000 characters"),
+    ("[[ labels * 100000000 ]]", "repeating a value 100,000,000 times makes more than 10,000,000"),
+    ("[% for a in range(1000) %][% for b in range(1000) %][% for c in range(1000) %]x"
+     "[% endfor %][% endfor %][% endfor %]", "more than 1,000,000 loop steps"),
+])
+def test_params_templates_keep_the_render_budget(project, template, budget):
+    files = {**SKILL_FILES, "skills/demo/label/v1.yaml": LABEL_V1.replace(
+        "system: \"Pick one of: [[ labels | join(', ') ]].\"", f'system: "{template}"')}
+    assert files["skills/demo/label/v1.yaml"] != LABEL_V1
+    path = project(workflow("label@1"), files=files)
+    _fails_cleanly(path, f"template render budget: {budget}")
+    with pytest.raises(SpecError) as info:
+        load_workflow(path)
+    assert ":5:" in str(info.value) and "steps[0](s).uses: label@1: params template" in str(info.value)
