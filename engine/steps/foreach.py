@@ -24,6 +24,8 @@ from engine.errors import EngineError, StepError
 from engine.providers.calls import Fanout, IndexedTasks, ProviderCalls, gather_calls
 from engine.spec.models import Step
 from engine.steps.base import StepContext, StepOutcome
+from engine.steps.item_errors import item_failure, plain
+from engine.steps.script_items import script_items_calls
 from engine.templating import TemplateError, render
 
 DEFAULT_CONCURRENCY = 4
@@ -45,8 +47,6 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
     mode = step.on_item_error or "fail"
     limit = step.concurrency or DEFAULT_CONCURRENCY
     if step.script is not None:  # a quick pure function: items in spans (same results, errors, records)
-        from engine.steps.script_items import script_items_calls
-
         return (yield from script_items_calls(step, state, items, mode, limit, concurrent=concurrent))
     name = step.item_name
 
@@ -108,17 +108,3 @@ def for_each_calls(ctx: StepContext, step: Step, state: dict[str, Any], run_one:
 
 def _same(values: list[Any]) -> Any:
     return values[0] if values and all(v == values[0] for v in values) else None
-
-
-def item_failure(step: Step, index: int, error: EngineError) -> StepError:
-    """The step's error when item `index` failed (`on_item_error: fail`): it names the item."""
-    failed = error if isinstance(error, StepError) else StepError(step.id, str(error))
-    failed.args = (f"step '{step.id}' item {index}: {plain(error, step.id)}",)
-    return failed
-
-
-def plain(error: BaseException, step_id: str) -> str:
-    """An item's error without the step prefix."""
-    text = str(error)
-    prefix = f"step '{step_id}': "
-    return text[len(prefix):] if text.startswith(prefix) else text

@@ -8,7 +8,7 @@ one after the other. Spans are claimed in item order, at most `concurrency` at o
 most `SPAN` items, and at least `concurrency * 4` spans are made when there are enough items,
 so a script that blocks still has its items overlap.
 
-Results, errors and item summaries are those of the general path (engine.steps.foreach): outputs
+Results, errors and item summaries are those of the general path (`engine.steps.foreach`): outputs
 in item order; with `on_item_error: fail` the first failing item in item order fails the step
 (every item before it runs; no item after a failure seen is started).
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable
 from engine.errors import StepError
 from engine.providers.calls import Fanout, IndexedTasks, ProviderCalls, gather_calls
 from engine.spec.models import Step
-from engine.steps.foreach import item_failure, plain
+from engine.steps.item_errors import item_failure, plain
 from engine.steps.base import StepOutcome
 from engine.steps.script import ScriptRunner
 from engine.templating import TemplateError, plain_name, render
