@@ -57,7 +57,8 @@ def check(value: Any) -> None:
                     _check_text(k)
                     stack.append((v, depth + 1))
             else:
-                stack.extend((v, depth + 1) for v in item)
+                stack.extend((v, depth + 1) for v in item
+                             if not (type(v) is int or type(v) is bool or v is None))  # nothing to check in these
         elif isinstance(item, str):
             _check_text(item)
         elif isinstance(item, float):
@@ -68,6 +69,8 @@ def check(value: Any) -> None:
 
 
 def _check_text(text: str) -> None:
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
