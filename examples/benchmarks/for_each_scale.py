@@ -178,7 +178,7 @@ def main() -> None:
         table.add_row(f"{row['items']:,}", str(row.get("before_s", row.get("before", ""))), str(row["after_s"]),
                       f"{row['after_min_s']}-{row['after_max_s']}", f"{row['after_items_per_s']:,}",
                       str(row.get("speedup", "")), f"{row.get('before_peak_rss_mb', '-')}/{row['after_peak_rss_mb']}")
-    Console().print(table)
+    Console(width=140).print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "for_each_scale", "baseline_ref": args.baseline_ref, "rounds": args.rounds,
