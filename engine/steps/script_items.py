@@ -64,7 +64,9 @@ class _ScriptSpans:
         self.step_id, self.runner, self.inputs, self.items = step.id, runner, inputs, items
         self.stop_on_failure = stop_on_failure
         self.first_failed = len(items)
-        """The lowest failing index seen (`fail`): no item after it starts."""
+        """The lowest failing index seen (`fail`): no item after it starts. Spans update it without
+        a lock: a lost update only lets a span run items it could have skipped (every value it
+        takes is a failing index, so every item before the first failure still runs)."""
 
     def complete(self, span: tuple[int, int]) -> _Span:
         lo, hi = span
