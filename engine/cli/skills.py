@@ -67,7 +67,10 @@ def show_cmd(ref: str) -> None:
     out_console.print(f"inputs: {json.dumps(skill.inputs, ensure_ascii=False)}")
     out_console.print(f"params (defaults): {json.dumps(skill.params, ensure_ascii=False)}")
     out_console.print(f"overridable with `with:`: {', '.join(skill.overridable())}")
-    step = skill_step(skill, "example", {n: f"{{{{ inputs.{n} }}}}" for n in skill.inputs}, {})
+    try:
+        step = skill_step(skill, "example", {n: f"{{{{ inputs.{n} }}}}" for n in skill.inputs}, {})
+    except ValueError as e:  # a template file it cannot read, a params template over its budget
+        raise UserError(f"{skill.path}: {e}") from None
     body = step.get("llm") or step.get("script")
     out_console.print("as a plain step (defaults):", highlight=False)
     out_console.print(yaml.safe_dump(body, sort_keys=False, allow_unicode=True).rstrip(), markup=False)

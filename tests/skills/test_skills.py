@@ -297,6 +297,9 @@ def test_a_skill_template_file_that_is_a_device_or_pipe_is_refused(project, engi
         os.mkfifo(engine_home / prompt)  # nothing ever writes to it: reading it would wait for ever
     named = "/dev/zero" if target == "/dev/zero" else str(engine_home / prompt)
     _fails_cleanly(path, f"label@1: cannot read '{named}': not a regular file")
+    shown = CliRunner().invoke(cli, ["skills", "show", "label@1"])
+    assert shown.exit_code == 2 and f"cannot read '{named}': not a regular file" in shown.output, shown.output
+    assert "Traceback" not in shown.output and "internal error" not in shown.output
 
 
 def test_a_skill_template_file_over_the_size_limit_is_refused(project, engine_home):
