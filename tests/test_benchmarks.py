@@ -214,7 +214,8 @@ def test_semantic_cache_postgres_benchmark_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     result = json.loads(out.read_text())
     rows = {r["setting"]: r for r in result["rows"]}
-    assert set(rows) == {"pgvector HNSW", "pgvector exact scan", "in-memory matrix (SQLite)"}
+    assert set(rows) == {"pgvector HNSW", "pgvector exact scan", "in-memory matrix (SQLite)",
+                         "pgvector HNSW, no iterative scan"}
     assert rows["pgvector HNSW"]["decided_unlike_exact"] == rows["in-memory matrix (SQLite)"]["decided_unlike_exact"] == 0
     for r in rows.values():
         assert r["queries"] == 21 and r["hits"] == 21 and r["false_hits"] == 0

