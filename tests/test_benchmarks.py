@@ -207,7 +207,8 @@ def test_semantic_cache_postgres_benchmark_runs(tmp_path):
 
     np.savez(tmp_path / "emb.npz", train=split("train", 60), test=split("test", 21))
     out = tmp_path / "semantic_cache_postgres.json"
-    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # this checkout's engine
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(paths)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/semantic_cache.py"), "--postgres",
                            "--data", str(tmp_path), "--embeddings", str(tmp_path / "emb.npz"), "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
