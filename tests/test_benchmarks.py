@@ -188,3 +188,36 @@ def test_trusted_stream_benchmark_runs(tmp_path):
     for r in rows:
         assert r["runs"] == 120 and 0 <= r["right"] <= 1 and r["pending_at_end"] == 0
         assert {"cheap_unverified_after_bound", "wrong_after_bound", "queue_peak", "dropped", "rss_mb_peak"} <= set(r)
+
+
+def test_semantic_cache_postgres_benchmark_runs(tmp_path):
+    """The BANKING77 cache benchmark's PostgreSQL rows on a small made-up set (saved embeddings, so
+    no model loads): HNSW decides every lookup as the exact scan does on well-separated labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = ["card_arrival", "lost_or_stolen_card", "top_up_failed"]
+    centres = rng.normal(size=(3, 384))
+
+    def split(name: str, n: int) -> np.ndarray:
+        (tmp_path / f"{name}.csv").write_text("text,category\n" + "".join(
+            f"{name} query {i},{labels[i % 3]}\n" for i in range(n)))
+        x = centres[np.arange(n) % 3] + rng.normal(0, 0.03, (n, 384))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    np.savez(tmp_path / "emb.npz", train=split("train", 60), test=split("test", 21))
+    out = tmp_path / "semantic_cache_postgres.json"
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]  # this checkout's engine
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/semantic_cache.py"), "--postgres",
+                           "--data", str(tmp_path), "--embeddings", str(tmp_path / "emb.npz"), "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    result = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert set(rows) == {"pgvector HNSW", "pgvector exact scan", "in-memory matrix (SQLite)",
+                         "pgvector HNSW, no iterative scan"}
+    assert rows["pgvector HNSW"]["decided_unlike_exact"] == rows["in-memory matrix (SQLite)"]["decided_unlike_exact"] == 0
+    for r in rows.values():
+        assert r["queries"] == 21 and r["hits"] == 21 and r["false_hits"] == 0
+        assert r["lookup_ms_p50"] > 0

