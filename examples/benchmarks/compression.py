@@ -22,7 +22,7 @@ Tokens are counted with the local tier's tokenizer (SmolLM2, exact). Nothing is 
 row runs the engine's own compression code on the committed data.
 
     python examples/benchmarks/compression.py [--split design|heldout|all] [--n N] [--token-n N]
-        [--ratios 0.4,0.5,0.6,0.7] [--embedders minilm,hash]
+        [--ratios 0.4,0.5,0.6,0.7] [--embedders minilm,hash] [--torch-threads N]
 
 Writes examples/benchmarks/results/compression[-SPLIT].json (design: compression.json).
 """
@@ -127,8 +127,14 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.4,0.5,0.6,0.7")
     parser.add_argument("--token-ratios", default="0.5")
     parser.add_argument("--embedders", default="minilm,hash")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch.set_num_threads for MiniLM (0: torch's default, one per core)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     items = [item for path in SPLITS[args.split] for item in json.loads(path.read_text())]
     args.n = args.n or len(items)
