@@ -8,13 +8,14 @@ mean of its sentences'. A sentence scores, in two hops:
 
 1. **first hop**: its own relevance to the question and its paragraph's, each the mean of an
    embedding cosine and a BM25 score of the question's words (both scaled to the best in the
-   input), so an exact name the question mentions counts as much as a paraphrase;
-2. **second hop**: the question is expanded by the best sentences of the best paragraphs (the
-   bridge of a multi-hop question: "the woman who portrayed X" becomes "... Shirley Temple ..."),
-   and each paragraph is scored again: the cosine to the expanded query, plus how many of the
-   names (capitalised words) of those sentences its first sentence, the one that says what the
-   paragraph is about, contains. The final score adds the second hop's paragraph score, weighted
-   `HOP_WEIGHT`.
+   input), so an exact name the question mentions counts as much as a paraphrase; a paragraph
+   also scores the share of the names (capitalised words, numbers) in its first `HEAD_WORDS`
+   words (a title, the subject of its first sentence) that the question names;
+2. **second hop**: the question is expanded by the best `SEED_SENTENCES` sentences of each of
+   the best `SEEDS` paragraphs (the bridge of a multi-hop question: "the woman who portrayed X"
+   becomes "... Shirley Temple ..."), and each paragraph is scored again: cosine and BM25 to the
+   expanded query, plus the share of its first words' names that those sentences name. The final
+   score adds the second hop's paragraph score, weighted `HOP_WEIGHT`.
 
 Selection: sentences are taken best first while they fit the token budget; when a sentence is taken,
 its paragraph's first sentence (which names the entity the rest speaks of) goes in with it if both
