@@ -3,10 +3,11 @@
     Store ─┬─ SQLiteStore    (engine.store.sqlite: one file, the embedded default)
            └─ PostgresStore  (engine.store.postgres: psycopg 3 + psycopg_pool, pgvector)
 
-Both take the same SQL text: `?` placeholders and the subset of SQL both dialects share (the
-Postgres store turns `?` into `%s`). Where the dialects differ, the store says it:
-`json_field(column, key)` for a JSON text column's field, `data_version()` for "did another
-connection write", `dialect` for the rest (the cache's vector search). The log rows of a run
+Both take the same SQL text, written once: `?` placeholders and the subset of SQL both dialects
+share, compiled per backend by `engine.store.dialect` (a scanner, not pattern rewriting). Where
+the dialects differ, the store says it: `json_field(column, key)` for a JSON column's field
+(`json_extract` on SQLite, `->>` on Postgres), `data_version()` for "did another connection
+write", `dialect` for the rest (the cache's vector search). The log rows of a run
 (`start_run`, `record_step`, `record_llm_call`, `finish_run`) are written behind on both.
 
 `open_store_url(target)` picks the backend from `store:` in engine.yaml or `ENGINE_DB`:

@@ -8,6 +8,7 @@ from typing import Callable
 import sqlite_utils
 
 from engine.clock import now_iso
+from engine.store.dialect import POSTGRES, SQLITE, Dialect
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -19,6 +20,11 @@ def migration(name: str) -> Callable[[Migration], Migration]:
         return fn
 
     return register
+
+
+def dialect_of(db: sqlite_utils.Database) -> Dialect:
+    """The dialect a migration writes for (the Postgres store's schema object says it)."""
+    return POSTGRES if getattr(db, "dialect", "sqlite") == "postgresql" else SQLITE
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -153,7 +159,7 @@ def m040(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")
+    db.execute(f"CREATE INDEX IF NOT EXISTS runs_batch ON runs ({dialect_of(db).json_get('tags', 'batch')})")
 
 
 @migration("050_quality")
@@ -235,7 +241,7 @@ def m070(db: sqlite_utils.Database) -> None:
     """On PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
     through an HNSW index per dimension (created with the first vector of that size; see
     engine.store.postgres). SQLite keeps the float32 blob and the in-memory index."""
-    if getattr(db, "dialect", "sqlite") == "postgresql":
+    if dialect_of(db) is POSTGRES:
         db.execute("CREATE EXTENSION IF NOT EXISTS vector")
         db.execute("ALTER TABLE cache_entries ADD COLUMN embedding vector")
 

@@ -5,8 +5,10 @@
 - psycopg 3 with a `psycopg_pool.ConnectionPool` for reads and direct writes; one more connection
   for the write-behind thread (`engine.store.writer`, as on SQLite: log rows queued and committed
   in batches, in the order they were queued).
-- The SQL the engine speaks is SQLite's shared subset with `?` placeholders; `_translate` turns it
-  into Postgres' (`%s` placeholders, `json_extract(col, '$.key')` into `(col::jsonb ->> 'key')`).
+- Statements are written once, with `?` placeholders, in the SQL both backends share; where the
+  dialects differ they ask `engine.store.dialect` (`POSTGRES.sql` compiles the placeholders,
+  `json_get` / `json_field` read a JSON column's field). The write-behind batches go through
+  `engine.store.pipeline`: one round trip and one commit a batch.
   The migrations of `engine.store.migrations` run unchanged through `_Schema`, which maps
   sqlite-utils' `table().create / create_index / add_column` onto Postgres DDL.
 - Semantic-cache vectors also go into a pgvector column with an HNSW index (cosine) per
@@ -32,7 +34,9 @@ from typing import Any, Iterator
 from engine.errors import ConfigError, StoreError
 from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
 from engine.clock import now_iso
+from engine.store.dialect import POSTGRES
 from engine.store.migrations import MIGRATIONS
+from engine.store.pipeline import Pipeline
 from engine.store.writer import WriteBehind
 
 try:
@@ -42,24 +46,18 @@ try:
 except ImportError:  # pragma: no cover - the postgres extra is not installed
     psycopg = None  # type: ignore[assignment]
 
-_JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+),\s*'\$\.(\w+)'\)")
-_sql_cache: dict[str, str] = {}
+_LINK_FROM_STEP = LINK_SQL.replace("step_execution_id = ?", "step_execution_id = (SELECT id FROM step)", 1)
 
 
 def _translate(sql: str) -> str:
-    """SQLite-flavoured SQL (`?` placeholders, json_extract) as Postgres SQL."""
-    out = _sql_cache.get(sql)
-    if out is None:
-        out = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", sql)
-        out = out.replace("%", "%%").replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN")
-        if len(_sql_cache) < 4096:
-            _sql_cache[sql] = out
-    return out
+    """A statement written once (`?` placeholders) as psycopg's (`%s`): `engine.store.dialect`."""
+    return POSTGRES.sql(sql)
 
 
 def _params(params: Any) -> Any:
+    """Parameters with text cleaned; always a sequence, so psycopg reads `%%` as `%`."""
     if params is None:
-        return None
+        return []
     if isinstance(params, dict):
         return params
     return [clean_text(p) if isinstance(p, str) else p for p in params]
@@ -79,6 +77,7 @@ class _WriterConn:
     def __init__(self, url: str):
         self.url = url
         self.conn: Any = None
+        self.pipeline = Pipeline()
         self.reconnect()
 
     def reconnect(self) -> None:
@@ -88,6 +87,7 @@ class _WriterConn:
             except Exception:  # noqa: BLE001 - it is broken already
                 pass
             self.conn = None
+        self.pipeline.reset()
         self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
 
     @property
@@ -99,20 +99,26 @@ class _WriterConn:
             self.reconnect()
         return self.conn.execute(_translate(sql), _params(params))
 
+    def write_batch(self, batch: list[tuple[str, Any]], *, transaction: bool = True) -> None:
+        """The writer's batch in one round trip (`engine.store.pipeline`)."""
+        if self.conn is None or self.conn.closed:
+            self.reconnect()
+        self.pipeline.write(self.conn, batch, transaction=transaction)
+
 
 class _Tx:
     def __init__(self, conn: Any):
         self.conn = conn
 
     def execute(self, sql: str, params: Any = ()) -> int:
-        return int(self.conn.execute(_translate(sql), _params(params) or None).rowcount)
+        return int(self.conn.execute(_translate(sql), _params(params)).rowcount)
 
     def execute_many(self, sql: str, rows: list[Any]) -> None:
         with self.conn.cursor() as cur:
             cur.executemany(_translate(sql), [_params(r) for r in rows])
 
     def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        cur = self.conn.execute(_translate(sql), _params(params) or None)
+        cur = self.conn.execute(_translate(sql), _params(params))
         return [decode(r) for r in cur.fetchall()] if cur.description else []
 
 
@@ -239,13 +245,8 @@ class PostgresStore(StoreReads):
         if not link_calls:
             self.writer.put(sql, params)
             return
-        run_id, step_id = row["run_id"], row["step_id"]
-
-        def insert_and_link(conn: _WriterConn) -> None:
-            step_row = conn.execute(sql + " RETURNING id", params).fetchone()[0]
-            conn.execute(LINK_SQL, [step_row, run_id, step_id])
-
-        self.writer.put("", insert_and_link)
+        # one statement (nothing to read back mid-batch, so the pipeline never waits)
+        self.writer.put(f"WITH step AS ({sql} RETURNING id) {_LINK_FROM_STEP}", [*params, row["run_id"], row["step_id"]])
 
     def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
@@ -274,7 +275,7 @@ class PostgresStore(StoreReads):
             try:
                 with self.pool.connection() as conn:
                     connected = True
-                    cur = conn.execute(_translate(sql), _params(params) or None)
+                    cur = conn.execute(_translate(sql), _params(params))
                     if fetch:
                         return cur.fetchall() if cur.description else []
                     return cur.rowcount
@@ -323,7 +324,7 @@ class PostgresStore(StoreReads):
     # --- dialect --------------------------------------------------------------------------------
 
     def json_field(self, column: str, key: str) -> tuple[str, list[Any]]:
-        return f"({column}::jsonb ->> ?)", [key]
+        return POSTGRES.json_field(column, key)
 
     def data_version(self) -> Any:
         """Changes when promotions change (Postgres has no per-connection data_version)."""
@@ -407,4 +408,4 @@ class _Schema:
         return _Table(self.conn, name)
 
     def execute(self, sql: str, params: Any = None) -> Any:
-        return self.conn.execute(_translate(sql), params)
+        return self.conn.execute(sql if params is None else _translate(sql), params)
