@@ -44,7 +44,24 @@ def clean_text(value: Any) -> Any:
 
 
 def dump(value: Any) -> str | None:
-    return None if value is None else clean_text(json.dumps(value, ensure_ascii=False, default=str))
+    """JSON text of `value`, storable by both backends: a NUL in a string becomes U+FFFD (jsonb
+    refuses the `\\u0000` escape), lone surrogates too."""
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if "\\u0000" in text:  # rare: dump again without the NULs
+        text = json.dumps(_without_nul(value), ensure_ascii=False, default=str)
+    return clean_text(text)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def plain(row: dict[str, Any]) -> dict[str, Any]:

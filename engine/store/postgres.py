@@ -11,6 +11,8 @@
   `engine.store.pipeline`: one round trip and one commit a batch.
   The migrations of `engine.store.migrations` run unchanged through `_Schema`, which maps
   sqlite-utils' `table().create / create_index / add_column` onto Postgres DDL.
+- JSON documents are `jsonb` columns (migration `087_jsonb_documents`), read back as their text
+  like SQLite's, so both stores hand the same rows to `decode`.
 - Semantic-cache vectors also go into a pgvector column with an HNSW index (cosine) per
   dimension, and the cache asks Postgres for the nearest entries (`nearest`).
   `ENGINE_PGVECTOR_INDEX=none` leaves the HNSW index out (exact scans by pgvector): for servers
@@ -42,6 +44,7 @@ from engine.store.writer import WriteBehind
 try:
     import psycopg
     from psycopg.rows import dict_row
+    from psycopg.types.string import TextLoader
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - the postgres extra is not installed
     psycopg = None  # type: ignore[assignment]
@@ -52,6 +55,13 @@ _LINK_FROM_STEP = LINK_SQL.replace("step_execution_id = ?", "step_execution_id =
 def _translate(sql: str) -> str:
     """A statement written once (`?` placeholders) as psycopg's (`%s`): `engine.store.dialect`."""
     return POSTGRES.sql(sql)
+
+
+def _json_as_text(conn: Any) -> None:
+    """jsonb read as its text, as SQLite's JSON columns are: `decode` parses the JSON columns of a
+    query's rows, `execute_returning` leaves them text, on both backends."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
 
 
 def _params(params: Any) -> Any:
@@ -158,7 +168,7 @@ class PostgresStore(StoreReads):
         try:
             self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
                                        kwargs={"autocommit": True, "row_factory": dict_row},
-                                       check=ConnectionPool.check_connection)
+                                       configure=_json_as_text, check=ConnectionPool.check_connection)
             self.pool.wait(timeout=10)
             self._migrate()
             writer_conn = _WriterConn(url)
