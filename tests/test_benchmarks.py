@@ -176,6 +176,21 @@ def test_scale_out_benchmark_runs(tmp_path):
         ("postgresql", "synchronous")}
 
 
+def test_scale_out_store_rows_alone_in_rounds(tmp_path):
+    """`--only store`: the store-write rows without the executors, each row the median of the
+    interleaved rounds with its range."""
+    out = tmp_path / "store.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/scale_out.py"), "--only", "store",
+                           "--store-runs", "10", "--store-rounds", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "executors" not in report and report["store_rounds"] == 3
+    for row in report["store_write_cost"]:
+        lo, hi = row["committed_us_per_run_range"]
+        assert lo <= row["committed_us_per_run"] <= hi
+
+
 def test_trusted_stream_benchmark_runs(tmp_path):
     """A few seconds of the stream: the table and the JSON, with every figure the docs quote."""
     out = tmp_path / "stream.json"

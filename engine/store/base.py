@@ -3,10 +3,11 @@
     Store ─┬─ SQLiteStore    (engine.store.sqlite: one file, the embedded default)
            └─ PostgresStore  (engine.store.postgres: psycopg 3 + psycopg_pool, pgvector)
 
-Both take the same SQL text: `?` placeholders and the subset of SQL both dialects share (the
-Postgres store turns `?` into `%s`). Where the dialects differ, the store says it:
-`json_field(column, key)` for a JSON text column's field, `data_version()` for "did another
-connection write", `dialect` for the rest (the cache's vector search). The log rows of a run
+Both take the same SQL text, written once: `?` placeholders and the subset of SQL both dialects
+share, compiled per backend by `engine.store.dialect` (a scanner, not pattern rewriting). Where
+the dialects differ, the store says it: `json_field(column, key)` for a JSON column's field
+(`json_extract` on SQLite, `->>` on Postgres), `data_version()` for "did another connection
+write", `dialect` for the rest (the cache's vector search). The log rows of a run
 (`start_run`, `record_step`, `record_llm_call`, `finish_run`) are written behind on both.
 
 `open_store_url(target)` picks the backend from `store:` in engine.yaml or `ENGINE_DB`:
@@ -43,7 +44,24 @@ def clean_text(value: Any) -> Any:
 
 
 def dump(value: Any) -> str | None:
-    return None if value is None else clean_text(json.dumps(value, ensure_ascii=False, default=str))
+    """JSON text of `value`, storable by both backends: a NUL in a string becomes U+FFFD (jsonb
+    refuses the `\\u0000` escape), lone surrogates too."""
+    if value is None:
+        return None
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if "\\u0000" in text:  # rare: dump again without the NULs
+        text = json.dumps(_without_nul(value), ensure_ascii=False, default=str)
+    return clean_text(text)
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Numbered schema migrations (simonw/llm style). Each runs once, in order, recorded in
-`_migrations`. Later features append their own; never edit one that has shipped."""
+"""Numbered schema migrations (simonw/llm style): one list for both backends. Each names its
+version (`NNN_what`, unique), runs once, in version order, and is recorded in `_migrations` by
+either store. Later features append their own; never edit one that has shipped. Where the
+dialects differ, a migration asks `dialect_of(db)` (`engine.store.dialect`)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,27 @@ from typing import Callable
 import sqlite_utils
 
 from engine.clock import now_iso
+from engine.store.dialect import POSTGRES, SQLITE, Dialect
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 
 def migration(name: str) -> Callable[[Migration], Migration]:
+    version = name.split("_", 1)[0]
+    if len(version) != 3 or not version.isdigit() or any(n.split("_", 1)[0] == version for n, _ in MIGRATIONS):
+        raise ValueError(f"a migration's name starts with its own three-digit version: '{name}'")
+
     def register(fn: Migration) -> Migration:
         MIGRATIONS.append((name, fn))
         return fn
 
     return register
+
+
+def dialect_of(db: sqlite_utils.Database) -> Dialect:
+    """The dialect a migration writes for (the Postgres store's schema object says it)."""
+    return POSTGRES if getattr(db, "dialect", "sqlite") == "postgresql" else SQLITE
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -153,7 +165,7 @@ def m040(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db.execute("CREATE INDEX IF NOT EXISTS runs_batch ON runs (json_extract(tags, '$.batch'))")
+    db.execute(f"CREATE INDEX IF NOT EXISTS runs_batch ON runs ({dialect_of(db).json_get('tags', 'batch')})")
 
 
 @migration("050_quality")
@@ -235,7 +247,7 @@ def m070(db: sqlite_utils.Database) -> None:
     """On PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
     through an HNSW index per dimension (created with the first vector of that size; see
     engine.store.postgres). SQLite keeps the float32 blob and the in-memory index."""
-    if getattr(db, "dialect", "sqlite") == "postgresql":
+    if dialect_of(db) is POSTGRES:
         db.execute("CREATE EXTENSION IF NOT EXISTS vector")
         db.execute("ALTER TABLE cache_entries ADD COLUMN embedding vector")
 
@@ -279,3 +291,24 @@ def m085(db: sqlite_utils.Database) -> None:
     )
     db.table("provider_batch_requests").add_column("fallback_result", str)
     db.table("provider_batch_requests").add_column("fallback_run", str)
+
+
+JSON_DOCUMENTS = {
+    "runs": ("inputs", "outputs", "tags"), "steps": ("output", "validation_errors"),
+    "llm_calls": ("input", "output"), "cache_entries": ("input", "output"), "feedback": ("input", "output"),
+    "quality_checks": ("cheap_output", "reference_output"),
+}
+"""The JSON document columns (engine.store.base.JSON_COLUMNS) of each table."""
+
+
+@migration("087_jsonb_documents")
+def m087(db: sqlite_utils.Database) -> None:
+    """On PostgreSQL the JSON documents become native `jsonb` (SQLite keeps JSON text). A stored
+    value that is not JSON (none is written so) is kept as a JSON string rather than failing."""
+    if dialect_of(db) is not POSTGRES:
+        return
+    db.execute("CREATE OR REPLACE FUNCTION pg_temp.engine_jsonb(doc text) RETURNS jsonb LANGUAGE plpgsql "
+               "IMMUTABLE AS $$ BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN to_jsonb(doc); END $$")
+    for table, columns in JSON_DOCUMENTS.items():
+        db.execute(f"ALTER TABLE {table} " + ", ".join(
+            f"ALTER COLUMN {c} TYPE {POSTGRES.json_type} USING pg_temp.engine_jsonb({c}::text)" for c in columns))

@@ -5,10 +5,14 @@
 - psycopg 3 with a `psycopg_pool.ConnectionPool` for reads and direct writes; one more connection
   for the write-behind thread (`engine.store.writer`, as on SQLite: log rows queued and committed
   in batches, in the order they were queued).
-- The SQL the engine speaks is SQLite's shared subset with `?` placeholders; `_translate` turns it
-  into Postgres' (`%s` placeholders, `json_extract(col, '$.key')` into `(col::jsonb ->> 'key')`).
+- Statements are written once, with `?` placeholders, in the SQL both backends share; where the
+  dialects differ they ask `engine.store.dialect` (`POSTGRES.sql` compiles the placeholders,
+  `json_get` / `json_field` read a JSON column's field). The write-behind batches go through
+  `engine.store.pipeline`: one round trip and one commit a batch.
   The migrations of `engine.store.migrations` run unchanged through `_Schema`, which maps
   sqlite-utils' `table().create / create_index / add_column` onto Postgres DDL.
+- JSON documents are `jsonb` columns (migration `087_jsonb_documents`), read back as their text
+  like SQLite's, so both stores hand the same rows to `decode`.
 - Semantic-cache vectors also go into a pgvector column with an HNSW index (cosine) per
   dimension, and the cache asks Postgres for the nearest entries (`nearest`). Its connections
   scan the index iteratively (`hnsw.iterative_scan = strict_order`, pgvector >= 0.8): a search
@@ -36,34 +40,38 @@ from typing import Any, Iterator
 from engine.errors import ConfigError, StoreError
 from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
 from engine.clock import now_iso
+from engine.store.dialect import POSTGRES
 from engine.store.migrations import MIGRATIONS
+from engine.store.pipeline import Pipeline
 from engine.store.writer import WriteBehind
 
 try:
     import psycopg
     from psycopg.rows import dict_row
+    from psycopg.types.string import TextLoader
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - the postgres extra is not installed
     psycopg = None  # type: ignore[assignment]
 
-_JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+),\s*'\$\.(\w+)'\)")
-_sql_cache: dict[str, str] = {}
+_LINK_FROM_STEP = LINK_SQL.replace("step_execution_id = ?", "step_execution_id = (SELECT id FROM step)", 1)
 
 
 def _translate(sql: str) -> str:
-    """SQLite-flavoured SQL (`?` placeholders, json_extract) as Postgres SQL."""
-    out = _sql_cache.get(sql)
-    if out is None:
-        out = _JSON_EXTRACT.sub(r"(\1::jsonb ->> '\2')", sql)
-        out = out.replace("%", "%%").replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN")
-        if len(_sql_cache) < 4096:
-            _sql_cache[sql] = out
-    return out
+    """A statement written once (`?` placeholders) as psycopg's (`%s`): `engine.store.dialect`."""
+    return POSTGRES.sql(sql)
+
+
+def _json_as_text(conn: Any) -> None:
+    """jsonb read as its text, as SQLite's JSON columns are: `decode` parses the JSON columns of a
+    query's rows, `execute_returning` leaves them text, on both backends."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
 
 
 def _params(params: Any) -> Any:
+    """Parameters with text cleaned; always a sequence, so psycopg reads `%%` as `%`."""
     if params is None:
-        return None
+        return []
     if isinstance(params, dict):
         return params
     return [clean_text(p) if isinstance(p, str) else p for p in params]
@@ -83,6 +91,7 @@ class _WriterConn:
     def __init__(self, url: str):
         self.url = url
         self.conn: Any = None
+        self.pipeline = Pipeline()
         self.reconnect()
 
     def reconnect(self) -> None:
@@ -92,6 +101,7 @@ class _WriterConn:
             except Exception:  # noqa: BLE001 - it is broken already
                 pass
             self.conn = None
+        self.pipeline.reset()
         self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
 
     @property
@@ -103,20 +113,26 @@ class _WriterConn:
             self.reconnect()
         return self.conn.execute(_translate(sql), _params(params))
 
+    def write_batch(self, batch: list[tuple[str, Any]], *, transaction: bool = True) -> None:
+        """The writer's batch in one round trip (`engine.store.pipeline`)."""
+        if self.conn is None or self.conn.closed:
+            self.reconnect()
+        self.pipeline.write(self.conn, batch, transaction=transaction)
+
 
 class _Tx:
     def __init__(self, conn: Any):
         self.conn = conn
 
     def execute(self, sql: str, params: Any = ()) -> int:
-        return int(self.conn.execute(_translate(sql), _params(params) or None).rowcount)
+        return int(self.conn.execute(_translate(sql), _params(params)).rowcount)
 
     def execute_many(self, sql: str, rows: list[Any]) -> None:
         with self.conn.cursor() as cur:
             cur.executemany(_translate(sql), [_params(r) for r in rows])
 
     def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        cur = self.conn.execute(_translate(sql), _params(params) or None)
+        cur = self.conn.execute(_translate(sql), _params(params))
         return [decode(r) for r in cur.fetchall()] if cur.description else []
 
 
@@ -160,7 +176,7 @@ class PostgresStore(StoreReads):
             self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
                                        kwargs={"autocommit": True, "row_factory": dict_row},
                                        check=ConnectionPool.check_connection,
-                                       configure=_hnsw_settings if self.vector_index == "hnsw" else None)
+                                       configure=_configure_hnsw if self.vector_index == "hnsw" else _json_as_text)
             self.pool.wait(timeout=10)
             self._migrate()
             writer_conn = _WriterConn(url)
@@ -244,13 +260,8 @@ class PostgresStore(StoreReads):
         if not link_calls:
             self.writer.put(sql, params)
             return
-        run_id, step_id = row["run_id"], row["step_id"]
-
-        def insert_and_link(conn: _WriterConn) -> None:
-            step_row = conn.execute(sql + " RETURNING id", params).fetchone()[0]
-            conn.execute(LINK_SQL, [step_row, run_id, step_id])
-
-        self.writer.put("", insert_and_link)
+        # one statement (nothing to read back mid-batch, so the pipeline never waits)
+        self.writer.put(f"WITH step AS ({sql} RETURNING id) {_LINK_FROM_STEP}", [*params, row["run_id"], row["step_id"]])
 
     def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
@@ -279,7 +290,7 @@ class PostgresStore(StoreReads):
             try:
                 with self.pool.connection() as conn:
                     connected = True
-                    cur = conn.execute(_translate(sql), _params(params) or None)
+                    cur = conn.execute(_translate(sql), _params(params))
                     if fetch:
                         return cur.fetchall() if cur.description else []
                     return cur.rowcount
@@ -328,7 +339,7 @@ class PostgresStore(StoreReads):
     # --- dialect --------------------------------------------------------------------------------
 
     def json_field(self, column: str, key: str) -> tuple[str, list[Any]]:
-        return f"({column}::jsonb ->> ?)", [key]
+        return POSTGRES.json_field(column, key)
 
     def data_version(self) -> Any:
         """Changes when promotions change (Postgres has no per-connection data_version)."""
@@ -361,6 +372,12 @@ class PostgresStore(StoreReads):
             f"FROM cache_entries WHERE vector_dims(embedding) = {dims} AND sem_namespace = ? {extra}"
             f"ORDER BY embedding::vector({dims}) <=> ?::vector({dims}) LIMIT ?",
             [q, sem_namespace, *params, q, limit], flush=False)
+
+
+def _configure_hnsw(conn: Any) -> None:
+    """A pooled connection of a store with the HNSW index: jsonb read as text, HNSW settings."""
+    _json_as_text(conn)
+    _hnsw_settings(conn)
 
 
 def _hnsw_settings(conn: Any) -> None:
@@ -421,4 +438,4 @@ class _Schema:
         return _Table(self.conn, name)
 
     def execute(self, sql: str, params: Any = None) -> Any:
-        return self.conn.execute(_translate(sql), params)
+        return self.conn.execute(sql if params is None else _translate(sql), params)

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, plain, StoreReads
 from engine.clock import now_iso
+from engine.store.dialect import SQLITE
 from engine.store.migrations import migrate
 from engine.store.writer import WriteBehind
 
@@ -189,7 +190,7 @@ class SQLiteStore(StoreReads):
             conn.execute("COMMIT")
 
     def json_field(self, column: str, key: str) -> tuple[str, list[Any]]:
-        return f"json_extract({column}, ?)", [f'$."{key}"']
+        return SQLITE.json_field(column, key)
 
     def data_version(self) -> Any:
         """Changes whenever another connection commits (SQLite's `PRAGMA data_version`)."""

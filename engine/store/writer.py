@@ -5,7 +5,8 @@
 - The hot path (a run's start, its steps, its llm calls, cache lookup events) only appends a
   prepared `(sql, params)` to a deque: a few microseconds, no lock, no SQLite call.
 - One writer thread per store drains the queue in one transaction per `batch_rows` rows or
-  `interval_s` seconds, whichever comes first.
+  `interval_s` seconds, whichever comes first. A connection with `write_batch` (Postgres:
+  `engine.store.pipeline`) takes the whole batch at once, in one round trip.
 - Backpressure: the queue holds at most `max_pending` operations. A producer that finds it full
   writes the queue itself, under the connection lock, before it goes on (so a stalled writer or a
   locked database slows producers down instead of growing memory without bound).
@@ -148,13 +149,12 @@ class WriteBehind:
     def _write(self, batch: list[Op]) -> int:
         conn = self.conn
         outer = conn.in_transaction  # inside someone's explicit transaction: join it
+        write_batch = getattr(conn, "write_batch", None)
         try:
-            if not outer:
-                conn.execute("BEGIN")
-            for sql, params in batch:
-                _apply(conn, sql, params)
-            if not outer:
-                conn.execute("COMMIT")
+            if write_batch is not None and all(sql for sql, _ in batch):
+                write_batch(batch, transaction=not outer)  # Postgres: the batch in one round trip
+            else:
+                self._write_each(conn, batch, outer)
         except self.lost_types:  # the server went away: nothing of the batch committed; queue it again
             self.pending.extendleft(reversed(batch))
             self.conn.reconnect()
@@ -171,6 +171,15 @@ class WriteBehind:
         self.committed += len(batch)
         self.batches += 1
         return len(batch)
+
+    @staticmethod
+    def _write_each(conn: Any, batch: list[Op], outer: bool) -> None:
+        if not outer:
+            conn.execute("BEGIN")
+        for sql, params in batch:
+            _apply(conn, sql, params)
+        if not outer:
+            conn.execute("COMMIT")
 
     def _write_one_by_one(self, batch: list[Op]) -> int:
         """A batch failed: write its operations alone, so one bad row does not lose the others."""

