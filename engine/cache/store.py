@@ -21,6 +21,7 @@ import numpy as np
 from engine.cache.index import Decision, Match, VectorIndex
 from engine.store import Store
 from engine.store import cache as cache_tables
+from engine.store.base import dump
 from engine.clock import now_iso
 
 
@@ -152,7 +153,7 @@ class CacheStore:
         from engine.cache.keys import answer_key  # keys imports nothing of the store
 
         new_key = answer_key(answer)
-        text = json.dumps(answer, ensure_ascii=False, sort_keys=True)
+        text = _document(answer)
         changed: list[int] = []
         label = checked is _UNSET
         checked_key = None if label else answer_key(checked)
@@ -245,11 +246,17 @@ class CacheStore:
         return cache_tables.hits(self.store, run_id=run_id, workflow=workflow, step_id=step_id, limit=limit)
 
 
+def _document(value: Any) -> str:
+    """An entry's JSON document as stored: keys sorted, storable by both backends (a NUL in a
+    string becomes U+FFFD: PostgreSQL's jsonb refuses it)."""
+    return dump(value, sort_keys=True) or "null"
+
+
 def _stored(row: dict[str, Any], vector: np.ndarray | None) -> dict[str, Any]:
     """An entry's row as stored: output and input as JSON text, the vector as a float32 blob."""
     data = dict(row)
-    data["output"] = json.dumps(data["output"], ensure_ascii=False, sort_keys=True)
-    data["input"] = json.dumps(data.get("input"), ensure_ascii=False, sort_keys=True, default=str)
+    data["output"] = _document(data["output"])
+    data["input"] = _document(data.get("input"))
     data.setdefault("created", time.time())
     data.setdefault("created_at", now_iso())
     data.setdefault("hits", 0)

@@ -43,14 +43,14 @@ def clean_text(value: Any) -> Any:
     return value
 
 
-def dump(value: Any) -> str | None:
+def dump(value: Any, sort_keys: bool = False) -> str | None:
     """JSON text of `value`, storable by both backends: a NUL in a string becomes U+FFFD (jsonb
     refuses the `\\u0000` escape), lone surrogates too."""
     if value is None:
         return None
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = json.dumps(value, ensure_ascii=False, default=str, sort_keys=sort_keys)
     if "\\u0000" in text:  # rare: dump again without the NULs
-        text = json.dumps(_without_nul(value), ensure_ascii=False, default=str)
+        text = json.dumps(_without_nul(value), ensure_ascii=False, default=str, sort_keys=sort_keys)
     return clean_text(text)
 
 
