@@ -168,6 +168,9 @@ def reverify(store: Any, promotion_id: str) -> dict[str, Any]:
     wf = _workflow_of(p)
     assert wf.path is not None
     spec = _step_spec(wf, p.step_id)
+    if p.kind == "router":
+        raise PromotionStateError(f"{p.id} is a router: it is retrained, not re-verified; run "
+                                  f"`engine promotions propose` once the step has new checks or labels")
     directory = promotions_dir(wf.path, wf.name)
     art = next((a for a in load_artifacts(directory) if a.id == p.id), None)
     if art is None:

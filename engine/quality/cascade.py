@@ -30,6 +30,7 @@ from engine.quality.checkqueue import CheckJob
 from engine.quality.monitor import Monitor, monitor_for, sampled
 from engine.store.quality import PROBATION
 from engine.quality.spec import QualityPolicy, resolve_policy
+from engine.quality.router import UP
 from engine.quality.trust import REFERENCE, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
@@ -75,6 +76,9 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
             else:
                 tiers.remove(tier)
                 skipped.append(tier)
+    routed = _route(call, policy, tiers)
+    if routed == UP:
+        tiers = tiers[1:]  # straight to the next tier: no cheap call
     threshold = (lambda tier: monitor.threshold(wf, step, tier, policy)) if monitor is not None else (
         lambda tier: float(policy.min_confidence) if isinstance(policy.min_confidence, (int, float)) else 1.01)
     try:
@@ -84,6 +88,7 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
             e.attempts[:0] = [_skip_note(t) for t in skipped]  # type: ignore[attr-defined]
         raise
     outcome.attempts[:0] = [_skip_note(t) for t in skipped]
+    outcome.routed = routed
     if monitor is None:
         return outcome
     if outcome.tier in probation:  # a tier on probation serves nothing unchecked
@@ -99,6 +104,22 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
                            cheap_output=low["output"], reference_output=outcome.output,
                            reference_tier=policy.reference, cost=0.0)
     return (yield from _maybe_check(ctx, call, policy, monitor, outcome))
+
+
+def _route(call: LLMCall, policy: QualityPolicy, tiers: list[str]) -> str | None:
+    """The step's learned router's decision (`engine.quality.router`), made before any call: `cheap`
+    (the cheapest tier answers, under the monitor like any cheap answer), `up` (it is not asked), or
+    None: no router, the tier it was trained for is not first (escalated past, another chain) or
+    has nothing after it, or the embedder failed (the cascade runs as without a router)."""
+    model = call.router
+    if model is None or len(tiers) < 2 or tiers[0] != model.cheap_tier or not policy.monitored(tiers[0]):
+        return None
+    try:
+        decision, _ = model.route(call.values)
+    except EngineError as e:
+        log.warning("router of %s: %s; not routing", call.step_id, e)
+        return None
+    return str(decision)
 
 
 def sample_served_calls(ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
@@ -184,7 +205,7 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
         return outcome
     return StepOutcome(output=ref.output, served_by="llm", tier=ref.tier, provider=ref.provider, model=ref.model,
                        attempts=outcome.attempts, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
-                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence)
+                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence, routed=outcome.routed)
 
 
 def judge_for(ctx: StepContext, policy: QualityPolicy, call: LLMCall) -> Any:

@@ -279,3 +279,10 @@ def m085(db: sqlite_utils.Database) -> None:
     )
     db.table("provider_batch_requests").add_column("fallback_result", str)
     db.table("provider_batch_requests").add_column("fallback_run", str)
+
+
+@migration("090_router")
+def m090(db: sqlite_utils.Database) -> None:
+    """Learned routers (engine.quality.router). `steps.routed`: what the step's router decided
+    before the call (cheap | up), so `engine quality` can show the router's coverage."""
+    db.table("steps").add_column("routed", str)
