@@ -177,6 +177,8 @@ def test_cli_propose_and_quality_show_the_router(triage_wf, tiers, store):
     assert out.exit_code == 0, out.output
     (proposal,) = [p for p in records.find(store, kind="router")]
     assert proposal.id in out.output
+    shown = runner.invoke(cli, ["promotions", "show", proposal.id])
+    assert shown.exit_code == 0 and "threshold P(agree) >=" in shown.output, shown.output
     assert runner.invoke(cli, ["promotions", "accept", proposal.id]).exit_code == 0
     for text, intent in texts(30, 10):
         truth[text] = intent
