@@ -192,3 +192,21 @@ def test_cli_propose_and_quality_show_the_router(triage_wf, tiers, store):
     assert row["agreement"] == 1.0
     out = runner.invoke(cli, ["quality"])
     assert "router" in out.output.lower() and proposal.id in out.output
+
+
+def test_labels_are_evidence_and_outrank_checks(triage_wf, tiers, store):
+    from engine.promotion.mining import step_hashes
+    from engine.promotion.router_proposal import router_evidence
+    from engine.quality.feedback import give_feedback
+
+    path = triage_wf("      quality: {reference: premium, sample: 0, max_disagreement: 1.0}")
+    tiers.cheap = lambda text: {"intent": "card"}
+    runs = [run_workflow(path, {"text": t}, inline_checks=True) for t in ("card never came", "hello")]
+    spec = load_workflow(path).step("classify").llm
+    hashes = step_hashes(spec)
+    assert router_evidence(store, "triage", "classify", "local", hashes) == []  # nothing checked yet
+    give_feedback(store, runs[0].run_id, "classify", ok=True)  # the cheap answer was right
+    give_feedback(store, runs[1].run_id, "classify", output={"intent": "other"})  # it was wrong
+    found = {values["text"]: (agree, source)
+             for _, values, agree, source in router_evidence(store, "triage", "classify", "local", hashes)}
+    assert found == {"card never came": (True, "label"), "hello": (False, "label")}
