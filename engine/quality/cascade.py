@@ -13,7 +13,10 @@ tier's answer against the reference.
        path (`engine.quality.checkqueue`). Agreement marks the answer `verified`; a reference that
        cannot answer (no key, offline, outage) is counted as a skipped check and the answer stays
        `unverified`. Unverified answers a cache serves are sampled the same way
-       (`sample_served_calls`), and every verdict settles the cache entries holding the answer.
+       (`sample_served_calls`), and every verdict settles the cache entries holding the answer;
+    6. with a learned router (`engine.quality.router`), decided before step 1: an input it sends up
+       skips the cheapest tier; a `route.explore` share of those asks it anyway, after the answer
+       (inline in batch runs), as evidence for the router's next version.
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
         return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True,
                                        settlers=[s for s in ctx.servers if hasattr(s, "settle")],
                                        answered_at=time.time()))
+    if routed == UP and outcome.tier == policy.reference and call.spec.route is not None \
+            and sampled(call.spec.route.explore):
+        if ctx.inline_checks:
+            yield from _explore_calls(ctx, call, policy, monitor, outcome)
+        else:
+            _explore(ctx, call, policy, monitor, outcome)
     if outcome.tier == policy.reference:
         for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
             agree = answers_agree(policy, low["output"], outcome.output, judge_for(ctx, policy, call))
@@ -120,6 +129,33 @@ def _route(call: LLMCall, policy: QualityPolicy, tiers: list[str]) -> str | None
         log.warning("router of %s: %s; not routing", call.step_id, e)
         return None
     return str(decision)
+
+
+def _explore(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor,
+             outcome: StepOutcome) -> None:
+    """Queue the exploration of an input the router sent up (off the request path)."""
+    background_ctx = dataclasses.replace(ctx, servers=[], after_run=[])
+    ctx.after_run.append(CheckJob(
+        store=ctx.store, workflow=ctx.workflow.name, step_id=ctx.step_id, concurrency=policy.check_concurrency,
+        max_pending=policy.max_pending, calls=lambda: _explore_calls(background_ctx, call, policy, monitor, outcome)))
+
+
+def _explore_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor,
+                   outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
+    """Ask the cheapest tier an input the router sent up (`route.explore`) and record its agreement
+    with the reference's answer as an unserved check: evidence for the router's next version."""
+    tier = call.router.cheap_tier
+    try:
+        cheap = yield from ask_tiers_calls(ctx, call, tiers=[tier], policy=policy, purpose="router_explore")
+    except EngineError:
+        return outcome
+    agree = answers_agree(policy, cheap.output, outcome.output, judge_for(ctx, policy, call))
+    monitor.record(policy, workflow=ctx.workflow.name, step_id=ctx.step_id, tier=tier, model=cheap.model,
+                   run_id=ctx.run_id, input_hash=call.input_hash, mode="explore",
+                   status="agree" if agree else "disagree", served=False, confidence=cheap.confidence,
+                   cheap_output=cheap.output, reference_output=outcome.output, reference_tier=policy.reference,
+                   cost=cheap.cost)
+    return outcome
 
 
 def sample_served_calls(ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> ProviderCalls[StepOutcome]:

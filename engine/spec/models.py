@@ -136,6 +136,10 @@ class RouteSpec(Strict):
     demote_threshold: float | None = Field(
         None, ge=0, le=1, description="disagreement on routed answers' reference checks above which the router is "
                                       "demoted (default: 1 - target_agreement; with promote.demote_confidence)")
+    explore: float = Field(0.0, ge=0, le=1, strict=True,
+                           description="share of inputs routed up whose cheapest tier is still asked, off the "
+                                       "request path (inline in batch runs), and compared with the reference's "
+                                       "answer: new evidence where the router sends nothing down")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

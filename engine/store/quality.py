@@ -198,9 +198,11 @@ def tier_checks(store: Any, workflow: str, step_id: str, tier: str) -> list[dict
 
 def tier_answers(store: Any, workflow: str, step_id: str, tier: str, prompt_hash: str,
                  schema_hash: str) -> list[dict[str, Any]]:
-    """A tier's valid answers to the step's own requests under a prompt/schema, oldest first."""
+    """A tier's valid answers to the step's own requests (and to a router's exploration) under a
+    prompt/schema, oldest first."""
     return store.query("SELECT input_hash, input, output FROM llm_calls WHERE workflow = ? AND step_id = ? AND tier = ? "
-                       "AND prompt_hash = ? AND schema_hash = ? AND outcome = 'valid' AND purpose IS NULL ORDER BY id",
+                       "AND prompt_hash = ? AND schema_hash = ? AND outcome = 'valid' "
+                       "AND COALESCE(purpose, 'router_explore') = 'router_explore' ORDER BY id",
                        [workflow, step_id, tier, prompt_hash, schema_hash])
 
 

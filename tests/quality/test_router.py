@@ -210,3 +210,26 @@ def test_labels_are_evidence_and_outrank_checks(triage_wf, tiers, store):
     found = {values["text"]: (agree, source)
              for _, values, agree, source in router_evidence(store, "triage", "classify", "local", hashes)}
     assert found == {"card never came": (True, "label"), "hello": (False, "label")}
+
+
+def test_exploration_keeps_evidence_growing_where_everything_goes_up(triage_wf, tiers, store):
+    path = triage_wf(ROUTE.replace("min_examples: 60}", "min_examples: 60, explore: 1.0}"))
+    truth: dict[str, str] = {}
+    tiers.reference = lambda text: {"intent": truth.get(text, "other")}
+    wrong = {"card": "refund", "refund": "other", "other": "card"}
+    tiers.cheap = lambda text: {"intent": truth[text] if zlib.crc32(text.encode()) % 2 else wrong[truth[text]]}
+    collect(path, texts(100, 11), truth)
+    (first,), _ = routers(store, path)
+    assert first.verification["threshold"] is None
+    review.accept(store, first.id)
+    small = tiers.calls["small"]
+    for text, intent in texts(30, 12):
+        truth[text] = intent
+        result = run_workflow(path, {"text": text}, inline_checks=True)
+        step = result.step("classify")
+        assert step.routed == "up" and step.tier == "premium" and result.outputs["classify"]["intent"] == intent
+    assert tiers.calls["small"] == small + 30  # asked after the answer, never served
+    explored = [c for c in store.query("SELECT mode, served FROM quality_checks WHERE mode = 'explore'")]
+    assert len(explored) == 30 and not any(c["served"] for c in explored)
+    (second,), _ = routers(store, path)  # 30 new examples >= retrain_share 0.2 of 100: a new version
+    assert second.verification["examples"] == 130 and second.payload["retrain_of"] == first.id
