@@ -32,10 +32,15 @@ from engine.store import quality as quality_store
 
 
 def route_settings(spec: LLMSpec) -> RouteSpec | None:
-    """The step's router settings: `route:`, else the defaults under `tier: auto`; None: no router."""
-    if spec.route is not None:
-        return spec.route if spec.route.enabled else None
-    return RouteSpec() if spec.tier == AUTO else None  # type: ignore[call-arg]
+    """The step's router settings: `route:`, else the defaults under `tier: auto`; None: no router.
+    Without an `embedder` of its own the router embeds like the step's semantic cache, if any."""
+    cfg = spec.route if spec.route is not None else (RouteSpec() if spec.tier == AUTO else None)  # type: ignore[call-arg]
+    if cfg is None or not cfg.enabled:
+        return None
+    semantic = spec.cache.semantic if spec.cache is not None else None
+    if "embedder" not in cfg.model_fields_set and semantic is not None:
+        cfg = cfg.model_copy(update={"embedder": semantic.embedder})
+    return cfg
 
 
 def router_evidence(store: Any, workflow: str, step_id: str, tier: str,

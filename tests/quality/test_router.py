@@ -233,3 +233,16 @@ def test_exploration_keeps_evidence_growing_where_everything_goes_up(triage_wf, 
     assert len(explored) == 30 and not any(c["served"] for c in explored)
     (second,), _ = routers(store, path)  # 30 new examples >= retrain_share 0.2 of 100: a new version
     assert second.verification["examples"] == 130 and second.payload["retrain_of"] == first.id
+
+
+def test_router_embeds_like_the_steps_semantic_cache_unless_told(project):
+    from engine.promotion.router_proposal import route_settings
+
+    src = ("name: t\ninputs: {text: {type: string}}\nsteps:\n  - id: c\n    inputs: {text: \"{{ inputs.text }}\"}\n"
+           "    llm:\n      tier: %s\n      prompt: \"{{ text }}\"\n      schema: {type: object}\n      max_tokens: 5\n%s")
+    cases = [("auto", "      cache: {semantic: {embedder: static}}\n", "static"),
+             ("auto", "      cache: {semantic: {embedder: static}}\n      route: {embedder: minilm}\n", "minilm"),
+             ("auto", "", "hash"), ("local", "", None), ("local", "      route: {enabled: false}\n", None)]
+    for tier, extra, embedder in cases:
+        settings = route_settings(load_workflow(project(src % (tier, extra))).step("c").llm)
+        assert (settings.embedder if settings is not None else None) == embedder, (tier, extra)
