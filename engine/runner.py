@@ -394,6 +394,6 @@ def _record_step(db: Store, run_id: str, record: StepRecord) -> None:
         "tokens_out": record.tokens_out, "cost": record.cost, "baseline_cost": record.baseline_cost,
         "latency_ms": record.latency_ms,
         "output": record.output, "error": record.error, "validation_errors": record.validation_errors,
-        "trust": record.trust, "confidence": record.confidence,
+        "trust": record.trust, "confidence": record.confidence, "routed": record.routed,
     }, link_calls=bool(record.calls))
 

@@ -236,3 +236,23 @@ def test_semantic_cache_postgres_benchmark_runs(tmp_path):
     for r in rows.values():
         assert r["queries"] == 21 and r["hits"] == 21 and r["false_hits"] == 0
         assert r["lookup_ms_p50"] > 0
+
+
+def test_router_benchmark_runs(tmp_path):
+    """A few queries through the real local tier: every row runs, the router decides every query of
+    its rows, and the lookups of the promotion rounds come from the reference only."""
+    out = tmp_path / "router.json"
+    env = {**os.environ, "ENGINE_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/router.py"), "--quick", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows) == ["all-premium", "cascade", "router", "router + cascade", "router + promotion (2 rounds)"]
+    assert rows["all-premium"]["agreement"] == 1.0 and rows["all-premium"]["cost_vs_all_premium"] == 1.0
+    assert rows["cascade"]["cheap_calls_avoided"] == 0 and not rows["cascade"]["routed"]
+    for name in ("router", "router + cascade"):
+        assert sum(rows[name]["routed"].values()) == rows[name]["queries"]
+    promoted = rows["router + promotion (2 rounds)"]
+    assert promoted["agreement"] == 1.0 and promoted["cost_vs_all_premium"] < 1.0
+    assert report["routing_speed"]["embedder"] == "hash" and report["warm_up"]["router"]["examples"] == 24

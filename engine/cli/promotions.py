@@ -45,6 +45,15 @@ def _summary(p: Promotion) -> str:
         b, a = v.get("before") or {}, v.get("after") or {}
         return (f"LoRA for tier {v.get('tier')} ({v.get('base')}): validation {b.get('agree', 0)}/{b.get('pairs', 0)} "
                 f"-> {a.get('agree', 0)}/{a.get('pairs', 0)} with the adapter; {v.get('train_pairs', 0)} trusted pairs")
+    if p.kind == "router":
+        held = v.get("held_out") or {}
+        if v.get("threshold") is None:
+            return (f"no signal: every input goes up (no cheap call); {v.get('examples', 0)} examples, "
+                    f"'{v.get('cheap_tier')}' agreed {v.get('base_agreement', 0):.1%}")
+        agreement = held.get("agreement")
+        return (f"held out: sends {held.get('coverage', 0):.1%} to '{v.get('cheap_tier')}' at "
+                f"{agreement if agreement is not None else 0:.1%} agreement (target "
+                f"{v.get('target_agreement', 0):.0%}); {v.get('examples', 0)} examples")
     if p.kind == "classifier":
         held = v.get("held_out") or {}
         if not v.get("passed"):
@@ -101,14 +110,16 @@ def promotions_group() -> None:
 @click.option("--script-tier", help="The tier that writes scripts (default: promote.script_tier, else premium).")
 @click.option("--classifiers/--no-classifiers", default=True,
               help="Train classifiers for steps with closed outputs (promote.classifier).")
+@click.option("--routers/--no-routers", default=True,
+              help="Train learned routers for steps with route: or tier: auto.")
 def propose_cmd(workflow: Path | None, step: str | None, scripts: bool, script_tier: str | None,
-                classifiers: bool) -> None:
+                classifiers: bool, routers: bool) -> None:
     """Mine the log of WORKFLOW (default: every logged workflow) and record proposals."""
     store = review.open_review_store(workflow)
     if scripts:
         _sandbox_note()
     for name, report in review.propose(store, workflow, step=step, scripts=scripts, script_tier=script_tier,
-                                       classifiers=classifiers):
+                                       classifiers=classifiers, routers=routers):
         if report.proposed:
             out_console.print(_table(report.proposed, f"{name}: proposed"))
         if report.unverified:
@@ -179,6 +190,8 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
             out_console.print(f"[dim]… {extra} more rows[/dim]")
     elif p.kind == "classifier":
         _render_classifier(p, rows)
+    elif p.kind == "router":
+        _render_router(p)
     elif p.kind == "lora":
         v = p.verification
         losses = v.get("losses") or [0.0]
@@ -213,6 +226,25 @@ def show_cmd(promotion_id: str, rows: int, as_json: bool) -> None:
         _render_changes(detail)
     if detail.events:
         out_console.print("history: " + " → ".join(f"{e['event']} ({e['created_at'][:19]})" for e in detail.events))
+
+
+def _render_router(p: Promotion) -> None:
+    v = p.verification
+    held = v.get("held_out") or {}
+    out_console.print(f"embedder {v.get('embedder')}, logistic regression C={v.get('C')} on P('{v.get('cheap_tier')}' "
+                      f"agrees with the reference); {v.get('examples', 0)} examples ({_short(v.get('evidence'))}), "
+                      f"{v.get('agree', 0)} agreed ({v.get('base_agreement', 0):.1%}); target agreement "
+                      f"{v.get('target_agreement', 0):.1%}; {v.get('folds', 0)} folds")
+    if v.get("threshold") is None:
+        out_console.print(f"[yellow]no usable signal[/yellow]: {p.reason or 'every input goes up'}")
+    else:
+        agreement = held.get("agreement")
+        out_console.print(f"threshold P(agree) >= {v['threshold']:.4f}; held out (each fold at the threshold the "
+                          f"other folds calibrate): {held.get('routed_cheap', 0)} of {held.get('examples', 0)} "
+                          f"sent to the cheap tier ({held.get('coverage', 0):.1%}), agreeing "
+                          f"{agreement if agreement is not None else 0:.1%}")
+    if p.payload.get("retrain_of"):
+        out_console.print(f"a new version of {p.payload['retrain_of']} (retrained on new evidence)")
 
 
 _SCORE_NAMES = {"margin": "top probability's lead over the runner-up", "top": "top probability"}

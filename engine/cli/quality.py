@@ -69,12 +69,19 @@ def feedback_cmd(args: tuple[str, ...], ok: bool, output_json: str | None, workf
 @click.pass_context
 def quality_group(ctx: click.Context, workflow: str | None, as_json: bool) -> None:
     """Agreement of cheap tiers with the reference, per step and tier, and their state; the
-    background check queue (queued, dropped, pending, peak) and the time from answer to verdict."""
+    background check queue (queued, dropped, pending, peak) and the time from answer to verdict;
+    learned routers: coverage (share sent to the cheap tier) and agreement on routed answers."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine.quality.report import quality_rows
+    from engine.quality.report import quality_rows, router_rows
 
-    rows = quality_rows(_store(), workflow=workflow)
+    store = _store()
+    rows = quality_rows(store, workflow=workflow)
+    routers = router_rows(store, workflow=workflow)
+    for r in rows:  # a router belongs to its step's cheapest tier's row
+        found = [x for x in routers if (x["workflow"], x["step_id"], x["tier"]) == (r["workflow"], r["step_id"], r["tier"])]
+        if found:
+            r["router"] = found[-1]
     if as_json:
         click.echo(dump_json(rows))
         return
@@ -105,6 +112,27 @@ def quality_group(ctx: click.Context, workflow: str | None, as_json: bool) -> No
     for r in rows:
         if r["state"] != "active" and r.get("reason"):
             out_console.print(f"{r['workflow']}/{r['step_id']} {r['tier']} {r['state']}: {r['reason']}")
+    if routers:
+        _print_routers(routers)
+
+
+def _print_routers(routers: list[dict[str, Any]]) -> None:
+    table = Table(title="learned routers (before the cheapest tier)", title_justify="left", show_edge=False,
+                  pad_edge=False)
+    for col in ("step", "router", "tier", "decided", "coverage", "routed checks", "agreement", "target", "status"):
+        table.add_column(col, justify="left" if col in ("step", "router", "tier", "status") else "right")
+    for r in routers:
+        table.add_row(f"{r['workflow']}/{r['step_id']}", f"{r['id']} v{r['version']}", str(r["tier"]),
+                      str(r["decided"]), f"{r['coverage']:.1%}", str(r["checks"]),
+                      f"{r['agreement']:.1%}" if r["agreement"] is not None else "-",
+                      f"{r['target_agreement']:.0%}" if r["target_agreement"] is not None else "-", r["status"])
+    out_console.print(table)
+    for r in routers:
+        if r["threshold"] is None:
+            out_console.print(f"{r['workflow']}/{r['step_id']} router {r['id']}: no signal in its evidence, "
+                              f"every input goes up")
+        if r["status"] == "demoted" and r.get("reason"):
+            out_console.print(f"{r['workflow']}/{r['step_id']} router {r['id']} demoted: {r['reason']}")
 
 
 @quality_group.command("reset")

@@ -6,6 +6,7 @@
         <step>.script.v<N>.py         a generated script: `solve(inputs) -> output | None`
         <step>.classifier.v<N>.json   a distilled classifier: labels, coefficients, threshold (plain JSON)
         <step>.lora.v<N>.gguf         a LoRA adapter for the step's local tier (`engine distill`)
+        <step>.router.v<N>.json       a learned router: coefficients, threshold (plain JSON)
 
 The manifest links artifacts to steps: at run time a step is served by the artifacts listed for it
 (lookup, then classifier, then script) while their recorded hashes match the step's current prompt and schema.
@@ -26,10 +27,11 @@ from engine.promotion.mining import input_key
 from engine.promotion.sandbox import check_script
 
 MANIFEST = "manifest.yaml"
-KIND_ORDER = {"lookup": 0, "classifier": 1, "script": 2, "lora": 3}
+KIND_ORDER = {"lookup": 0, "classifier": 1, "script": 2, "lora": 3, "router": 4}
 """The order a step's artifacts answer in: exact rows, then the calibrated classifier, then scripts
-(a `lora` adapter answers nothing itself: the step's local tier loads it)."""
-SUFFIX = {"lookup": "json", "classifier": "json", "script": "py", "lora": "gguf"}
+(a `lora` adapter answers nothing itself: the step's local tier loads it; a `router` neither: it
+decides, when nothing before it answered, whether the cheapest tier is asked)."""
+SUFFIX = {"lookup": "json", "classifier": "json", "script": "py", "lora": "gguf", "router": "json"}
 _HEADER = ("# Materialized promotions: written by `engine promotions accept`, read at run time.\n"
            "# Each entry serves one llm step while its prompt_hash/schema_hash match the step's.\n")
 
@@ -115,7 +117,7 @@ class Artifact:
     refused: tuple[str, ...] = ()
     """Why the sandbox's static check refuses this script (never served then)."""
     model: Any = None
-    """A classifier's `ClassifierModel` (parsed from plain JSON; nothing executable)."""
+    """A classifier's `ClassifierModel` or a router's `RouterModel` (parsed from plain JSON; nothing executable)."""
     tier: str | None = None
     """A LoRA adapter's tier (its llamacpp model loads the adapter)."""
 
@@ -149,6 +151,14 @@ def load_artifacts(directory: Path) -> list[Artifact]:
             elif art.kind == "lora":
                 if not file.is_file():
                     art.refused = (f"{file.name}: missing",)
+            elif art.kind == "router":
+                from engine.quality.router import RouterFormatError, RouterModel
+
+                try:
+                    art.model = RouterModel.from_dict(json.loads(file.read_text(encoding="utf-8")))
+                    art.model.meta = {**art.model.meta, "promotion": art.id, "version": art.version}
+                except (RouterFormatError, ValueError) as e:
+                    art.refused = (f"{file.name}: {e}",)  # never used
             elif art.kind == "classifier":
                 from engine.promotion.classifier import ClassifierFormatError, ClassifierModel
 
@@ -200,7 +210,7 @@ def plan_accept(directory: Path, *, promotion_id: str, workflow: str, step_id: s
         text = table_text(workflow, step_id, version, hashes, normalize, list(merged.values()))
     elif kind == "lora":
         text = ""
-    elif kind == "classifier":
+    elif kind in ("classifier", "router"):  # the same layout: settings first, one coefficient row per line
         text = classifier_text(workflow, step_id, version, hashes, model or {})
     else:
         text = script_text(promotion_id, step_id, version, code or "", verification or {})

@@ -4,6 +4,8 @@
 - a **lookup** proposal: the candidate groups not yet in the step's accepted table, one row each
   with its evidence; not made again when a proposal with the same rows was rejected;
 - a **classifier** proposal (closed outputs only; `engine.promotion.classifier_proposal`);
+- a **router** proposal (steps with `route:` or `tier: auto`; `engine.promotion.router_proposal`),
+  learnt from the step's reference checks and labels, before the log is mined;
 - a **script** proposal: the strong tier (`promote.script_tier`, else `premium`) is shown k logged
   examples and writes `solve(inputs)`; the script is verified in the sandbox on every logged pair;
   below the agreement threshold it is kept as `unverified` (report kept), not proposed.
@@ -61,12 +63,19 @@ def llm_steps(wf: Workflow, step: str | None) -> list[tuple[str, LLMSpec]]:
 
 
 def propose_promotions(wf: Workflow, store: Any, *, step: str | None = None, scripts: bool = True,
-                       script_tier: str | None = None, classifiers: bool = True) -> ProposeReport:
+                       script_tier: str | None = None, classifiers: bool = True,
+                       routers: bool = True) -> ProposeReport:
     report = ProposeReport()
     for step_id, spec in llm_steps(wf, step):
         if not spec.promote.enabled:
             report.notes.append(f"{step_id}: promotion disabled (promote.enabled: false)")
             continue
+        if routers:
+            from engine.promotion.router_proposal import propose_router
+
+            router = propose_router(wf, step_id, spec, store, report.notes)
+            if router is not None:
+                report.proposed.append(router)
         log = mine_step(store, wf.name, step_id, spec)
         if not log.groups:
             report.notes.append(f"{step_id}: no logged answers under the current prompt/schema")

@@ -35,7 +35,7 @@ class Promotion:
     workflow_path: str | None
     step_id: str
     kind: str
-    """lookup | classifier | script | lora"""
+    """lookup | classifier | script | lora | router"""
     status: str
     prompt_hash: str
     schema_hash: str

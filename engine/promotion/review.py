@@ -44,7 +44,7 @@ def open_review_store(workflow: str | Path | None = None) -> Any:
 
 def propose(store: Any, workflow: str | Path | None = None, *, step: str | None = None,
             scripts: bool = True, script_tier: str | None = None,
-            classifiers: bool = True) -> list[tuple[str, ProposeReport]]:
+            classifiers: bool = True, routers: bool = True) -> list[tuple[str, ProposeReport]]:
     """Propose for one workflow, or for every workflow the store has runs of (by their paths)."""
     if workflow is not None:
         paths = [Path(workflow)]
@@ -56,7 +56,7 @@ def propose(store: Any, workflow: str | Path | None = None, *, step: str | None 
     for path in paths:
         wf = load_workflow(path)
         out.append((wf.name, propose_promotions(wf, store, step=step, scripts=scripts, script_tier=script_tier,
-                                                classifiers=classifiers)))
+                                                classifiers=classifiers, routers=routers)))
     return out
 
 
@@ -168,6 +168,9 @@ def reverify(store: Any, promotion_id: str) -> dict[str, Any]:
     wf = _workflow_of(p)
     assert wf.path is not None
     spec = _step_spec(wf, p.step_id)
+    if p.kind == "router":
+        raise PromotionStateError(f"{p.id} is a router: it is retrained, not re-verified; run "
+                                  f"`engine promotions propose` once the step has new checks or labels")
     directory = promotions_dir(wf.path, wf.name)
     art = next((a for a in load_artifacts(directory) if a.id == p.id), None)
     if art is None:

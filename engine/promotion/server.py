@@ -14,6 +14,10 @@ serve:
   check is recorded. When disagreement over the last `demote_window` spot checks exceeds
   `demote_threshold` (by default with 95% one-sided confidence, see `disagreement_bound`), the
   artifact is demoted (the step goes back to the llm), reason recorded.
+- an accepted `router` answers nothing: it is handed to the step's cascade on the call, which
+  decides with it whether the cheapest tier is asked (`engine.quality.cascade`); the reference
+  checks of the answers it sent there count toward its agreement (`settle`), and it is demoted
+  when they disagree too often.
 observe:
 - proposals in shadow mode answer alongside the llm; agreement with trusted answers (reference or
   verified) is recorded, outputs unchanged.
@@ -38,7 +42,9 @@ from engine.promotion.sandbox.worker import serve_one
 from engine.promotion.verify import validated
 from engine.quality.compare import answers_agree
 from engine.quality.stats import disagreement_bound
-from engine.quality.trust import LABELLED, REFERENCE, TRUSTED, UNVERIFIED, VERIFIED
+from engine.quality.router import CHEAP
+from engine.spec.quality import AUTO
+from engine.quality.trust import LABELLED, REFERENCE, TRUSTED, UNVERIFIED, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
 from engine.steps.llm import LLMCall, ask_tiers_calls, compiled
@@ -205,6 +211,11 @@ class PromotionServer:
             if art.kind == "lora":  # an accepted adapter: the step's local-tier calls load it
                 call.adapters[art.tier or "local"] = art.path
                 continue
+            if art.kind == "router":  # decides before the tiers (engine.quality.cascade), answers nothing
+                route = call.spec.route
+                if (route.enabled if route is not None else call.spec.tier == AUTO):
+                    call.router = art.model
+                continue
             result = answer(art.kind, art.table, art.code, art.normalize, call, art.model)
             if not result.answered:
                 continue  # a miss: the tiers answer, the call is logged
@@ -277,6 +288,32 @@ class PromotionServer:
                 kind=art.kind, status="accepted", prompt_hash=art.prompt_hash, schema_hash=art.schema_hash,
                 fingerprint="", artifact=art.path.name, version=art.version, reason="adopted from the manifest"))
         records.update(self.store, art.id, status=status, reason=reason, event=status, detail=reason)
+
+    def settle(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome, verdict: Verdict) -> None:
+        """A reference check of an answer the step's router sent to the cheap tier counts toward the
+        router's agreement (`routed` checks); when disagreement over the last `demote_window` of them
+        exceeds the router's `demote_threshold` (default 1 - target_agreement; at
+        `demote_confidence`), the router is demoted and every input takes the cascade again."""
+        model = call.router
+        if model is None or outcome.routed != CHEAP or self.store is None:
+            return
+        art = next((a for a in self.artifacts.get(call.step_id, []) if a.id == model.meta.get("promotion")), None)
+        if art is None or self.statuses.get(art.id, "accepted") != "accepted":
+            return
+        records.record_check(self.store, art.id, "routed", call.input_hash, outcome.output, verdict.answer,
+                             verdict.agree)
+        policy = call.spec.promote
+        route = call.spec.route
+        threshold = (route.demote_threshold if route is not None and route.demote_threshold is not None
+                     else 1 - model.target_agreement)
+        recent = promotion_store.recent_checks(self.store, art.id, "routed", policy.demote_window)
+        n, k = len(recent), len(recent) - sum(recent)
+        if n >= policy.demote_min_checks and k:
+            bound = disagreement_bound(k, n, policy.demote_confidence)
+            if bound > threshold:
+                evidence = f" (at {policy.demote_confidence:.0%} confidence: >= {bound:.1%})" if policy.demote_confidence else ""
+                self._mark(art, "demoted", f"routed answers disagreed with the reference {k}/{n} ({k / n:.1%})"
+                                           f"{evidence} > {threshold:.1%} over the last {n} checks")
 
     def observe(self, ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> None:
         if outcome.trust not in TRUSTED:

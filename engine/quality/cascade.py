@@ -13,7 +13,10 @@ tier's answer against the reference.
        path (`engine.quality.checkqueue`). Agreement marks the answer `verified`; a reference that
        cannot answer (no key, offline, outage) is counted as a skipped check and the answer stays
        `unverified`. Unverified answers a cache serves are sampled the same way
-       (`sample_served_calls`), and every verdict settles the cache entries holding the answer.
+       (`sample_served_calls`), and every verdict settles the cache entries holding the answer;
+    6. with a learned router (`engine.quality.router`), decided before step 1: an input it sends up
+       skips the cheapest tier; a `route.explore` share of those asks it anyway, after the answer
+       (inline in batch runs), as evidence for the router's next version.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from engine.quality.checkqueue import CheckJob
 from engine.quality.monitor import Monitor, monitor_for, sampled
 from engine.store.quality import PROBATION
 from engine.quality.spec import QualityPolicy, resolve_policy
+from engine.quality.router import UP
 from engine.quality.trust import REFERENCE, VERIFIED, Verdict
 from engine.steps.base import StepContext, StepOutcome
 from engine.providers.calls import ProviderCalls, drive
@@ -75,6 +79,9 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
             else:
                 tiers.remove(tier)
                 skipped.append(tier)
+    routed = _route(call, policy, tiers)
+    if routed == UP:
+        tiers = tiers[1:]  # straight to the next tier: no cheap call
     threshold = (lambda tier: monitor.threshold(wf, step, tier, policy)) if monitor is not None else (
         lambda tier: float(policy.min_confidence) if isinstance(policy.min_confidence, (int, float)) else 1.01)
     try:
@@ -84,12 +91,19 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
             e.attempts[:0] = [_skip_note(t) for t in skipped]  # type: ignore[attr-defined]
         raise
     outcome.attempts[:0] = [_skip_note(t) for t in skipped]
+    outcome.routed = routed
     if monitor is None:
         return outcome
     if outcome.tier in probation:  # a tier on probation serves nothing unchecked
         return (yield from check_calls(ctx, call, policy, monitor, outcome, inline=True,
                                        settlers=[s for s in ctx.servers if hasattr(s, "settle")],
                                        answered_at=time.time()))
+    if routed == UP and outcome.tier == policy.reference and call.spec.route is not None \
+            and sampled(call.spec.route.explore):
+        if ctx.inline_checks:
+            yield from _explore_calls(ctx, call, policy, monitor, outcome)
+        else:
+            _explore(ctx, call, policy, monitor, outcome)
     if outcome.tier == policy.reference:
         for low in outcome.deferred:  # escalated for low confidence, then answered by the reference
             agree = answers_agree(policy, low["output"], outcome.output, judge_for(ctx, policy, call))
@@ -99,6 +113,49 @@ def ask_with_quality_calls(ctx: StepContext, call: LLMCall) -> ProviderCalls[Ste
                            cheap_output=low["output"], reference_output=outcome.output,
                            reference_tier=policy.reference, cost=0.0)
     return (yield from _maybe_check(ctx, call, policy, monitor, outcome))
+
+
+def _route(call: LLMCall, policy: QualityPolicy, tiers: list[str]) -> str | None:
+    """The step's learned router's decision (`engine.quality.router`), made before any call: `cheap`
+    (the cheapest tier answers, under the monitor like any cheap answer), `up` (it is not asked), or
+    None: no router, the tier it was trained for is not first (escalated past, another chain) or
+    has nothing after it, or the embedder failed (the cascade runs as without a router)."""
+    model = call.router
+    if model is None or len(tiers) < 2 or tiers[0] != model.cheap_tier or not policy.monitored(tiers[0]):
+        return None
+    try:
+        decision, _ = model.route(call.values)
+    except EngineError as e:
+        log.warning("router of %s: %s; not routing", call.step_id, e)
+        return None
+    return str(decision)
+
+
+def _explore(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor,
+             outcome: StepOutcome) -> None:
+    """Queue the exploration of an input the router sent up (off the request path)."""
+    background_ctx = dataclasses.replace(ctx, servers=[], after_run=[])
+    ctx.after_run.append(CheckJob(
+        store=ctx.store, workflow=ctx.workflow.name, step_id=ctx.step_id, concurrency=policy.check_concurrency,
+        max_pending=policy.max_pending, calls=lambda: _explore_calls(background_ctx, call, policy, monitor, outcome)))
+
+
+def _explore_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor: Monitor,
+                   outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
+    """Ask the cheapest tier an input the router sent up (`route.explore`) and record its agreement
+    with the reference's answer as an unserved check: evidence for the router's next version."""
+    tier = call.router.cheap_tier
+    try:
+        cheap = yield from ask_tiers_calls(ctx, call, tiers=[tier], policy=policy, purpose="router_explore")
+    except EngineError:
+        return outcome
+    agree = answers_agree(policy, cheap.output, outcome.output, judge_for(ctx, policy, call))
+    monitor.record(policy, workflow=ctx.workflow.name, step_id=ctx.step_id, tier=tier, model=cheap.model,
+                   run_id=ctx.run_id, input_hash=call.input_hash, mode="explore",
+                   status="agree" if agree else "disagree", served=False, confidence=cheap.confidence,
+                   cheap_output=cheap.output, reference_output=outcome.output, reference_tier=policy.reference,
+                   cost=cheap.cost)
+    return outcome
 
 
 def sample_served_calls(ctx: StepContext, call: LLMCall, outcome: StepOutcome) -> ProviderCalls[StepOutcome]:
@@ -184,7 +241,7 @@ def check_calls(ctx: StepContext, call: LLMCall, policy: QualityPolicy, monitor:
         return outcome
     return StepOutcome(output=ref.output, served_by="llm", tier=ref.tier, provider=ref.provider, model=ref.model,
                        attempts=outcome.attempts, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
-                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence)
+                       cost=outcome.cost, trust=REFERENCE, confidence=ref.confidence, routed=outcome.routed)
 
 
 def judge_for(ctx: StepContext, policy: QualityPolicy, call: LLMCall) -> Any:

@@ -65,3 +65,27 @@ def check_queue_figures(store: Any, workflow: str | None = None) -> dict[tuple[s
         f["verdict_p50_ms"] = float(np.percentile(values, 50))
         f["verdict_p95_ms"] = float(np.percentile(values, 95))
     return figures
+
+
+def router_rows(store: Any, *, workflow: str | None = None) -> list[dict[str, Any]]:
+    """Per learned router (accepted or demoted; `engine.quality.router`): its coverage (the share
+    of the step's routed executions it sent to the cheap tier) and the agreement of the reference
+    checks of those routed answers (the monitor samples them like any cheap answer)."""
+    from engine.promotion import records
+    from engine.store import promotions as promotion_store
+
+    out = []
+    for p in records.find(store, workflow=workflow, kind="router", status=("accepted", "demoted")):
+        counts = quality_store.routed_counts(store, p.workflow, p.step_id)
+        decided = sum(counts.values())
+        checks = promotion_store.check_stats(store, p.id).get("routed", {"checks": 0, "agree": 0})
+        model = (p.payload.get("model") or {})
+        out.append({"workflow": p.workflow, "step_id": p.step_id, "id": p.id, "version": p.version,
+                    "status": p.status, "tier": model.get("cheap_tier"), "threshold": model.get("threshold"),
+                    "target_agreement": model.get("target_agreement"), "embedder": model.get("embedder"),
+                    "decided": decided, "routed_cheap": counts.get("cheap", 0), "routed_up": counts.get("up", 0),
+                    "coverage": counts.get("cheap", 0) / decided if decided else 0.0,
+                    "checks": checks["checks"], "agreed": checks["agree"],
+                    "agreement": checks["agree"] / checks["checks"] if checks["checks"] else None,
+                    "reason": p.reason})
+    return out

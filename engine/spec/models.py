@@ -111,6 +111,40 @@ class ClassifierSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class RouteSpec(Strict):
+    """`route:` on an llm step: a learned router that predicts, from the input's embedding and before
+    any call, whether the cheapest tier's answer will agree with the reference, and sends the input
+    straight to the next tier when it will probably not (see engine.quality.router). Trained on the
+    step's own reference checks and labels, proposed and accepted like a classifier; `tier: auto`
+    uses an accepted router without this block (with these defaults)."""
+
+    enabled: bool = Field(True, strict=True, description="propose routers for this step and route with an accepted one")
+    target_agreement: float = Field(0.98, gt=0, le=1, strict=True,
+                                    description="agreement with the reference that inputs sent to the cheapest tier "
+                                                "must reach (calibrated out of fold)")
+    min_examples: int = Field(50, ge=10, strict=True,
+                              description="distinct checked or labelled inputs of the cheapest tier needed to train")
+    retrain_share: float = Field(0.2, gt=0, strict=True,
+                                 description="retrain (a new version) once new evidence reaches this share of the "
+                                             "inputs the accepted version was trained on")
+    embedder: str = Field("hash", description="embedder of the input (the cache's: hash | static | minilm | "
+                                              "openai:M; default: the step's semantic cache's, else hash); hash "
+                                              "and static route in well under 5 ms on CPU, minilm does not")
+    input: str | None = Field(None, description="the step input to embed (default: every input)")
+    c: float = Field(1.0, gt=0, strict=True, allow_inf_nan=False, alias="C",
+                     description="inverse regularisation strength of the logistic regression")
+    folds: int = Field(5, ge=2, le=20, strict=True, description="cross-fitting folds of the out-of-fold calibration")
+    demote_threshold: float | None = Field(
+        None, ge=0, le=1, description="disagreement on routed answers' reference checks above which the router is "
+                                      "demoted (default: 1 - target_agreement; with promote.demote_confidence)")
+    explore: float = Field(0.0, ge=0, le=1, strict=True,
+                           description="share of inputs routed up whose cheapest tier is still asked, off the "
+                                       "request path (inline in batch runs), and compared with the reference's "
+                                       "answer: new evidence where the router sends nothing down")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class PromoteSpec(Strict):
     """`promote:` on an llm step: when its logged answers graduate to a lookup or a script."""
 
@@ -239,6 +273,9 @@ class LLMSpec(Strict):
     quality: QualitySpec | None = Field(
         None, description="reference tier, sampling, confidence gating (over engine.yaml's quality:)")
     context: ContextSpec | None = Field(None, description="long inputs: truncate, chunk or compress (see engine.steps.context)")
+    route: RouteSpec | None = Field(
+        None, description="a learned router before the cheapest tier (see engine.quality.router); tier: auto uses an "
+                          "accepted router without it")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _reduce: Any = PrivateAttr(None)

@@ -137,6 +137,9 @@ class LLMCall:
     """tier -> an accepted LoRA adapter (GGUF) its llamacpp models load (`engine distill`)."""
     full: LLMCall | None = None
     """The same call with the uncompressed input (`context.compress`): what reference checks ask."""
+    router: Any = None
+    """An accepted learned router for the step (`engine.quality.router.RouterModel`, with `id` and
+    `version` in its meta), attached by the promotion server; the cascade decides with it."""
 
     @property
     def hashes(self) -> dict[str, str]:

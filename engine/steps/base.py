@@ -52,6 +52,9 @@ class StepResult:
     trust: str | None = None
     """reference | verified | labelled | unverified (see engine.quality.trust); None: not an llm answer."""
     confidence: float | None = None
+    routed: str | None = None
+    """What a learned router decided before the call: cheap (the cheapest tier answers) or up (straight
+    to the next tier, no cheap call); None: no router (see engine.quality.router)."""
     context: dict[str, Any] | None = None
     """Long inputs (`context:`): tokens, how they were counted, truncation, chunks (engine.steps.context)."""
     items: list[dict[str, Any]] | None = None

@@ -312,3 +312,10 @@ def m087(db: sqlite_utils.Database) -> None:
     for table, columns in JSON_DOCUMENTS.items():
         db.execute(f"ALTER TABLE {table} " + ", ".join(
             f"ALTER COLUMN {c} TYPE {POSTGRES.json_type} USING pg_temp.engine_jsonb({c}::text)" for c in columns))
+
+
+@migration("090_router")
+def m090(db: sqlite_utils.Database) -> None:
+    """Learned routers (engine.quality.router). `steps.routed`: what the step's router decided
+    before the call (cheap | up), so `engine quality` can show the router's coverage."""
+    db.table("steps").add_column("routed", str)

@@ -189,6 +189,31 @@ def record_feedback(store: Any, rows: list[dict[str, Any]]) -> int:
     return len(rows)
 
 
+def tier_checks(store: Any, workflow: str, step_id: str, tier: str) -> list[dict[str, Any]]:
+    """The checks of a tier's answers that ran (agree | disagree; served, escalated or not), oldest
+    first: what a learned router trains on (`engine.promotion.router_proposal`)."""
+    return store.query("SELECT id, input_hash, status FROM quality_checks WHERE workflow = ? AND step_id = ? "
+                       "AND tier = ? AND status IN ('agree', 'disagree') ORDER BY id", [workflow, step_id, tier])
+
+
+def tier_answers(store: Any, workflow: str, step_id: str, tier: str, prompt_hash: str,
+                 schema_hash: str) -> list[dict[str, Any]]:
+    """A tier's valid answers to the step's own requests (and to a router's exploration) under a
+    prompt/schema, oldest first."""
+    return store.query("SELECT input_hash, input, output FROM llm_calls WHERE workflow = ? AND step_id = ? AND tier = ? "
+                       "AND prompt_hash = ? AND schema_hash = ? AND outcome = 'valid' "
+                       "AND COALESCE(purpose, 'router_explore') = 'router_explore' ORDER BY id",
+                       [workflow, step_id, tier, prompt_hash, schema_hash])
+
+
+def routed_counts(store: Any, workflow: str, step_id: str) -> dict[str, int]:
+    """routed (cheap | up) -> ok executions of the step a learned router decided."""
+    rows = store.query("SELECT s.routed AS routed, COUNT(*) AS n FROM steps s JOIN runs r ON r.id = s.run_id "
+                       "WHERE r.workflow = ? AND s.step_id = ? AND s.status = 'ok' AND s.routed IS NOT NULL "
+                       "GROUP BY s.routed", [workflow, step_id])
+    return {r["routed"]: int(r["n"]) for r in rows}
+
+
 def labels(store: Any, workflow: str, step_id: str, schema_hash: str) -> list[dict[str, Any]]:
     """People's labels for a step under its current schema, oldest first."""
     return store.query("SELECT * FROM feedback WHERE workflow = ? AND step_id = ? AND schema_hash = ? ORDER BY id",

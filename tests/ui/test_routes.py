@@ -306,3 +306,26 @@ def test_templates_and_assets_ship_in_the_package():
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"engine.ui" = ["templates/*.html", "static/*.css", "static/*.js"]' in pyproject
     assert "cdn" not in root.joinpath("templates", "base.html").read_text().lower()
+
+
+def test_a_router_proposal_shows_its_evidence_or_that_it_found_no_signal(console, tickets, store):
+    from engine.cache.embedders import get_embedder
+    from engine.promotion.mining import step_hashes
+    from engine.quality.router import train_router
+    from engine.spec.loader import load_workflow
+
+    hashes = step_hashes(load_workflow(tickets).step("classify").llm)
+    texts = [f"card {i}" for i in range(30)] + [f"weather {i}" for i in range(30)]
+    shown = {}
+    for name, agree in (("signal", [True] * 30 + [False] * 30), ("none", [i % 2 == 0 for i in range(60)])):
+        result = train_router(texts, agree, get_embedder("hash").embed, embedder="hash", cheap_tier="local")
+        p = records.insert(store, records.Promotion(
+            id=f"rt-{name}", workflow="tickets", workflow_path=str(tickets), step_id="classify", kind="router",
+            status="proposed", prompt_hash=hashes[0], schema_hash=hashes[1], fingerprint=name,
+            payload={"model": result.model.to_dict(), "normalize": []},
+            verification={**result.report, "evidence": {"check": 60}, "passed": True}, reason=result.reason))
+        shown[name] = console().get(f"/ui/proposals/{p.id}").text
+    assert 'id="router"' in shown["signal"] and 'id="threshold"' in shown["signal"]
+    assert "No usable signal" in shown["none"] and 'id="threshold"' not in shown["none"]
+    listing = console().get("/ui/proposals").text
+    assert "held out:" in listing and "no signal: every input goes up" in listing
