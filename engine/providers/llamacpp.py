@@ -29,10 +29,12 @@ e.g. one written by `engine distill`; the same model file with another adapter i
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import os
 import re
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,12 @@ def gpu_available() -> bool:
     import llama_cpp
 
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _close(ref: weakref.ref[Any]) -> None:
+    llama = ref()
+    if llama is not None and hasattr(llama, "close"):
+        llama.close()
 
 
 @dataclass
@@ -166,6 +174,9 @@ class LlamaCppProvider:
             )
         except (ValueError, RuntimeError) as e:
             raise ProviderError(f"llamacpp: cannot load '{path}': {e}", provider="llamacpp") from e
+        # freed at interpreter exit while llama_cpp's module globals are still there (its own
+        # `__del__` runs later, on half-torn-down modules, and prints a TypeError)
+        atexit.register(_close, weakref.ref(llama))
         cache_bytes = int(options.get("cache_bytes", 512 << 20))
         if cache_bytes > 0:
             llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=cache_bytes))
