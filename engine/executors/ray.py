@@ -197,10 +197,12 @@ def _nodes(ray: Any) -> list[str]:
 
 
 def chunk_size(concurrency: int) -> int:
-    """Items per chunk: half an actor's concurrency (at least 1, at most 64): with four times the
-    concurrency in flight, about eight chunks per actor, so chunks finishing (and waiting for
-    their flush) never leave it idle."""
-    return max(1, min(64, concurrency // 2))
+    """Items per chunk: twice an actor's concurrency (at least 1, at most 128). With four times
+    the concurrency in flight, two chunks per actor: while one waits for its flush, the other's
+    items keep the gate full, and every chunk costs one round trip and one commit (measured on
+    2 cores at concurrency 64: chunks of 128 ran 0.75x to 0.93x the threads' rate, chunks of 32
+    0.76x to 0.88x, one chunk of 256 in flight 0.70x to 0.75x)."""
+    return max(1, min(128, 2 * concurrency))
 
 
 def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[Any],
