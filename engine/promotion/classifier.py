@@ -40,7 +40,6 @@ A file without `score` (written before it existed) is read as `top`.
 from __future__ import annotations
 
 import random
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -49,6 +48,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.hashing import canonical_json
+from engine.quality.logistic import fit_logistic
 
 FORMAT = "engine.classifier/1"
 SCORES = ("margin", "top")
@@ -209,15 +209,7 @@ class TrainResult:
 
 
 def _fit(vectors: np.ndarray, labels: list[str], c: float, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    try:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise ConfigError("training a classifier needs scikit-learn: pip install 'engine[classifier]'") from None
-    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(vectors, labels)
+    clf = fit_logistic(vectors, labels, c, seed, "a classifier")
     classes = [str(x) for x in clf.classes_]
     coef = np.asarray(clf.coef_, dtype=np.float32)
     intercept = np.asarray(clf.intercept_, dtype=np.float32)

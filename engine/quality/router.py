@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.quality.logistic import fit_logistic
 
 FORMAT = "engine.router/1"
 MIN_ROUTED = 20
@@ -139,15 +139,7 @@ def _fit(vectors: np.ndarray, agree: np.ndarray, c: float, seed: int) -> tuple[n
     if agree.min() == agree.max():
         rate = float(agree[0])
         return np.zeros(vectors.shape[1], dtype=np.float32), 50.0 if rate else -50.0
-    try:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        raise ConfigError("training a router needs scikit-learn: pip install 'engine[classifier]'") from None
-    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(vectors, agree.astype(int))
+    clf = fit_logistic(vectors, agree.astype(int), c, seed, "a router")
     return np.asarray(clf.coef_[0], dtype=np.float32), float(clf.intercept_[0])
 
 
