@@ -126,9 +126,9 @@ def _drain(proc: subprocess.Popen[bytes], job: bytes, deadline: float, caps: tup
 
 
 def _communicate(argv: list[str], job: bytes, env: dict[str, str], wall: float, caps: tuple[int, int],
-                 preexec_fn: Any, cwd: str | None = None) -> Finished:
+                 preexec_fn: Any, cwd: str | None = None, pass_fds: tuple[int, ...] = ()) -> Finished:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=cwd, preexec_fn=preexec_fn)
+                            cwd=cwd, preexec_fn=preexec_fn, pass_fds=pass_fds)
     try:
         out, err = _drain(proc, job, time.monotonic() + wall, caps)
         returncode = proc.wait(timeout=max(1.0, wall))
@@ -181,7 +181,30 @@ def _spawn(source: str, job: dict[str, Any], limits: Limits, layers: Collection[
         os.close(report_w)
         report_w = -1
         reason = os.read(report_r, 1000).decode(errors="replace") or str(e)
-        raise IsolationUnavailable(reason) from None
+        if isolation.backend() == "bwrap" or "Invalid argument" not in reason:
+            raise IsolationUnavailable(reason) from None
+    finally:
+        for fd in (report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+    # The forked child had a second thread (started by an at-fork hook of this process) and could
+    # not enter a user namespace: once more through a fresh interpreter, which starts with one.
+    return _launch(plan, argv, data, env, wall, caps)
+
+
+def _launch(plan: isolation.Plan, argv: list[str], data: bytes, env: dict[str, str], wall: float,
+            caps: tuple[int, int]) -> Finished:
+    report_r, report_w = os.pipe()
+    plan.report_fd = report_w
+    try:
+        finished = _communicate(isolation.launcher_argv(plan, argv, env), data, {"LANG": "C.UTF-8"}, wall, caps,
+                                None, pass_fds=(report_w,))
+        os.close(report_w)
+        report_w = -1
+        reason = os.read(report_r, 1000).decode(errors="replace")
+        if reason:
+            raise IsolationUnavailable(reason)
+        return finished
     finally:
         for fd in (report_r, report_w):
             if fd >= 0:

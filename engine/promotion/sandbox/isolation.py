@@ -348,6 +348,38 @@ def _enter_user_namespace(libc: Any, flags: int) -> None:  # pragma: no cover - 
     _write("/proc/self/gid_map", f"{INSIDE_ID} {gid} 1")
 
 
+LAUNCHER = """\
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("engine_sandbox_isolation", sys.argv[1])
+isolation = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = isolation
+spec.loader.exec_module(isolation)
+job = json.loads(sys.argv[2])
+plan = isolation.Plan(**job["plan"])
+try:
+    isolation.isolate(plan, isolation.libc())
+except BaseException:
+    os._exit(120)
+os.set_inheritable(plan.report_fd, False)
+os.execve(job["argv"][0], job["argv"], job["env"])
+"""
+"""A fresh interpreter that sets up the OS layer on itself, then execs the sandboxed child: for
+when `isolate` cannot run as a `preexec_fn`. The parent's `os.register_at_fork` hooks (an
+OpenTelemetry span processor, for one) run in a forked child before its `preexec_fn` and may start
+a thread there, and a process with two threads cannot enter a user namespace (EINVAL). A process
+started without a `preexec_fn` runs no Python code between fork and exec, so it starts with one
+thread. It loads this file alone (standard library only), not the engine package."""
+
+
+def launcher_argv(plan: Plan, argv: list[str], env: dict[str, str]) -> list[str]:
+    """The command that runs `argv` (with `env`) under `plan` through `LAUNCHER`."""
+    import dataclasses
+    import json
+
+    job = {"plan": dataclasses.asdict(plan), "argv": argv, "env": env}
+    return [python_executable(), "-I", "-S", "-c", LAUNCHER, os.path.abspath(__file__), json.dumps(job)]
+
+
 def isolate(plan: Plan, libc: Any) -> None:  # pragma: no cover - runs in the forked child
     """The `preexec_fn`: set up the OS layer or raise (the child then never runs)."""
     try:
