@@ -1,7 +1,10 @@
 """Numbered schema migrations (simonw/llm style): one list for both backends. Each names its
 version (`NNN_what`, unique), runs once, in version order, and is recorded in `_migrations` by
 either store. Later features append their own; never edit one that has shipped. Where the
-dialects differ, a migration asks `dialect_of(db)` (`engine.store.dialect`)."""
+dialects differ, a migration asks `dialect_of(db)` (`engine.store.dialect`). A JSON document
+column is declared `dict` (jsonb on PostgreSQL, TEXT on SQLite) and named in
+`engine.store.base.JSON_COLUMNS`, which both stores decode by (the columns from before
+`087_jsonb_documents` were declared `str`; that migration made them jsonb)."""
 
 from __future__ import annotations
 

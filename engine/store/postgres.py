@@ -281,7 +281,7 @@ class PostgresStore(StoreReads):
     # --- at once --------------------------------------------------------------------------------
 
     def _run(self, sql: str, params: Any, *, flush: bool = True, fetch: bool = False) -> Any:
-        if flush and self.writer.pending:
+        if flush and self.writer.unsettled:  # queued, or committing on the writer thread
             self.flush()
         deadline = time.monotonic() + self.retry_s
         read = sql.lstrip()[:6].upper() in ("SELECT", "WITH")
@@ -395,7 +395,10 @@ def _vec(vector: Any) -> str:
 
 # --- migrations: sqlite-utils' schema calls as Postgres DDL ---------------------------------------
 
-_TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA", bool: "BIGINT"}
+_TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA", bool: "BIGINT",
+          dict: POSTGRES.json_type, list: POSTGRES.json_type}
+"""Column types. A JSON document column is declared `dict` (or `list`) in a migration: `jsonb`
+here, TEXT on SQLite (sqlite-utils' mapping); its name goes in `engine.store.base.JSON_COLUMNS`."""
 
 
 class _Table:

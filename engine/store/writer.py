@@ -11,7 +11,9 @@
   writes the queue itself, under the connection lock, before it goes on (so a stalled writer or a
   locked database slows producers down instead of growing memory without bound).
 - Read-your-writes: every read through the store (`SQLiteStore.query`, and any code that takes
-  `store.lock` to use the connection) drains the queue first, on the reader's thread.
+  `store.lock` to use the connection) drains the queue first, on the reader's thread. A reader
+  that does not take the lock (the Postgres store's pooled reads) asks `unsettled`, which also
+  covers the batch the writer thread has taken from the queue and is still committing.
 - Durability: `flush()` on `Engine.close()`, `SQLiteStore.close()`, at interpreter exit (atexit)
   and on SIGTERM/SIGHUP (the handler flushes, then lets the signal kill the process as before).
   A hard kill (SIGKILL, power loss) loses at most the operations queued and not yet committed:
@@ -71,6 +73,14 @@ class WriteBehind:
         self._draining: int | None = None
         if enabled:
             _register(self)
+
+    @property
+    def unsettled(self) -> bool:
+        """Operations queued, or taken from the queue and being committed right now. A reader that
+        does not take `lock` flushes first when this is true: `flush` waits for the batch in flight.
+        (The queue is read first: a batch is taken from it only after `_draining` is set, and
+        `_draining` is cleared only once the batch is committed.)"""
+        return bool(self.pending) or self._draining is not None
 
     # --- producers ------------------------------------------------------------------------------
 

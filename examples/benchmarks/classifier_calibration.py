@@ -32,6 +32,14 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _shown(path: Path) -> str:
+    """A path as the result files record it: relative to the repository (no machine's layout)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return "a directory outside the repository"
 sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -153,7 +161,7 @@ def main() -> None:
     console.print(table)
     console.print(f"embedding {embed_s:.0f} s; fits and calibration {fit_s:.0f} s "
                   f"({len(seeds)} seeds x {args.repeats} deals x {args.folds} folds + 1 served fit)")
-    report = {"data": str(args.data), "pairs": len(train), "test": len(test), "labels": len(classes),
+    report = {"data": _shown(args.data), "pairs": len(train), "test": len(test), "labels": len(classes),
               "C": args.C, "folds": args.folds, "repeats": args.repeats, "target": args.target,
               "embedder": args.embedder, "seeds": seeds, "accuracy_never_abstaining": float(right.mean()),
               "rows": rows, "embed_s": round(embed_s, 1), "fit_s": round(fit_s, 1)}

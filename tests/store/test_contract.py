@@ -115,6 +115,36 @@ def test_threads_writing_at_once_lose_nothing(store):
     assert store.query("SELECT count(*) AS n FROM llm_calls")[0]["n"] == 400
 
 
+def test_a_read_waits_for_the_batch_the_writer_is_committing(store):
+    """Read-your-writes while the writer thread commits: the queue is empty because the writer took
+    the rows, and they are not committed yet. The read waits for that batch instead of missing it."""
+    writer = store.writer
+    assert writer.enabled
+    entered, gate = threading.Event(), threading.Event()
+    real = writer._write
+
+    def held(batch):
+        if threading.current_thread().name == "engine-store-writer":
+            entered.set()
+            gate.wait(30)
+        return real(batch)
+
+    writer._write = held
+    try:
+        for i in range(20):
+            store.start_run(f"r{i}", "wf", "1", None, {}, None)
+        assert entered.wait(30)
+        assert writer.unsettled
+        opener = threading.Timer(0.3, gate.set)
+        opener.start()
+        assert store.query("SELECT count(*) AS n FROM runs")[0]["n"] == 20
+        opener.join()
+    finally:
+        gate.set()
+        writer._write = real
+    assert not writer.unsettled
+
+
 def test_promotions_and_quality_tables(store):
     before = store.data_version()
     promotion_records.insert(store, Promotion(id="p1", workflow="wf", workflow_path=None, step_id="s", kind="lookup", status="proposed",

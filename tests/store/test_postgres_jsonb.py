@@ -63,3 +63,33 @@ def test_each_migration_names_its_own_version():
         migration("087_again")
     with pytest.raises(ValueError, match="three-digit version"):
         migration("no_version")
+
+
+def test_every_json_document_column_is_jsonb_and_only_those(url):
+    """`decode` parses columns by name (JSON_COLUMNS): on PostgreSQL those, and only those, are jsonb."""
+    from engine.store.base import JSON_COLUMNS
+    from engine.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    types = {k: v for k, v in _types(store).items() if not k[0].startswith("_")}
+    store.close()
+    named = {k for k in types if k[1] in JSON_COLUMNS}
+    assert named and {k for k, t in types.items() if t == "jsonb"} == named
+
+
+def test_a_migration_declares_a_json_document_column_as_dict(url):
+    import psycopg
+    import sqlite_utils
+
+    from engine.store.postgres import _Schema
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        schema = _Schema(conn)
+        schema.table("notes").create({"id": int, "body": str, "output": dict}, pk="id")
+        schema.table("notes").add_column("input", dict)
+        got = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                "WHERE table_name = 'notes'").fetchall())
+    assert got == {"id": "bigint", "body": "text", "output": "jsonb", "input": "jsonb"}
+    lite = sqlite_utils.Database(memory=True)  # the same declaration on SQLite: JSON text
+    lite["notes"].create({"id": int, "output": dict}, pk="id")
+    assert lite["notes"].columns_dict["output"] is str
