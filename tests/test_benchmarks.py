@@ -166,11 +166,14 @@ def test_scale_out_benchmark_runs(tmp_path):
     Ray rows start Ray twice: the full benchmark's, and tests/batch/test_ray_executor.py's)."""
     out = tmp_path / "scale.json"
     proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/scale_out.py"), "--items", "16",
-                           "--no-ray", "--store-runs", "20", "--out", str(out)],
+                           "--no-ray", "--rounds", "2", "--store-runs", "20", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["executors"][0]["ok"] == 16 and report["executors"][0]["failed"] == 0
+    (threads,) = report["executors"]
+    assert threads["ok"] == 16 and threads["failed"] == 0 and threads["rounds"] == 2 == len(report["rounds"])
+    lo, hi = threads["items_per_s_range"]
+    assert lo <= threads["items_per_s"] <= hi and threads["vs_threads"] == 1.0
     assert {(w["backend"], w["mode"]) for w in report["store_write_cost"]} == {
         ("sqlite", "write-behind"), ("sqlite", "synchronous"), ("postgresql", "write-behind"),
         ("postgresql", "synchronous")}

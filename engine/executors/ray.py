@@ -26,7 +26,8 @@
   `engine-local-<node id>`) holding the model; workers on that node send it their local-tier calls,
   so a node loads the model once.
 - `address`: an existing cluster (`ray://host:10001` or `auto`); by default a local Ray with
-  `workers` CPUs (the machine's CPUs when not given).
+  `workers` CPUs (the machine's CPUs when not given), whose workers run at the driver's priority
+  (Ray's default niceness for workers is 15; for a cluster, `RAY_worker_niceness=0 ray start ...`).
 The workflow file, its scripts and engine.yaml must be readable at the same paths on every node.
 """
 
@@ -42,6 +43,7 @@ from engine.errors import UserError
 from engine.executors.items import BatchItem, result_line, served_labels
 
 _local_proxy_installed = False
+WORKER_NICENESS = "RAY_worker_niceness"
 
 
 def _ray() -> Any:
@@ -67,10 +69,19 @@ def start(address: str | None, workers: int | None) -> Any:
         # its address behind (Ray would otherwise try to join it, and refuse `num_cpus`).
         kwargs["address"] = "local"
         kwargs["num_cpus"] = workers
+    # Ray runs its workers at niceness 15, below the driver, its own daemons and the store's server.
+    # An engine worker is the batch's whole work: a Ray started here runs them at the driver's
+    # priority, as the thread executor's threads run (RAY_worker_niceness, when set, wins; a
+    # cluster started with `ray start` takes it from that command's environment).
+    niceness = None if address or WORKER_NICENESS in os.environ else os.environ.setdefault(
+        WORKER_NICENESS, str(os.nice(0)))
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
+    finally:
+        if niceness is not None:
+            os.environ.pop(WORKER_NICENESS, None)
     return ray
 
 

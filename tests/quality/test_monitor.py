@@ -164,6 +164,29 @@ def test_wilson_bounds():
     assert 0.5 < low < 1 and high == 1
 
 
+def test_an_escalation_holds_at_once_here_and_within_the_state_ttl_elsewhere(triage_wf, fake, monkeypatch):
+    """Two processes over one store (a Monitor and a connection each): the one that escalates skips
+    the tier on its next request; the other keeps its last read for at most `_STATE_TTL` seconds."""
+    from types import SimpleNamespace
+
+    from engine.runner import open_store
+
+    wf = load_workflow(triage_wf("      quality: {cooloff: 1h}"))
+    policy = resolve_policy(wf.step("classify").llm, wf.config)
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(monitor, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    here = monitor.Monitor(open_store(Path(".engine/engine.db")))
+    there = monitor.Monitor(open_store(Path(".engine/engine.db")))
+    assert here.usable_tiers("triage", "classify", policy)[0][0] == "local"
+    assert there.usable_tiers("triage", "classify", policy)[0][0] == "local"  # read, and kept
+    here._move("triage", "classify", "local", quality_store.ESCALATED, "disagreed")
+    assert here.usable_tiers("triage", "classify", policy) == (["premium"], ["local"])  # at once
+    clock.now += monitor._STATE_TTL - 0.01
+    assert there.usable_tiers("triage", "classify", policy)[0][0] == "local"  # its read is still fresh
+    clock.now += 0.01
+    assert there.usable_tiers("triage", "classify", policy) == (["premium"], ["local"])  # past the TTL
+
+
 def test_cool_off_then_probation_then_active(triage_wf, tiers, store, monkeypatch):
     path = triage_wf("      quality: {sample: 1.0, cooloff_runs: 3, probation_checks: 4}")
     for text in ["hello", "refund please", "hello", "refund please", "hello"]:

@@ -215,6 +215,20 @@ def test_quality_page_shows_agreement_cost_and_savings(console, tickets, store):
     assert console().get("/ui/quality?since=yesterday").status_code == 422
 
 
+def test_quality_page_shows_each_steps_answers_by_trust_level(console, tickets, store):
+    rows = store.query("SELECT s.trust FROM steps s JOIN runs r ON r.id = s.run_id "
+                       "WHERE r.workflow = 'tickets' AND s.step_id = 'classify' AND s.status = 'ok'")
+    levels = ["reference", "verified", "labelled", "unverified"]
+    counted = {level: sum(1 for r in rows if (r["trust"] if r["trust"] in levels else "unverified") == level)
+               for level in levels}
+    assert len(rows) > 0 and sum(v > 0 for v in counted.values()) >= 2  # more than one level to show
+    page = console().get("/ui/quality").text
+    table = page[page.index('id="served"'):page.index("</table>", page.index('id="served"'))]
+    row = re.search(r"<td>tickets/classify</td>(.*?)</tr>", table, re.S).group(1)
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells == [str(len(rows))] + [f"{100 * counted[level] / len(rows):.1f}%" for level in levels]
+
+
 def test_read_only_shows_everything_and_changes_nothing(console, tickets, store):
     pid = _propose(store, tickets)
     client = console(read_only=True)
