@@ -1,5 +1,6 @@
 """engine: a declarative workflow engine for LLM pipelines that materializes solved tasks."""
 
+import engine.strict_json  # noqa: F401 - first: it imports jsonschema without a slow optional grammar
 from engine.api import Engine
 from engine.config import EngineConfig, load_config
 from engine.errors import (

@@ -9,11 +9,53 @@ re-asks or escalates; a hostile reply never crashes the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+
+def _import_jsonschema() -> Any:
+    """jsonschema, imported without its `iri` checks' grammar. jsonschema imports `rfc3987_syntax`
+    (the `iri` and `iri-reference` formats) when it is itself imported, and that module compiles a
+    Lark grammar: about 3 s of CPU on a 2-core machine, paid by every process that imports the
+    engine (the CLI, each serve and Ray worker) whether or not a schema uses those formats. So
+    jsonschema is imported with that module hidden, and the two checks are registered here to
+    import it on their first use: the formats are checked as before."""
+    if "jsonschema" in sys.modules or "rfc3987_syntax" in sys.modules \
+            or importlib.util.find_spec("rfc3987_syntax") is None:
+        import jsonschema
+
+        return jsonschema
+    sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # `import` raises ImportError
+    try:
+        import jsonschema
+    finally:
+        if sys.modules.get("rfc3987_syntax", 0) is None:
+            del sys.modules["rfc3987_syntax"]
+    for cls in (jsonschema.Draft7Validator, jsonschema.Draft201909Validator, jsonschema.Draft202012Validator):
+        for name, rule in (("iri", "iri"), ("iri-reference", "iri_reference")):
+            if name not in cls.FORMAT_CHECKER.checkers:
+                cls.FORMAT_CHECKER.checks(name, raises=ValueError)(_iri_check(rule))
+    return jsonschema
+
+
+def _iri_check(rule: str) -> Any:
+    def check(instance: object) -> bool:
+        if not isinstance(instance, str):
+            return True
+        from rfc3987_syntax import is_valid_syntax
+
+        return bool(is_valid_syntax(rule, instance))
+
+    return check
+
+
+if TYPE_CHECKING:
+    import jsonschema
+else:
+    jsonschema = _import_jsonschema()
 
 MAX_REPLY_CHARS = 1_000_000
 MAX_DEPTH = 64

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -86,17 +87,33 @@ def start(address: str | None, workers: int | None) -> Any:
 
 
 class LocalModelProxy:
-    """Registered as the `llamacpp` provider in Ray workers: calls go to the node's model actor."""
+    """Registered as the `llamacpp` provider in Ray workers: calls go to the node's model actor,
+    created (or found) on the first call, so a batch that never asks the local tier starts no
+    model process."""
 
     name = "llamacpp"
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    def __init__(self, node: str):
+        self.node = node
+        self._actor: Any = None
+        self._lock = threading.Lock()
+
+    def actor(self) -> Any:
+        with self._lock:
+            if self._actor is None:
+                import ray
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                actor_cls = ray.remote(num_cpus=0)(LocalModel)
+                self._actor = actor_cls.options(
+                    name=f"engine-local-{self.node}", namespace="engine", get_if_exists=True, lifetime="detached",
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(self.node, soft=False)).remote()
+            return self._actor
 
     def complete(self, request: Any) -> Any:
         import ray
 
-        return ray.get(self.actor.complete.remote(request))
+        return ray.get(self.actor().complete.remote(request))
 
 
 class LocalModel:
@@ -112,21 +129,15 @@ class LocalModel:
 
 
 def _install_local_proxy() -> None:
-    """In a worker: send local-tier calls to this node's `LocalModel` actor (created on first use)."""
+    """In a worker: send local-tier calls to this node's `LocalModel` actor (made on first use)."""
     global _local_proxy_installed
     if _local_proxy_installed:
         return
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from engine.providers.registry import register_provider
 
-    node = ray.get_runtime_context().get_node_id()
-    actor_cls = ray.remote(num_cpus=0)(LocalModel)
-    actor = actor_cls.options(name=f"engine-local-{node}", namespace="engine", get_if_exists=True,
-                              lifetime="detached",
-                              scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-    register_provider("llamacpp", LocalModelProxy(actor))
+    register_provider("llamacpp", LocalModelProxy(ray.get_runtime_context().get_node_id()))
     _local_proxy_installed = True
 
 

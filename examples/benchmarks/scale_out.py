@@ -21,6 +21,9 @@ The store rows: a run's writes (the run, two steps, one llm call, its finish) on
 synchronous writes. `--store-rounds N` repeats the store rows N times, the backends and modes
 interleaved, and reports each row's median with its range; `--only store` does the store rows alone.
 `--rounds N` does the same for the executor rows (each row's ratio to the threads of its round).
+Each executor row also has the time to its first result (a Ray actor's start: its process, the
+engine's imports, the workflow) and its steady rate, from the first result to the last, against
+the threads' steady rate.
 
 Prints a table and writes examples/benchmarks/results/scale_out.json (a chart with matplotlib).
 """
@@ -182,10 +185,18 @@ class TwoRaylets:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        _, alive = psutil.wait_procs([p for p in (psutil.Process(pid) for pid in pids if psutil.pid_exists(pid))],
-                                     timeout=10)
+        procs = []
+        for pid in pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:  # it exited on its own meanwhile
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
         for proc in alive:
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def run_executor(label: str, wf: Path, items: Path, out: Path, progress: Progress, **kwargs: Any) -> dict[str, Any]:
@@ -195,18 +206,27 @@ def run_executor(label: str, wf: Path, items: Path, out: Path, progress: Progres
     n = len(items.read_text().splitlines())
     task = progress.add_task(label, total=n)
 
+    done: list[float] = []
+
     class Observer:
         def start(self, summary: Any) -> None: ...
 
         def advance(self, summary: Any, line: Any) -> None:
+            done.append(time.perf_counter())
             progress.advance(task)
 
     with Engine() as engine:
         started = time.perf_counter()
         summary = run_batch(engine, wf, items, out, observer=Observer(), **kwargs)
         seconds = time.perf_counter() - started
+    # the first results (a Ray actor's start: its process, imports, the workflow), then the rate
+    # from the first result to the last
+    first = done[0] - started if done else seconds
+    burst = sum(1 for t in done if t - done[0] <= 0.001) if done else 0
+    steady = (len(done) - burst) / (done[-1] - done[0]) if len(done) > burst and done[-1] > done[0] else 0.0
     return {"executor": label, "items": n, "ok": summary.ok, "failed": summary.failed,
             "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1),
+            "first_result_s": round(first, 2), "steady_items_per_s": round(steady, 1),
             "items_per_node": sorted(summary.nodes.values(), reverse=True)}
 
 
@@ -341,17 +361,19 @@ def executors(args: Any, work: Path, store: str, console: Console, tmp: Path,
     with Progress(console=console) as progress:
         for r in range(max(1, args.rounds)):
             rows = one_round(args, wf, items, work, tmp, console, report, progress, r)
-            base = rows[0]["items_per_s"]
+            base, steady = rows[0]["items_per_s"], rows[0]["steady_items_per_s"]
             for row in rows:
                 row["vs_threads"] = round(row["items_per_s"] / base, 2)
+                row["steady_vs_threads"] = round(row["steady_items_per_s"] / steady, 2) if steady else None
             rounds.append(rows)
     report["rounds"] = rounds
     out = []
     for first in rounds[0]:
         got = [row for rows in rounds for row in rows if row["executor"] == first["executor"]]
         row = {**first, "rounds": len(got)}
-        for key in ("seconds", "items_per_s", "vs_threads"):
-            values = sorted(g[key] for g in got)
+        for key in ("seconds", "items_per_s", "vs_threads", "first_result_s", "steady_items_per_s",
+                    "steady_vs_threads"):
+            values = sorted(g[key] or 0 for g in got)
             row[key] = round(statistics.median(values), 2)
             row[key + "_range"] = [values[0], values[-1]]
         out.append(row)
@@ -403,13 +425,18 @@ def print_executors(out: Console, rows: list[dict[str, Any]], args: Any, report:
     table = Table(title=f"batch executors: {args.items} items, {args.latency_ms:.0f} ms simulated cloud step "
                         f"(runs logged to {report['executor_store']}; median of {args.rounds} interleaved "
                         "round(s), range)", title_justify="left")
-    for col in ("executor", "items", "seconds", "items/s", "vs threads", "failed", "items per node"):
+    for col in ("executor", "items", "seconds", "items/s", "vs threads", "first result s", "steady vs threads",
+                "failed", "items per node"):
         table.add_column(col, justify="left" if col == "executor" else "right")
+
+    def ratio(r: dict[str, Any], key: str) -> str:
+        lo, hi = r.get(key + "_range", (r[key], r[key]))
+        return f"{r[key]:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
+
     for r in rows:
-        lo, hi = r.get("vs_threads_range", (r["vs_threads"], r["vs_threads"]))
-        ratio = f"{r['vs_threads']:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if lo != hi else "")
         table.add_row(r["executor"], str(r["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.1f}",
-                      ratio, str(r["failed"]),
+                      ratio(r, "vs_threads"), f"{r['first_result_s']:.2f}", ratio(r, "steady_vs_threads"),
+                      str(r["failed"]),
                       " + ".join(str(n) for n in r["items_per_node"]) or "-")
     out.print(table)
 

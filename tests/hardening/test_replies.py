@@ -171,3 +171,23 @@ steps:
     result = CliRunner().invoke(cli, ["run", str(path), "-q"])
     assert result.exit_code == 1 and "NaN" not in result.stdout
     assert "returned non-JSON data" in result.stderr
+
+
+@pytest.mark.parametrize("fmt, good, bad", [("iri", "http://例え.jp/パス", "http://exa mple.com"),
+                                            ("iri-reference", "../パス", "/a b")])
+def test_iri_formats_are_checked(fmt: str, good: str, bad: str) -> None:
+    check = validator({"type": "string", "format": fmt})
+    assert list(check.iter_errors(good)) == []
+    assert [e.message for e in check.iter_errors(bad)] == [f"{bad!r} is not a {fmt!r}"]
+
+
+def test_importing_the_engine_does_not_compile_the_iri_grammar() -> None:
+    """jsonschema's `iri` checks compile a grammar when imported (seconds of CPU per process): the
+    engine imports jsonschema without them and loads them when a schema first uses the format."""
+    import subprocess
+    import sys
+
+    code = ("import sys, engine; from engine.strict_json import validator; before = 'rfc3987_syntax' in sys.modules; "
+            "validator({'format': 'iri'}).is_valid('http://x'); print(before, 'rfc3987_syntax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]
