@@ -82,6 +82,17 @@ def test_promoted_lookup_benchmark_runs(tmp_path):
     assert json.loads((tmp_path / "lookup.json").read_text())["runs"] == 20
 
 
+def test_startup_benchmark_runs(tmp_path):
+    out = tmp_path / "startup.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/benchmarks/startup.py"), "--rounds", "1",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["checkout"], r["case"]) for r in rows} == {("this checkout", "import engine"),
+                                                        ("this checkout", "engine --help")}
+    assert all(r["range_s"][0] <= r["median_s"] <= r["range_s"][1] for r in rows)
+
+
 def test_workflow_language_benchmark_runs(tmp_path):
     out = tmp_path / "workflow_language.json"
     env = {**os.environ, "ENGINE_HOME": str(tmp_path)}

@@ -175,10 +175,11 @@ class ItemWorker:
             self.flushing = asyncio.Lock()
         gate = self.gate
         job = self.job
+        wf = self.engine.load(job["workflow"])  # once a chunk, not once an item (a path resolve and a stat)
 
         async def one(index: int, item_id: Any, inputs: dict[str, Any]) -> Outcome:
             async with gate:
-                result = await self.engine.atry_run(job["workflow"], inputs,
+                result = await self.engine.atry_run(wf, inputs,
                                                     tags={"batch": job["batch"], "item": index})
             item = BatchItem(index=index, line=0, id=item_id, inputs=inputs)
             return index, result_line(item, result), result.cost, served_labels(result)

@@ -281,6 +281,7 @@ def main() -> None:
                         help="interleaved rounds of the store rows (median and range reported)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_out.json")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the benchmark works in a temporary directory
 
     console = Console(stderr=True)
     report: dict[str, Any] = {
