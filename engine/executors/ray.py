@@ -74,14 +74,15 @@ def start(address: str | None, workers: int | None) -> Any:
     # An engine worker is the batch's whole work: a Ray started here runs them at the driver's
     # priority, as the thread executor's threads run (RAY_worker_niceness, when set, wins; a
     # cluster started with `ray start` takes it from that command's environment).
-    niceness = None if address or WORKER_NICENESS in os.environ else os.environ.setdefault(
-        WORKER_NICENESS, str(os.nice(0)))
+    set_niceness = not address and WORKER_NICENESS not in os.environ
+    if set_niceness:
+        os.environ[WORKER_NICENESS] = str(os.nice(0))
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
     finally:
-        if niceness is not None:
+        if set_niceness:
             os.environ.pop(WORKER_NICENESS, None)
     return ray
 

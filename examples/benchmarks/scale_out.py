@@ -342,12 +342,8 @@ def store_rows(work: Path, pg: str | None, runs: int, rounds: int) -> list[dict[
     out = []
     for name, _, sync in cases:
         got = samples[(name, sync)]
-        row: dict[str, Any] = {"backend": name, "mode": "synchronous" if sync else "write-behind"}
-        for key in ("hot_path_us_per_run", "committed_us_per_run"):
-            values = sorted(g[key] for g in got)
-            row[key] = round(statistics.median(values), 1)
-            row[key + "_range"] = [values[0], values[-1]]
-        out.append(row)
+        out.append(medians({"backend": name, "mode": "synchronous" if sync else "write-behind"}, got,
+                           ("hot_path_us_per_run", "committed_us_per_run"), digits=1))
     return out
 
 
@@ -371,14 +367,18 @@ def executors(args: Any, work: Path, store: str, console: Console, tmp: Path,
     out = []
     for first in rounds[0]:
         got = [row for rows in rounds for row in rows if row["executor"] == first["executor"]]
-        row = {**first, "rounds": len(got)}
-        for key in ("seconds", "items_per_s", "vs_threads", "first_result_s", "steady_items_per_s",
-                    "steady_vs_threads"):
-            values = sorted(g[key] or 0 for g in got)
-            row[key] = round(statistics.median(values), 2)
-            row[key + "_range"] = [values[0], values[-1]]
-        out.append(row)
+        out.append(medians({**first, "rounds": len(got)}, got, ("seconds", "items_per_s", "vs_threads",
+                           "first_result_s", "steady_items_per_s", "steady_vs_threads"), digits=2))
     return out
+
+
+def medians(row: dict[str, Any], got: list[dict[str, Any]], keys: tuple[str, ...], digits: int) -> dict[str, Any]:
+    """`row` with, for each key, the median of the rounds `got` and their range (`key_range`)."""
+    for key in keys:
+        values = sorted(g[key] or 0 for g in got)
+        row[key] = round(statistics.median(values), digits)
+        row[key + "_range"] = [values[0], values[-1]]
+    return row
 
 
 def one_round(args: Any, wf: Path, items: Path, work: Path, tmp: Path, console: Console,
