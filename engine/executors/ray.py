@@ -7,7 +7,11 @@
                                                       per chunk; llamacpp ──▶ LocalModel actor
 
 - Each worker is an async actor pinned to its node (`ItemWorker`), holding one `Engine` for the
-  batch (workflows, providers and store connections reused). It runs the items of the chunks it is
+  batch (workflows, providers and store connections reused). The workers are made when the engine
+  starts or joins Ray (`start`), so their processes start and import the engine while the driver
+  reads the items and opens the store, and they stay up for the driver's next batches (a service
+  running batches, a resume) with a fresh `Engine` each; `release_workers()` ends them, and so
+  does the driver's exit. It runs the items of the chunks it is
   sent concurrently on the async-native path, at most `concurrency` runs at once (per actor, like
   the thread executor's window in one process); the driver keeps four times that in flight per
   actor (items done wait for their chunk's flush), so an actor never idles between chunks. An
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -60,6 +65,7 @@ def start(address: str | None, workers: int | None) -> Any:
     """Connect to `address`, or start a local Ray with `workers` CPUs (reused when already up)."""
     ray = _ray()
     if ray.is_initialized():
+        warm_workers(ray)
         return ray
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
                               "log_to_driver": False, "logging_level": "ERROR"}
@@ -84,6 +90,7 @@ def start(address: str | None, workers: int | None) -> Any:
     finally:
         if set_niceness:
             os.environ.pop(WORKER_NICENESS, None)
+    warm_workers(ray)
     return ray
 
 
@@ -148,34 +155,53 @@ Outcome = tuple[int, dict[str, Any], float, list[str]]
 
 class ItemWorker:
     """A Ray actor (async, one per node): runs chunks of items, `concurrency` at once, on the
-    async-native path, logging their runs to the shared store."""
+    async-native path, logging their runs to the shared store. Made when the engine starts or
+    joins Ray (`warm_workers`) and kept for the driver's later batches: a batch pays for its
+    process and the engine's imports only when no worker is up yet."""
 
-    def __init__(self, job: dict[str, Any]):
-        from engine.api import Engine
+    def __init__(self) -> None:
+        import engine.api  # noqa: F401 - imported now, while the driver sets up, not with the first chunk
+        import ray
 
-        for key, value in job["env"].items():
-            os.environ[key] = value
-        os.chdir(job["cwd"])
         _install_local_proxy()
-        self.job = job
-        self.engine = Engine(store=job["store"], max_workers=max(64, job["concurrency"]))
+        self.node = ray.get_runtime_context().get_node_id()
+        self.run: Any = None  # the `run_items` call whose job is set up
+        self.engine: Any = None
+        self.job: dict[str, Any] = {}
+        self.env_set: list[str] = []
         self.gate: asyncio.Semaphore | None = None
         self.flushing: asyncio.Lock | None = None
         self.asked = 0  # flushes asked for
         self.covered = 0  # the asks the last finished flush covered
-        import ray
-
-        self.node = ray.get_runtime_context().get_node_id()
 
     def node_id(self) -> str:
         return str(self.node)
 
-    async def run_chunk(self, chunk: list[tuple[int, Any, dict[str, Any]]]) -> list[Outcome]:
-        if self.gate is None:  # made on the actor's event loop
-            self.gate = asyncio.Semaphore(max(1, self.job["concurrency"]))
-            self.flushing = asyncio.Lock()
+    def _set_up(self, job: dict[str, Any]) -> None:
+        """A batch's job (its store, directory, ENGINE_* variables, concurrency): a fresh `Engine`
+        per batch, as a worker made for it would have."""
+        from engine.api import Engine
+
+        if self.engine is not None:
+            self.engine.close()
+        for key in self.env_set:  # the previous batch's variables
+            os.environ.pop(key, None)
+        for key, value in job["env"].items():
+            os.environ[key] = value
+        self.env_set = list(job["env"])
+        os.chdir(job["cwd"])
+        self.job = job
+        self.engine = Engine(store=job["store"], max_workers=max(64, job["concurrency"]))
+        self.gate = asyncio.Semaphore(max(1, job["concurrency"]))
+        self.flushing = asyncio.Lock()
+        self.asked = self.covered = 0
+        self.run = job["run"]
+
+    async def run_chunk(self, job: dict[str, Any], chunk: list[tuple[int, Any, dict[str, Any]]]) -> list[Outcome]:
+        if self.run != job["run"]:
+            self._set_up(job)
         gate = self.gate
-        job = self.job
+        assert gate is not None
         wf = self.engine.load(job["workflow"])  # once a chunk, not once an item (a path resolve and a stat)
 
         async def one(index: int, item_id: Any, inputs: dict[str, Any]) -> Outcome:
@@ -203,6 +229,71 @@ class ItemWorker:
             covering = self.asked
             await asyncio.to_thread(store.flush)
             self.covered = covering
+
+
+class _Pool:
+    """The driver's `ItemWorker`s, one per node, for the Ray it is connected to. A batch takes the
+    pool for its run (a second batch running at the same time in this process makes workers of its
+    own, and ends them after)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cluster: Any = None  # which Ray connection the actors belong to
+        self.actors: dict[str, Any] = {}  # node id -> actor
+        self.busy = False
+
+    def _cluster(self, ray: Any) -> Any:
+        ctx = ray.get_runtime_context()
+        return (ctx.gcs_address, ctx.get_job_id(), ctx.get_node_id())
+
+    def fill(self, ray: Any) -> dict[str, Any]:
+        """An actor for each alive node with a CPU (made where missing; actors of a previous Ray
+        connection or of nodes gone are dropped). Returns node id -> actor."""
+        cluster = self._cluster(ray)
+        if cluster != self.cluster:
+            self.cluster, self.actors = cluster, {}
+        nodes = _nodes(ray)
+        self.actors = {node: actor for node, actor in self.actors.items() if node in nodes}
+        for node in nodes:
+            if node not in self.actors:
+                self.actors[node] = _new_worker(ray, node)
+        return dict(self.actors)
+
+    def drop(self, actor: Any) -> None:
+        self.actors = {node: a for node, a in self.actors.items() if a is not actor}
+
+
+_pool = _Pool()
+
+
+def _new_worker(ray: Any, node: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # async actor: `max_concurrency` bounds the chunks it holds at once (the driver keeps at most
+    # four times the concurrency in items in flight); the gate bounds the runs
+    worker_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=1000)(ItemWorker)
+    return worker_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+
+
+def warm_workers(ray: Any) -> None:
+    """Make the node workers now (their processes start and import the engine while the driver
+    reads the items and opens the store), unless a batch holds the pool."""
+    with _pool.lock:
+        if not _pool.busy:
+            _pool.fill(ray)
+
+
+def release_workers() -> None:
+    """End the pooled workers (the next batch makes new ones)."""
+    import ray
+
+    with _pool.lock:
+        actors, _pool.actors = list(_pool.actors.values()), {}
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
 
 @dataclass
@@ -238,26 +329,40 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
     items that have a finished run in the store and returns their indexes (used for the chunks of a
     lost actor). Returns (stopped early, stats)."""
     ray = start(address, workers)
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     env = {k: v for k, v in os.environ.items() if k.startswith("ENGINE_")}
     per_actor = max(1, concurrency)
     job = {"workflow": workflow_path, "store": store_url, "batch": batch_id, "cwd": os.getcwd(), "env": env,
-           "concurrency": per_actor}
+           "concurrency": per_actor, "run": uuid.uuid4().hex}  # `run`: this call (a resume reuses the batch id)
     size = chunk_size(per_actor)
     # items in flight per actor: the runs going on plus those done and waiting for their chunk's
     # flush (a commit takes about as long as a cloud call), so the actor's gate stays full
     window = 4 * per_actor
-    worker_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
-                            max_concurrency=2 * (window // size + 2))(ItemWorker)
-    actors: dict[Any, int] = {}  # actor -> items in flight
-    for node in _nodes(ray):
-        actor = worker_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(job)
-        actors[actor] = 0
-    if not actors:
-        raise UserError("the Ray cluster has no node with a CPU to run the batch's workers")
+    with _pool.lock:
+        pooled = not _pool.busy  # else another batch of this process holds it: workers of our own
+        _pool.busy = True
+        node_workers = _pool.fill(ray) if pooled else {node: _new_worker(ray, node) for node in _nodes(ray)}
+    try:
+        if not node_workers:
+            raise UserError("the Ray cluster has no node with a CPU to run the batch's workers")
+        return _drive(ray, job, todo, node_workers, size, window, record, should_stop, recover, max_retries)
+    except BaseException:  # Ctrl-C, an error: chunks were cut off, so these workers are not reused
+        _end(ray, node_workers.values())
+        raise
+    finally:
+        if pooled:
+            with _pool.lock:
+                _pool.busy = False
+        else:
+            _end(ray, node_workers.values())
+
+
+def _drive(ray: Any, job: dict[str, Any], todo: list[Any], workers: dict[str, Any], size: int, window: int,
+           record: Callable[..., None], should_stop: Callable[[], bool] | None,
+           recover: Callable[[list[Any]], set[int]] | None, max_retries: int) -> tuple[bool, RayStats]:
+    """Feed the node `workers` chunks of `todo` until every item is recorded (or the batch stops)."""
+    actors: dict[Any, int] = {actor: 0 for actor in workers.values()}  # actor -> items in flight
+    node_of = {actor: node for node, actor in workers.items()}
     stats = RayStats(nodes=Counter())
-    node_of: dict[Any, Any] = {actor: actor.node_id.remote() for actor in actors}
     pending: dict[Any, tuple[Any, list[Any]]] = {}  # ref -> (actor, chunk items)
     queue = list(reversed(todo))
     tries: Counter[int] = Counter()
@@ -270,6 +375,8 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
         if actor in actors:
             del actors[actor]
             stats.lost_actors += 1
+            with _pool.lock:
+                _pool.drop(actor)
         done = recover(chunk) if recover is not None else set()
         stats.recovered += len(done)
         again = [item for item in chunk if item.index not in done]
@@ -295,7 +402,7 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
                     stopped = True
                     break
                 chunk = [queue.pop() for _ in range(min(size, len(queue)))]
-                ref = actor.run_chunk.remote([(item.index, item.id, item.inputs) for item in chunk])
+                ref = actor.run_chunk.remote(job, [(item.index, item.id, item.inputs) for item in chunk])
                 pending[ref] = (actor, chunk)
                 actors[actor] += len(chunk)
             if not pending:
@@ -312,21 +419,22 @@ def run_items(*, workflow_path: str, store_url: str, batch_id: str, todo: list[A
                     lost(actor, chunk, e)
                     continue
                 actors[actor] -= len(chunk)
-                try:
-                    node = ray.get(node_of[actor], timeout=0)
-                except Exception:  # noqa: BLE001 - statistics only
-                    node = "?"
-                stats.nodes[str(node)] += len(outcomes)
+                stats.nodes[node_of[actor]] += len(outcomes)
                 for _index, line, cost, served in outcomes:
                     record(line, cost, served)
-    except KeyboardInterrupt:  # Ctrl-C: cancel what is in flight; finished items are in the store
+    except BaseException:  # Ctrl-C, an error: cancel what is in flight; finished items are in the store
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        for actor in list(actors):
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
     return stopped, stats
+
+
+def _end(ray: Any, actors: Any) -> None:
+    """Kill `actors` (and drop them from the pool)."""
+    for actor in list(actors):
+        with _pool.lock:
+            _pool.drop(actor)
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone
+            pass

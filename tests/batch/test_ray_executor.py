@@ -216,3 +216,36 @@ def test_local_tier_is_served_by_one_model_actor_per_node(ray_session, engine_ho
     node = ray.get_runtime_context().get_node_id()
     actor = ray.get_actor(f"engine-local-{node}", namespace="engine")
     assert actor is not None
+
+
+def test_the_node_workers_are_made_at_start_and_serve_the_next_batches(ray_session, engine_home, tmp_path,
+                                                                      monkeypatch):
+    """The engine makes a node's worker when it starts or joins Ray (its process and imports overlap
+    the driver's set-up) and keeps it for the next batch, which gets a fresh Engine: its own store,
+    directory and ENGINE_* variables."""
+    from engine.executors import ray as executor
+
+    start_ray(None, 2)
+    workers = dict(executor._pool.actors)
+    assert set(workers) == {ray.get_runtime_context().get_node_id()}  # one per node, made at start
+    first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
+    wf = _project(engine_home, str(first_db))
+    items = engine_home / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in range(6)))
+    with Engine() as engine:
+        first = run_batch(engine, wf, items, engine_home / "one.jsonl", concurrency=2, executor="ray", batch_id="a")
+    assert executor._pool.actors == workers  # kept, not ended
+    other = tmp_path / "other"
+    other.mkdir()
+    wf2 = _project(other, str(second_db))
+    monkeypatch.chdir(other)
+    with Engine() as engine:
+        second = run_batch(engine, wf2, items, other / "two.jsonl", concurrency=3, executor="ray", batch_id="a")
+    assert executor._pool.actors == workers  # the same actor ran both batches
+    assert first.ok == second.ok == 6
+    assert set(first.nodes.values()) == set(second.nodes.values()) == {6}
+    # each batch's runs went to its own store, from its own directory's engine.yaml
+    assert _finished_per_item(str(first_db), "a") == {i: 1 for i in range(6)}
+    assert _finished_per_item(str(second_db), "a") == {i: 1 for i in range(6)}
+    executor.release_workers()
+    assert executor._pool.actors == {}
