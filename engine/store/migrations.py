@@ -1,21 +1,24 @@
 """Numbered schema migrations (simonw/llm style): one list for both backends. Each names its
 version (`NNN_what`, unique), runs once, in version order, and is recorded in `_migrations` by
-either store. Later features append their own; never edit one that has shipped. Where the
-dialects differ, a migration asks `dialect_of(db)` (`engine.store.dialect`). A JSON document
-column is declared `dict` (jsonb on PostgreSQL, TEXT on SQLite) and named in
-`engine.store.base.JSON_COLUMNS`, which both stores decode by (the columns from before
-`087_jsonb_documents` were declared `str`; that migration made them jsonb)."""
+either store. Later features append their own; never edit one that has shipped.
+
+A migration is written against `engine.store.schema.Schema`: `db.table(name).create(...)`,
+`.create_index(...)`, `.add_column(...)` with Python types, spelled per backend from the store's
+`Dialect`, and `db.execute(sql)` for anything else. Where the dialects differ, a migration asks
+`db.dialect` (`engine.store.dialect`). A JSON document column is declared `dict` (jsonb on
+PostgreSQL, TEXT on SQLite) and named in `engine.store.base.JSON_COLUMNS`, which both stores
+decode by (the columns from before `087_jsonb_documents` were declared `str`; that migration made
+them jsonb)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-import sqlite_utils
-
 from engine.clock import now_iso
-from engine.store.dialect import POSTGRES, SQLITE, Dialect
+from engine.store.dialect import POSTGRES
+from engine.store.schema import Schema
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[[Schema], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 
@@ -31,30 +34,26 @@ def migration(name: str) -> Callable[[Migration], Migration]:
     return register
 
 
-def dialect_of(db: sqlite_utils.Database) -> Dialect:
-    """The dialect a migration writes for (the Postgres store's schema object says it)."""
-    return POSTGRES if getattr(db, "dialect", "sqlite") == "postgresql" else SQLITE
-
-
-def migrate(db: sqlite_utils.Database) -> None:
-    """Apply pending migrations. Each runs in its own `BEGIN IMMEDIATE` transaction, which takes
-    the database's write lock first, so two processes opening a new store at once cannot both
-    apply one (the second sees it done and skips it)."""
-    db.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+def migrate(db: Schema) -> None:
+    """Apply pending migrations to a SQLite store. Each runs in its own `BEGIN IMMEDIATE`
+    transaction, which takes the database's write lock first, so two processes opening a new
+    store at once cannot both apply one (the second sees it done and skips it). (The PostgreSQL
+    store applies them under an advisory lock: `engine.store.postgres`.)"""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     for name, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-        db.conn.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            if db.conn.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone() is None:
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone() is None:
                 fn(db)
-                db.conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, now_iso()])
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", [name, now_iso()])
         except BaseException:
-            db.conn.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        db.conn.execute("COMMIT")
+        db.execute("COMMIT")
 
 
 @migration("001_runs_steps_calls")
-def m001(db: sqlite_utils.Database) -> None:
+def m001(db: Schema) -> None:
     db.table("runs").create(
         {
             "id": str, "workflow": str, "workflow_version": str, "workflow_path": str,
@@ -91,7 +90,7 @@ def m001(db: sqlite_utils.Database) -> None:
 
 
 @migration("010_cost_accounting")
-def m010(db: sqlite_utils.Database) -> None:
+def m010(db: Schema) -> None:
     """Why each call moved on (fallback, cooldown, budget, reask, escalate); the
     all-premium baseline cost of steps and runs; indexes for daily budgets and the report."""
     db.table("llm_calls").add_column("reason", str)
@@ -103,7 +102,7 @@ def m010(db: sqlite_utils.Database) -> None:
 
 
 @migration("020_cache")
-def m020(db: sqlite_utils.Database) -> None:
+def m020(db: Schema) -> None:
     db.table("cache_entries").create(
         {
             "id": int, "workflow": str, "step_id": str, "namespace": str, "sem_namespace": str,
@@ -131,7 +130,7 @@ def m020(db: sqlite_utils.Database) -> None:
 
 
 @migration("030_promotions")
-def m030(db: sqlite_utils.Database) -> None:
+def m030(db: Schema) -> None:
     db.table("promotions").create(
         {
             "id": str, "workflow": str, "workflow_path": str, "step_id": str, "kind": str, "status": str,
@@ -158,7 +157,7 @@ def m030(db: sqlite_utils.Database) -> None:
 
 
 @migration("040_batches")
-def m040(db: sqlite_utils.Database) -> None:
+def m040(db: Schema) -> None:
     """Batch runs (engine.batch): one row per batch; an item is done when its run, tagged
     {"batch": id, "item": n}, has finished, so completion is recorded atomically with the run."""
     db.table("batches").create(
@@ -168,11 +167,11 @@ def m040(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db.execute(f"CREATE INDEX IF NOT EXISTS runs_batch ON runs ({dialect_of(db).json_get('tags', 'batch')})")
+    db.execute(f"CREATE INDEX IF NOT EXISTS runs_batch ON runs ({db.dialect.json_get('tags', 'batch')})")
 
 
 @migration("050_quality")
-def m050(db: sqlite_utils.Database) -> None:
+def m050(db: Schema) -> None:
     """Provenance and trust on every logged answer; people's feedback; the cheap-tier
     quality monitor's checks, tier states and decisions (see engine.quality)."""
     db.table("llm_calls").add_column("trust", str)       # reference | verified | labelled | unverified
@@ -216,7 +215,7 @@ def m050(db: sqlite_utils.Database) -> None:
 
 
 @migration("060_provider_batches")
-def m060(db: sqlite_utils.Database) -> None:
+def m060(db: Schema) -> None:
     """Provider batch APIs (engine.provider_batch): the provider batches a batch run
     submitted and every request in them, so a resumed run polls the same provider batches instead
     of paying twice; `llm_calls.provider_batch` names the batch request that answered a call."""
@@ -246,17 +245,17 @@ def m060(db: sqlite_utils.Database) -> None:
 
 
 @migration("070_pgvector")
-def m070(db: sqlite_utils.Database) -> None:
+def m070(db: Schema) -> None:
     """On PostgreSQL the semantic cache's vectors also live in a pgvector column, searched
     through an HNSW index per dimension (created with the first vector of that size; see
     engine.store.postgres). SQLite keeps the float32 blob and the in-memory index."""
-    if dialect_of(db) is POSTGRES:
+    if db.dialect is POSTGRES:
         db.execute("CREATE EXTENSION IF NOT EXISTS vector")
         db.execute("ALTER TABLE cache_entries ADD COLUMN embedding vector")
 
 
 @migration("080_trusted_caches")
-def m080(db: sqlite_utils.Database) -> None:
+def m080(db: Schema) -> None:
     """Provenance on cache entries and the check queue's figures (see engine.cache, engine.quality).
 
     `cache_entries`: the entry's trust level (reference | verified | labelled | unverified), what
@@ -283,7 +282,7 @@ def m080(db: sqlite_utils.Database) -> None:
         pk=("process", "workflow", "step_id"),
     )
 @migration("085_leases_and_fallback_answers")
-def m085(db: sqlite_utils.Database) -> None:
+def m085(db: Schema) -> None:
     """Never paying twice. `leases`: advisory locks held in the store (engine.store.leases), one
     row per name with its owner and expiry: a batch run being worked on, a cache key being filled
     (engine.cache.flight). `provider_batch_requests.fallback_result`: the real-time answer a
@@ -305,10 +304,10 @@ JSON_DOCUMENTS = {
 
 
 @migration("087_jsonb_documents")
-def m087(db: sqlite_utils.Database) -> None:
+def m087(db: Schema) -> None:
     """On PostgreSQL the JSON documents become native `jsonb` (SQLite keeps JSON text). A stored
     value that is not JSON (none is written so) is kept as a JSON string rather than failing."""
-    if dialect_of(db) is not POSTGRES:
+    if db.dialect is not POSTGRES:
         return
     db.execute("CREATE OR REPLACE FUNCTION pg_temp.engine_jsonb(doc text) RETURNS jsonb LANGUAGE plpgsql "
                "IMMUTABLE AS $$ BEGIN RETURN doc::jsonb; EXCEPTION WHEN others THEN RETURN to_jsonb(doc); END $$")
@@ -318,7 +317,7 @@ def m087(db: sqlite_utils.Database) -> None:
 
 
 @migration("090_router")
-def m090(db: sqlite_utils.Database) -> None:
+def m090(db: Schema) -> None:
     """Learned routers (engine.quality.router). `steps.routed`: what the step's router decided
     before the call (cheap | up), so `engine quality` can show the router's coverage."""
     db.table("steps").add_column("routed", str)

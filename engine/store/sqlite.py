@@ -1,7 +1,9 @@
-"""The SQLite store: runs, step executions and llm calls, through sqlite-utils, in WAL mode.
+"""The SQLite store: runs, step executions and llm calls, in WAL mode.
 
 One connection per store, shared across threads behind a lock; other processes coordinate
-through WAL and a busy timeout. JSON columns are stored as text and decoded on read.
+through WAL and a busy timeout. JSON columns are stored as text and decoded on read. The schema
+comes from the migrations (`engine.store.migrations`, their DDL from `engine.store.schema`);
+`store.db` is a sqlite-utils `Database` on the same connection, for queries.
 
 Log rows (runs, steps, llm calls, cache lookup events) are written behind: queued on the hot
 path and committed in batches by one writer thread (see `engine.store.writer` for the queue,
@@ -27,6 +29,7 @@ from engine.store.base import JSON_COLUMNS, LINK_SQL, clean_text, decode, dump, 
 from engine.clock import now_iso
 from engine.store.dialect import SQLITE
 from engine.store.migrations import migrate
+from engine.store.schema import Schema
 from engine.store.writer import WriteBehind
 
 _dump = dump
@@ -91,7 +94,7 @@ class SQLiteStore(StoreReads):
         with self.conn_lock:
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
-            _retry_locked(lambda: migrate(self.db))
+            _retry_locked(lambda: migrate(Schema(conn.execute, SQLITE)))
 
     def flush(self) -> int:
         """Commit every queued write now; returns how many were written."""

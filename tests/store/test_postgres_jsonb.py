@@ -78,18 +78,20 @@ def test_every_json_document_column_is_jsonb_and_only_those(url):
 
 
 def test_a_migration_declares_a_json_document_column_as_dict(url):
-    import psycopg
-    import sqlite_utils
+    import sqlite3
 
-    from engine.store.postgres import _Schema
+    import psycopg
+
+    from engine.store.dialect import POSTGRES, SQLITE
+    from engine.store.schema import Schema
 
     with psycopg.connect(url, autocommit=True) as conn:
-        schema = _Schema(conn)
+        schema = Schema(conn.execute, POSTGRES)
         schema.table("notes").create({"id": int, "body": str, "output": dict}, pk="id")
         schema.table("notes").add_column("input", dict)
         got = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
                                 "WHERE table_name = 'notes'").fetchall())
     assert got == {"id": "bigint", "body": "text", "output": "jsonb", "input": "jsonb"}
-    lite = sqlite_utils.Database(memory=True)  # the same declaration on SQLite: JSON text
-    lite["notes"].create({"id": int, "output": dict}, pk="id")
-    assert lite["notes"].columns_dict["output"] is str
+    lite = sqlite3.connect(":memory:")  # the same declaration on SQLite: JSON text
+    Schema(lite.execute, SQLITE).table("notes").create({"id": int, "output": dict}, pk="id")
+    assert [(r[1], r[2]) for r in lite.execute("PRAGMA table_info(notes)")] == [("id", "INTEGER"), ("output", "TEXT")]
