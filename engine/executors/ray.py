@@ -275,12 +275,14 @@ def _new_worker(ray: Any, node: str) -> Any:
     return worker_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
 
 
-def warm_workers(ray: Any) -> None:
+def warm_workers(ray: Any, *, wait: bool = False) -> None:
     """Make the node workers now (their processes start and import the engine while the driver
-    reads the items and opens the store), unless a batch holds the pool."""
+    reads the items and opens the store), unless a batch holds the pool; `wait`: until each
+    answers."""
     with _pool.lock:
-        if not _pool.busy:
-            _pool.fill(ray)
+        actors = [] if _pool.busy else list(_pool.fill(ray).values())
+    if wait and actors:
+        ray.get([actor.node_id.remote() for actor in actors])
 
 
 def release_workers() -> None:

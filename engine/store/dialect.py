@@ -2,7 +2,7 @@
 backend by a small scanner (string literals and quoted names are left alone; no pattern rewriting
 of SQL text). What the dialects spell differently is asked of a `Dialect`:
 
-    SQLITE.json_get("tags", "batch")     ->  json_extract(tags, '$."batch"')
+    SQLITE.json_get("tags", "batch")     ->  json_extract(tags, '$.batch')
     POSTGRES.json_get("tags", "batch")   ->  (tags::jsonb ->> 'batch')    (a no-op cast on jsonb)
 
 - `SQLITE.sql(text)`: the text itself (sqlite3 takes `?`).
@@ -84,7 +84,12 @@ class Dialect:
         return f"({column}::jsonb ->> {_literal(key)})"
 
     def json_field(self, column: str, key: str) -> tuple[str, list[str]]:
-        """A JSON column's top-level field as text, the key a parameter: (sql, params)."""
+        """A JSON column's top-level field as text: (sql, params). A plain key (an identifier, such
+        as `batch`) is inlined, so the expression is `json_get`'s, the one an expression index on
+        that field is built on (`runs_batch`): the planner then uses the index. Any other key is a
+        parameter."""
+        if key.isidentifier():
+            return self.json_get(column, key), []
         if self.name == "sqlite":
             return f"json_extract({column}, ?)", [f"$.{_quoted_key(key)}"]
         return f"({column}::jsonb ->> ?)", [key]

@@ -321,3 +321,17 @@ def m090(db: Schema) -> None:
     """Learned routers (engine.quality.router). `steps.routed`: what the step's router decided
     before the call (cheap | up), so `engine quality` can show the router's coverage."""
     db.table("steps").add_column("routed", str)
+
+
+@migration("095_partial_indexes")
+def m095(db: Schema) -> None:
+    """Index only the rows that have the field: most runs are not batch items (`runs_batch`, on
+    `tags.batch`) and most calls went through no provider batch (`provider_batch`), and every
+    insert paid for the NULL entry. A lookup by value (`= ?`) implies the field is there, so both
+    planners still use them."""
+    batch = db.dialect.json_get("tags", "batch")
+    db.execute("DROP INDEX IF EXISTS runs_batch")
+    db.execute(f"CREATE INDEX IF NOT EXISTS runs_batch ON runs ({batch}) WHERE {batch} IS NOT NULL")
+    db.execute("DROP INDEX IF EXISTS idx_llm_calls_provider_batch")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_llm_calls_provider_batch ON llm_calls (provider_batch) "
+               "WHERE provider_batch IS NOT NULL")

