@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import select
 from decimal import Decimal
 from typing import Any
 
@@ -95,6 +96,7 @@ class Pipeline:
             if transaction:
                 pg.send_query_params(b"COMMIT", None)
             pg.pipeline_sync()
+            _send(pg)
             error = _results(pg, conn)
         except BaseException:
             for sql in new:
@@ -112,10 +114,30 @@ class Pipeline:
             raise error
 
 
+def _send(pg: Any) -> None:
+    """Push what libpq holds of the batch to the server, waiting (without the GIL) while the
+    socket is full, and reading answers meanwhile so that a server blocked on its own sends cannot
+    block us."""
+    while pg.flush() == 1:
+        readable, _, _ = select.select([pg.socket], [pg.socket], [])
+        if readable:
+            pg.consume_input()
+
+
+def _ready(pg: Any) -> None:
+    """Wait until `get_result` would not block: the wait happens in `select`, which lets the
+    producers run (libpq's own wait inside `get_result` holds the GIL, and the threads that queue
+    runs would stall behind the server)."""
+    while pg.is_busy():
+        select.select([pg.socket], [], [])
+        pg.consume_input()
+
+
 def _results(pg: Any, conn: Any) -> BaseException | None:
     """Read every answer up to the Sync; the first statement's error, if one failed."""
     error: BaseException | None = None
     while True:
+        _ready(pg)
         res = pg.get_result()
         if res is None:
             if pg.status != pq.ConnStatus.OK:

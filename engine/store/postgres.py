@@ -116,10 +116,103 @@ class _WriterConn:
         return self.conn.execute(_translate(sql), _params(params))
 
     def write_batch(self, batch: list[tuple[str, Any]], *, transaction: bool = True) -> None:
-        """The writer's batch in one round trip (`engine.store.pipeline`)."""
+        """The writer's batch in one round trip (`engine.store.pipeline`), each run started and
+        finished within it written as one row and calls inserted with their step (`coalesce`)."""
         if self.conn is None or self.conn.closed:
             self.reconnect()
-        self.pipeline.write(self.conn, batch, transaction=transaction)
+        self.pipeline.write(self.conn, coalesce(batch), transaction=transaction)
+
+
+_START_COLUMNS = ("id", "workflow", "workflow_version", "workflow_path", "status", "inputs", "tags", "tokens_in",
+                  "tokens_out", "cost", "started_at")
+_FINISH_COLUMNS = ("status", "outputs", "error", "tokens_in", "tokens_out", "cost", "latency_ms", "ended_at",
+                   "baseline_cost")
+_WHOLE_COLUMNS = _START_COLUMNS + tuple(c for c in _FINISH_COLUMNS if c not in _START_COLUMNS)
+_START_RUN = f"INSERT INTO runs ({', '.join(_START_COLUMNS)}) VALUES ({', '.join('?' * len(_START_COLUMNS))})"
+_FINISH_RUN = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _FINISH_COLUMNS)} WHERE id = ?"
+_WHOLE_RUN = f"INSERT INTO runs ({', '.join(_WHOLE_COLUMNS)}) VALUES ({', '.join('?' * len(_WHOLE_COLUMNS))})"
+_TOUCHES_RUNS = re.compile(r"\bruns\b", re.IGNORECASE)
+
+
+_TOUCHES_CALLS = re.compile(r"\bllm_calls\b", re.IGNORECASE)
+
+
+class _CallInsert(str):
+    """The SQL of an llm call's INSERT, with its columns (for `coalesce`)."""
+
+    columns: tuple[str, ...]
+
+    def __new__(cls, sql: str, columns: tuple[str, ...]) -> _CallInsert:
+        self = super().__new__(cls, sql)
+        self.columns = columns
+        return self
+
+
+class _LinkedStep(str):
+    """The SQL of a step's INSERT that links its calls (`WITH step AS (INSERT ...) UPDATE
+    llm_calls ...`), with the bare INSERT (for `coalesce`)."""
+
+    insert: str
+
+    def __new__(cls, sql: str, insert: str) -> _LinkedStep:
+        self = super().__new__(cls, sql)
+        self.insert = insert
+        return self
+
+
+def coalesce(batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """`batch` with fewer statements and the same rows at commit (the batch is one transaction):
+    - a run that starts and finishes in it is one INSERT of the finished row, in the start's
+      place, instead of an INSERT and an UPDATE (runs served by lookups, caches and scripts
+      start and finish within one batch); any other statement on `runs` (or a compound write)
+      in between keeps the runs started before it as they are;
+    - an llm call whose step is inserted later in it, with no statement on `llm_calls` in
+      between, is inserted with the step, already linked (`WITH step AS (INSERT ...) INSERT INTO
+      llm_calls ... (SELECT id FROM step)`), instead of an INSERT and an UPDATE of the call; the
+      step's UPDATE still links any other call of the step (re-asks, calls of earlier batches)."""
+    out: list[tuple[str, Any] | None] = []
+    started: dict[Any, int] = {}  # run id -> its start's place in `out`
+    last_call: int | None = None  # the place of the latest llm call INSERT, nothing on llm_calls since
+    for sql, params in batch:
+        kind = type(sql)
+        if sql is _START_RUN:
+            started[params[0]] = len(out)
+        elif sql is _FINISH_RUN:
+            at = started.pop(params[-1], None)
+            if at is not None:
+                start = dict(zip(_START_COLUMNS, out[at][1]))  # type: ignore[index]
+                start.update(zip(_FINISH_COLUMNS, params))
+                out[at] = (_WHOLE_RUN, [start[c] for c in _WHOLE_COLUMNS])
+                continue
+        elif kind is _CallInsert:
+            last_call = len(out)
+        elif kind is _LinkedStep:
+            if last_call is not None and _links(out[last_call], params):
+                call_sql, call_params = out[last_call]  # type: ignore[misc]
+                out[last_call] = None
+                columns = call_sql.columns  # type: ignore[union-attr]
+                sql = (f"WITH step AS ({sql.insert} RETURNING id), linked AS ({_LINK_FROM_STEP}) "  # type: ignore[attr-defined]
+                       f"INSERT INTO llm_calls ({', '.join(columns)}, step_execution_id) "
+                       f"VALUES ({', '.join('?' * len(columns))}, (SELECT id FROM step))")
+                params = [*params, *call_params]
+            last_call = None
+        elif not sql.startswith("INSERT INTO steps ("):  # anything else: on runs or llm_calls?
+            if not sql or _TOUCHES_RUNS.search(sql):
+                started.clear()
+            if not sql or _TOUCHES_CALLS.search(sql):
+                last_call = None
+        out.append((sql, params))
+    return [op for op in out if op is not None]
+
+
+def _links(call: tuple[str, Any] | None, step_params: list[Any]) -> bool:
+    """Whether the step (its params end with run id, step id) links this call: same run and step,
+    a run's call (no purpose), not linked yet."""
+    if call is None:
+        return False
+    row = dict(zip(call[0].columns, call[1]))  # type: ignore[attr-defined]
+    return (row.get("run_id") == step_params[-2] and row.get("step_id") == step_params[-1]
+            and row.get("purpose") is None and row.get("step_execution_id") is None)
 
 
 class _Tx:
@@ -239,20 +332,14 @@ class PostgresStore(StoreReads):
 
     def start_run(self, run_id: str, workflow: str, version: str, path: str | None,
                   inputs: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
-        self._queue_insert("runs", {
-            "id": run_id, "workflow": workflow, "workflow_version": str(version), "workflow_path": path,
-            "status": "running", "inputs": dump(inputs), "tags": dump(tags or {}), "tokens_in": 0,
-            "tokens_out": 0, "cost": 0.0, "started_at": now_iso(),
-        })
+        self.writer.put(_START_RUN, [run_id, workflow, str(version), path, "running", dump(inputs),
+                                     dump(tags or {}), 0, 0, 0.0, now_iso()])
 
     def finish_run(self, run_id: str, *, status: str, outputs: Any, error: str | None,
                    tokens_in: int, tokens_out: int, cost: float, latency_ms: float,
                    baseline_cost: float = 0.0) -> None:
-        values = {"status": status, "outputs": dump(outputs), "error": error, "tokens_in": tokens_in,
-                  "tokens_out": tokens_out, "cost": cost, "latency_ms": latency_ms, "ended_at": now_iso(),
-                  "baseline_cost": baseline_cost}
-        self.writer.put(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
-                        [*values.values(), run_id])
+        self.writer.put(_FINISH_RUN, [status, dump(outputs), error, tokens_in, tokens_out, cost, latency_ms,
+                                      now_iso(), baseline_cost, run_id])
 
     def record_step(self, row: dict[str, Any], *, link_calls: bool = False) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
@@ -263,12 +350,15 @@ class PostgresStore(StoreReads):
             self.writer.put(sql, params)
             return
         # one statement (nothing to read back mid-batch, so the pipeline never waits)
-        self.writer.put(f"WITH step AS ({sql} RETURNING id) {_LINK_FROM_STEP}", [*params, row["run_id"], row["step_id"]])
+        self.writer.put(_LinkedStep(f"WITH step AS ({sql} RETURNING id) {_LINK_FROM_STEP}", sql),
+                        [*params, row["run_id"], row["step_id"]])
 
     def record_llm_call(self, row: dict[str, Any]) -> None:
         row = {k: (dump(v) if k in JSON_COLUMNS else v) for k, v in row.items()}
         row.setdefault("created_at", now_iso())
-        self._queue_insert("llm_calls", row)
+        columns = tuple(row)
+        self.writer.put(_CallInsert(f"INSERT INTO llm_calls ({', '.join(columns)}) "
+                                    f"VALUES ({', '.join('?' * len(columns))})", columns), list(row.values()))
 
     def link_calls(self, run_id: str, step_id: str, step_execution_id: int) -> None:
         self.writer.put(LINK_SQL, [step_execution_id, run_id, step_id])

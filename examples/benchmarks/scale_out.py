@@ -319,6 +319,10 @@ def main() -> None:
     for col in ("backend", "mode", "hot path µs/run", "committed µs/run"):
         cost.add_column(col, justify="left" if col in ("backend", "mode") else "right")
     for w in writes:
+        if "ratio" in w:
+            lo, hi = w["ratio_range"]
+            cost.add_row(w["backend"], w["mode"], "", f"{w['ratio']:.2f}x ({lo:.2f}-{hi:.2f})")
+            continue
         cost.add_row(w["backend"], w["mode"], _cell(w, "hot_path_us_per_run"), _cell(w, "committed_us_per_run"))
     out.print(cost)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,6 +351,11 @@ def store_rows(work: Path, pg: str | None, runs: int, rounds: int) -> list[dict[
         got = samples[(name, sync)]
         out.append(medians({"backend": name, "mode": "synchronous" if sync else "write-behind"}, got,
                            ("hot_path_us_per_run", "committed_us_per_run"), digits=1))
+    if pg:  # the committed write-behind run, PostgreSQL over SQLite, within each round
+        ratios = [{"ratio": p["committed_us_per_run"] / s["committed_us_per_run"]}
+                  for p, s in zip(samples[("postgresql", False)], samples[("sqlite", False)])]
+        out.append(medians({"backend": "postgresql / sqlite", "mode": "write-behind, committed, per round"},
+                           ratios, ("ratio",), digits=2))
     return out
 
 
