@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import pgserve
+from echoproject import finished_per_item, project
 from engine import Engine
 from engine.batch import run_batch
 from engine.cli import cli
@@ -33,24 +34,6 @@ pytestmark = [pytest.mark.xdist_group("ray"),
                                          "ignore::ResourceWarning", "ignore::UserWarning",
                                          "ignore::pytest.PytestUnraisableExceptionWarning")]
 
-WORKFLOW = """\
-name: echo
-inputs: {text: {type: string}}
-steps:
-  - id: upper
-    inputs: {text: "{{ inputs.text }}"}
-    script: helpers.py:upper
-  - id: label
-    inputs: {text: "{{ steps.upper.output }}"}
-    llm:
-      tier: standard
-      prompt: "Label: {{ text }}"
-      schema: {type: object, properties: {label: {type: string}}, required: [label]}
-      max_tokens: 20
-outputs:
-  text: "{{ steps.upper.output }}"
-  label: "{{ steps.label.output.label }}"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +64,6 @@ def test_a_local_ray_runs_its_workers_at_the_drivers_priority(ray_session):
     assert "RAY_worker_niceness" not in os.environ  # set for the start only
 
 
-def _project(root: Path, store_url: str, delay_ms: int = 0) -> Path:
-    (root / "engine.yaml").write_text(textwrap.dedent(f"""\
-        store: "{store_url}"
-        quality: {{sample: 0}}
-        tiers:
-          standard:
-            - model: fake:medium
-              options: {{replies: ['{{"label": "ok"}}'], delay_ms: {delay_ms}}}
-        """))
-    (root / "helpers.py").write_text("def upper(text):\n    return text.upper()\n")
-    (root / "echo.yaml").write_text(WORKFLOW)
-    return root / "echo.yaml"
-
-
 def _items(path: Path, n: int) -> Path:
     lines = [json.dumps({"id": f"i{i}", "text": f"item {i}"}) for i in range(n)]
     lines.insert(3, "{not json")  # a bad line stays an error of its own line, in place
@@ -106,20 +75,9 @@ def _strip(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "run_id"} for line in path.read_text().splitlines()]
 
 
-def _finished_per_item(store_url: str, batch_id: str) -> dict[int, int]:
-    from engine.runner import open_store
-
-    store = open_store(store_url)
-    field, params = store.json_field("tags", "item")
-    batch, bparams = store.json_field("tags", "batch")
-    rows = store.query(f"SELECT {field} AS item, COUNT(*) AS n FROM runs WHERE {batch} = ? "
-                       "AND status IN ('ok', 'failed') GROUP BY 1", [*params, *bparams, batch_id])
-    return {int(r["item"]): r["n"] for r in rows}
-
-
 def test_ray_output_matches_the_thread_executor(ray_session, engine_home):
     url = pgserve.fresh_database()
-    wf = _project(engine_home, url)
+    wf = project(engine_home, url)
     items = _items(engine_home / "items.jsonl", 12)
 
     class Seen:
@@ -142,14 +100,14 @@ def test_ray_output_matches_the_thread_executor(ray_session, engine_home):
     assert _strip(engine_home / "ray.jsonl")[3]["status"] == "failed"
     assert seen.done == list(range(1, 14))  # the bar advanced once per finished task (and the bad line)
     # the runs were written by the Ray workers (other processes) into the shared Postgres store
-    assert _finished_per_item(url, "r") == {i: 1 for i in range(13) if i != 3}
+    assert finished_per_item(url, "r") == {i: 1 for i in range(13) if i != 3}
     pids = {json.loads(line)["run_id"] for line in (engine_home / "ray.jsonl").read_text().splitlines()[:1]}
     assert pids
 
 
 def test_ray_batch_sigkilled_midway_then_resumed_runs_every_item_once(ray_session, engine_home):
     url = pgserve.fresh_database()
-    wf = _project(engine_home, url, delay_ms=300)
+    wf = project(engine_home, url, delay_ms=300)
     n = 24
     items = engine_home / "items.jsonl"
     items.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in range(n)))
@@ -169,18 +127,18 @@ def test_ray_batch_sigkilled_midway_then_resumed_runs_every_item_once(ray_sessio
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, mid-batch
     proc.wait()
     time.sleep(2)  # Ray kills a dead driver's workers; a task already past its run finishes it first
-    done_before = _finished_per_item(url, "k")
+    done_before = finished_per_item(url, "k")
     assert 4 <= len(done_before) < n
     with Engine() as engine:
         summary = run_batch(engine, wf, items, out, concurrency=2, resume="k", executor="ray")
     assert summary.resumed == len(done_before) and summary.ok == n
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(n))
-    assert _finished_per_item(url, "k") == {i: 1 for i in range(n)}  # no item lost or done twice
+    assert finished_per_item(url, "k") == {i: 1 for i in range(n)}  # no item lost or done twice
 
 
 def test_missing_ray_is_a_clear_error(engine_home, monkeypatch, tmp_path):
-    wf = _project(engine_home, str(tmp_path / "e.db"))
+    wf = project(engine_home, str(tmp_path / "e.db"))
     items = _items(engine_home / "items.jsonl", 2)
     monkeypatch.setitem(sys.modules, "ray", None)
     with Engine() as engine, pytest.raises(UserError, match=r"pip install 'engine\[ray\]'"):
@@ -229,7 +187,7 @@ def test_the_node_workers_are_made_at_start_and_serve_the_next_batches(ray_sessi
     workers = dict(executor._pool.actors)
     assert set(workers) == {ray.get_runtime_context().get_node_id()}  # one per node, made at start
     first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
-    wf = _project(engine_home, str(first_db))
+    wf = project(engine_home, str(first_db))
     items = engine_home / "items.jsonl"
     items.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in range(6)))
     with Engine() as engine:
@@ -237,7 +195,7 @@ def test_the_node_workers_are_made_at_start_and_serve_the_next_batches(ray_sessi
     assert executor._pool.actors == workers  # kept, not ended
     other = tmp_path / "other"
     other.mkdir()
-    wf2 = _project(other, str(second_db))
+    wf2 = project(other, str(second_db))
     monkeypatch.chdir(other)
     with Engine() as engine:
         second = run_batch(engine, wf2, items, other / "two.jsonl", concurrency=3, executor="ray", batch_id="a")
@@ -245,7 +203,7 @@ def test_the_node_workers_are_made_at_start_and_serve_the_next_batches(ray_sessi
     assert first.ok == second.ok == 6
     assert set(first.nodes.values()) == set(second.nodes.values()) == {6}
     # each batch's runs went to its own store, from its own directory's engine.yaml
-    assert _finished_per_item(str(first_db), "a") == {i: 1 for i in range(6)}
-    assert _finished_per_item(str(second_db), "a") == {i: 1 for i in range(6)}
+    assert finished_per_item(str(first_db), "a") == {i: 1 for i in range(6)}
+    assert finished_per_item(str(second_db), "a") == {i: 1 for i in range(6)}
     executor.release_workers()
     assert executor._pool.actors == {}

@@ -5,12 +5,12 @@ exactly once (its items retried on the surviving node or taken from the store)."
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import pgserve
+from echoproject import finished_per_item, project
 from engine import Engine
 from engine.batch import run_batch
 
@@ -24,24 +24,6 @@ pytestmark = [pytest.mark.xdist_group("ray"),
                                          "ignore::ResourceWarning", "ignore::UserWarning",
                                          "ignore::pytest.PytestUnraisableExceptionWarning")]
 
-WORKFLOW = """\
-name: echo
-inputs: {text: {type: string}}
-steps:
-  - id: upper
-    inputs: {text: "{{ inputs.text }}"}
-    script: helpers.py:upper
-  - id: label
-    inputs: {text: "{{ steps.upper.output }}"}
-    llm:
-      tier: standard
-      prompt: "Label: {{ text }}"
-      schema: {type: object, properties: {label: {type: string}}, required: [label]}
-      max_tokens: 20
-outputs:
-  text: "{{ steps.upper.output }}"
-  label: "{{ steps.label.output.label }}"
-"""
 
 
 @pytest.fixture
@@ -71,31 +53,6 @@ def two_nodes():
         cluster.shutdown()
 
 
-def _project(root: Path, store_url: str, delay_ms: int) -> Path:
-    (root / "engine.yaml").write_text(textwrap.dedent(f"""\
-        store: "{store_url}"
-        quality: {{sample: 0}}
-        tiers:
-          standard:
-            - model: fake:medium
-              options: {{replies: ['{{"label": "ok"}}'], delay_ms: {delay_ms}}}
-        """))
-    (root / "helpers.py").write_text("def upper(text):\n    return text.upper()\n")
-    (root / "echo.yaml").write_text(WORKFLOW)
-    return root / "echo.yaml"
-
-
-def _finished_per_item(store_url: str, batch_id: str) -> dict[int, int]:
-    from engine.runner import open_store
-
-    store = open_store(store_url)
-    field, params = store.json_field("tags", "item")
-    batch, bparams = store.json_field("tags", "batch")
-    rows = store.query(f"SELECT {field} AS item, COUNT(*) AS n FROM runs WHERE {batch} = ? "
-                       "AND status IN ('ok', 'failed') GROUP BY 1", [*params, *bparams, batch_id])
-    return {int(r["item"]): r["n"] for r in rows}
-
-
 def _items(path: Path, n: int) -> Path:
     path.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in range(n)))
     return path
@@ -103,7 +60,7 @@ def _items(path: Path, n: int) -> Path:
 
 def test_one_actor_per_node_spreads_the_items_over_both_nodes(two_nodes, engine_home):
     url = pgserve.fresh_database()
-    wf = _project(engine_home, url, delay_ms=20)
+    wf = project(engine_home, url, delay_ms=20)
     n = 40
     items = _items(engine_home / "items.jsonl", n)
     with Engine() as engine:
@@ -116,13 +73,13 @@ def test_one_actor_per_node_spreads_the_items_over_both_nodes(two_nodes, engine_
     lines = [json.loads(line) for line in (engine_home / "ray.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(n))
     assert [line["outputs"]["text"] for line in lines] == [f"T{i}" for i in range(n)]
-    assert _finished_per_item(url, "spread") == {i: 1 for i in range(n)}
+    assert finished_per_item(url, "spread") == {i: 1 for i in range(n)}
 
 
 def test_a_raylet_killed_mid_batch_leaves_every_item_done_exactly_once(two_nodes, engine_home):
     cluster, worker = two_nodes
     url = pgserve.fresh_database()
-    wf = _project(engine_home, url, delay_ms=200)
+    wf = project(engine_home, url, delay_ms=200)
     n = 24
     items = _items(engine_home / "items.jsonl", n)
     worker_node = worker.node_id
@@ -150,4 +107,4 @@ def test_a_raylet_killed_mid_batch_leaves_every_item_done_exactly_once(two_nodes
     lines = [json.loads(line) for line in (engine_home / "out.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(n))
     assert all(line["status"] == "ok" for line in lines)
-    assert _finished_per_item(url, "kill") == {i: 1 for i in range(n)}  # none lost, none done twice
+    assert finished_per_item(url, "kill") == {i: 1 for i in range(n)}  # none lost, none done twice

@@ -4,48 +4,20 @@ resume finishes every item exactly once."""
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 
 import pgserve
+from echoproject import project
 from engine import Engine
 from engine.batch import run_batch
 from engine.runner import open_store
-
-WORKFLOW = """\
-name: two
-inputs: {text: {type: string}}
-steps:
-  - id: upper
-    inputs: {text: "{{ inputs.text }}"}
-    script: helpers.py:upper
-  - id: label
-    inputs: {text: "{{ steps.upper.output }}"}
-    llm:
-      tier: standard
-      prompt: "Label: {{ text }}"
-      schema: {type: object, properties: {label: {type: string}}, required: [label]}
-      max_tokens: 20
-outputs:
-  label: "{{ steps.label.output.label }}"
-"""
 
 
 def test_postgres_restart_mid_batch(engine_home, monkeypatch):
     monkeypatch.setenv("ENGINE_PGVECTOR_INDEX", "none")
     url = pgserve.fresh_database()
-    (engine_home / "engine.yaml").write_text(textwrap.dedent(f"""\
-        store: "{url}"
-        quality: {{sample: 0}}
-        tiers:
-          standard:
-            - model: fake:medium
-              options: {{replies: ['{{"label": "ok"}}'], delay_ms: 40}}
-        """))
-    (engine_home / "helpers.py").write_text("def upper(text):\n    return text.upper()\n")
-    wf = engine_home / "two.yaml"
-    wf.write_text(WORKFLOW)
+    wf = project(engine_home, url, delay_ms=40)
     n = 60
     items = engine_home / "items.jsonl"
     items.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in range(n)))
